@@ -1,0 +1,94 @@
+"""Entry points people type: `nox -s conformance` (the main job) and `nox -s tests`.
+
+Every session installs the project with `build-constraints.txt` as PIP_CONSTRAINT, because
+the official `hstreamdb` client only builds with setuptools<81.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+REPORTS = ROOT / "reports"
+CONSTRAINTS = {"PIP_CONSTRAINT": str(ROOT / "build-constraints.txt")}
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+
+def install(session: nox.Session, *extras: str) -> None:
+    target = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", target, env=CONSTRAINTS)
+
+
+def pytest_args(session: nox.Session, name: str, *paths: str) -> list[str]:
+    """Common pytest arguments: allure results and JUnit XML under reports/."""
+    return [
+        "pytest",
+        *paths,
+        f"--alluredir={REPORTS / 'allure-results'}",
+        f"--junitxml={REPORTS / f'junit-{name}.xml'}",
+        *session.posargs,
+    ]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite: unit tests, harness and refserver tests, checker tests (CI runs this)."""
+    install(session)
+    session.run(*pytest_args(session, "tests", "tests", "-p", "no:cacheprovider"))
+
+
+@nox.session
+def conformance(session: nox.Session) -> None:
+    """The main job: conformance suites against the embedded reference cluster, then the report."""
+    install(session)
+    session.run(
+        *pytest_args(session, "conformance", "suites/api", "suites/clients", "suites/io"),
+        success_codes=[0, 1],
+    )
+    session.run("hstream-conformance", "report", "--results", str(REPORTS))
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """Membership and durability suites under faults; `-- --defect-matrix` runs the matrix."""
+    install(session)
+    if "--defect-matrix" in session.posargs:
+        rest = [arg for arg in session.posargs if arg != "--defect-matrix"]
+        session.run("hstream-conformance", "defect-matrix", *rest)
+        return
+    session.run(*pytest_args(session, "chaos", "suites/membership", "suites/durability"))
+
+
+@nox.session
+def docker(session: nox.Session) -> None:
+    """Docker-backend tests and a representative subset of the suites in containers."""
+    install(session)
+    session.run(*pytest_args(session, "docker", "tests", "-m", "docker"))
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (figures, not verdicts): bring-up, proxies, checkers, load rates."""
+    install(session)
+    for script in sorted((ROOT / "benchmarks").glob("*_bench.py")):
+        session.log(f"benchmark {script.name}")
+        session.run("python", str(script), *session.posargs)
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Build reports/conformance.html from the results already under reports/."""
+    install(session)
+    session.run("hstream-conformance", "report", "--results", str(REPORTS), *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    install(session, "lint")
+    session.run("ruff", "check", "harness", "refserver", "suites", "tests", "benchmarks")
+    session.run("mypy", "harness", "refserver")
