@@ -122,7 +122,7 @@ class WireError:
         return f"{self.status.name} (error code {self.code}): {self.message}"
 
 
-def channel(endpoint: str, token: str | None = None) -> grpc.Channel:
+def channel(endpoint: str) -> grpc.Channel:
     return grpc.insecure_channel(endpoint, options=[("grpc.enable_retries", 0)])
 
 
@@ -132,3 +132,80 @@ def stub(endpoint: str) -> api_grpc.HStreamApiStub:
 
 def endpoint_of(node: api.ServerNode) -> str:
     return f"{node.host}:{node.port}"
+
+
+class FetchSession:
+    """A raw StreamingFetch consumer.
+
+    The first request names the subscription and consumer; later ones carry acks. Responses
+    are drained on a thread so a test can wait for "n records or a deadline" without blocking
+    the acks it still has to send.
+    """
+
+    def __init__(self, hstream: api_grpc.HStreamApiStub, subscription_id: str, consumer: str):
+        import queue
+        import threading
+
+        self.subscription_id = subscription_id
+        self.consumer = consumer
+        self._requests: queue.Queue[api.StreamingFetchRequest | None] = queue.Queue()
+        self._requests.put(
+            api.StreamingFetchRequest(subscriptionId=subscription_id, consumerName=consumer)
+        )
+        self.received: queue.Queue[api.ReceivedRecord] = queue.Queue()
+        self.error: grpc.RpcError | None = None
+        self.ended = threading.Event()
+        self._call = hstream.StreamingFetch(self._outgoing())
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _outgoing(self):  # type: ignore[no-untyped-def]
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            yield request
+
+    def _drain(self) -> None:
+        try:
+            for response in self._call:
+                self.received.put(response.receivedRecords)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                self.error = error
+        finally:
+            self.ended.set()
+
+    def ack(self, record_ids: Sequence[api.RecordId]) -> None:
+        self._requests.put(
+            api.StreamingFetchRequest(
+                subscriptionId=self.subscription_id,
+                consumerName=self.consumer,
+                ackIds=list(record_ids),
+            )
+        )
+
+    def take(self, count: int, timeout: float) -> list[tuple[api.RecordId, api.HStreamRecord]]:
+        """Records (with their ids) until `count` arrived or `timeout` seconds passed."""
+        import queue
+        import time
+
+        deadline = time.monotonic() + timeout
+        got: list[tuple[api.RecordId, api.HStreamRecord]] = []
+        while len(got) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                received = self.received.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                if self.ended.is_set() and self.received.empty():
+                    break
+                continue
+            got.extend(zip(received.recordIds, unbatch(received.record), strict=True))
+        return got
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._call.cancel()
+        self._reader.join(timeout=5)
