@@ -1,0 +1,251 @@
+"""Backend and Cluster: *where* a cluster runs, behind one small interface (Jepsen's `db`).
+
+`Backend.start(spec) -> Cluster` starts every process of the spec's target (see
+harness.targets for the layout/placement/process conversation), waits until each is ready,
+runs the target's init steps and returns a `Cluster` handle. Faults and clients only use the
+handle, so a suite runs unchanged on the local and the docker backend.
+
+A backend implementation provides `Backend.start` and the `Cluster` primitives marked
+abstract; node numbers `n` are HServer ids (1..spec.nodes).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness import HarnessError
+from harness.targets import Endpoint
+from harness.topology import ClusterSpec
+
+if TYPE_CHECKING:
+    from harness.faults.partition import Grudge
+
+
+class ClusterStartError(HarnessError):
+    """A cluster failed to start; the message names the process, what it waited for, and logs.
+
+    Everything started before the failure has been stopped when this is raised.
+    """
+
+
+class PortInUse(ClusterStartError):
+    def __init__(self, endpoint: Endpoint, owner: str) -> None:
+        self.endpoint = endpoint
+        super().__init__(
+            f"port {endpoint} ({owner}) is already in use; stop what holds it "
+            "(`hstream-conformance cluster down`, or find it with `ss -ltnp`) or choose "
+            "another base port (--base-port / [cluster] base_port)"
+        )
+
+
+class UnsupportedFault(HarnessError):
+    """The backend cannot apply this fault truthfully; the message says which backend can."""
+
+
+class UnknownNode(HarnessError):
+    pass
+
+
+@dataclass
+class NodeHandle:
+    """One HServer node of a running cluster, as clients and faults see it."""
+
+    id: int
+    name: str  # "node-1"
+    client: Endpoint  # advertised client endpoint (through the proxy when proxied)
+    gossip: Endpoint  # advertised gossip endpoint (through the proxy when proxied)
+    direct_client: Endpoint  # the server's own listener, bypassing any proxy
+    direct_gossip: Endpoint
+    log_path: Path | None = None
+    pid: int | None = None  # local backend
+    container_id: str | None = None  # docker backend
+    state: str = "running"  # "running" | "killed" | "paused"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "client_url": f"hstream://{self.client}",
+            "client": str(self.client),
+            "gossip": str(self.gossip),
+            "direct_client": str(self.direct_client),
+            "direct_gossip": str(self.direct_gossip),
+            "log": str(self.log_path) if self.log_path else None,
+            "pid": self.pid,
+            "container_id": self.container_id,
+            "state": self.state,
+        }
+
+
+@dataclass(frozen=True)
+class ProxyInfo:
+    """A Toxiproxy proxy in front of one port of one process."""
+
+    name: str  # Toxiproxy proxy name, e.g. "c0-node-1-client"
+    listen: Endpoint
+    upstream: Endpoint
+    api_url: str  # the Toxiproxy REST API that owns it
+
+    def handle(self) -> Any:
+        """The `toxiproxy-python` Proxy object (add_toxic / disable / enable / destroy_toxic)."""
+        from toxiproxy.server import Toxiproxy
+
+        api = self.api_url.rstrip("/").rsplit("/", 1)[-1]
+        host, _, port = api.rpartition(":")
+        server = Toxiproxy()
+        server.update_api_consumer(host, int(port))
+        proxy = server.get_proxy(self.name)
+        if proxy is None:
+            raise HarnessError(f"proxy {self.name} no longer exists on {self.api_url}")
+        return proxy
+
+
+class Cluster(abc.ABC):
+    """A running cluster. `stop()` is idempotent and is also run on Ctrl-C / SIGTERM."""
+
+    spec: ClusterSpec
+    nodes: list[NodeHandle]
+    toxiproxy_url: str | None
+    proxies: dict[tuple[str, str], ProxyInfo]  # (process name, port name) -> proxy
+    extra: dict[str, Any]  # backend-specific facts for status output (store pid, network...)
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.spec = spec
+        self.nodes = []
+        self.toxiproxy_url = None
+        self.proxies = {}
+        self.extra = {}
+
+    # -- addressing ---------------------------------------------------------------
+    def node(self, n: int) -> NodeHandle:
+        for node in self.nodes:
+            if node.id == n:
+                return node
+        raise UnknownNode(
+            f"no node {n} in this cluster; node ids are {', '.join(str(x.id) for x in self.nodes)}"
+        )
+
+    def client_url(self, n: int | None = None) -> str:
+        """`hstream://host:port` of node n (default: the first running node), via its proxy."""
+        if n is not None:
+            return f"hstream://{self.node(n).client}"
+        for node in self.nodes:
+            if node.state == "running":
+                return f"hstream://{node.client}"
+        return f"hstream://{self.nodes[0].client}"
+
+    def client_urls(self) -> list[str]:
+        return [f"hstream://{node.client}" for node in self.nodes]
+
+    def proxy(self, n: int, port_name: str = "client") -> ProxyInfo:
+        """The Toxiproxy proxy in front of node n's `port_name` ("client" or "gossip")."""
+        name = self.node(n).name
+        try:
+            return self.proxies[(name, port_name)]
+        except KeyError:
+            if not self.proxies:
+                raise HarnessError(
+                    "this cluster runs without Toxiproxy; start it with toxiproxy enabled"
+                ) from None
+            ports = sorted({p for (proc, p) in self.proxies if proc == name})
+            raise HarnessError(
+                f"no proxy for {name} port {port_name!r}; proxied ports: {', '.join(ports)}"
+            ) from None
+
+    # -- process faults -------------------------------------------------------------
+    @abc.abstractmethod
+    def kill(self, n: int) -> None:
+        """SIGKILL node n (no graceful shutdown)."""
+
+    @abc.abstractmethod
+    def pause(self, n: int) -> None:
+        """SIGSTOP node n: its sockets stay open but it answers nothing."""
+
+    @abc.abstractmethod
+    def resume(self, n: int) -> None:
+        """SIGCONT a paused node."""
+
+    @abc.abstractmethod
+    def restart(self, n: int) -> None:
+        """(Re)start node n with the same id, ports and flags; kills it first if running.
+
+        Returns once its readiness log line appears again.
+        """
+
+    @abc.abstractmethod
+    def kill_store(self) -> None:
+        """SIGKILL the store process."""
+
+    @abc.abstractmethod
+    def restart_store(self) -> None:
+        """(Re)start the store with the same data directory; returns when it is ready."""
+
+    # -- network faults --------------------------------------------------------------
+    @abc.abstractmethod
+    def partition(self, grudge: Grudge) -> None:
+        """Apply a grudge (node -> nodes whose traffic it drops), replacing any earlier one."""
+
+    @abc.abstractmethod
+    def heal(self) -> None:
+        """Undo every partition (and re-enable every proxy)."""
+
+    # -- evidence and teardown -------------------------------------------------------
+    @abc.abstractmethod
+    def logs(self) -> Mapping[str, Path]:
+        """Process name -> path of its log file (containers' logs are copied to files)."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop and remove everything this cluster started. Idempotent."""
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready description (what `cluster status --json` prints)."""
+        return {
+            "spec": self.spec.to_json(),
+            "toxiproxy_url": self.toxiproxy_url,
+            "nodes": [node.to_json() for node in self.nodes],
+            "proxies": {
+                f"{proc}/{port}": {"listen": str(p.listen), "upstream": str(p.upstream)}
+                for (proc, port), p in self.proxies.items()
+            },
+            **self.extra,
+        }
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Backend(abc.ABC):
+    """Starts clusters of a ClusterSpec on one kind of infrastructure."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def start(self, spec: ClusterSpec) -> Cluster:
+        """Start the spec's cluster and return once it is ready and initialised.
+
+        Raises ClusterStartError (PortInUse, ImageMissing from harness.targets, ...) with
+        nothing left running.
+        """
+
+
+def backend_for(spec: ClusterSpec) -> Backend:
+    """The Backend implementation named by `spec.backend`."""
+    if spec.backend == "local":
+        from harness.backends.local import LocalBackend
+
+        return LocalBackend()
+    if spec.backend == "docker":
+        try:
+            from harness.backends.docker import DockerBackend
+        except ImportError as exc:
+            raise HarnessError(f"the docker backend is not available: {exc}") from None
+        return DockerBackend()  # type: ignore[abstract]
+    raise HarnessError(f"unknown backend {spec.backend!r}; use local or docker")

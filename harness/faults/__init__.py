@@ -1,0 +1,1 @@
+"""Faults: process faults (kill, pause, restart), partitions (grudges) and Toxiproxy toxics."""

@@ -1,0 +1,314 @@
+"""ClusterSpec: what cluster a run wants, independent of how and where it is started.
+
+A spec comes from pytest options, CLI flags or a TOML file (fixtures/topologies/*.toml).
+File format (every section and key optional; unknown ones are errors, so typos surface):
+
+    [cluster]
+    nodes = 3                  # 1..200
+    target = "reference"       # or "hstream:<image>", e.g. "hstream:hstreamdb/hstream:v0.20.0"
+    backend = "local"          # or "docker"
+    seed = 42                  # drives every random choice of the run (faults, workloads)
+    defects = ["never-confirm"]  # reference target only; see refserver --help
+    tokens = ["hstream:hstream"] # client tokens the servers accept (empty: no auth)
+    base_port = 6570           # client port; gossip = base_port+1, store = base_port+2
+
+    [toxiproxy]
+    enabled = true             # a proxy in front of every node's client and gossip port
+    url = "http://127.0.0.1:8474"  # a running Toxiproxy; absent: the harness starts its own
+
+    [gossip]                   # protocol timing overrides, passed to every node
+    probe_interval_ms = 500
+    roundtrip_timeout_ms = 200
+    gossip_interval_ms = 250
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from harness import HarnessError
+
+BACKENDS = ("local", "docker")
+REFERENCE_TARGET = "reference"
+HSTREAM_TARGET_PREFIX = "hstream:"
+MAX_NODES = 200
+
+# Gossip timing knobs a target may pass to its servers, with what each one means. Both the
+# reference server and hstream-server take them as `--<key with dashes>` flags.
+GOSSIP_TIMING_KEYS: dict[str, str] = {
+    "probe_interval_ms": "SWIM protocol period: one probe per period (real default 2000)",
+    "roundtrip_timeout_ms": "wait for a direct ack before asking indirect probers (real 500)",
+    "gossip_interval_ms": "period of piggyback gossip rounds to the fanout peers (real 1000)",
+    "suspicion_timeout_ms": "time a suspect has to refute before it is confirmed dead",
+    "indirect_probes": "k, the number of peers asked to ping-req a silent member (real 1)",
+    "gossip_fanout": "peers each gossip round sends to (real 3)",
+    "retransmit_multiplier": "a message is retransmitted mult*ceil(log(n+2)) times (real 4)",
+}
+
+SESSION_ENV = "HSTREAM_CONFORMANCE_SESSION"
+_SESSION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class TopologyError(HarnessError):
+    """A malformed topology: the message names the source (file or option) and the key."""
+
+
+def new_session_label() -> str:
+    """A label unique to one run; every process, container and directory of the run carries it.
+
+    Inherited from the environment when set, so a CLI or CI job can choose it and sub-processes
+    of a labelled run stay in that run.
+    """
+    inherited = os.environ.get(SESSION_ENV)
+    if inherited:
+        return inherited
+    return f"hsc-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Everything needed to start one cluster. Immutable; derive variants with `.with_()`."""
+
+    nodes: int = 3
+    target: str = REFERENCE_TARGET
+    backend: str = "local"
+    toxiproxy: bool = True
+    toxiproxy_url: str | None = None
+    defects: tuple[str, ...] = ()
+    seed: int = 0
+    gossip: Mapping[str, int] = field(default_factory=dict)
+    tokens: tuple[str, ...] = ()
+    base_port: int = 6570
+    session: str = field(default_factory=new_session_label)
+    # Distinguishes several clusters of one session (cluster_factory): part of every name.
+    name: str = "c0"
+
+    def __post_init__(self) -> None:
+        _check_spec(self, source="cluster spec")
+
+    @property
+    def client_port(self) -> int:
+        return self.base_port
+
+    @property
+    def gossip_port(self) -> int:
+        return self.base_port + 1
+
+    @property
+    def store_port(self) -> int:
+        return self.base_port + 2
+
+    @property
+    def node_ids(self) -> list[int]:
+        return list(range(1, self.nodes + 1))
+
+    @property
+    def target_kind(self) -> str:
+        """"reference" or "hstream"."""
+        return "hstream" if self.target.startswith(HSTREAM_TARGET_PREFIX) else self.target
+
+    @property
+    def image(self) -> str | None:
+        """The hstream-server image of an `hstream:<image>` target, else None."""
+        if self.target.startswith(HSTREAM_TARGET_PREFIX):
+            return self.target[len(HSTREAM_TARGET_PREFIX):]
+        return None
+
+    @property
+    def label(self) -> str:
+        """Session plus cluster name: unique per cluster, safe in file and container names."""
+        return f"{self.session}-{self.name}"
+
+    def with_(self, **overrides: Any) -> ClusterSpec:
+        """A copy with some fields replaced (validated like the original)."""
+        unknown = sorted(set(overrides) - {f.name for f in fields(self)})
+        if unknown:
+            raise TopologyError(
+                f"unknown cluster setting {', '.join(unknown)}; known: "
+                f"{', '.join(f.name for f in fields(self))}"
+            )
+        if "defects" in overrides:
+            overrides["defects"] = tuple(overrides["defects"])
+        if "tokens" in overrides:
+            overrides["tokens"] = tuple(overrides["tokens"])
+        return replace(self, **overrides)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nodes": self.nodes,
+            "target": self.target,
+            "backend": self.backend,
+            "toxiproxy": self.toxiproxy,
+            "toxiproxy_url": self.toxiproxy_url,
+            "defects": list(self.defects),
+            "seed": self.seed,
+            "gossip": dict(self.gossip),
+            "tokens": list(self.tokens),
+            "base_port": self.base_port,
+            "session": self.session,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ClusterSpec:
+        return cls(
+            nodes=data["nodes"],
+            target=data["target"],
+            backend=data["backend"],
+            toxiproxy=data["toxiproxy"],
+            toxiproxy_url=data.get("toxiproxy_url"),
+            defects=tuple(data.get("defects", ())),
+            seed=data.get("seed", 0),
+            gossip=dict(data.get("gossip", {})),
+            tokens=tuple(data.get("tokens", ())),
+            base_port=data.get("base_port", 6570),
+            session=data["session"],
+            name=data.get("name", "c0"),
+        )
+
+
+def _check_spec(spec: ClusterSpec, source: str) -> None:
+    def bad(key: str, problem: str) -> TopologyError:
+        return TopologyError(f"{source}: {key}: {problem}")
+
+    if not isinstance(spec.nodes, int) or isinstance(spec.nodes, bool) or not (
+        1 <= spec.nodes <= MAX_NODES
+    ):
+        raise bad("nodes", f"must be an integer in 1..{MAX_NODES}, got {spec.nodes!r}")
+    if not isinstance(spec.target, str) or not (
+        spec.target == REFERENCE_TARGET
+        or (spec.target.startswith(HSTREAM_TARGET_PREFIX) and len(spec.target) > 8)
+    ):
+        raise bad(
+            "target",
+            f"unknown target {spec.target!r}; use 'reference' or 'hstream:<image>' "
+            "(e.g. hstream:hstreamdb/hstream:v0.20.0)",
+        )
+    if spec.backend not in BACKENDS:
+        raise bad("backend", f"unknown backend {spec.backend!r}; use one of {', '.join(BACKENDS)}")
+    if not isinstance(spec.seed, int) or isinstance(spec.seed, bool):
+        raise bad("seed", f"must be an integer, got {spec.seed!r}")
+    if not isinstance(spec.base_port, int) or not (1024 <= spec.base_port <= 65533):
+        raise bad("base_port", f"must be an integer in 1024..65533, got {spec.base_port!r}")
+    if spec.toxiproxy_url is not None and not re.match(r"^https?://[^/:]+:\d+/?$",
+                                                       str(spec.toxiproxy_url)):
+        raise bad("toxiproxy.url", f"expected http://host:port, got {spec.toxiproxy_url!r}")
+    for key, value in spec.gossip.items():
+        if key not in GOSSIP_TIMING_KEYS:
+            raise bad(f"gossip.{key}", f"unknown setting; known: {', '.join(GOSSIP_TIMING_KEYS)}")
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise bad(f"gossip.{key}", f"must be a positive integer, got {value!r}")
+    for defect in spec.defects:
+        if not isinstance(defect, str) or not defect:
+            raise bad("defects", f"defect names are non-empty strings, got {defect!r}")
+    if spec.defects and spec.target != REFERENCE_TARGET:
+        raise bad("defects", "seeded defects exist only in the reference target")
+    for token in spec.tokens:
+        if not isinstance(token, str) or not token:
+            raise bad("tokens", f"tokens are non-empty strings, got {token!r}")
+    if not _SESSION_RE.match(spec.session):
+        raise bad("session", f"lower-case letters, digits and '-' only, got {spec.session!r}")
+    if not _SESSION_RE.match(spec.name):
+        raise bad("name", f"lower-case letters, digits and '-' only, got {spec.name!r}")
+
+
+# TOML layout: section -> {key in file: (ClusterSpec field, expected python type)}
+_TOML_KEYS: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
+    "cluster": {
+        "nodes": ("nodes", int),
+        "target": ("target", str),
+        "backend": ("backend", str),
+        "seed": ("seed", int),
+        "defects": ("defects", list),
+        "tokens": ("tokens", list),
+        "base_port": ("base_port", int),
+    },
+    "toxiproxy": {
+        "enabled": ("toxiproxy", bool),
+        "url": ("toxiproxy_url", str),
+    },
+}
+
+
+def load_topology(path: str | Path, **overrides: Any) -> ClusterSpec:
+    """Read a topology TOML file; `overrides` (e.g. from command-line options) win over it.
+
+    Any problem raises one TopologyError naming the file and the offending key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TopologyError(f"{path}: topology file not found") from None
+    except OSError as exc:
+        raise TopologyError(f"{path}: cannot read topology file: {exc.strerror}") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TopologyError(f"{path}: not valid TOML: {exc}") from None
+    return parse_topology(document, source=str(path), **overrides)
+
+
+def parse_topology(document: Mapping[str, Any], source: str, **overrides: Any) -> ClusterSpec:
+    values: dict[str, Any] = {}
+    for section, body in document.items():
+        if section == "gossip":
+            if not isinstance(body, dict):
+                raise TopologyError(f"{source}: [gossip] must be a table of name = integer")
+            values["gossip"] = dict(body)
+            continue
+        if section not in _TOML_KEYS:
+            known = ", ".join([*_TOML_KEYS, "gossip"])
+            raise TopologyError(f"{source}: unknown section [{section}]; known sections: {known}")
+        if not isinstance(body, dict):
+            raise TopologyError(f"{source}: {section} must be a table ([{section}])")
+        for key, value in body.items():
+            if key not in _TOML_KEYS[section]:
+                known = ", ".join(_TOML_KEYS[section])
+                raise TopologyError(
+                    f"{source}: {section}.{key}: unknown key; known keys of [{section}]: {known}"
+                )
+            field_name, expected = _TOML_KEYS[section][key]
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                kind = expected.__name__ if isinstance(expected, type) else str(expected)
+                raise TopologyError(
+                    f"{source}: {section}.{key}: expected {kind}, got {type(value).__name__} "
+                    f"{value!r}"
+                )
+            if expected is list:
+                if not all(isinstance(item, str) for item in value):
+                    raise TopologyError(f"{source}: {section}.{key}: expected a list of strings")
+                value = tuple(value)
+            values[field_name] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ClusterSpec(**values)
+    except TopologyError as exc:
+        # Re-word "cluster spec: key: problem" so the file name leads.
+        raise TopologyError(str(exc).replace("cluster spec", source, 1)) from None
+    except TypeError as exc:
+        raise TopologyError(f"{source}: {exc}") from None
+
+
+def topology_path(name_or_path: str, search_dir: Path | None = None) -> Path:
+    """Resolve `--topology`: a path, or a name in fixtures/topologies/ (".toml" optional)."""
+    candidate = Path(name_or_path)
+    if candidate.exists():
+        return candidate
+    base = search_dir or Path(__file__).resolve().parent.parent / "fixtures" / "topologies"
+    for option in (base / name_or_path, base / f"{name_or_path}.toml"):
+        if option.exists():
+            return option
+    known = sorted(p.stem for p in base.glob("*.toml")) if base.is_dir() else []
+    raise TopologyError(
+        f"{name_or_path}: topology file not found (looked at it as a path and in {base}); "
+        f"known topologies: {', '.join(known) or 'none'}"
+    )
