@@ -1,0 +1,126 @@
+"""Raw gRPC access to the cluster under test, so no client library can hide a server fault."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+from HStream.Server import HStreamApi_pb2 as api
+from HStream.Server import HStreamApi_pb2_grpc as api_grpc
+
+from harness import wire
+
+
+@pytest.fixture(scope="module")
+def hstream(endpoints: list[str]) -> api_grpc.HStreamApiStub:
+    """A stub on the first node."""
+    return wire.stub(endpoints[0])
+
+
+@pytest.fixture(scope="module")
+def every_node(endpoints: list[str]) -> list[api_grpc.HStreamApiStub]:
+    return [wire.stub(endpoint) for endpoint in endpoints]
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Names no other test (or earlier run against the same cluster) uses."""
+    return lambda prefix: f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_stream(
+    hstream: api_grpc.HStreamApiStub, unique: Callable[[str], str]
+) -> Iterator[Callable[..., api.Stream]]:
+    created: list[str] = []
+
+    def make(shards: int = 1, prefix: str = "s") -> api.Stream:
+        name = unique(prefix)
+        stream = hstream.CreateStream(
+            api.Stream(streamName=name, replicationFactor=1, shardCount=shards)
+        )
+        created.append(name)
+        return stream
+
+    yield make
+    for name in created:
+        try:
+            hstream.DeleteStream(
+                api.DeleteStreamRequest(streamName=name, ignoreNonExist=True, force=True)
+            )
+        except grpc.RpcError:
+            pass  # the cluster may be down at the end of a failing test: nothing to keep
+
+
+def expect_error(
+    call: Callable[[], object], status: grpc.StatusCode, code: int | None = None
+) -> wire.WireError:
+    """Run `call`, demand it fails with `status` (and HStreamDB error `code`), return the error."""
+    try:
+        result = call()
+    except grpc.RpcError as raw:
+        error = wire.WireError.of(raw)
+    else:
+        raise AssertionError(f"expected {status.name} (code {code}), got success: {result!r}")
+    assert error.status == status, f"expected {status.name} (code {code}), got {error}"
+    if code is not None:
+        assert error.code == code, f"expected error code {code}, got {error}"
+    return error
+
+
+def shards_of(hstream: api_grpc.HStreamApiStub, stream: str) -> list[api.Shard]:
+    shards = hstream.ListShards(api.ListShardsRequest(streamName=stream)).shards
+    return sorted(shards, key=lambda shard: int(shard.startHashRangeKey))
+
+
+def append(
+    hstream: api_grpc.HStreamApiStub,
+    stream: str,
+    shard_id: int,
+    records: list[api.HStreamRecord],
+    compression: str = "none",
+) -> api.AppendResponse:
+    return hstream.Append(
+        api.AppendRequest(
+            streamName=stream, shardId=shard_id, records=wire.batch(records, compression)
+        )
+    )
+
+
+def read_all(
+    hstream: api_grpc.HStreamApiStub,
+    stream: str,
+    shard_id: int,
+    reader_prefix: str = "r",
+    offset: api.ShardOffset | None = None,
+    want_batches: int | None = None,
+) -> list[api.ReceivedRecord]:
+    """Every batch of a shard through a fresh shard reader, until a read comes back empty."""
+    reader_id = f"{reader_prefix}_{uuid.uuid4().hex[:12]}"
+    hstream.CreateShardReader(
+        api.CreateShardReaderRequest(
+            streamName=stream,
+            shardId=shard_id,
+            shardOffset=offset or api.ShardOffset(specialOffset=api.SpecialOffset.EARLIEST),
+            readerId=reader_id,
+            timeout=200,
+        )
+    )
+    batches: list[api.ReceivedRecord] = []
+    # An empty read ends the scan; when the caller knows how many batches to expect, a few
+    # more empty reads (each blocking up to the reader's 200 ms timeout) are allowed first.
+    empty_reads_left = 1 if want_batches is None else 25
+    try:
+        while empty_reads_left > 0:
+            got = hstream.ReadShard(api.ReadShardRequest(readerId=reader_id, maxRecords=100))
+            if not got.receivedRecords:
+                if want_batches is not None and len(batches) >= want_batches:
+                    break
+                empty_reads_left -= 1
+                continue
+            batches.extend(got.receivedRecords)
+    finally:
+        hstream.DeleteShardReader(api.DeleteShardReaderRequest(readerId=reader_id))
+    return batches
