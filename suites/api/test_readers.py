@@ -1,0 +1,295 @@
+"""Shard readers and the stateless read streams (protocol §5)."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from HStream.Server import HStreamApi_pb2 as api
+
+from harness import wire
+
+from .conftest import append, expect_error, read_all, shards_of
+
+EARLIEST = api.ShardOffset(specialOffset=api.SpecialOffset.EARLIEST)
+LATEST = api.ShardOffset(specialOffset=api.SpecialOffset.LATEST)
+
+
+def write_batches(hstream, stream: str, shard_id: int, count: int, tag: str = "b"):
+    """Append `count` two-record batches; return their AppendResponses."""
+    return [
+        append(
+            hstream,
+            stream,
+            shard_id,
+            [wire.raw_record(f"{tag}{b}-{i}".encode(), key=f"key{b % 3}") for i in range(2)],
+        )
+        for b in range(count)
+    ]
+
+
+def batch_ids(received) -> list[int]:
+    return [r.recordIds[0].batchId for r in received]
+
+
+@pytest.fixture
+def shard_stream(hstream, make_stream):
+    stream = make_stream()
+    return stream.streamName, shards_of(hstream, stream.streamName)[0].shardId
+
+
+@pytest.mark.conformance("api.readers.earliest")
+def test_reader_from_earliest(hstream, shard_stream):
+    stream, shard_id = shard_stream
+    answers = write_batches(hstream, stream, shard_id, 6)
+    got = read_all(hstream, stream, shard_id, want_batches=6)
+    assert batch_ids(got) == [a.recordIds[0].batchId for a in answers], (
+        f"EARLIEST reader gave batches {batch_ids(got)}"
+    )
+    assert [len(r.recordIds) for r in got] == [2] * 6
+
+
+@pytest.mark.conformance("api.readers.latest")
+def test_reader_from_latest(hstream, shard_stream, unique):
+    stream, shard_id = shard_stream
+    write_batches(hstream, stream, shard_id, 3, tag="old")
+    reader_id = unique("rd")
+    hstream.CreateShardReader(
+        api.CreateShardReaderRequest(
+            streamName=stream, shardId=shard_id, shardOffset=LATEST, readerId=reader_id, timeout=200
+        )
+    )
+    try:
+        new = write_batches(hstream, stream, shard_id, 2, tag="new")
+        got = []
+        for _ in range(20):
+            got.extend(
+                hstream.ReadShard(
+                    api.ReadShardRequest(readerId=reader_id, maxRecords=10)
+                ).receivedRecords
+            )
+            if len(got) >= 2:
+                break
+        assert batch_ids(got) == [a.recordIds[0].batchId for a in new], (
+            f"LATEST reader gave {batch_ids(got)}, want only the later batches"
+        )
+    finally:
+        hstream.DeleteShardReader(api.DeleteShardReaderRequest(readerId=reader_id))
+
+
+@pytest.mark.conformance("api.readers.record-offset")
+def test_reader_from_record_id(hstream, shard_stream):
+    stream, shard_id = shard_stream
+    answers = write_batches(hstream, stream, shard_id, 5)
+    start = answers[2].recordIds[1]  # an index inside the batch: the whole batch is read
+    got = read_all(
+        hstream, stream, shard_id, offset=api.ShardOffset(recordOffset=start), want_batches=3
+    )
+    assert batch_ids(got) == [a.recordIds[0].batchId for a in answers[2:]], (
+        f"reader from {start.batchId} gave {batch_ids(got)}"
+    )
+
+
+@pytest.mark.conformance("api.readers.timestamp")
+def test_reader_from_timestamp(hstream, shard_stream):
+    stream, shard_id = shard_stream
+    early = write_batches(hstream, stream, shard_id, 2, tag="early")
+    time.sleep(0.3)
+    cut = int(time.time() * 1000)
+    time.sleep(0.3)
+    late = write_batches(hstream, stream, shard_id, 2, tag="late")
+    got = read_all(
+        hstream,
+        stream,
+        shard_id,
+        want_batches=2,
+        offset=api.ShardOffset(timestampOffset=api.TimestampOffset(timestampInMs=cut)),
+    )
+    assert batch_ids(got) == [a.recordIds[0].batchId for a in late], (
+        f"reader from t={cut} gave {batch_ids(got)}; early batches were "
+        f"{[a.recordIds[0].batchId for a in early]}"
+    )
+
+
+@pytest.mark.conformance("api.readers.blocking-timeout")
+def test_read_blocks_for_timeout(hstream, shard_stream, unique):
+    stream, shard_id = shard_stream
+    reader_id = unique("rd")
+    hstream.CreateShardReader(
+        api.CreateShardReaderRequest(
+            streamName=stream,
+            shardId=shard_id,
+            shardOffset=EARLIEST,
+            readerId=reader_id,
+            timeout=1000,
+        )
+    )
+    try:
+        started = time.monotonic()
+        got = hstream.ReadShard(api.ReadShardRequest(readerId=reader_id, maxRecords=10))
+        waited = time.monotonic() - started
+        assert not got.receivedRecords
+        assert 0.8 <= waited <= 3.0, (
+            f"empty read with timeout 1000 ms returned after {waited:.2f} s"
+        )
+    finally:
+        hstream.DeleteShardReader(api.DeleteShardReaderRequest(readerId=reader_id))
+
+
+@pytest.mark.conformance("api.readers.lifecycle")
+def test_reader_lifecycle(hstream, shard_stream, unique):
+    stream, shard_id = shard_stream
+    reader_id = unique("rd")
+    hstream.CreateShardReader(
+        api.CreateShardReaderRequest(
+            streamName=stream,
+            shardId=shard_id,
+            shardOffset=EARLIEST,
+            readerId=reader_id,
+            timeout=10,
+        )
+    )
+    listed = hstream.ListShardReaders(api.ListShardReadersRequest()).readerId
+    assert reader_id in listed, f"{reader_id} not in ListShardReaders {list(listed)}"
+    hstream.DeleteShardReader(api.DeleteShardReaderRequest(readerId=reader_id))
+    listed = hstream.ListShardReaders(api.ListShardReadersRequest()).readerId
+    assert reader_id not in listed, "deleted reader still listed"
+    expect_error(
+        lambda: hstream.ReadShard(api.ReadShardRequest(readerId=reader_id, maxRecords=1)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+
+
+@pytest.mark.conformance("api.errors.reader-exists")
+def test_reader_exists(hstream, shard_stream, unique):
+    stream, shard_id = shard_stream
+    reader_id = unique("rd")
+    request = api.CreateShardReaderRequest(
+        streamName=stream, shardId=shard_id, shardOffset=EARLIEST, readerId=reader_id, timeout=10
+    )
+    hstream.CreateShardReader(request)
+    try:
+        expect_error(lambda: hstream.CreateShardReader(request), grpc.StatusCode.ALREADY_EXISTS)
+    finally:
+        hstream.DeleteShardReader(api.DeleteShardReaderRequest(readerId=reader_id))
+
+
+@pytest.mark.conformance("api.errors.reader-missing-offset")
+def test_reader_without_offset(hstream, shard_stream, unique):
+    stream, shard_id = shard_stream
+    expect_error(
+        lambda: hstream.CreateShardReader(
+            api.CreateShardReaderRequest(
+                streamName=stream, shardId=shard_id, readerId=unique("rd"), timeout=10
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+
+
+@pytest.mark.conformance("api.errors.reader-unknown-shard")
+def test_reader_unknown_shard(hstream, shard_stream, unique):
+    stream, shard_id = shard_stream
+    expect_error(
+        lambda: hstream.CreateShardReader(
+            api.CreateShardReaderRequest(
+                streamName=stream,
+                shardId=shard_id ^ 0x7777777,
+                shardOffset=EARLIEST,
+                readerId=unique("rd"),
+                timeout=10,
+            )
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+
+
+@pytest.mark.conformance("api.read.shard-stream-bounds")
+def test_read_shard_stream_bounds(hstream, shard_stream, unique):
+    stream, shard_id = shard_stream
+    answers = write_batches(hstream, stream, shard_id, 6)
+    ids = [a.recordIds[0] for a in answers]
+    responses = hstream.ReadShardStream(
+        api.ReadShardStreamRequest(
+            readerId=unique("rs"),
+            shardId=shard_id,
+            **{"from": api.ShardOffset(recordOffset=ids[1])},
+            until=api.ShardOffset(recordOffset=ids[4]),
+            maxReadBatches=10,
+        ),
+        timeout=15,
+    )
+    got = [r for response in responses for r in response.receivedRecords]
+    assert batch_ids(got) == [i.batchId for i in ids[1:5]], (
+        f"from {ids[1].batchId} until {ids[4].batchId}: got {batch_ids(got)}"
+    )
+    limited = hstream.ReadShardStream(
+        api.ReadShardStreamRequest(
+            readerId=unique("rs"),
+            shardId=shard_id,
+            **{"from": EARLIEST},
+            until=api.ShardOffset(recordOffset=ids[5]),
+            maxReadBatches=2,
+        ),
+        timeout=15,
+    )
+    got = [r for response in limited for r in response.receivedRecords]
+    assert batch_ids(got) == [i.batchId for i in ids[:2]], f"maxReadBatches=2 gave {batch_ids(got)}"
+
+
+@pytest.mark.conformance("api.read.stream")
+def test_read_stream_all_shards(hstream, make_stream, unique):
+    stream = make_stream(shards=3)
+    shards = shards_of(hstream, stream.streamName)
+    expected = {
+        s.shardId: [
+            a.recordIds[0].batchId for a in write_batches(hstream, stream.streamName, s.shardId, 3)
+        ]
+        for s in shards
+    }
+    responses = hstream.ReadStream(
+        api.ReadStreamRequest(
+            readerId=unique("rs"),
+            streamName=stream.streamName,
+            **{"from": api.StreamOffset(specialOffset=api.SpecialOffset.EARLIEST)},
+            until=api.StreamOffset(specialOffset=api.SpecialOffset.LATEST),
+            maxReadBatches=100,
+        ),
+        timeout=15,
+    )
+    seen: dict[int, list[int]] = {}
+    for response in responses:
+        for received in response.receivedRecords:
+            seen.setdefault(received.recordIds[0].shardId, []).append(received.recordIds[0].batchId)
+    assert seen == expected, f"ReadStream per shard {seen}, want {expected}"
+
+
+@pytest.mark.conformance("api.read.stream-by-key")
+def test_read_stream_by_key(hstream, make_stream, unique):
+    stream = make_stream(shards=2)
+    shards = shards_of(hstream, stream.streamName)
+    written: dict[str, list[bytes]] = {}
+    for i in range(12):
+        key = f"key{i % 3}"
+        shard = wire.shard_for_key(shards, key)
+        payload = f"{key}-{i}".encode()
+        append(hstream, stream.streamName, shard.shardId, [wire.raw_record(payload, key=key)])
+        written.setdefault(key, []).append(payload)
+
+    def requests():
+        yield api.ReadStreamByKeyRequest(
+            readerId=unique("rk"),
+            streamName=stream.streamName,
+            key="key1",
+            **{"from": EARLIEST},
+            until=LATEST,
+            readRecordCount=100,
+        )
+
+    got: list[bytes] = []
+    for response in hstream.ReadStreamByKey(requests(), timeout=15):
+        got.extend(r.payload for r in response.receivedRecords)
+        if len(got) >= len(written["key1"]):
+            break
+    assert got == written["key1"], f"ReadStreamByKey(key1) gave {got}, want {written['key1']}"

@@ -1,0 +1,364 @@
+"""Subscriptions and StreamingFetch (protocol §4, errors §6).
+
+Consumers connect to the node LookupSubscription names, as the official clients do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+from HStream.Server import HStreamApi_pb2 as api
+
+from harness import wire
+
+from .conftest import append, expect_error, shards_of
+
+EARLIEST = api.SpecialOffset.EARLIEST
+LATEST = api.SpecialOffset.LATEST
+
+
+def owner_stub(hstream, sub_id: str):
+    owner = hstream.LookupSubscription(api.LookupSubscriptionRequest(subscriptionId=sub_id))
+    return wire.stub(wire.endpoint_of(owner.serverNode))
+
+
+@pytest.fixture
+def subscribe(hstream, unique) -> Iterator[Callable[..., str]]:
+    created: list[str] = []
+
+    def make(stream: str, ack_timeout: int = 30, max_unacked: int = 10_000, offset=EARLIEST):
+        sub_id = unique("sub")
+        hstream.CreateSubscription(
+            api.Subscription(
+                subscriptionId=sub_id,
+                streamName=stream,
+                ackTimeoutSeconds=ack_timeout,
+                maxUnackedRecords=max_unacked,
+                offset=offset,
+            )
+        )
+        created.append(sub_id)
+        return sub_id
+
+    yield make
+    for sub_id in created:
+        try:
+            owner_stub(hstream, sub_id).DeleteSubscription(
+                api.DeleteSubscriptionRequest(subscriptionId=sub_id, force=True)
+            )
+        except grpc.RpcError:
+            pass
+
+
+@pytest.fixture
+def consume(hstream) -> Iterator[Callable[[str, str], wire.FetchSession]]:
+    sessions: list[wire.FetchSession] = []
+
+    def open_session(sub_id: str, consumer: str = "c1") -> wire.FetchSession:
+        session = wire.FetchSession(owner_stub(hstream, sub_id), sub_id, consumer)
+        sessions.append(session)
+        return session
+
+    yield open_session
+    for session in sessions:
+        session.close()
+
+
+def fill(hstream, stream: str, batches: int, per_batch: int, tag: str = "") -> list[bytes]:
+    """Append `batches` batches to each shard; return every payload written."""
+    payloads = []
+    for shard in shards_of(hstream, stream):
+        for b in range(batches):
+            batch = [
+                wire.raw_record(f"{tag}{shard.shardId}-{b}-{i}".encode(), key=f"k{i}")
+                for i in range(per_batch)
+            ]
+            append(hstream, stream, shard.shardId, batch)
+            payloads.extend(r.payload for r in batch)
+    return payloads
+
+
+def payloads(got) -> list[bytes]:
+    return [record.payload for _, record in got]
+
+
+def ack_all(session: wire.FetchSession, got) -> None:
+    session.ack([record_id for record_id, _ in got])
+
+
+@pytest.mark.conformance("api.subscriptions.crud")
+def test_subscription_crud(hstream, make_stream, subscribe, unique):
+    stream = make_stream()
+    prefix = unique("crud")
+    sub_id = f"{prefix}_a"
+    hstream.CreateSubscription(
+        api.Subscription(
+            subscriptionId=sub_id,
+            streamName=stream.streamName,
+            ackTimeoutSeconds=7,
+            maxUnackedRecords=33,
+        )
+    )
+    owner = owner_stub(hstream, sub_id)
+    got = owner.GetSubscription(api.GetSubscriptionRequest(id=sub_id)).subscription
+    assert (got.subscriptionId, got.streamName, got.ackTimeoutSeconds, got.maxUnackedRecords) == (
+        sub_id,
+        stream.streamName,
+        7,
+        33,
+    ), f"GetSubscription gave {got}"
+    listed = {
+        s.subscriptionId
+        for s in hstream.ListSubscriptions(api.ListSubscriptionsRequest()).subscription
+    }
+    assert sub_id in listed
+    prefixed = {
+        s.subscriptionId
+        for s in hstream.ListSubscriptionsWithPrefix(
+            api.ListSubscriptionsWithPrefixRequest(prefix=prefix)
+        ).subscription
+    }
+    assert prefixed == {sub_id}, f"prefix {prefix!r} listed {prefixed}"
+    assert hstream.CheckSubscriptionExist(
+        api.CheckSubscriptionExistRequest(subscriptionId=sub_id)
+    ).exists
+    owner.DeleteSubscription(api.DeleteSubscriptionRequest(subscriptionId=sub_id))
+    assert not hstream.CheckSubscriptionExist(
+        api.CheckSubscriptionExistRequest(subscriptionId=sub_id)
+    ).exists
+
+
+@pytest.mark.conformance("api.errors.subscription-exists")
+def test_subscription_exists(hstream, make_stream, subscribe):
+    stream = make_stream()
+    sub_id = subscribe(stream.streamName)
+    expect_error(
+        lambda: hstream.CreateSubscription(
+            api.Subscription(
+                subscriptionId=sub_id,
+                streamName=stream.streamName,
+                ackTimeoutSeconds=10,
+                maxUnackedRecords=10,
+            )
+        ),
+        grpc.StatusCode.ALREADY_EXISTS,
+        301,
+    )
+
+
+@pytest.mark.conformance("api.errors.subscription-on-missing-stream")
+def test_subscription_on_missing_stream(hstream, unique):
+    expect_error(
+        lambda: hstream.CreateSubscription(
+            api.Subscription(
+                subscriptionId=unique("sub"),
+                streamName=unique("ghost"),
+                ackTimeoutSeconds=10,
+                maxUnackedRecords=10,
+            )
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        302,
+    )
+
+
+@pytest.mark.conformance("api.errors.subscription-not-found")
+def test_unknown_subscription(hstream, unique):
+    ghost = unique("ghost")
+    expect_error(
+        lambda: owner_stub(hstream, ghost).GetSubscription(api.GetSubscriptionRequest(id=ghost)),
+        grpc.StatusCode.NOT_FOUND,
+        300,
+    )
+    session = wire.FetchSession(hstream, ghost, "c1")
+    try:
+        assert session.ended.wait(10), "StreamingFetch on an unknown subscription did not end"
+        assert session.error is not None, "StreamingFetch on an unknown subscription ended cleanly"
+        error = wire.WireError.of(session.error)
+        assert (error.status, error.code) == (grpc.StatusCode.NOT_FOUND, 300), str(error)
+    finally:
+        session.close()
+
+
+@pytest.mark.conformance("api.subscriptions.earliest")
+def test_earliest_delivers_existing(hstream, make_stream, subscribe, consume):
+    stream = make_stream(shards=2)
+    written = fill(hstream, stream.streamName, batches=3, per_batch=4)
+    session = consume(subscribe(stream.streamName))
+    got = session.take(len(written), timeout=20)
+    ack_all(session, got)
+    assert sorted(payloads(got)) == sorted(written), (
+        f"EARLIEST: {len(got)} of {len(written)} delivered; "
+        f"missing {sorted(set(written) - set(payloads(got)))[:5]}"
+    )
+
+
+@pytest.mark.conformance("api.subscriptions.latest")
+def test_latest_only_new(hstream, make_stream, subscribe, consume):
+    stream = make_stream()
+    old = fill(hstream, stream.streamName, batches=2, per_batch=3, tag="old-")
+    session = consume(subscribe(stream.streamName, offset=LATEST))
+    new = fill(hstream, stream.streamName, batches=2, per_batch=3, tag="new-")
+    got = session.take(len(new) + len(old), timeout=8)
+    ack_all(session, got)
+    assert sorted(payloads(got)) == sorted(new), (
+        f"LATEST delivered {sorted(payloads(got))}, want only {sorted(new)}"
+    )
+
+
+@pytest.mark.conformance("api.subscriptions.record-ids")
+def test_one_response_per_batch_with_ids(hstream, make_stream, subscribe, consume):
+    stream = make_stream()
+    shard = shards_of(hstream, stream.streamName)[0]
+    answers = [
+        append(
+            hstream,
+            stream.streamName,
+            shard.shardId,
+            [wire.raw_record(f"{b}-{i}".encode()) for i in range(b + 1)],
+        )
+        for b in range(4)
+    ]
+    session = consume(subscribe(stream.streamName))
+    batches = []
+    deadline = time.monotonic() + 15
+    while len(batches) < 4 and time.monotonic() < deadline:
+        try:
+            batches.append(session.received.get(timeout=0.5))
+        except Exception:  # queue.Empty: keep waiting until the deadline
+            continue
+    assert [list(b.recordIds) for b in batches] == [list(a.recordIds) for a in answers], (
+        "each stored batch must arrive as one response carrying exactly its append's ids"
+    )
+    session.ack([i for b in batches for i in b.recordIds])
+
+
+@pytest.mark.conformance("api.subscriptions.redelivery")
+def test_unacked_redelivered_after_timeout(hstream, make_stream, subscribe, consume):
+    stream = make_stream()
+    written = fill(hstream, stream.streamName, batches=2, per_batch=5)
+    session = consume(subscribe(stream.streamName, ack_timeout=2))
+    first = session.take(len(written), timeout=15)
+    assert len(first) == len(written), f"first delivery {len(first)} of {len(written)}"
+    acked = first[::2]
+    unacked = first[1::2]
+    ack_all(session, acked)
+    again = session.take(len(unacked), timeout=15)
+    assert sorted(payloads(again)) == sorted(payloads(unacked)), (
+        f"after the 2 s ack timeout expected exactly the {len(unacked)} unacked records again; "
+        f"got {sorted(payloads(again))}"
+    )
+    ack_all(session, again)
+
+
+@pytest.mark.conformance("api.subscriptions.no-redelivery-of-acked")
+def test_acked_not_redelivered(hstream, make_stream, subscribe, consume):
+    stream = make_stream()
+    written = fill(hstream, stream.streamName, batches=3, per_batch=3)
+    session = consume(subscribe(stream.streamName, ack_timeout=1))
+    got = session.take(len(written), timeout=15)
+    ack_all(session, got)
+    extra = session.take(1, timeout=4)  # four ack timeouts: any redelivery would show
+    assert extra == [], f"acked records delivered again: {payloads(extra)}"
+    assert sorted(payloads(got)) == sorted(written)
+
+
+@pytest.mark.conformance("api.subscriptions.max-unacked")
+def test_flow_control(hstream, make_stream, subscribe, consume):
+    stream = make_stream()
+    shard = shards_of(hstream, stream.streamName)[0]
+    for b in range(10):
+        append(
+            hstream,
+            stream.streamName,
+            shard.shardId,
+            [wire.raw_record(f"{b}-{i}".encode()) for i in range(2)],
+        )
+    session = consume(subscribe(stream.streamName, max_unacked=4, ack_timeout=60))
+    first = session.take(20, timeout=4)
+    # Batches are never split, so the server may overshoot by at most one batch.
+    assert 4 <= len(first) <= 4 + 2, (
+        f"maxUnackedRecords=4: {len(first)} records delivered before any ack"
+    )
+    ack_all(session, first)
+    rest = session.take(20 - len(first), timeout=20)
+    total = first + rest
+    while len(total) < 20 and rest:
+        ack_all(session, rest)
+        rest = session.take(20 - len(total), timeout=10)
+        total += rest
+    assert len(total) == 20, f"after acking, {len(total)} of 20 records delivered"
+
+
+@pytest.mark.conformance("api.subscriptions.reassignment")
+def test_consumer_leaves_shards_move(hstream, make_stream, subscribe, consume):
+    stream = make_stream(shards=4)
+    sub_id = subscribe(stream.streamName, ack_timeout=2)
+    first = consume(sub_id, "c1")
+    second = consume(sub_id, "c2")
+    time.sleep(2.5)  # assignment runs every second (§4)
+    written = fill(hstream, stream.streamName, batches=2, per_batch=2)
+    got_first = first.take(len(written), timeout=4)
+    got_second = second.take(len(written), timeout=4)
+    assert got_first and got_second, (
+        f"two consumers on 4 shards: c1 got {len(got_first)}, c2 got {len(got_second)}"
+    )
+    ack_all(second, got_second)
+    first.close()  # leaves without acking: its records must reach c2
+    rest = second.take(len(written) - len(got_second), timeout=20)
+    ack_all(second, rest)
+    delivered = set(payloads(got_second)) | set(payloads(rest))
+    assert delivered == set(written), (
+        f"after c1 left, c2 holds {len(delivered)} of {len(written)}; "
+        f"lost {sorted(set(written) - delivered)[:5]}"
+    )
+
+
+@pytest.mark.conformance("api.subscriptions.duplicate-consumer")
+def test_duplicate_consumer_name(hstream, make_stream, subscribe, consume):
+    stream = make_stream()
+    sub_id = subscribe(stream.streamName)
+    consume(sub_id, "same")
+    time.sleep(0.5)
+    duplicate = consume(sub_id, "same")
+    assert duplicate.ended.wait(10), "a second consumer named 'same' was accepted"
+    assert duplicate.error is not None
+    assert duplicate.error.code() == grpc.StatusCode.ALREADY_EXISTS, str(
+        wire.WireError.of(duplicate.error)
+    )
+
+
+@pytest.mark.conformance("api.subscriptions.delete-with-consumers")
+def test_delete_with_live_consumer(hstream, make_stream, subscribe, consume):
+    stream = make_stream()
+    sub_id = subscribe(stream.streamName)
+    session = consume(sub_id, "c1")
+    time.sleep(0.5)
+    owner = owner_stub(hstream, sub_id)
+    expect_error(
+        lambda: owner.DeleteSubscription(api.DeleteSubscriptionRequest(subscriptionId=sub_id)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        305,
+    )
+    owner.DeleteSubscription(api.DeleteSubscriptionRequest(subscriptionId=sub_id, force=True))
+    assert session.ended.wait(10), "forced delete left the consumer's stream open"
+    assert not hstream.CheckSubscriptionExist(
+        api.CheckSubscriptionExistRequest(subscriptionId=sub_id)
+    ).exists
+
+
+@pytest.mark.conformance("api.subscriptions.per-shard-order")
+def test_per_shard_order(hstream, make_stream, subscribe, consume):
+    stream = make_stream(shards=3)
+    written = fill(hstream, stream.streamName, batches=6, per_batch=2)
+    session = consume(subscribe(stream.streamName))
+    got = session.take(len(written), timeout=20)
+    ack_all(session, got)
+    by_shard: dict[int, list[tuple[int, int]]] = {}
+    for record_id, _ in got:
+        by_shard.setdefault(record_id.shardId, []).append((record_id.batchId, record_id.batchIndex))
+    for shard_id, positions in by_shard.items():
+        assert positions == sorted(positions), f"shard {shard_id} out of order: {positions}"
