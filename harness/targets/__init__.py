@@ -89,6 +89,7 @@ class ProcessSpec:
     role: Role
     # argv[0] == "python" with image None means: this repo's Python environment (the local
     # backend runs sys.executable; the docker backend runs the reference-server image).
+    # Empty argv with an image: the image's own entrypoint and command.
     argv: tuple[str, ...]
     ports: Mapping[str, int]  # port name -> port it listens on (bound on Placement.bind_host)
     ready_log: str  # regex searched in the process's combined stdout/stderr

@@ -1,0 +1,170 @@
+"""The `reference` target: the repo's reference HServer, one store process + N server nodes.
+
+Flags mirror hstream-server (`--server-id --port --internal-port --bind-address
+--advertised-address --seed-nodes ...`), so the topology code is the same for both targets.
+Every node is a seed, as in the known-good HStreamDB setups, so the cluster waits for
+`server init` (sent to node 1) before it serves.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+
+from harness.targets import InitStep, Placement, ProcessLayout, ProcessSpec, TargetError
+from harness.topology import ClusterSpec
+
+STORE = "store"
+
+
+def node_name(node_id: int) -> str:
+    return f"node-{node_id}"
+
+
+def _known_defects() -> Mapping[str, str]:
+    # The defect catalogue is the reference server's published list of switches (what its
+    # `--defect` accepts), not an internal: reading it lets a typo fail before anything starts.
+    from refserver.defects import DEFECTS
+
+    return DEFECTS
+
+
+class ReferenceTarget:
+    name = "reference"
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        known = _known_defects()
+        unknown = sorted(set(spec.defects) - set(known))
+        if unknown:
+            raise TargetError(
+                f"unknown defect {', '.join(unknown)}; the reference server knows: "
+                f"{', '.join(sorted(known))}"
+            )
+        self.spec = spec
+
+    def layout(self, spec: ClusterSpec) -> list[ProcessLayout]:
+        store = ProcessLayout(
+            name=STORE,
+            role="store",
+            ports={"store": spec.store_port},
+            # A proxy in front of the store lets a nemesis cut every server off from it.
+            proxied=("store",),
+            volumes={"store-data": "/data/store"},
+        )
+        nodes = [
+            ProcessLayout(
+                name=node_name(i),
+                role="node",
+                ports={"client": spec.client_port, "gossip": spec.gossip_port},
+                proxied=("client", "gossip"),
+                node_id=i,
+            )
+            for i in spec.node_ids
+        ]
+        return [store, *nodes]
+
+    def processes(
+        self, spec: ClusterSpec, placements: Mapping[str, Placement]
+    ) -> list[ProcessSpec]:
+        store_at = placements[STORE]
+        store = ProcessSpec(
+            name=STORE,
+            role="store",
+            argv=(
+                "python", "-m", "refserver.store",
+                "--data-dir", store_at.volumes["store-data"],
+                "--port", str(spec.store_port),
+                "--bind-address", store_at.bind_host,
+            ),
+            ports={"store": spec.store_port},
+            ready_log=rf"Store is started on port {spec.store_port}\b",
+            env=_python_env(),
+            volumes={"store-data": "/data/store"},
+            proxied=("store",),
+        )
+        seeds = ",".join(
+            str(placements[node_name(i)].advertised["gossip"]) for i in spec.node_ids
+        )
+        nodes = [
+            ProcessSpec(
+                name=node_name(i),
+                role="node",
+                argv=self._node_argv(spec, i, placements[node_name(i)], seeds,
+                                     str(store_at.advertised["store"])),
+                ports={"client": spec.client_port, "gossip": spec.gossip_port},
+                ready_log=rf"Server is started on port {spec.client_port}\b",
+                env=_python_env(),
+                proxied=("client", "gossip"),
+                node_id=i,
+            )
+            for i in spec.node_ids
+        ]
+        return [store, *nodes]
+
+    def _node_argv(
+        self, spec: ClusterSpec, node_id: int, at: Placement, seeds: str, store: str
+    ) -> tuple[str, ...]:
+        client = at.advertised["client"]
+        gossip = at.advertised["gossip"]
+        argv = [
+            "python", "-m", "refserver",
+            "--server-id", str(node_id),
+            "--port", str(spec.client_port),
+            "--internal-port", str(spec.gossip_port),
+            "--bind-address", at.bind_host,
+            "--advertised-address", client.host,
+            "--advertised-port", str(client.port),
+            "--gossip-address", gossip.host,
+            "--advertised-gossip-port", str(gossip.port),
+            "--seed-nodes", seeds,
+            "--store", store,
+        ]
+        if spec.tokens:
+            argv += ["--tokens", ",".join(spec.tokens)]
+        for defect in spec.defects:
+            argv += ["--defect", defect]
+        for key, value in sorted(spec.gossip.items()):
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        return tuple(argv)
+
+    def init_steps(
+        self, spec: ClusterSpec, placements: Mapping[str, Placement]
+    ) -> list[InitStep]:
+        # Talk to the servers directly, not through their proxies: a test that starts with
+        # a toxic already on the proxy must still get an initialised cluster.
+        def admin(node_id: int, command: str) -> tuple[str, ...]:
+            at = placements[node_name(node_id)]
+            return (
+                "python", "-m", "harness.targets.admin_command",
+                "--host", str(at.direct(spec.client_port)),
+                *(("--token", spec.tokens[0]) if spec.tokens else ()),
+                command,
+            )
+
+        steps = [
+            InitStep(
+                description="server init on node-1",
+                argv=admin(1, "server init"),
+                # A single-seed cluster may have initialised itself; "already" is fine then.
+                expect=r'(?i)"type":\s*"(plain|table)"|already',
+            )
+        ]
+        steps += [
+            InitStep(
+                description=f"wait until {node_name(i)} says the cluster is ready",
+                argv=admin(i, "server ready"),
+                expect=r"(?i)cluster is ready",
+            )
+            for i in spec.node_ids
+        ]
+        return steps
+
+
+def _python_env() -> dict[str, str]:
+    # Unbuffered output: readiness is read from the log as it is written.
+    return {"PYTHONUNBUFFERED": "1"}
+
+
+def python_executable() -> str:
+    """What argv[0] == "python" means on the local backend."""
+    return sys.executable
