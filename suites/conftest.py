@@ -7,6 +7,8 @@ from a cluster someone already runs.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -17,3 +19,17 @@ def endpoints(request: pytest.FixtureRequest) -> list[str]:
         return [url.removeprefix("hstream://") for url in given.split(",") if url]
     cluster = request.getfixturevalue("cluster")
     return list(cluster.client_urls())
+
+
+# Hypothesis profiles: `ci` is derandomized so a CI run is repeatable; `thorough` is for
+# `nox -s conformance -- --hypothesis-profile=thorough`. Examples talk to a live cluster,
+# so deadlines are off and health checks about slow data generation do not apply.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+_LIVE = dict(
+    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+settings.register_profile("dev", max_examples=25, **_LIVE)
+settings.register_profile("ci", max_examples=25, derandomize=True, print_blob=True, **_LIVE)
+settings.register_profile("thorough", max_examples=300, print_blob=True, **_LIVE)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
