@@ -1,0 +1,500 @@
+"""Builds the harness's container images without a registry, and skips builds already done.
+
+Two kinds of image:
+- the *base* image, a Debian bookworm root filesystem made with ``debootstrap`` from the host's
+  apt mirror and turned into an image with ``docker import`` (nothing is pulled);
+- *recipe* images (``docker/<name>/Dockerfile``), built on a ``BASE_IMAGE`` build argument
+  (our base by default; anyone with a registry may pass ``python:3.11-slim``). Python packages
+  go in as wheels built on the host, installed with ``pip --no-index``: the base's Python is
+  3.11 like the host's, so host-built wheels install.
+
+Every image carries a content-hash label; a build whose inputs hash to the label of the image
+already present is skipped. ``python -m harness.images build [base|refserver|all]`` is the
+command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+
+import docker
+from harness import HarnessError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCKER_DIR = REPO_ROOT / "docker"
+BUILD_DIR = DOCKER_DIR / ".build"
+WHEELS_DIR = BUILD_DIR / "wheels"
+
+LABEL_PREFIX = "org.hstream-conformance"
+HASH_LABEL = f"{LABEL_PREFIX}.content-hash"
+KIND_LABEL = f"{LABEL_PREFIX}.image"
+
+BASE_IMAGE = "hstream-conformance/base:bookworm"
+REFSERVER_IMAGE = "hstream-conformance/refserver:latest"
+
+SUITE = "bookworm"
+BASE_PACKAGES = (
+    "python3",
+    "python3-venv",
+    "python3-pip",
+    "iproute2",
+    "iptables",
+    "procps",
+    "ca-certificates",
+)
+# Bump when the way the base is made changes in a way its inputs above don't show.
+BASE_RECIPE_VERSION = "1"
+
+# hstreamdb 0.5.0 ships only an sdist whose build breaks with setuptools >= 81.
+PIP_BUILD_CONSTRAINTS = "setuptools<81\n"
+
+# What of the project goes into its wheel, hence into the images: hashing these (and not the
+# wheel file, whose zip timestamps change on every build) keeps the hash reproducible.
+PROJECT_SOURCES = ("pyproject.toml", "setup.py", "harness", "refserver")
+SOURCE_SUFFIXES = {".py", ".proto", ".json", ".html", ".css", ".js", ".toml"}
+
+Progress = Callable[[str], None]
+
+
+def print_progress(line: str) -> None:
+    print(f"[images] {line}", file=sys.stderr, flush=True)
+
+
+class ImageBuildError(HarnessError):
+    """A build step failed; the message says which step and how to fix it."""
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image: str
+    content_hash: str
+    skipped: bool
+    image_id: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An image built from ``docker/<name>/Dockerfile`` with the project's wheels."""
+
+    name: str
+    tag: str
+    build_args: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dockerfile(self) -> Path:
+        return DOCKER_DIR / self.name / "Dockerfile"
+
+
+RECIPES: dict[str, Recipe] = {
+    "refserver": Recipe(name="refserver", tag=REFSERVER_IMAGE),
+}
+
+
+# ---------------------------------------------------------------- the engine
+
+
+class DockerUnavailable(HarnessError):
+    """No Docker engine answers; the message says how to get one."""
+
+
+def connect(timeout: int = 120) -> docker.DockerClient:
+    """A client of the local Docker engine, or one clear error saying how to fix it."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    socket_path = host.removeprefix("unix://") if host.startswith("unix://") else None
+    if socket_path is not None and not Path(socket_path).exists():
+        raise DockerUnavailable(
+            f"no Docker engine: socket {socket_path} does not exist; start the daemon "
+            "(`sudo systemctl start docker` or `sudo dockerd &`) or set DOCKER_HOST"
+        )
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise DockerUnavailable(
+            f"no Docker engine answers at {host} ({exc.__class__.__name__}: {exc}); "
+            "start the daemon, check you may use its socket (group `docker`), or set DOCKER_HOST"
+        ) from None
+    return client
+
+
+# ---------------------------------------------------------------- content hashing
+
+
+def _hash_files(digest: Any, root: Path, paths: Iterator[Path]) -> None:
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+
+
+def _project_source_files() -> Iterator[Path]:
+    for name in PROJECT_SOURCES:
+        path = REPO_ROOT / name
+        if path.is_file():
+            yield path
+        elif path.is_dir():
+            for item in path.rglob("*"):
+                if (
+                    item.is_file()
+                    and item.suffix in SOURCE_SUFFIXES
+                    and "__pycache__" not in item.parts
+                    # generated stubs follow from the .proto files, already hashed
+                    and not re.search(r"_pb2(_grpc)?\.py$", item.name)
+                ):
+                    yield item
+
+
+def project_source_hash() -> str:
+    digest = hashlib.sha256()
+    _hash_files(digest, REPO_ROOT, _project_source_files())
+    return digest.hexdigest()
+
+
+def base_content_hash() -> str:
+    recipe = f"{BASE_RECIPE_VERSION}|{SUITE}|minbase|{','.join(sorted(BASE_PACKAGES))}"
+    return hashlib.sha256(recipe.encode()).hexdigest()
+
+
+def recipe_content_hash(recipe: Recipe, base_image: str, base_id: str, wheels: list[Path]) -> str:
+    """Dockerfile + build args + base image id + wheels + project sources."""
+    digest = hashlib.sha256()
+    digest.update(recipe.dockerfile.read_bytes())
+    for key, value in sorted({"BASE_IMAGE": base_image, **recipe.build_args}.items()):
+        digest.update(f"{key}={value}\0".encode())
+    digest.update(base_id.encode())
+    for wheel in sorted(wheels):
+        digest.update(wheel.name.encode())
+        if not wheel.name.startswith("hstream_conformance-"):
+            digest.update(hashlib.sha256(wheel.read_bytes()).digest())
+    digest.update(project_source_hash().encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- docker helpers
+
+
+def image_label(client: docker.DockerClient, image: str, label: str) -> str | None:
+    try:
+        found = client.images.get(image)
+    except docker.errors.ImageNotFound:
+        return None
+    labels = (found.attrs.get("Config") or {}).get("Labels") or {}
+    return labels.get(label)
+
+
+def image_id(client: docker.DockerClient, image: str) -> str:
+    return str(client.images.get(image).id)
+
+
+def require_image(client: docker.DockerClient, image: str) -> None:
+    """Fail fast, naming the image and the command that builds it."""
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        how = "python -m harness.images build all"
+        for name, recipe in RECIPES.items():
+            if recipe.tag == image:
+                how = f"python -m harness.images build {name}"
+        if image == BASE_IMAGE:
+            how = "python -m harness.images build base"
+        raise ImageBuildError(
+            f"docker image {image!r} is not present and cannot be pulled here; "
+            f"build it with `{how}`"
+        ) from None
+
+
+# ---------------------------------------------------------------- base image
+
+
+def host_apt_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror the host's apt uses for the main archive (not -security)."""
+    candidates: list[tuple[str, list[str]]] = []
+    files = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*"))]
+    for path in files:
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        if path.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", text):
+                fields: dict[str, str] = {}
+                for line in stanza.splitlines():
+                    if ":" in line and not line.lstrip().startswith("#"):
+                        key, _, value = line.partition(":")
+                        fields[key.strip().lower()] = value.strip()
+                if "deb" in fields.get("types", "").split():
+                    for uri in fields.get("uris", "").split():
+                        candidates.append((uri, fields.get("suites", "").split()))
+        else:
+            for line in text.splitlines():
+                match = re.match(r"\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)", line)
+                if match:
+                    candidates.append((match.group(1), [match.group(2)]))
+    for uri, suites in candidates:
+        if SUITE in suites and "security" not in uri:
+            return uri.rstrip("/")
+    raise ImageBuildError(
+        f"no apt source for Debian {SUITE} found under {apt_dir}; "
+        "pass --mirror http://<debian mirror>/debian"
+    )
+
+
+def build_base(
+    client: docker.DockerClient,
+    *,
+    mirror: str | None = None,
+    force: bool = False,
+    progress: Progress = print_progress,
+) -> BuildResult:
+    content_hash = base_content_hash()
+    if not force and image_label(client, BASE_IMAGE, HASH_LABEL) == content_hash:
+        progress(f"{BASE_IMAGE}: up to date (content hash {content_hash[:12]}), skipped")
+        return BuildResult(BASE_IMAGE, content_hash, True, image_id(client, BASE_IMAGE))
+    if shutil.which("debootstrap") is None:
+        raise ImageBuildError(
+            "debootstrap is not installed; install it with `apt-get install debootstrap` "
+            "(or build recipes on a registry image: --base-image python:3.11-slim)"
+        )
+    if os.geteuid() != 0:
+        raise ImageBuildError(
+            "building the base image needs root (debootstrap creates device nodes and "
+            "chroots): run `sudo python -m harness.images build base`"
+        )
+    mirror = mirror or host_apt_mirror()
+    progress(f"{BASE_IMAGE}: debootstrap {SUITE} from {mirror} (takes about a minute)")
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rootfs-", dir=BUILD_DIR) as rootfs:
+        cmd = [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(BASE_PACKAGES)}",
+            SUITE,
+            rootfs,
+            mirror,
+        ]
+        try:
+            _run_logged(cmd, progress, step="debootstrap")
+        finally:
+            # A failed debootstrap leaves /proc and /sys mounted inside the tree; removing the
+            # tree with them mounted would reach into the host's.
+            _unmount_below(Path(rootfs))
+        # apt's caches are a third of the tree and useless in an image built offline
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for item in (Path(rootfs) / cache).glob("*"):
+                if item.is_file():
+                    item.unlink()
+        progress(f"{BASE_IMAGE}: docker import")
+        tar = subprocess.Popen(
+            ["tar", "-C", rootfs, "--one-file-system", "-c", "."], stdout=subprocess.PIPE
+        )
+        assert tar.stdout is not None
+        repository, _, tag = BASE_IMAGE.rpartition(":")
+        try:
+            client.api.import_image_from_stream(
+                tar.stdout,
+                repository=repository,
+                tag=tag,
+                changes=[
+                    f"LABEL {HASH_LABEL}={content_hash}",
+                    f"LABEL {KIND_LABEL}=base",
+                    "ENV LANG=C.UTF-8",
+                    'CMD ["/bin/bash"]',
+                ],
+            )
+        finally:
+            tar.stdout.close()
+            if tar.wait() != 0:
+                raise ImageBuildError(f"tar of the root filesystem failed (exit {tar.returncode})")
+    if image_label(client, BASE_IMAGE, HASH_LABEL) != content_hash:
+        raise ImageBuildError(f"docker import did not produce {BASE_IMAGE} with its hash label")
+    progress(f"{BASE_IMAGE}: built (content hash {content_hash[:12]})")
+    return BuildResult(BASE_IMAGE, content_hash, False, image_id(client, BASE_IMAGE))
+
+
+def _unmount_below(root: Path) -> None:
+    mounts = [
+        line.split()[1]
+        for line in Path("/proc/self/mounts").read_text().splitlines()
+        if line.split()[1].startswith(str(root.resolve()) + "/")
+    ]
+    for mount in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
+
+
+def _run_logged(cmd: list[str], progress: Progress, step: str) -> None:
+    """Runs a build command, printing a line of progress every 25 lines of its output."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
+    assert proc.stdout is not None
+    tail: list[str] = []
+    for count, line in enumerate(proc.stdout, 1):
+        tail = (tail + [line.rstrip()])[-20:]
+        if count % 25 == 0:
+            progress(f"{step}: {line.rstrip()}")
+    if proc.wait() != 0:
+        raise ImageBuildError(
+            f"{step} failed (exit {proc.returncode}); last output:\n" + "\n".join(tail)
+        )
+
+
+# ---------------------------------------------------------------- wheels
+
+
+def build_wheels(*, progress: Progress = print_progress) -> list[Path]:
+    """Wheels of the project and every dependency, rebuilt only when the sources change."""
+    stamp = WHEELS_DIR / ".source-hash"
+    source_hash = project_source_hash()
+    if stamp.is_file() and stamp.read_text().strip() == source_hash:
+        wheels = sorted(WHEELS_DIR.glob("*.whl"))
+        if wheels:
+            progress(f"wheels: up to date ({len(wheels)} in {WHEELS_DIR.relative_to(REPO_ROOT)})")
+            return wheels
+    progress(f"wheels: pip wheel . -> {WHEELS_DIR.relative_to(REPO_ROOT)}")
+    if WHEELS_DIR.exists():
+        shutil.rmtree(WHEELS_DIR)
+    WHEELS_DIR.mkdir(parents=True)
+    constraints = BUILD_DIR / "pip-build-constraints.txt"
+    constraints.write_text(PIP_BUILD_CONSTRAINTS)
+    env = {**os.environ, "PIP_CONSTRAINT": str(constraints)}
+    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", str(REPO_ROOT), "-w", str(WHEELS_DIR)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ImageBuildError(
+            "pip wheel failed; the images need the project's dependencies as wheels "
+            f"(check the package index is reachable):\n{result.stderr[-3000:]}"
+        )
+    stamp.write_text(source_hash + "\n")
+    wheels = sorted(WHEELS_DIR.glob("*.whl"))
+    progress(f"wheels: {len(wheels)} built")
+    return wheels
+
+
+# ---------------------------------------------------------------- recipe images
+
+
+def build_recipe(
+    client: docker.DockerClient,
+    recipe: Recipe,
+    *,
+    base_image: str = BASE_IMAGE,
+    force: bool = False,
+    progress: Progress = print_progress,
+) -> BuildResult:
+    if not recipe.dockerfile.is_file():
+        raise ImageBuildError(f"no Dockerfile for image {recipe.name!r} at {recipe.dockerfile}")
+    require_image(client, base_image)
+    wheels = build_wheels(progress=progress)
+    content_hash = recipe_content_hash(recipe, base_image, image_id(client, base_image), wheels)
+    if not force and image_label(client, recipe.tag, HASH_LABEL) == content_hash:
+        progress(f"{recipe.tag}: up to date (content hash {content_hash[:12]}), skipped")
+        return BuildResult(recipe.tag, content_hash, True, image_id(client, recipe.tag))
+
+    # The context holds only the Dockerfile and the wheels: small, and nothing stray gets in.
+    context = BUILD_DIR / f"context-{recipe.name}"
+    if context.exists():
+        shutil.rmtree(context)
+    (context / "wheels").mkdir(parents=True)
+    shutil.copy2(recipe.dockerfile, context / "Dockerfile")
+    for wheel in wheels:
+        os.link(wheel, context / "wheels" / wheel.name)
+    progress(f"{recipe.tag}: docker build on {base_image}")
+    tail: list[str] = []
+    try:
+        for chunk in client.api.build(
+            path=str(context),
+            tag=recipe.tag,
+            buildargs={"BASE_IMAGE": base_image, **recipe.build_args},
+            labels={HASH_LABEL: content_hash, KIND_LABEL: recipe.name},
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+        ):
+            if "error" in chunk:
+                raise ImageBuildError(
+                    f"docker build of {recipe.tag} failed: {chunk['error'].strip()}\n"
+                    + "\n".join(tail)
+                )
+            line = str(chunk.get("stream", "")).rstrip()
+            if line:
+                tail = (tail + [line])[-20:]
+                if line.startswith("Step "):
+                    progress(f"{recipe.tag}: {line}")
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+    progress(f"{recipe.tag}: built (content hash {content_hash[:12]})")
+    return BuildResult(recipe.tag, content_hash, False, image_id(client, recipe.tag))
+
+
+def build(
+    names: list[str],
+    *,
+    client: docker.DockerClient | None = None,
+    base_image: str = BASE_IMAGE,
+    mirror: str | None = None,
+    force: bool = False,
+    progress: Progress = print_progress,
+) -> list[BuildResult]:
+    """Builds the named images ("base", a recipe name, or "all"), in dependency order."""
+    unknown = [n for n in names if n not in ("all", "base", *RECIPES)]
+    if unknown:
+        raise ImageBuildError(
+            f"unknown image {', '.join(map(repr, unknown))}; known: all, base, {', '.join(RECIPES)}"
+        )
+    client = client or connect()
+    wanted = set(names)
+    results = []
+    if "all" in wanted or "base" in wanted:
+        if base_image == BASE_IMAGE:
+            results.append(build_base(client, mirror=mirror, force=force, progress=progress))
+    for name, recipe in RECIPES.items():
+        if "all" in wanted or name in wanted:
+            if base_image == BASE_IMAGE and "base" not in wanted and "all" not in wanted:
+                results.append(build_base(client, mirror=mirror, progress=progress))
+            results.append(
+                build_recipe(client, recipe, base_image=base_image, force=force, progress=progress)
+            )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.images", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser("build", help="build images (skipped when their content is unchanged)")
+    cmd.add_argument("images", nargs="*", default=["all"], help="base, refserver, or all")
+    cmd.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    cmd.add_argument("--mirror", help="Debian mirror for the base (default: the host's apt's)")
+    cmd.add_argument(
+        "--base-image",
+        default=BASE_IMAGE,
+        help="image the recipes build FROM (e.g. python:3.11-slim where a registry is reachable)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        for result in build(
+            args.images, base_image=args.base_image, mirror=args.mirror, force=args.force
+        ):
+            state = "skipped (up to date)" if result.skipped else "built"
+            print(f"{result.image}\t{result.image_id[:19]}\t{state}")
+    except (ImageBuildError, DockerUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
