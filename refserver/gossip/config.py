@@ -1,0 +1,131 @@
+"""Gossip settings: the real hstream-server's defaults, its flag names, and seed parsing."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, field
+
+from refserver.membership import NodeAddress
+
+DEFAULT_GOSSIP_PORT = 6571
+
+
+class BadSeedList(ValueError):
+    pass
+
+
+def parse_seeds(text: str, default_port: int = DEFAULT_GOSSIP_PORT) -> list[tuple[str, int]]:
+    """Parse `host[:port],...` as --seed-nodes takes it; the port defaults to 6571."""
+    seeds: list[tuple[str, int]] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        host, sep, port_text = item.rpartition(":")
+        if not sep:
+            host, port_text = item, str(default_port)
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise BadSeedList(
+                f"bad seed node {item!r} in --seed-nodes {text!r}: expected host[:port] with "
+                "a port in 1..65535, e.g. 127.0.0.1:6571,127.0.0.2"
+            )
+        seeds.append((host, int(port_text)))
+    if not seeds:
+        raise BadSeedList(
+            f"--seed-nodes {text!r} names no node: give at least one host[:port], "
+            "e.g. the node's own gossip address for a one-node cluster"
+        )
+    return seeds
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    self_node: NodeAddress
+    seeds: list[tuple[str, int]]
+    probe_interval: float = 2.0
+    roundtrip_timeout: float = 0.5
+    indirect_checks: int = 1
+    # memberlist's shape: suspicion lasts suspicion_mult * max(1, log10(n)) probe intervals
+    suspicion_mult: int = 4
+    # each update rides on at most retransmit_mult * ceil(log10(n + 1)) outgoing messages
+    retransmit_mult: int = 4
+    gossip_interval: float = 1.0
+    fanout: int = 3
+    join_timeout: float = 30.0
+    # the real server retries SendReconnect to a dead member every 30 s
+    reconnect_interval: float = 30.0
+    defects: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.probe_interval <= 0:
+            problems.append(f"probe interval must be > 0 (got {self.probe_interval} s)")
+        if not 0 < self.roundtrip_timeout < self.probe_interval:
+            problems.append(
+                f"round-trip timeout ({self.roundtrip_timeout} s) must be > 0 and shorter "
+                f"than the probe interval ({self.probe_interval} s)"
+            )
+        if self.indirect_checks < 0:
+            problems.append(f"indirect checks must be >= 0 (got {self.indirect_checks})")
+        if self.suspicion_mult < 1 or self.retransmit_mult < 1:
+            problems.append("suspicion and retransmit multipliers must be >= 1")
+        if self.gossip_interval <= 0 or self.fanout < 1:
+            problems.append("gossip interval must be > 0 and fanout >= 1")
+        if self.join_timeout <= 0 or self.reconnect_interval <= 0:
+            problems.append("join timeout and reconnect interval must be > 0")
+        if not self.seeds:
+            problems.append("at least one seed node is needed")
+        if problems:
+            raise ValueError("invalid gossip settings: " + "; ".join(problems))
+
+    def suspicion_timeout(self, cluster_size: int) -> float:
+        spread = max(1.0, math.log10(max(cluster_size, 1)))
+        return self.suspicion_mult * spread * self.probe_interval
+
+    def retransmit_limit(self, cluster_size: int) -> int:
+        return self.retransmit_mult * max(1, math.ceil(math.log10(cluster_size + 1)))
+
+    @staticmethod
+    def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+        """The gossip flags, in milliseconds like hstream-server's; defaults are its own."""
+        group = parser.add_argument_group("gossip")
+        group.add_argument("--probe-interval-ms", type=int, default=2000,
+                           help="SWIM protocol period: one member is probed per period")
+        group.add_argument("--roundtrip-timeout-ms", type=int, default=500,
+                           help="wait this long for an Ack before asking others (PingReq)")
+        group.add_argument("--indirect-checks", type=int, default=1,
+                           help="how many members are asked to probe an unresponsive one")
+        group.add_argument("--suspicion-mult", type=int, default=4,
+                           help="suspicion timeout = mult * max(1, log10 n) * probe interval")
+        group.add_argument("--retransmit-mult", type=int, default=4,
+                           help="each update is piggybacked mult * ceil(log10(n+1)) times")
+        group.add_argument("--gossip-interval-ms", type=int, default=1000,
+                           help="period of the gossip round to --gossip-fanout members")
+        group.add_argument("--gossip-fanout", type=int, default=3)
+        group.add_argument("--join-timeout-ms", type=int, default=30000,
+                           help="give up (exit non-zero) when no seed accepts the join by then")
+        group.add_argument("--reconnect-interval-ms", type=int, default=30000,
+                           help="how often a dead member is tried again (partition healing)")
+
+    @classmethod
+    def from_args(
+        cls, args: argparse.Namespace, self_node: NodeAddress, defects: frozenset[str]
+    ) -> GossipConfig:
+        seed_text = getattr(args, "seed_nodes", None) or (
+            f"{self_node.gossip_host}:{self_node.gossip_port}"
+        )
+        return cls(
+            self_node=self_node,
+            seeds=parse_seeds(seed_text),
+            probe_interval=args.probe_interval_ms / 1000,
+            roundtrip_timeout=args.roundtrip_timeout_ms / 1000,
+            indirect_checks=args.indirect_checks,
+            suspicion_mult=args.suspicion_mult,
+            retransmit_mult=args.retransmit_mult,
+            gossip_interval=args.gossip_interval_ms / 1000,
+            fanout=args.gossip_fanout,
+            join_timeout=args.join_timeout_ms / 1000,
+            reconnect_interval=args.reconnect_interval_ms / 1000,
+            defects=frozenset(defects),
+        )

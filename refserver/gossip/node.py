@@ -1,0 +1,727 @@
+"""One SWIM member speaking HStreamDB's `hstream.gossip.HStreamGossip` over grpc.aio.
+
+Failure detection (where the real server cuts corners, this follows SWIM):
+- every probe_interval one member is pinged, in a shuffled round-robin order (every
+  member is probed once per round, so a failure is found within n periods at worst and
+  e/(e-1) periods on average);
+- no Ack within roundtrip_timeout: `indirect_checks` random alive members are asked to
+  ping it (SendPingReq); still no Ack by the end of the period: Suspect(incarnation);
+- a suspicion not refuted within suspicion_mult * max(1, log10 n) * probe_interval
+  becomes Confirm (dead); a node that hears it is suspected (or confirmed) answers with
+  Alive(incarnation + 1);
+- updates are piggybacked on Ping, Ack, PingReq and the gossip rounds, at most
+  retransmit_mult * ceil(log10(n + 1)) times each, freshest first. A ping to a member
+  this node thinks suspect or dead also carries that claim, so the member can refute it
+  even after the update has run out of retransmissions;
+- dead members are tried again every reconnect_interval (SendReconnect, then a Ping that
+  carries their Confirm): a member that was only cut off refutes and rejoins the views.
+
+Incarnations start at the node's start time in seconds since 2024-01-01, so a restarted
+node outbids the incarnation the cluster remembers for its previous life; should it
+restart within the same second, the seed that accepts its join assigns known + 1 and
+says so in the JoinResp.
+
+Bootstrap (as the real server, simplified where noted):
+- a node whose gossip address is its only seed is a one-node cluster, ready at once;
+- a node that is not a seed, or finds (SendBootstrapPing → "Cluster is ready") that the
+  cluster already runs, sends SendJoin to the seeds until one accepts; the seed answers
+  {epoch, members}, refuses a live member's id from another address with
+  ALREADY_EXISTS, and refuses with FAILED_PRECONDITION while it is not ready itself (the
+  joiner retries until join_timeout, then `start()` raises JoinFailed);
+- several seeds wait for `server init` on any one of them; that seed waits until every
+  seed answers SendBootstrapPing, then gossips the INIT event listing them; each seed
+  adds the list and gossips INITED; a seed is ready once it has seen INITED from every
+  seed. (A seed restarted in the middle of an init is not handled.)
+
+A ServerNode that describes a member outside a state report (JoinReq, JoinResp, the INIT
+list, SendBootstrapPing, CliCluster) carries the member's state and incarnation in
+`advertisedListeners["gossip-state"]` (see refserver.gossip.wire); a real server reads
+that as one more advertised listener and ignores it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import grpc
+
+from refserver.gossip import wire
+from refserver.gossip.broadcasts import BroadcastQueue
+from refserver.gossip.config import GossipConfig
+from refserver.gossip.members import MemberRecord, MemberTable
+from refserver.membership import Member, MemberState, NodeAddress
+from refserver.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc, HStreamInternal_pb2
+
+log = logging.getLogger("refserver.gossip")
+
+INCARNATION_EPOCH = 1704067200  # 2024-01-01T00:00:00Z; keeps incarnations within int32
+SEEN_EVENTS_KEPT = 1024
+# A killed peer's channel must come back quickly once it restarts (gRPC's default
+# reconnect backoff grows to two minutes, far beyond any probe period).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+]
+
+
+class JoinFailed(RuntimeError):
+    """The node could not enter the cluster; the message says why and what to change."""
+
+
+def initial_incarnation() -> int:
+    return max(1, int(time.time()) - INCARNATION_EPOCH)
+
+
+def _incarnation_of(server_node: HStreamInternal_pb2.ServerNode) -> int | None:
+    listeners = server_node.advertisedListeners.get(wire.STATE_LISTENER_KEY)
+    if listeners is None or not listeners.listeners:
+        return None
+    return max(0, listeners.listeners[0].port)
+
+
+def _address(host: str, port: int) -> str:
+    return f"{host}:{port}"
+
+
+class GossipNode:
+    """Implements refserver.membership.Membership.
+
+    Use: `add_to_server(server)` before the gRPC server starts, then `await start()`
+    (returns once joined; a seed waiting for `server init` returns at once and becomes
+    ready later), finally `await stop()`.
+    """
+
+    def __init__(self, config: GossipConfig) -> None:
+        self.config = config
+        self._self = config.self_node
+        self._incarnation = initial_incarnation()
+        self._table = MemberTable()
+        self._broadcasts = BroadcastQueue()
+        self._subscribers: list[Callable[[Member], None]] = []
+        self._rng = random.Random()
+        own = (self._self.gossip_host, self._self.gossip_port)
+        self._is_seed = own in config.seeds
+        self._other_seeds = [s for s in dict.fromkeys(config.seeds) if s != own]
+        self._seed_count = len(self._other_seeds) + (1 if self._is_seed else 0)
+        self._ready = False
+        self._inited = False
+        self._joined_running = False  # this seed found the cluster running and joined it
+        self._inited_seeds: set[int] = set()
+        self._lamport = 0
+        self._seen_events: deque[tuple[str, int, bytes]] = deque(maxlen=SEEN_EVENTS_KEPT)
+        self._probe_order: list[int] = []
+        self._suspicion_timers: dict[int, asyncio.TimerHandle] = {}
+        self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._stopped = False
+
+    # ----------------------------------------------------------------- Membership
+    @property
+    def self_node(self) -> NodeAddress:
+        return self._self
+
+    @property
+    def incarnation(self) -> int:
+        return self._incarnation
+
+    def members(self) -> dict[int, Member]:
+        found = {r.node.id: r.snapshot() for r in self._table.records()}
+        found[self._self.id] = Member(self._self, MemberState.ALIVE, self._incarnation)
+        return found
+
+    def alive(self) -> list[NodeAddress]:
+        nodes = [r.node for r in self._table.in_state(MemberState.ALIVE)]
+        return sorted([self._self, *nodes], key=lambda n: n.id)
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    def subscribe(self, callback: Callable[[Member], None]) -> None:
+        self._subscribers.append(callback)
+
+    def cluster_size(self) -> int:
+        return 1 + len(self._table.in_state(MemberState.ALIVE, MemberState.SUSPECT))
+
+    # ----------------------------------------------------------------- lifecycle
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        HStreamGossip_pb2_grpc.add_HStreamGossipServicer_to_server(_Servicer(self), server)
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError(f"gossip node {self._self.id} was already started")
+        self._started = True
+        self._spawn(self._probe_loop())
+        self._spawn(self._gossip_loop())
+        self._spawn(self._reconnect_loop())
+        if self._is_seed and not self._other_seeds:
+            log.info("node %d: the only seed, the cluster is ready", self._self.id)
+            self._inited = True
+            self._mark_ready()
+            return
+        if self._is_seed and not await self._cluster_running():
+            log.info("node %d: seed waiting for `server init`", self._self.id)
+            return
+        await self._join()
+
+    async def stop(self) -> None:
+        """Stop probing and gossiping and close every channel; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for timer in self._suspicion_timers.values():
+            timer.cancel()
+        self._suspicion_timers.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        channels = list(self._channels.values())
+        self._channels.clear()
+        await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("node %d: gossip task failed", self._self.id, exc_info=task.exception())
+
+    def _mark_ready(self) -> None:
+        if not self._ready:
+            self._ready = True
+            log.info("node %d: cluster is ready", self._self.id)
+
+    # ----------------------------------------------------------------- outgoing calls
+    def _stub(self, host: str, port: int) -> HStreamGossip_pb2_grpc.HStreamGossipStub:
+        channel = self._channels.get((host, port))
+        if channel is None:
+            channel = grpc.aio.insecure_channel(_address(host, port), options=CHANNEL_OPTIONS)
+            self._channels[(host, port)] = channel
+        return HStreamGossip_pb2_grpc.HStreamGossipStub(channel)
+
+    def _node_stub(self, node: NodeAddress) -> HStreamGossip_pb2_grpc.HStreamGossipStub:
+        return self._stub(node.gossip_host, node.gossip_port)
+
+    def _self_described(self) -> HStreamInternal_pb2.ServerNode:
+        return wire.with_state(self._self, MemberState.ALIVE, self._incarnation)
+
+    def _piggyback(
+        self, first: Sequence[HStreamGossip_pb2.Message] = ()
+    ) -> list[HStreamGossip_pb2.Message]:
+        limit = self.config.retransmit_limit(self.cluster_size())
+        return [*first, *self._broadcasts.take(limit)]
+
+    def _claims_about(self, member_id: int) -> list[HStreamGossip_pb2.Message]:
+        """What this node believes of a suspect or dead member, for that member to refute."""
+        record = self._table.get(member_id)
+        if record is None or record.state is MemberState.ALIVE:
+            return []
+        kind = "suspect" if record.state is MemberState.SUSPECT else "confirm"
+        return [wire.state_message(kind, record.incarnation, record.node, self._self)]
+
+    async def _ping(
+        self, node: NodeAddress, timeout: float, first: Sequence[HStreamGossip_pb2.Message] = ()
+    ) -> bool:
+        claims = [*first, *self._claims_about(node.id)]
+        request = HStreamGossip_pb2.Ping(msg=self._piggyback(claims))
+        try:
+            ack = await self._node_stub(node).SendPing(request, timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        self._receive(ack.msg)
+        return True
+
+    async def _ping_req(self, helper: NodeAddress, target: NodeAddress, timeout: float) -> bool:
+        request = HStreamGossip_pb2.PingReq(
+            target=wire.to_server_node(target), msg=self._piggyback()
+        )
+        try:
+            response = await self._node_stub(helper).SendPingReq(request, timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        self._receive(response.msg)
+        return response.acked
+
+    # ----------------------------------------------------------------- applying messages
+    def _receive(self, messages: Iterable[HStreamGossip_pb2.Message]) -> None:
+        for message in messages:
+            content = message.WhichOneof("content")
+            if content == "state":
+                kind = message.state.WhichOneof("content")
+                if kind is None:
+                    continue
+                report = getattr(message.state, kind)
+                self._learn_reporter(report.reporter)
+                if report.HasField("reportee"):
+                    reportee = wire.from_server_node(report.reportee)
+                    self._apply_state(kind, report.incarnation, reportee, message)
+            elif content == "event":
+                self._apply_event(message.event)
+
+    def _learn_reporter(self, reporter: HStreamInternal_pb2.ServerNode) -> None:
+        # A member that reports is alive as far as anyone knows; adding it with incarnation
+        # 0 loses to any real incarnation, so it only fills gaps (e.g. after a restart).
+        if reporter.id == self._self.id or reporter.id in self._table or not reporter.gossipPort:
+            return
+        record = self._table.apply_alive(wire.from_server_node(reporter), 0)
+        if record is not None:
+            self._changed(record)
+
+    def _apply_state(
+        self,
+        kind: str,
+        incarnation: int,
+        node: NodeAddress,
+        message: HStreamGossip_pb2.Message | None = None,
+    ) -> None:
+        if node.id == self._self.id:
+            self._about_self(kind, incarnation)
+            return
+        if kind == "alive":
+            record = self._table.apply_alive(node, incarnation)
+        elif kind == "suspect":
+            record = self._table.apply_suspect(node.id, incarnation)
+        elif kind == "confirm":
+            record = self._table.apply_confirm(node.id, incarnation)
+        else:
+            return
+        if record is None:
+            return
+        if message is None:
+            message = wire.state_message(kind, incarnation, record.node, self._self)
+        self._broadcasts.queue(("state", node.id), message)
+        self._changed(record)
+
+    def _about_self(self, kind: str, incarnation: int) -> None:
+        if kind == "alive":
+            # a seed that accepted this node's rejoin may have outbid its incarnation
+            if incarnation > self._incarnation:
+                self._incarnation = incarnation
+            return
+        if incarnation < self._incarnation:
+            return  # an old suspicion, already refuted
+        if "no-refute" in self.config.defects:
+            log.info("node %d: heard %s(%d) about itself, not refuting (defect no-refute)",
+                     self._self.id, kind, incarnation)
+            return
+        self._incarnation = incarnation + 1
+        log.info("node %d: refuting %s(%d) with alive(%d)",
+                 self._self.id, kind, incarnation, self._incarnation)
+        self._announce_self()
+
+    def _announce_self(self) -> None:
+        self._broadcasts.queue(
+            ("state", self._self.id),
+            wire.state_message("alive", self._incarnation, self._self, self._self),
+        )
+
+    def _changed(self, record: MemberRecord) -> None:
+        log.info("node %d: member %d is %s (incarnation %d)",
+                 self._self.id, record.node.id, record.state.value, record.incarnation)
+        timer = self._suspicion_timers.pop(record.node.id, None)
+        if timer is not None:
+            timer.cancel()
+        if record.state is MemberState.SUSPECT and "never-confirm" not in self.config.defects:
+            timeout = self.config.suspicion_timeout(self.cluster_size())
+            self._suspicion_timers[record.node.id] = asyncio.get_running_loop().call_later(
+                timeout, self._suspicion_expired, record.node.id, record.incarnation
+            )
+        snapshot = record.snapshot()
+        for callback in list(self._subscribers):
+            try:
+                callback(snapshot)
+            except Exception:
+                log.exception("node %d: membership subscriber failed", self._self.id)
+
+    def _suspicion_expired(self, member_id: int, incarnation: int) -> None:
+        self._suspicion_timers.pop(member_id, None)
+        record = self._table.get(member_id)
+        if record is None or record.state is not MemberState.SUSPECT:
+            return
+        if record.incarnation != incarnation:
+            return
+        self._apply_state("confirm", incarnation, record.node)
+
+    # ----------------------------------------------------------------- events
+    def _apply_event(self, event: HStreamGossip_pb2.EventMessage) -> None:
+        if self._lamport < event.lamportTime:
+            self._lamport = event.lamportTime + 1
+        key = (event.name, event.lamportTime, bytes(event.payload))
+        if key in self._seen_events:
+            return
+        self._seen_events.append(key)
+        self._broadcasts.queue(("event", *key), HStreamGossip_pb2.Message(event=event))
+        if event.name == wire.EVENT_INIT:
+            self._on_init_event(event.payload)
+        elif event.name == wire.EVENT_INITED:
+            self._on_inited_event(event.payload)
+
+    def broadcast_event(self, name: str, payload: bytes) -> None:
+        self._lamport += 1
+        self._apply_event(
+            HStreamGossip_pb2.EventMessage(name=name, lamportTime=self._lamport, payload=payload)
+        )
+
+    def seen_events(self) -> list[tuple[str, bytes]]:
+        return [(name, payload) for name, _, payload in self._seen_events]
+
+    def _on_init_event(self, payload: bytes) -> None:
+        if not self._is_seed or self._joined_running or self._inited:
+            return
+        nodes = HStreamGossip_pb2.ServerList.FromString(payload).nodes
+        for server_node in nodes:
+            node = wire.from_server_node(server_node)
+            if node.id != self._self.id:
+                self._apply_state("alive", _incarnation_of(server_node) or 0, node)
+        self._inited = True
+        self._announce_self()
+        log.info("node %d: initialised by INIT with %d seeds", self._self.id, len(nodes))
+        self.broadcast_event(wire.EVENT_INITED, self._self_described().SerializeToString())
+
+    def _on_inited_event(self, payload: bytes) -> None:
+        if not self._is_seed or self._joined_running:
+            return
+        self._inited_seeds.add(HStreamInternal_pb2.ServerNode.FromString(payload).id)
+        if self._inited and len(self._inited_seeds) >= self._seed_count:
+            self._mark_ready()
+
+    # ----------------------------------------------------------------- bootstrap
+    async def _bootstrap_ping(
+        self, host: str, port: int, ignore_inited: bool
+    ) -> HStreamInternal_pb2.ServerNode | str | None:
+        """The seed's ServerNode, or the FAILED_PRECONDITION detail, or None if unreachable."""
+        try:
+            return await self._stub(host, port).SendBootstrapPing(
+                HStreamGossip_pb2.BootstrapPing(ignoreInitedErr=ignore_inited),
+                timeout=max(1.0, 2 * self.config.roundtrip_timeout),
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                return error.details() or ""
+            return None
+
+    async def _cluster_running(self) -> bool:
+        answers = await asyncio.gather(
+            *(self._bootstrap_ping(h, p, ignore_inited=True) for h, p in self._other_seeds)
+        )
+        return any(answer == wire.CLUSTER_READY for answer in answers)
+
+    async def _join(self) -> None:
+        self._joined_running = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.join_timeout
+        targets = self._other_seeds if self._is_seed else list(dict.fromkeys(self.config.seeds))
+        failures: dict[str, str] = {}
+        attempt = 0
+        while True:
+            for host, port in targets:
+                request = HStreamGossip_pb2.JoinReq(new=self._self_described())
+                try:
+                    response = await self._stub(host, port).SendJoin(
+                        request, timeout=max(1.0, 4 * self.config.roundtrip_timeout)
+                    )
+                except grpc.aio.AioRpcError as error:
+                    if error.code() is grpc.StatusCode.ALREADY_EXISTS:
+                        raise JoinFailed(
+                            f"seed {_address(host, port)} refused node {self._self.id}: a live "
+                            f"member already has this id ({error.details()}); give this node "
+                            "another --server-id"
+                        ) from None
+                    failures[_address(host, port)] = f"{error.code().name}: {error.details()}"
+                    continue
+                self._accept_join(response, _address(host, port))
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                tried = "; ".join(f"{a} ({why})" for a, why in failures.items())
+                raise JoinFailed(
+                    f"node {self._self.id} could not join within {self.config.join_timeout:g} s, "
+                    f"no seed accepted: {tried}; check --seed-nodes and that a seed is running "
+                    "(and, with several seeds, that `server init` was sent)"
+                )
+            attempt += 1
+            await asyncio.sleep(min(0.1 * 2**attempt, 2.0, remaining))
+
+    def _accept_join(self, response: HStreamGossip_pb2.JoinResp, seed: str) -> None:
+        for server_node in response.members:
+            node = wire.from_server_node(server_node)
+            incarnation = _incarnation_of(server_node) or 0
+            if node.id == self._self.id:
+                self._incarnation = max(self._incarnation, incarnation)
+            else:
+                self._apply_state("alive", incarnation, node)
+        self._table.epoch = max(self._table.epoch, response.epoch)
+        self._inited = True
+        self._announce_self()
+        log.info("node %d: joined through %s (%d members)",
+                 self._self.id, seed, len(response.members))
+        self._mark_ready()
+
+    async def _user_init(self) -> None:
+        """After `server init`: wait for every seed, then gossip INIT listing them."""
+        seeds: dict[tuple[str, int], HStreamInternal_pb2.ServerNode] = {}
+        while not self._stopped and not self._inited:
+            for host, port in self._other_seeds:
+                if (host, port) in seeds:
+                    continue
+                answer = await self._bootstrap_ping(host, port, ignore_inited=True)
+                if isinstance(answer, HStreamInternal_pb2.ServerNode):
+                    seeds[(host, port)] = answer
+                elif answer == wire.CLUSTER_READY:
+                    log.info("node %d: seed %s already runs a cluster; joining it",
+                             self._self.id, _address(host, port))
+                    await self._join()
+                    return
+            if len(seeds) == len(self._other_seeds):
+                break
+            await asyncio.sleep(0.5)
+        if self._inited or self._stopped:
+            return
+        listed = HStreamGossip_pb2.ServerList(nodes=[self._self_described(), *seeds.values()])
+        self.broadcast_event(wire.EVENT_INIT, listed.SerializeToString())
+
+    # ----------------------------------------------------------------- SWIM loops
+    def _next_probe_target(self) -> MemberRecord | None:
+        while True:
+            if not self._probe_order:
+                candidates = [
+                    r.node.id for r in self._table.in_state(MemberState.ALIVE, MemberState.SUSPECT)
+                ]
+                if not candidates:
+                    return None
+                self._rng.shuffle(candidates)
+                self._probe_order = candidates
+            record = self._table.get(self._probe_order.pop())
+            if record is not None and record.state is not MemberState.DEAD:
+                return record
+
+    async def _probe_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            target = self._next_probe_target()
+            if target is not None:
+                await self._probe(target, started + self.config.probe_interval)
+            await asyncio.sleep(max(0.0, started + self.config.probe_interval - loop.time()))
+
+    async def _probe(self, target: MemberRecord, deadline: float) -> None:
+        rtt = self.config.roundtrip_timeout
+        if await self._ping(target.node, rtt):
+            return
+        helpers = [
+            r.node for r in self._table.in_state(MemberState.ALIVE) if r.node.id != target.node.id
+        ]
+        helpers = self._rng.sample(helpers, min(self.config.indirect_checks, len(helpers)))
+        if helpers:
+            # the helper needs one round trip of its own; give it the rest of the period
+            timeout = max(deadline - asyncio.get_running_loop().time(), 2 * rtt)
+            answers = await asyncio.gather(
+                *(self._ping_req(helper, target.node, timeout) for helper in helpers)
+            )
+            if any(answers):
+                return
+        current = self._table.get(target.node.id)
+        if current is not None and current.state is MemberState.ALIVE:
+            log.info("node %d: no ack from %d (direct and %d indirect)",
+                     self._self.id, target.node.id, len(helpers))
+            self._apply_state("suspect", current.incarnation, current.node)
+
+    async def _gossip_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.gossip_interval)
+            if not len(self._broadcasts):
+                continue
+            peers = [
+                r.node for r in self._table.in_state(MemberState.ALIVE, MemberState.SUSPECT)
+            ]
+            chosen = self._rng.sample(peers, min(self.config.fanout, len(peers)))
+            await asyncio.gather(*(self._send_gossip(peer) for peer in chosen))
+
+    async def _send_gossip(self, peer: NodeAddress) -> None:
+        request = HStreamGossip_pb2.Gossip(msg=self._piggyback(self._claims_about(peer.id)))
+        try:
+            await self._node_stub(peer).SendGossip(request, timeout=self.config.roundtrip_timeout)
+        except grpc.aio.AioRpcError:
+            pass  # gossip is best effort; the probe decides about failures
+
+    async def _reconnect_loop(self) -> None:
+        rtt = self.config.roundtrip_timeout
+        while True:
+            await asyncio.sleep(self.config.reconnect_interval)
+            for record in self._table.in_state(MemberState.DEAD):
+                try:
+                    await self._node_stub(record.node).SendReconnect(
+                        HStreamGossip_pb2.Empty(), timeout=rtt
+                    )
+                except grpc.aio.AioRpcError:
+                    continue
+                # It answers: tell it that it is considered dead (it refutes with a higher
+                # incarnation, which rides back on the Ack) and who is asking.
+                me = wire.state_message("alive", self._incarnation, self._self, self._self)
+                await self._ping(record.node, rtt, first=[me])
+
+    # ----------------------------------------------------------------- server side
+    def _join_response(self) -> HStreamGossip_pb2.JoinResp:
+        members = [self._self_described()]
+        for record in self._table.in_state(MemberState.ALIVE, MemberState.SUSPECT):
+            members.append(wire.with_state(record.node, record.state, record.incarnation))
+        return HStreamGossip_pb2.JoinResp(epoch=self._table.epoch, members=members)
+
+    def handle_join(
+        self, server_node: HStreamInternal_pb2.ServerNode
+    ) -> HStreamGossip_pb2.JoinResp:
+        """Raises _Refused with the status the real server sends."""
+        if not self._ready:
+            raise _Refused(grpc.StatusCode.FAILED_PRECONDITION, wire.CLUSTER_NOT_READY)
+        node = wire.from_server_node(server_node)
+        if node.id == self._self.id:
+            raise _Refused(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"Duplicate node id join not allowed: {node.id} is the id of the seed itself",
+            )
+        incarnation = _incarnation_of(server_node) or 0
+        known = self._table.get(node.id)
+        if known is not None:
+            same_place = (known.node.gossip_host, known.node.gossip_port) == (
+                node.gossip_host,
+                node.gossip_port,
+            )
+            # Two live processes cannot listen on one address: a join from the address of
+            # a live member is that member restarted; from elsewhere, it is a duplicate id.
+            if known.state is MemberState.ALIVE and not same_place:
+                raise _Refused(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"Duplicate node id join not allowed: {node.id} is alive at "
+                    f"{_address(known.node.gossip_host, known.node.gossip_port)}",
+                )
+            incarnation = max(incarnation, known.incarnation + 1)
+        self._apply_state("alive", incarnation, node)
+        return self._join_response()
+
+    async def admin(self, command: str) -> str:
+        """SendAdminCommand for `server init`, `server ready`, `server status`."""
+        words = command.split()
+        if words[:1] == ["server"]:
+            words = words[1:]
+        if words == ["init"]:
+            if self._is_seed and self._other_seeds and not self._inited and not self._ready:
+                if not any(t.get_name() == "user-init" for t in self._tasks):
+                    self._spawn(self._user_init()).set_name("user-init")
+            return _admin_result("plain", "Server successfully received init signal")
+        if words == ["ready"]:
+            if self._ready:
+                return _admin_result("plain", "Cluster is ready")
+            return _admin_result("error", "Cluster is not ready!")
+        if words == ["status"]:
+            rows = [[str(self._self.id), "Running" if self._ready else "Starting",
+                     _address(self._self.host, self._self.port)]]
+            for record in self._table.records():
+                if record.state is MemberState.SUSPECT:
+                    continue  # like the real server: suspects are in neither list
+                state = "Running" if record.state is MemberState.ALIVE else "Dead"
+                rows.append([str(record.node.id), state,
+                             _address(record.node.host, record.node.port)])
+            headers = ["Node ID", "State", "Address"]
+            return _admin_result("table", {"headers": headers, "rows": rows})
+        return _admin_result(
+            "error",
+            f"unknown admin command {command!r}; the gossip layer answers "
+            "'server init', 'server ready' and 'server status'",
+        )
+
+    def cli_cluster(self) -> HStreamGossip_pb2.Cluster:
+        members = [self._self_described()]
+        members += [wire.with_state(r.node, r.state, r.incarnation) for r in self._table.records()]
+        return HStreamGossip_pb2.Cluster(members=members)
+
+
+def _admin_result(kind: str, content: Any) -> str:
+    return json.dumps({"type": kind, "content": content})
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _Servicer(HStreamGossip_pb2_grpc.HStreamGossipServicer):
+    def __init__(self, node: GossipNode) -> None:
+        self._node = node
+
+    async def SendBootstrapPing(self, request, context):  # type: ignore[no-untyped-def]
+        node = self._node
+        if node.is_ready():
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, wire.CLUSTER_READY)
+        if node._inited and not request.ignoreInitedErr:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, wire.CLUSTER_INITED)
+        return node._self_described()
+
+    async def SendPing(self, request, context):  # type: ignore[no-untyped-def]
+        self._node._receive(request.msg)
+        return HStreamGossip_pb2.Ack(msg=self._node._piggyback())
+
+    async def SendPingReq(self, request, context):  # type: ignore[no-untyped-def]
+        node = self._node
+        if not request.HasField("target"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "PingReq without a target")
+        node._receive(request.msg)
+        target = wire.from_server_node(request.target)
+        acked = await node._ping(target, node.config.roundtrip_timeout)
+        return HStreamGossip_pb2.PingReqResp(acked=acked, msg=node._piggyback())
+
+    async def SendJoin(self, request, context):  # type: ignore[no-untyped-def]
+        if not request.HasField("new"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "JoinReq without a node")
+        try:
+            return self._node.handle_join(request.new)
+        except _Refused as refused:
+            await context.abort(refused.code, refused.details)
+
+    async def SendGossip(self, request, context):  # type: ignore[no-untyped-def]
+        self._node._receive(request.msg)
+        return HStreamGossip_pb2.Empty()
+
+    async def SendReconnect(self, request, context):  # type: ignore[no-untyped-def]
+        return HStreamGossip_pb2.Empty()
+
+    async def CliJoin(self, request, context):  # type: ignore[no-untyped-def]
+        node = self._node
+        host = request.host.decode(errors="replace")
+        try:
+            response = await node._stub(host, request.port).SendJoin(
+                HStreamGossip_pb2.JoinReq(new=node._self_described()),
+                timeout=max(1.0, 4 * node.config.roundtrip_timeout),
+            )
+        except grpc.aio.AioRpcError as error:
+            await context.abort(error.code(), f"join through {host}:{request.port}: "
+                                              f"{error.details()}")
+        node._accept_join(response, _address(host, request.port))
+        return response
+
+    async def CliCluster(self, request, context):  # type: ignore[no-untyped-def]
+        return self._node.cli_cluster()
+
+    async def CliUserEvent(self, request, context):  # type: ignore[no-untyped-def]
+        self._node.broadcast_event(request.name, request.payload)
+        return HStreamGossip_pb2.Empty()
+
+    async def CliGetSeenEvents(self, request, context):  # type: ignore[no-untyped-def]
+        events = [HStreamGossip_pb2.UserEvent(name=n, payload=p)
+                  for n, p in self._node.seen_events()]
+        return HStreamGossip_pb2.SeenEvents(events=events)
