@@ -1,0 +1,65 @@
+"""The embedded server process: the proxy loop on the main thread, HTTP on a helper thread.
+
+It prints one line `READY http://HOST:PORT` on stdout once the API answers, so a parent that
+asked for port 0 learns the real port. It stops on SIGTERM/SIGINT and, when asked to, when its
+stdin reaches EOF: a parent that dies (even by SIGKILL) closes that pipe, so the server can
+never outlive the test run that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from harness.faults.toxiproxy_server.api import ApiHttpServer, ToxiproxyApi
+
+log = logging.getLogger("toxiproxy.server")
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except (OSError, ValueError):
+        pass
+    loop.call_soon_threadsafe(stop.set)
+
+
+async def serve(host: str, port: int, config: Path | None = None,
+                exit_on_stdin_eof: bool = False) -> None:
+    loop = asyncio.get_running_loop()
+    api = ToxiproxyApi()
+    stop = asyncio.Event()
+    if config is not None:
+        status, body = await api.populate(config.read_bytes())
+        if status >= 300:
+            raise SystemExit(f"toxiproxy: cannot populate proxies from {config}: {body}")
+    ApiHttpServer.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        httpd = ApiHttpServer((host, port), api, loop)
+    except OSError as exc:
+        raise SystemExit(
+            f"toxiproxy: cannot listen on {host}:{port}: {exc.strerror or exc}; "
+            "choose a free port (or 0 for any)") from exc
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if exit_on_stdin_eof:
+        threading.Thread(target=_watch_stdin, args=(loop, stop), daemon=True).start()
+    httpd.serve_in_thread()
+    bound_host, bound_port = httpd.server_address[:2]
+    shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+    print(f"READY http://{shown}:{bound_port}", flush=True)
+    log.info("toxiproxy API on %s:%s", bound_host, bound_port)
+    try:
+        await stop.wait()
+    finally:
+        await api.shutdown()
+        await loop.run_in_executor(None, httpd.shutdown)
+        httpd.server_close()
+        log.info("toxiproxy stopped")
+
