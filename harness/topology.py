@@ -17,7 +17,7 @@ File format (every section and key optional; unknown ones are errors, so typos s
     url = "http://127.0.0.1:8474"  # a running Toxiproxy; absent: the harness starts its own
 
     [gossip]                   # protocol timing overrides, passed to every node
-    probe_interval_ms = 500
+    probe_interval_ms = 500      # keys: see GOSSIP_TIMING_KEYS
     roundtrip_timeout_ms = 200
     gossip_interval_ms = 250
 """
@@ -46,11 +46,13 @@ MAX_NODES = 200
 GOSSIP_TIMING_KEYS: dict[str, str] = {
     "probe_interval_ms": "SWIM protocol period: one probe per period (real default 2000)",
     "roundtrip_timeout_ms": "wait for a direct ack before asking indirect probers (real 500)",
+    "indirect_checks": "k, the number of peers asked to ping-req a silent member (real 1)",
+    "suspicion_mult": "a suspect has suspicion_mult * max(1, log10 n) periods to refute",
+    "retransmit_mult": "an update rides on retransmit_mult * ceil(log10(n+1)) messages",
     "gossip_interval_ms": "period of piggyback gossip rounds to the fanout peers (real 1000)",
-    "suspicion_timeout_ms": "time a suspect has to refute before it is confirmed dead",
-    "indirect_probes": "k, the number of peers asked to ping-req a silent member (real 1)",
     "gossip_fanout": "peers each gossip round sends to (real 3)",
-    "retransmit_multiplier": "a message is retransmitted mult*ceil(log(n+2)) times (real 4)",
+    "join_timeout_ms": "how long a joining node keeps trying its seeds (real 30000)",
+    "reconnect_interval_ms": "retry period of SendReconnect to a dead member (real 30000)",
 }
 
 SESSION_ENV = "HSTREAM_CONFORMANCE_SESSION"
@@ -312,3 +314,22 @@ def topology_path(name_or_path: str, search_dir: Path | None = None) -> Path:
         f"{name_or_path}: topology file not found (looked at it as a path and in {base}); "
         f"known topologies: {', '.join(known) or 'none'}"
     )
+
+
+def build_spec(topology: str | None = None, **overrides: Any) -> ClusterSpec:
+    """The spec from an optional topology file plus explicit settings (None = not given).
+
+    What the pytest options and the CLI flags share: settings given on the command line win
+    over the file, the file wins over the defaults.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None and v != ()}
+    if "defects" in given:
+        given["defects"] = tuple(given["defects"])
+    if "tokens" in given:
+        given["tokens"] = tuple(given["tokens"])
+    if topology:
+        return load_topology(topology_path(topology), **given)
+    try:
+        return ClusterSpec(**given)
+    except TopologyError as exc:
+        raise TopologyError(str(exc).replace("cluster spec", "command line", 1)) from None

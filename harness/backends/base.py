@@ -12,7 +12,7 @@ abstract; node numbers `n` are HServer ids (1..spec.nodes).
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -223,7 +223,15 @@ class Cluster(abc.ABC):
 
 
 class Backend(abc.ABC):
-    """Starts clusters of a ClusterSpec on one kind of infrastructure."""
+    """Starts clusters of a ClusterSpec on one kind of infrastructure.
+
+    Constructor contract (so `backend_for` can build any backend):
+    `Backend(progress: Callable[[str], None] | None = None, detached: bool = False)`.
+    `progress` receives one line per step ("starting node-2 ... waiting for '...'"); None
+    prints to stderr. `detached=True` (the `cluster up` command) leaves the cluster running
+    after this process exits: no exit/signal teardown, and the cluster's ClusterRecord
+    (harness.cleanup) is marked detached so only `cluster down` removes it.
+    """
 
     name: str = ""
 
@@ -236,16 +244,18 @@ class Backend(abc.ABC):
         """
 
 
-def backend_for(spec: ClusterSpec) -> Backend:
+def backend_for(
+    spec: ClusterSpec, progress: Callable[[str], None] | None = None, detached: bool = False
+) -> Backend:
     """The Backend implementation named by `spec.backend`."""
     if spec.backend == "local":
         from harness.backends.local import LocalBackend
 
-        return LocalBackend()
+        return LocalBackend(progress=progress, detached=detached)
     if spec.backend == "docker":
         try:
             from harness.backends.docker import DockerBackend
         except ImportError as exc:
             raise HarnessError(f"the docker backend is not available: {exc}") from None
-        return DockerBackend()  # type: ignore[abstract]
+        return DockerBackend(progress=progress, detached=detached)  # type: ignore[call-arg]
     raise HarnessError(f"unknown backend {spec.backend!r}; use local or docker")

@@ -1,0 +1,231 @@
+"""The pytest plugin: cluster options, `cluster_spec` / `cluster` / `cluster_factory` fixtures.
+
+Options (all optional; a `--topology` file gives defaults, options override it):
+  --target reference|hstream:<image>  --backend local|docker  --nodes N  --seed S
+  --toxiproxy-url URL  --no-toxiproxy  --defect NAME (repeatable)  --base-port P
+  --topology NAME_OR_FILE (a path, or a name in fixtures/topologies/)
+
+A module can change its cluster with a marker, e.g. `pytestmark = pytest.mark.cluster(nodes=5,
+gossip={"probe_interval_ms": 300})`. A test that breaks its cluster, or needs two, uses
+`cluster_factory(**overrides)`; everything it starts is stopped after the test.
+On a failing test that used a cluster, the report gets a "cluster logs" section with every
+process's log path and last lines. Leftovers of runs that were SIGKILLed are swept at start.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import HarnessError
+from harness.backends.base import Cluster, backend_for
+from harness.cleanup import install_signal_teardown, sweep
+from harness.targets import target_for
+from harness.topology import BACKENDS, ClusterSpec, build_spec
+
+_SPEC_KEY = pytest.StashKey[ClusterSpec]()
+_CLUSTERS_KEY = pytest.StashKey[list[Cluster]]()
+# Each cluster the session starts gets its own name (label) and port block; factory clusters
+# may run next to the module's cluster, so their ports move by this much per cluster.
+PORT_BLOCK = 10
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hstream-conformance", "HStreamDB conformance cluster")
+    group.addoption("--topology", default=None, metavar="NAME_OR_FILE",
+                    help="topology TOML (a path, or a name in fixtures/topologies/)")
+    group.addoption("--target", default=None,
+                    help="reference (default) or hstream:<image>")
+    group.addoption("--backend", default=None, choices=BACKENDS,
+                    help="where nodes run: local processes (default) or docker containers")
+    group.addoption("--nodes", type=int, default=None, help="number of server nodes (3)")
+    group.addoption("--seed", type=int, default=None,
+                    help="seed for every random choice of the run (default: random, printed)")
+    group.addoption("--toxiproxy-url", default=None,
+                    help="a running Toxiproxy API (default: start the embedded one)")
+    group.addoption("--no-toxiproxy", action="store_true", default=False,
+                    help="no proxies in front of the nodes (network faults unavailable)")
+    group.addoption("--defect", action="append", default=[], metavar="NAME",
+                    help="switch on a seeded defect of the reference server (repeatable)")
+    group.addoption("--base-port", type=int, default=None,
+                    help="client port of the first cluster; gossip +1, store +2, Toxiproxy +3")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cluster(**overrides): ClusterSpec settings for this module's `cluster`"
+    )
+    opt = config.option
+    try:
+        spec = build_spec(
+            getattr(opt, "topology", None),
+            target=getattr(opt, "target", None),
+            backend=getattr(opt, "backend", None),
+            nodes=getattr(opt, "nodes", None),
+            seed=getattr(opt, "seed", None),
+            toxiproxy_url=getattr(opt, "toxiproxy_url", None),
+            toxiproxy=False if getattr(opt, "no_toxiproxy", False) else None,
+            defects=tuple(getattr(opt, "defect", None) or ()),
+            base_port=getattr(opt, "base_port", None),
+        )
+        if getattr(opt, "seed", None) is None and spec.seed == 0:
+            spec = spec.with_(seed=random.SystemRandom().randrange(2**31))
+        target_for(spec)  # target-specific checks (defect names, image syntax) fail early
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_SPEC_KEY] = spec
+    config.stash[_CLUSTERS_KEY] = []
+    if not hasattr(config, "workerinput"):  # the xdist controller (or a plain run) sweeps
+        swept = sweep()
+        if swept.clusters:
+            config.stash[_SWEPT_KEY] = swept.clusters
+    install_signal_teardown()
+
+
+_SWEPT_KEY = pytest.StashKey[list[str]]()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    spec = config.stash.get(_SPEC_KEY, None)
+    if spec is None:
+        return []
+    lines = [
+        f"hstream-conformance: target={spec.target} backend={spec.backend} nodes={spec.nodes} "
+        f"toxiproxy={'off' if not spec.toxiproxy else spec.toxiproxy_url or 'embedded'} "
+        f"seed={spec.seed} (replay with --seed {spec.seed}) session={spec.session}"
+    ]
+    if spec.defects:
+        lines.append(f"hstream-conformance: defects on: {', '.join(spec.defects)}")
+    swept = config.stash.get(_SWEPT_KEY, [])
+    if swept:
+        lines.append(f"hstream-conformance: swept leftovers of {len(swept)} dead run(s): "
+                     + ", ".join(swept))
+    return lines
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for cluster in config.stash.get(_CLUSTERS_KEY, []):
+        cluster.stop()
+
+
+class _ClusterCounter:
+    def __init__(self) -> None:
+        self.next = 0
+
+    def take(self) -> int:
+        self.next += 1
+        return self.next - 1
+
+
+_COUNTER = _ClusterCounter()
+
+
+def _start(config: pytest.Config, spec: ClusterSpec) -> Cluster:
+    index = _COUNTER.take()
+    spec = spec.with_(name=f"c{index}", base_port=spec.base_port + PORT_BLOCK * (index % 50))
+    try:
+        cluster = backend_for(spec).start(spec)
+    except HarnessError as exc:
+        pytest.fail(f"cluster did not start: {exc}", pytrace=False)
+    config.stash[_CLUSTERS_KEY].append(cluster)
+    return cluster
+
+
+def _stop(config: pytest.Config, cluster: Cluster) -> None:
+    try:
+        cluster.stop()
+    finally:
+        clusters = config.stash[_CLUSTERS_KEY]
+        if cluster in clusters:
+            clusters.remove(cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster_spec(pytestconfig: pytest.Config) -> ClusterSpec:
+    """The run's ClusterSpec (from --topology and the cluster options)."""
+    return pytestconfig.stash[_SPEC_KEY]
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest, cluster_spec: ClusterSpec) -> Iterator[Cluster]:
+    """A running cluster shared by the tests of one module; stopped after the module."""
+    spec = cluster_spec
+    marker = request.node.get_closest_marker("cluster")
+    if marker is not None:
+        try:
+            spec = spec.with_(**marker.kwargs)
+        except HarnessError as exc:
+            pytest.fail(f"bad @pytest.mark.cluster settings: {exc}", pytrace=False)
+    running = _start(request.config, spec)
+    request.node.stash[_MODULE_CLUSTER_KEY] = running
+    try:
+        yield running
+    finally:
+        _stop(request.config, running)
+
+
+_MODULE_CLUSTER_KEY = pytest.StashKey[Cluster]()
+_TEST_CLUSTERS_KEY = pytest.StashKey[list[Cluster]]()
+
+
+@pytest.fixture
+def cluster_factory(
+    request: pytest.FixtureRequest, cluster_spec: ClusterSpec
+) -> Iterator[Callable[..., Cluster]]:
+    """`cluster_factory(**overrides) -> Cluster`: a private cluster, stopped after the test."""
+    started: list[Cluster] = []
+    request.node.stash[_TEST_CLUSTERS_KEY] = started
+
+    def make(**overrides: Any) -> Cluster:
+        try:
+            spec = cluster_spec.with_(**overrides)
+        except HarnessError as exc:
+            pytest.fail(f"bad cluster_factory settings: {exc}", pytrace=False)
+        running = _start(request.config, spec)
+        started.append(running)
+        return running
+
+    try:
+        yield make
+    finally:
+        for running in reversed(started):
+            _stop(request.config, running)
+
+
+def _clusters_of(item: pytest.Item) -> list[Cluster]:
+    found: list[Cluster] = list(item.stash.get(_TEST_CLUSTERS_KEY, []))
+    node: Any = item
+    while node is not None:
+        module_cluster = node.stash.get(_MODULE_CLUSTER_KEY, None)
+        if module_cluster is not None:
+            found.append(module_cluster)
+        node = node.parent
+    return found
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError as exc:
+        return f"    (cannot read: {exc.strerror})"
+    return "\n".join(f"    {line}" for line in text) or "    (empty)"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and call.when in ("setup", "call"):
+        clusters = _clusters_of(item)
+        for running in clusters:
+            parts = [f"cluster {running.spec.label} ({running.spec.target} on "
+                     f"{running.spec.backend}, seed {running.spec.seed})"]
+            for node in running.nodes:
+                parts.append(f"  node {node.id}: {node.state} client {node.client}")
+            for name, path in sorted(running.logs().items()):
+                parts.append(f"  {name}: {path}\n{_log_tail(path)}")
+            report.sections.append((f"cluster logs {running.spec.label}", "\n".join(parts)))
+    return report
