@@ -1,0 +1,331 @@
+"""The protocol baseline: a client written directly on the official gRPC stubs.
+
+Run as `python -m harness.clients.raw_driver`; speaks PROTOCOL.md. It does what the protocol
+page says a correct client does, and nothing clever: bootstrap from the first URL of the list
+that answers DescribeCluster; route a key by MD5 to its shard and the shard to the owner that
+LookupShard names; forget a cached owner after any error on it (so the next call looks it up
+again); never retry on its own (a retry would hide whether the first attempt landed). Other
+clients are compared with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import grpc
+from google.protobuf.empty_pb2 import Empty
+from HStream.Server import HStreamApi_pb2 as api
+from HStream.Server import HStreamApi_pb2_grpc as api_grpc
+
+from harness import wire
+from harness.clients.driver_loop import DriverLoop, Rejected, record_out
+from harness.clients.python_driver import shard_offset
+
+CALL_TIMEOUT = 10.0
+
+
+def decoded(received: api.ReceivedRecord) -> list[dict[str, Any]]:
+    out = []
+    for record_id, record in zip(received.recordIds, wire.unbatch(received.record), strict=True):
+        payload: bytes | dict[str, Any]
+        if record.header.flag == api.HStreamRecordHeader.Flag.JSON:
+            from google.protobuf import json_format, struct_pb2
+
+            struct = struct_pb2.Struct()
+            struct.ParseFromString(record.payload)
+            payload = json_format.MessageToDict(struct)
+        else:
+            payload = record.payload
+        out.append(
+            record_out(
+                (record_id.shardId, record_id.batchId, record_id.batchIndex),
+                record.header.key,
+                payload,
+                dict(record.header.attributes),
+            )
+        )
+    return out
+
+
+class RawConsumer:
+    def __init__(self, call: Any, subscription: str, consumer: str) -> None:
+        self.requests: asyncio.Queue[api.StreamingFetchRequest | None] = asyncio.Queue()
+        self.received: asyncio.Queue[api.ReceivedRecord] = asyncio.Queue()
+        self.subscription, self.consumer = subscription, consumer
+        self.error: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.call = call
+
+    async def outgoing(self):  # type: ignore[no-untyped-def]
+        while (request := await self.requests.get()) is not None:
+            yield request
+
+
+class RawDriver(DriverLoop):
+    name = "raw"
+
+    def __init__(self) -> None:
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        self.bootstrap: str | None = None
+        self.owners: dict[int, str] = {}
+        self.shards: dict[str, list[api.Shard]] = {}
+        self.consumers: dict[tuple[str, str], RawConsumer] = {}
+
+    def stub(self, endpoint: str | None = None) -> api_grpc.HStreamApiStub:
+        endpoint = endpoint or self.bootstrap
+        if endpoint is None:
+            raise Rejected("not connected: send `connect` first")
+        if endpoint not in self.channels:
+            self.channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+        return api_grpc.HStreamApiStub(self.channels[endpoint])
+
+    async def op_connect(self, urls: list[str]) -> dict[str, Any]:
+        errors = []
+        for url in urls:
+            try:
+                described = await self.stub(url).DescribeCluster(Empty(), timeout=3)
+            except grpc.RpcError as error:
+                errors.append(f"{url}: {error.code().name}")  # type: ignore[attr-defined]
+                continue
+            self.bootstrap = url
+            return {"nodes": [wire.endpoint_of(n) for n in described.serverNodes], "used": url}
+        raise ConnectionError(f"no bootstrap URL answered DescribeCluster: {'; '.join(errors)}")
+
+    async def op_create_stream(self, stream: str, shards: int = 1, replication_factor: int = 1):
+        await self.stub().CreateStream(
+            api.Stream(streamName=stream, replicationFactor=replication_factor, shardCount=shards),
+            timeout=CALL_TIMEOUT,
+        )
+
+    async def op_delete_stream(self, stream: str, force: bool = False, ignore_non_exist=False):
+        await self.stub().DeleteStream(
+            api.DeleteStreamRequest(
+                streamName=stream, force=force, ignoreNonExist=ignore_non_exist
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        self.shards.pop(stream, None)
+
+    async def op_list_streams(self) -> dict[str, Any]:
+        answer = await self.stub().ListStreams(api.ListStreamsRequest(), timeout=CALL_TIMEOUT)
+        return {"streams": [s.streamName for s in answer.streams]}
+
+    async def list_shards(self, stream: str) -> list[api.Shard]:
+        if stream not in self.shards:
+            answer = await self.stub().ListShards(
+                api.ListShardsRequest(streamName=stream), timeout=CALL_TIMEOUT
+            )
+            self.shards[stream] = list(answer.shards)
+        return self.shards[stream]
+
+    async def op_list_shards(self, stream: str) -> dict[str, Any]:
+        self.shards.pop(stream, None)
+        return {
+            "shards": [
+                {"shard_id": s.shardId, "start": s.startHashRangeKey, "end": s.endHashRangeKey}
+                for s in await self.list_shards(stream)
+            ]
+        }
+
+    async def owner_of(self, shard_id: int) -> str:
+        if shard_id not in self.owners:
+            answer = await self.stub().LookupShard(
+                api.LookupShardRequest(shardId=shard_id), timeout=CALL_TIMEOUT
+            )
+            self.owners[shard_id] = wire.endpoint_of(answer.serverNode)
+        return self.owners[shard_id]
+
+    async def op_lookup_shard(self, shard_id: int) -> dict[str, Any]:
+        self.owners.pop(shard_id, None)
+        return {"node": await self.owner_of(shard_id)}
+
+    async def op_append(
+        self, stream: str, records: list[dict[str, Any]], key: str = "", compression="none"
+    ) -> dict[str, Any]:
+        import base64
+
+        shard = wire.shard_for_key(await self.list_shards(stream), key)
+        built = [
+            wire.json_record(r["json"], key=key, attributes=r.get("attributes"))
+            if r.get("json") is not None
+            else wire.raw_record(
+                base64.b64decode(r.get("data", "")), key=key, attributes=r.get("attributes")
+            )
+            for r in records
+        ]
+        if compression not in wire.COMPRESSIONS:
+            raise Rejected(f"unknown compression {compression!r}")
+        owner = await self.owner_of(shard.shardId)
+        try:
+            answer = await self.stub(owner).Append(
+                api.AppendRequest(
+                    streamName=stream, shardId=shard.shardId, records=wire.batch(built, compression)
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+        except grpc.RpcError:
+            self.owners.pop(shard.shardId, None)  # look the owner up again next time
+            raise
+        return {"record_ids": [[i.shardId, i.batchId, i.batchIndex] for i in answer.recordIds]}
+
+    async def op_subscribe(
+        self,
+        subscription: str,
+        stream: str,
+        ack_timeout: int = 30,
+        max_unacked: int = 10_000,
+        offset: str = "earliest",
+    ) -> None:
+        special = api.SpecialOffset.EARLIEST if offset == "earliest" else api.SpecialOffset.LATEST
+        await self.stub().CreateSubscription(
+            api.Subscription(
+                subscriptionId=subscription,
+                streamName=stream,
+                ackTimeoutSeconds=ack_timeout,
+                maxUnackedRecords=max_unacked,
+                offset=special,
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+
+    async def subscription_owner(self, subscription: str) -> str:
+        answer = await self.stub().LookupSubscription(
+            api.LookupSubscriptionRequest(subscriptionId=subscription), timeout=CALL_TIMEOUT
+        )
+        return wire.endpoint_of(answer.serverNode)
+
+    async def op_delete_subscription(self, subscription: str, force: bool = False) -> None:
+        owner = await self.subscription_owner(subscription)
+        await self.stub(owner).DeleteSubscription(
+            api.DeleteSubscriptionRequest(subscriptionId=subscription, force=force),
+            timeout=CALL_TIMEOUT,
+        )
+
+    async def consumer_for(self, subscription: str, consumer: str) -> RawConsumer:
+        key = (subscription, consumer)
+        state = self.consumers.get(key)
+        if state is not None and state.task is not None and state.task.done():
+            self.consumers.pop(key)
+            if state.error is not None:
+                raise state.error
+            state = None
+        if state is None:
+            owner = await self.subscription_owner(subscription)
+            placeholder = RawConsumer(None, subscription, consumer)
+            placeholder.requests.put_nowait(
+                api.StreamingFetchRequest(subscriptionId=subscription, consumerName=consumer)
+            )
+            placeholder.call = self.stub(owner).StreamingFetch(placeholder.outgoing())
+
+            async def drain(state: RawConsumer = placeholder) -> None:
+                try:
+                    async for response in state.call:
+                        await state.received.put(response.receivedRecords)
+                except grpc.RpcError as error:
+                    if error.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                        state.error = error
+
+            placeholder.task = asyncio.create_task(drain())
+            self.consumers[key] = state = placeholder
+        return state
+
+    async def op_fetch(
+        self,
+        subscription: str,
+        consumer: str,
+        max: int = 100,
+        timeout_ms: int = 1000,
+        ack: bool = True,
+    ) -> dict[str, Any]:
+        state = await self.consumer_for(subscription, consumer)
+        got: list[dict[str, Any]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while len(got) < max and (left := deadline - loop.time()) > 0:
+            try:
+                received = await asyncio.wait_for(state.received.get(), timeout=left)
+            except TimeoutError:
+                break
+            got.extend(decoded(received))
+        if not got and state.task is not None and state.task.done():
+            await self.consumer_for(subscription, consumer)  # surfaces the stream's error
+        if ack and got:
+            await self.op_ack(subscription, consumer, [r["record_id"] for r in got])
+        return {"records": got}
+
+    async def op_ack(self, subscription: str, consumer: str, record_ids: list[list[int]]) -> None:
+        state = self.consumers.get((subscription, consumer))
+        if state is None:
+            raise Rejected(f"no running consumer {consumer} on {subscription}")
+        ids = [api.RecordId(shardId=s, batchId=b, batchIndex=i) for s, b, i in record_ids]
+        await state.requests.put(
+            api.StreamingFetchRequest(
+                subscriptionId=subscription, consumerName=consumer, ackIds=ids
+            )
+        )
+
+    async def op_stop_consumer(self, subscription: str, consumer: str) -> None:
+        state = self.consumers.pop((subscription, consumer), None)
+        if state is not None:
+            await state.requests.put(None)
+            state.call.cancel()
+
+    async def op_read_shard(
+        self,
+        stream: str,
+        shard_id: int,
+        offset: Any = "earliest",
+        max_records: int = 100,
+        timeout_ms: int = 500,
+    ) -> dict[str, Any]:
+        reader_id = f"raw-{uuid.uuid4().hex[:12]}"
+        stub = self.stub()
+        await stub.CreateShardReader(
+            api.CreateShardReaderRequest(
+                streamName=stream,
+                shardId=shard_id,
+                readerId=reader_id,
+                shardOffset=shard_offset(offset),
+                timeout=timeout_ms,
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        records: list[dict[str, Any]] = []
+        try:
+            for _ in range(100_000):
+                answer = await stub.ReadShard(
+                    api.ReadShardRequest(readerId=reader_id, maxRecords=max_records),
+                    timeout=CALL_TIMEOUT + timeout_ms / 1000,
+                )
+                if not answer.receivedRecords:
+                    break
+                for received in answer.receivedRecords:
+                    records.extend(decoded(received))
+        finally:
+            await stub.DeleteShardReader(
+                api.DeleteShardReaderRequest(readerId=reader_id), timeout=CALL_TIMEOUT
+            )
+        return {"records": records}
+
+    async def op_describe_cluster(self) -> dict[str, Any]:
+        answer = await self.stub().DescribeCluster(Empty(), timeout=CALL_TIMEOUT)
+        states = {s.node.id: api.NodeState.Name(s.state) for s in answer.serverNodesStatus}
+        return {
+            "nodes": [
+                {"id": n.id, "host": n.host, "port": n.port, "state": states.get(n.id, "Unknown")}
+                for n in answer.serverNodes
+            ]
+        }
+
+    async def op_close(self) -> dict[str, Any]:
+        for state in self.consumers.values():
+            state.call.cancel()
+        for channel in self.channels.values():
+            await channel.close()
+        return {}
+
+
+if __name__ == "__main__":
+    RawDriver().main()
