@@ -1,0 +1,337 @@
+"""Membership convergence checker: do the nodes' views follow the truth, and how fast?
+
+Inputs (shapes in harness.history):
+
+* samples ``f="view"``: ``{"observer": id, "view": {member_id: state}}`` taken by a probe;
+  states alive/suspect/dead (HServer's Running/Unavailable/Dead and Starting are mapped).
+  A member missing from a view counts as dead: gossip implementations drop confirmed-dead
+  members, and a probe of HServer's DescribeCluster should say "suspect" itself for members
+  it knows are suspected.
+* the truth, from nemesis completions: their value's ``"down"`` and ``"up"`` lists of ids
+  (what the fault made unreachable or brought back; see harness.faults.nemesis). Everything
+  else is alive from the start.
+
+The run splits into *epochs* at every change of the truth. An epoch is **converged at t**
+when every observer that is up has a view (taken after it last came up) in which every
+up member is alive and every down member is dead, and that stays true to the end of the
+epoch. Figures:
+
+* per down event: time to first suspicion (any up observer sees the node not alive) and to
+  confirmed dead (sees it dead), from the nemesis completion;
+* per epoch: time to full agreement;
+* **false suspicions**: an observer that had seen a member alive since the member's last
+  truth change, later seeing it not alive while it still is;
+* **flaps**: every change of an observer's alive/not-alive opinion of a member beyond the
+  first within one truth period of that member (one change per real event is expected).
+
+Verdict against `bound_s` (see `swim_bounds` for a bound derived from the protocol period):
+an epoch that converged later than the bound (**slow_convergence**) or that lasted longer
+than the bound without converging (**not_converged**) is a failure; epochs shorter than the
+bound that did not converge are counted only. Without a bound the verdict is True when the
+last epoch converged, else "unknown". False suspicions fail the check only with
+`false_suspicions_fail=True`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from harness.checkers.result import NS_PER_S, Result, add_anomaly, quantiles
+from harness.history import History, Op, as_ops
+
+NAME = "membership"
+
+_STATE = {
+    "alive": "alive",
+    "running": "alive",
+    "suspect": "suspect",
+    "suspected": "suspect",
+    "unavailable": "suspect",
+    "starting": "suspect",
+    "dead": "dead",
+    "confirm": "dead",
+    "confirmed": "dead",
+}
+
+
+def normalise_state(state: Any) -> str:
+    """alive / suspect / dead from a state name or HServer NodeState number (0..3)."""
+    if isinstance(state, int):
+        return {0: "suspect", 1: "alive", 2: "suspect", 3: "dead"}.get(state, "suspect")
+    return _STATE.get(str(state).strip().lower(), "suspect")
+
+
+def swim_bounds(
+    protocol_period_s: float,
+    n_nodes: int,
+    *,
+    gossip_interval_s: float | None = None,
+    retransmit_mult: int = 4,
+    suspicion_periods: float = 1.0,
+    sample_interval_s: float = 0.0,
+) -> dict[str, float]:
+    """Expected first detection and a bound on full agreement for SWIM with period T.
+
+    * First detection: every member probes one random peer per period, so a failed member
+      escapes all n-1 probers in one period with probability (1 - 1/(n-1))^(n-1) ~ 1/e;
+      the number of periods until it is probed is geometric with mean 1/(1 - 1/e) =
+      e/(e-1) ~ 1.58. Missing k periods in a row has probability ~ e^-k, so 7 periods bound
+      it at 1e-3; with shuffled round-robin targets (HStreamDB) it is at most 2n-1 periods.
+    * Suspicion to confirmation: `suspicion_periods` (HServer confirms within the probe
+      period; SWIM's suspicion timeout would be multiplier * log(n) periods).
+    * Dissemination: infection-style gossip reaches everyone in O(log n) rounds; a message
+      is retransmitted retransmit_mult * ceil(ln(n + 2)) times, one per gossip interval,
+      which bounds how long it can keep spreading.
+    * The probe that samples views adds up to one sampling interval.
+    """
+    if protocol_period_s <= 0 or n_nodes < 1:
+        raise ValueError("protocol_period_s must be > 0 and n_nodes >= 1")
+    gossip = protocol_period_s if gossip_interval_s is None else gossip_interval_s
+    e = math.e
+    detection_periods = min(7, max(1, 2 * n_nodes - 1))
+    dissemination_s = retransmit_mult * math.ceil(math.log(n_nodes + 2)) * gossip
+    agreement = (
+        (detection_periods + suspicion_periods) * protocol_period_s
+        + dissemination_s
+        + sample_interval_s
+    )
+    return {
+        "expected_first_detection_s": round(e / (e - 1) * protocol_period_s, 3),
+        "detection_bound_s": detection_periods * protocol_period_s,
+        "dissemination_bound_s": dissemination_s,
+        "agreement_bound_s": round(agreement, 3),
+    }
+
+
+def check(
+    history: History | Iterable[Op],
+    *,
+    bound_s: float | None = None,
+    nodes: Iterable[Any] | None = None,
+    false_suspicions_fail: bool = False,
+    select: Callable[[Op], bool] | None = None,
+) -> Result:
+    """Judge membership views against the nemesis' truth; see the module docstring."""
+    ops = as_ops(history)
+    if select is not None:
+        ops = [op for op in ops if select(op)]
+    result = Result(valid=True, checker=NAME)
+    start = ops[0].time if ops else 0
+
+    members: set[str] = {str(n) for n in nodes} if nodes is not None else set()
+    n_views = 0
+    for op in ops:
+        v = op.value
+        if not isinstance(v, dict):
+            continue
+        if op.f == "view" and op.type == "ok":
+            n_views += 1
+            members.add(str(v.get("observer")))
+            members.update(str(m) for m in (v.get("view") or {}))
+        elif op.process == "nemesis" and op.type != "invoke":
+            members.update(str(m) for m in v.get("down") or ())
+            members.update(str(m) for m in v.get("up") or ())
+    if not n_views:
+        result.valid = "unknown"
+        result.notes.append("no view samples: membership was not observed")
+        return result
+    member_list = sorted(members)
+
+    down: set[str] = set()
+    latest: dict[str, dict[str, str]] = {}
+    bad: set[str] = set(member_list)  # up observers without a correct view
+    since: int | None = None
+    epoch_start = start
+    epoch_fault: Any = "start"
+    epochs: list[dict[str, Any]] = []
+    episodes: list[dict[str, Any]] = []
+    open_down: dict[str, dict[str, Any]] = {}
+    alive_seen: set[tuple[str, str]] = set()  # (observer, member) saw alive since truth change
+    opinion: dict[tuple[str, str], bool] = {}
+    changes: dict[tuple[str, str], int] = {}
+    false_suspicions = 0
+    flaps = 0
+
+    def mismatches(observer: str, view: dict[str, str]) -> int:
+        # An observer's entry for itself says nothing about what it learnt from gossip.
+        wrong = 0
+        for m in member_list:
+            if m == observer:
+                continue
+            st = view.get(m, "dead")
+            if (st != "alive") if m not in down else (st != "dead"):
+                wrong += 1
+        return wrong
+
+    def close_epoch(t: int) -> None:
+        converged = since is not None and not bad
+        epochs.append(
+            {
+                "start_s": _rel(epoch_start, start),
+                "end_s": _rel(t, start),
+                "after": epoch_fault,
+                "down": sorted(down),
+                "observers": len(member_list) - len(down),
+                "agreement_s": _rel(since, epoch_start) if converged else None,
+                "duration_s": _rel(t, epoch_start),
+            }
+        )
+
+    for op in ops:
+        v = op.value
+        if not isinstance(v, dict):
+            continue
+        t = op.time
+        if op.process == "nemesis" and op.type != "invoke":
+            went_down = {str(m) for m in v.get("down") or ()} - down
+            came_up = {str(m) for m in v.get("up") or ()} & down
+            if not went_down and not came_up:
+                continue
+            close_epoch(t)
+            epoch_start, epoch_fault = t, op.f
+            for m in went_down | came_up:
+                for o in member_list:
+                    alive_seen.discard((o, m))
+                    changes.pop((o, m), None)
+            for m in went_down:
+                down.add(m)
+                latest.pop(m, None)
+                for o in member_list:
+                    opinion.pop((m, o), None)
+                    changes.pop((m, o), None)
+                episode: dict[str, Any] = {
+                    "node": m,
+                    "event": "down",
+                    "fault": op.f,
+                    "at_s": _rel(t, start),
+                    "first_suspicion_s": None,
+                    "confirmed_dead_s": None,
+                    "_t": t,
+                }
+                episodes.append(episode)
+                open_down[m] = episode
+            for m in came_up:
+                down.discard(m)
+                open_down.pop(m, None)
+                episodes.append({"node": m, "event": "up", "fault": op.f, "at_s": _rel(t, start)})
+            bad = {
+                o
+                for o in member_list
+                if o not in down and (o not in latest or mismatches(o, latest[o]))
+            }
+            since = t if not bad else None
+            continue
+        if op.f != "view" or op.type != "ok":
+            continue
+        o = str(v.get("observer"))
+        if o in down:
+            continue
+        view = {str(m): normalise_state(s) for m, s in (v.get("view") or {}).items()}
+        latest[o] = view
+        if mismatches(o, view):
+            bad.add(o)
+            since = None
+        else:
+            bad.discard(o)
+            if not bad and since is None:
+                since = t
+        for m, ep in open_down.items():
+            if m == o:
+                continue
+            st = view.get(m, "dead")
+            if st != "alive" and ep["first_suspicion_s"] is None:
+                ep["first_suspicion_s"] = _rel(t, ep["_t"])
+            if st == "dead" and ep["confirmed_dead_s"] is None:
+                ep["confirmed_dead_s"] = _rel(t, ep["_t"])
+        for m in member_list:
+            if m == o:
+                continue
+            is_alive = view.get(m, "dead") == "alive"
+            key = (o, m)
+            before = opinion.get(key)
+            opinion[key] = is_alive
+            if before is not None and before != is_alive:
+                n = changes.get(key, 0) + 1
+                changes[key] = n
+                if n > 1:
+                    flaps += 1
+            if m in down:
+                continue
+            if is_alive:
+                alive_seen.add(key)
+            elif key in alive_seen:
+                alive_seen.discard(key)
+                false_suspicions += 1
+                add_anomaly(
+                    result,
+                    "false_suspicion",
+                    {
+                        "observer": o,
+                        "member": m,
+                        "state": view.get(m, "absent"),
+                        "at_s": _rel(t, start),
+                    },
+                )
+    end = ops[-1].time
+    close_epoch(end)
+
+    undecided = 0
+    for ep in epochs:
+        if ep["observers"] == 0:
+            continue
+        agreement = ep["agreement_s"]
+        if agreement is not None:
+            if bound_s is not None and agreement > bound_s:
+                add_anomaly(result, "slow_convergence", {**ep, "bound_s": bound_s})
+        elif bound_s is not None and ep["duration_s"] >= bound_s:
+            add_anomaly(result, "not_converged", {**ep, "bound_s": bound_s})
+        else:
+            undecided += 1
+    for ep in episodes:
+        ep.pop("_t", None)
+
+    for kind in ("not_converged", "slow_convergence", "false_suspicion"):
+        result.counts.setdefault(kind, 0)
+        result.anomalies.setdefault(kind, [])
+    result.counts.update(
+        views=n_views,
+        members=len(member_list),
+        epochs=len(epochs),
+        converged_epochs=sum(1 for ep in epochs if ep["agreement_s"] is not None),
+        undecided_epochs=undecided,
+        flaps=flaps,
+    )
+    downs = [ep for ep in episodes if ep["event"] == "down"]
+    result.figures.update(
+        bound_s=bound_s,
+        time_to_first_suspicion_s=quantiles(
+            [ep["first_suspicion_s"] for ep in downs if ep["first_suspicion_s"] is not None]
+        ),
+        time_to_confirmed_dead_s=quantiles(
+            [ep["confirmed_dead_s"] for ep in downs if ep["confirmed_dead_s"] is not None]
+        ),
+        time_to_agreement_s=quantiles(
+            [ep["agreement_s"] for ep in epochs if ep["agreement_s"] is not None]
+        ),
+        never_suspected=sum(1 for ep in downs if ep["first_suspicion_s"] is None),
+        episodes=episodes[:1000],
+        epochs=epochs[:1000],
+    )
+    failed = result.counts["not_converged"] + result.counts["slow_convergence"]
+    if false_suspicions_fail:
+        failed += false_suspicions
+    if failed:
+        result.valid = False
+    elif epochs[-1]["agreement_s"] is None and epochs[-1]["observers"]:
+        result.valid = "unknown"
+        result.notes.append(
+            f"the last epoch (from {epochs[-1]['start_s']} s) had not converged when the "
+            "history ended" + ("" if bound_s is None else f", within bound {bound_s} s")
+        )
+    return result
+
+
+def _rel(t: int | None, origin: int) -> float | None:
+    return None if t is None else round((t - origin) / NS_PER_S, 3)

@@ -1,0 +1,84 @@
+"""The verdict every checker returns, and how verdicts compose (Jepsen's merge-valid)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Validity = bool | Literal["unknown"]
+
+# Enough examples of one anomaly kind to debug it; the exact total is always in `counts`.
+MAX_EXAMPLES = 1000
+
+
+@dataclass
+class Result:
+    """valid: True, False or "unknown" (not enough evidence, e.g. no final read).
+
+    counts: exact numbers per category; anomalies: kind -> examples (at most MAX_EXAMPLES,
+    the full number is counts[kind]); figures: measurements (latency quantiles, times).
+    """
+
+    valid: Validity
+    counts: dict[str, int] = field(default_factory=dict)
+    anomalies: dict[str, list[Any]] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    checker: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checker": self.checker,
+            "valid": self.valid,
+            "counts": self.counts,
+            "anomalies": self.anomalies,
+            "figures": self.figures,
+            "notes": self.notes,
+        }
+
+    def summary(self) -> str:
+        """One line: the verdict and every non-zero anomaly count."""
+        bad = {k: self.counts.get(k, len(v)) for k, v in self.anomalies.items() if v}
+        parts = ", ".join(f"{k}={n}" for k, n in sorted(bad.items())) or "no anomalies"
+        return f"{self.checker}: valid={self.valid} ({parts})"
+
+
+def merge_valid(values: Iterable[Validity]) -> Validity:
+    """False beats "unknown" beats True; nothing to judge is True."""
+    out: Validity = True
+    for v in values:
+        if v is False:
+            return False
+        if v == "unknown":
+            out = "unknown"
+    return out
+
+
+def add_anomaly(result: Result, kind: str, example: Any) -> None:
+    """Count one anomaly of `kind` and keep it as an example while there is room."""
+    result.counts[kind] = result.counts.get(kind, 0) + 1
+    examples = result.anomalies.setdefault(kind, [])
+    if len(examples) < MAX_EXAMPLES:
+        examples.append(example)
+
+
+def quantiles(
+    values: Sequence[float], qs: Sequence[float] = (0.5, 0.9, 0.99, 1.0)
+) -> dict[str, Any]:
+    """Nearest-rank quantiles (q=1.0 is the max) and the count; empty input gives count 0."""
+    if not values:
+        return {"count": 0}
+    xs = sorted(values)
+    n = len(xs)
+    out: dict[str, Any] = {"count": n}
+    for q in qs:
+        rank = max(1, math.ceil(q * n))
+        key = "max" if q >= 1.0 else f"p{round(q * 100, 3):g}"
+        out[key] = round(xs[rank - 1], 3)
+    return out
+
+
+NS_PER_MS = 1_000_000
+NS_PER_S = 1_000_000_000
