@@ -26,13 +26,21 @@ from refserver.membership import NodeAddress
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m refserver.gossip", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m refserver.gossip",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--server-id", type=int, required=True)
-    parser.add_argument("--address", default="127.0.0.1",
-                        help="address to bind and advertise for gossip")
-    parser.add_argument("--port", type=int, default=6570,
-                        help="advertised client port (not served by a gossip-only node)")
+    parser.add_argument(
+        "--address", default="127.0.0.1", help="address to bind and advertise for gossip"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=6570,
+        help="advertised client port (not served by a gossip-only node)",
+    )
     parser.add_argument("--internal-port", type=int, default=6571)
     parser.add_argument("--seed-nodes", default=None, help="host[:port],... (default: itself)")
     parser.add_argument("--defect", action="append", default=[], metavar="NAME")
@@ -63,11 +71,11 @@ async def serve(config: GossipConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     try:
-        me = NodeAddress(args.server_id, args.address, args.port, args.address,
-                         args.internal_port)
+        me = NodeAddress(args.server_id, args.address, args.port, args.address, args.internal_port)
         config = GossipConfig.from_args(args, me, parse_defects(args.defect))
         asyncio.run(serve(config))
     except (BadSeedList, UnknownDefect, ValueError, JoinFailed) as error:

@@ -90,23 +90,55 @@ class GossipConfig:
     def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         """The gossip flags, in milliseconds like hstream-server's; defaults are its own."""
         group = parser.add_argument_group("gossip")
-        group.add_argument("--probe-interval-ms", type=int, default=2000,
-                           help="SWIM protocol period: one member is probed per period")
-        group.add_argument("--roundtrip-timeout-ms", type=int, default=500,
-                           help="wait this long for an Ack before asking others (PingReq)")
-        group.add_argument("--indirect-checks", type=int, default=1,
-                           help="how many members are asked to probe an unresponsive one")
-        group.add_argument("--suspicion-mult", type=int, default=4,
-                           help="suspicion timeout = mult * max(1, log10 n) * probe interval")
-        group.add_argument("--retransmit-mult", type=int, default=4,
-                           help="each update is piggybacked mult * ceil(log10(n+1)) times")
-        group.add_argument("--gossip-interval-ms", type=int, default=1000,
-                           help="period of the gossip round to --gossip-fanout members")
+        group.add_argument(
+            "--probe-interval-ms",
+            type=int,
+            default=2000,
+            help="SWIM protocol period: one member is probed per period",
+        )
+        group.add_argument(
+            "--roundtrip-timeout-ms",
+            type=int,
+            default=500,
+            help="wait this long for an Ack before asking others (PingReq)",
+        )
+        group.add_argument(
+            "--indirect-checks",
+            type=int,
+            default=1,
+            help="how many members are asked to probe an unresponsive one",
+        )
+        group.add_argument(
+            "--suspicion-mult",
+            type=int,
+            default=4,
+            help="suspicion timeout = mult * max(1, log10 n) * probe interval",
+        )
+        group.add_argument(
+            "--retransmit-mult",
+            type=int,
+            default=4,
+            help="each update is piggybacked mult * ceil(log10(n+1)) times",
+        )
+        group.add_argument(
+            "--gossip-interval-ms",
+            type=int,
+            default=1000,
+            help="period of the gossip round to --gossip-fanout members",
+        )
         group.add_argument("--gossip-fanout", type=int, default=3)
-        group.add_argument("--join-timeout-ms", type=int, default=30000,
-                           help="give up (exit non-zero) when no seed accepts the join by then")
-        group.add_argument("--reconnect-interval-ms", type=int, default=30000,
-                           help="how often a dead member is tried again (partition healing)")
+        group.add_argument(
+            "--join-timeout-ms",
+            type=int,
+            default=30000,
+            help="give up (exit non-zero) when no seed accepts the join by then",
+        )
+        group.add_argument(
+            "--reconnect-interval-ms",
+            type=int,
+            default=30000,
+            help="how often a dead member is tried again (partition healing)",
+        )
 
     @classmethod
     def from_args(

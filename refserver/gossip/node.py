@@ -315,12 +315,21 @@ class GossipNode:
         if incarnation < self._incarnation:
             return  # an old suspicion, already refuted
         if "no-refute" in self.config.defects:
-            log.info("node %d: heard %s(%d) about itself, not refuting (defect no-refute)",
-                     self._self.id, kind, incarnation)
+            log.info(
+                "node %d: heard %s(%d) about itself, not refuting (defect no-refute)",
+                self._self.id,
+                kind,
+                incarnation,
+            )
             return
         self._incarnation = incarnation + 1
-        log.info("node %d: refuting %s(%d) with alive(%d)",
-                 self._self.id, kind, incarnation, self._incarnation)
+        log.info(
+            "node %d: refuting %s(%d) with alive(%d)",
+            self._self.id,
+            kind,
+            incarnation,
+            self._incarnation,
+        )
         self._announce_self()
 
     def _announce_self(self) -> None:
@@ -330,8 +339,13 @@ class GossipNode:
         )
 
     def _changed(self, record: MemberRecord) -> None:
-        log.info("node %d: member %d is %s (incarnation %d)",
-                 self._self.id, record.node.id, record.state.value, record.incarnation)
+        log.info(
+            "node %d: member %d is %s (incarnation %d)",
+            self._self.id,
+            record.node.id,
+            record.state.value,
+            record.incarnation,
+        )
         timer = self._suspicion_timers.pop(record.node.id, None)
         if timer is not None:
             timer.cancel()
@@ -467,8 +481,9 @@ class GossipNode:
         self._table.epoch = max(self._table.epoch, response.epoch)
         self._inited = True
         self._announce_self()
-        log.info("node %d: joined through %s (%d members)",
-                 self._self.id, seed, len(response.members))
+        log.info(
+            "node %d: joined through %s (%d members)", self._self.id, seed, len(response.members)
+        )
         self._mark_ready()
 
     async def _user_init(self) -> None:
@@ -482,8 +497,11 @@ class GossipNode:
                 if isinstance(answer, HStreamInternal_pb2.ServerNode):
                     seeds[(host, port)] = answer
                 elif answer == wire.CLUSTER_READY:
-                    log.info("node %d: seed %s already runs a cluster; joining it",
-                             self._self.id, _address(host, port))
+                    log.info(
+                        "node %d: seed %s already runs a cluster; joining it",
+                        self._self.id,
+                        _address(host, port),
+                    )
                     await self._join()
                     return
             if len(seeds) == len(self._other_seeds):
@@ -536,8 +554,12 @@ class GossipNode:
                 return
         current = self._table.get(target.node.id)
         if current is not None and current.state is MemberState.ALIVE:
-            log.info("node %d: no ack from %d (direct and %d indirect)",
-                     self._self.id, target.node.id, len(helpers))
+            log.info(
+                "node %d: no ack from %d (direct and %d indirect)",
+                self._self.id,
+                target.node.id,
+                len(helpers),
+            )
             self._apply_state("suspect", current.incarnation, current.node)
 
     async def _gossip_loop(self) -> None:
@@ -545,9 +567,7 @@ class GossipNode:
             await asyncio.sleep(self.config.gossip_interval)
             if not len(self._broadcasts):
                 continue
-            peers = [
-                r.node for r in self._table.in_state(MemberState.ALIVE, MemberState.SUSPECT)
-            ]
+            peers = [r.node for r in self._table.in_state(MemberState.ALIVE, MemberState.SUSPECT)]
             chosen = self._rng.sample(peers, min(self.config.fanout, len(peers)))
             await asyncio.gather(*(self._send_gossip(peer) for peer in chosen))
 
@@ -627,14 +647,20 @@ class GossipNode:
                 return _admin_result("plain", "Cluster is ready")
             return _admin_result("error", "Cluster is not ready!")
         if words == ["status"]:
-            rows = [[str(self._self.id), "Running" if self._ready else "Starting",
-                     _address(self._self.host, self._self.port)]]
+            rows = [
+                [
+                    str(self._self.id),
+                    "Running" if self._ready else "Starting",
+                    _address(self._self.host, self._self.port),
+                ]
+            ]
             for record in self._table.records():
                 if record.state is MemberState.SUSPECT:
                     continue  # like the real server: suspects are in neither list
                 state = "Running" if record.state is MemberState.ALIVE else "Dead"
-                rows.append([str(record.node.id), state,
-                             _address(record.node.host, record.node.port)])
+                rows.append(
+                    [str(record.node.id), state, _address(record.node.host, record.node.port)]
+                )
             headers = ["Node ID", "State", "Address"]
             return _admin_result("table", {"headers": headers, "rows": rows})
         return _admin_result(
@@ -709,8 +735,9 @@ class _Servicer(HStreamGossip_pb2_grpc.HStreamGossipServicer):
                 timeout=max(1.0, 4 * node.config.roundtrip_timeout),
             )
         except grpc.aio.AioRpcError as error:
-            await context.abort(error.code(), f"join through {host}:{request.port}: "
-                                              f"{error.details()}")
+            await context.abort(
+                error.code(), f"join through {host}:{request.port}: {error.details()}"
+            )
         node._accept_join(response, _address(host, request.port))
         return response
 
@@ -722,6 +749,7 @@ class _Servicer(HStreamGossip_pb2_grpc.HStreamGossipServicer):
         return HStreamGossip_pb2.Empty()
 
     async def CliGetSeenEvents(self, request, context):  # type: ignore[no-untyped-def]
-        events = [HStreamGossip_pb2.UserEvent(name=n, payload=p)
-                  for n, p in self._node.seen_events()]
+        events = [
+            HStreamGossip_pb2.UserEvent(name=n, payload=p) for n, p in self._node.seen_events()
+        ]
         return HStreamGossip_pb2.SeenEvents(events=events)

@@ -142,21 +142,41 @@ def test_flags_default_to_the_real_server_and_convert_ms() -> None:
     me = NodeAddress(1, "127.0.0.1", 6570, "127.0.0.1", 6571)
     default = GossipConfig.from_args(parser.parse_args([]), me, frozenset())
     assert (default.probe_interval, default.roundtrip_timeout, default.indirect_checks) == (
-        2.0, 0.5, 1)
+        2.0,
+        0.5,
+        1,
+    )
     assert (default.gossip_interval, default.fanout, default.seeds) == (
-        1.0, 3, [("127.0.0.1", 6571)])
+        1.0,
+        3,
+        [("127.0.0.1", 6571)],
+    )
     fast = GossipConfig.from_args(
-        parser.parse_args(["--probe-interval-ms", "200", "--roundtrip-timeout-ms", "100",
-                           "--seed-nodes", "127.0.0.3"]),
-        me, frozenset({"no-refute"}),
+        parser.parse_args(
+            [
+                "--probe-interval-ms",
+                "200",
+                "--roundtrip-timeout-ms",
+                "100",
+                "--seed-nodes",
+                "127.0.0.3",
+            ]
+        ),
+        me,
+        frozenset({"no-refute"}),
     )
     assert (fast.probe_interval, fast.roundtrip_timeout, fast.seeds) == (
-        0.2, 0.1, [("127.0.0.3", 6571)])
+        0.2,
+        0.1,
+        [("127.0.0.3", 6571)],
+    )
     assert fast.defects == frozenset({"no-refute"})
     with pytest.raises(ValueError, match="round-trip timeout .* shorter than the probe"):
         GossipConfig.from_args(
             parser.parse_args(["--probe-interval-ms", "100", "--roundtrip-timeout-ms", "100"]),
-            me, frozenset())
+            me,
+            frozenset(),
+        )
 
 
 def test_suspicion_and_retransmit_scale_with_cluster_size() -> None:
@@ -167,10 +187,12 @@ def test_suspicion_and_retransmit_scale_with_cluster_size() -> None:
 
 
 def test_view_round_trips_through_cli_cluster_encoding() -> None:
-    cluster = HStreamGossip_pb2.Cluster(members=[
-        with_state(A, MemberState.SUSPECT, 17),
-        with_state(NodeAddress(3, "127.0.0.3", 6570, "127.0.0.3", 6571), MemberState.DEAD, 4),
-    ])
+    cluster = HStreamGossip_pb2.Cluster(
+        members=[
+            with_state(A, MemberState.SUSPECT, 17),
+            with_state(NodeAddress(3, "127.0.0.3", 6570, "127.0.0.3", 6571), MemberState.DEAD, 4),
+        ]
+    )
     decoded = decode_view(HStreamGossip_pb2.Cluster.FromString(cluster.SerializeToString()))
     assert decoded == {2: (MemberState.SUSPECT, 17), 3: (MemberState.DEAD, 4)}
     with pytest.raises(ValueError, match="carries no 'gossip-state' listener"):

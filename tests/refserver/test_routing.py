@@ -50,7 +50,8 @@ def test_only_the_leaving_nodes_keys_move() -> None:
     before_view = nodes(1, 2, 3, 4, 5)
     after_view = nodes(1, 2, 4, 5)
     moved_from_others = [
-        key for key in KEYS
+        key
+        for key in KEYS
         if owner(key, before_view).id != 3 and owner(key, before_view) != owner(key, after_view)
     ]
     assert moved_from_others == [], f"{len(moved_from_others)} keys moved off surviving nodes"
