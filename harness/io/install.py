@@ -53,12 +53,20 @@ def cache_root() -> Path:
     return root / "connectors"
 
 
+_BUILD_LITTER = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist", "*.pyc")
+
+
+def _is_litter(rel: Path) -> bool:
+    return any(part in ("__pycache__", "build", "dist") or part.endswith((".egg-info", ".pyc"))
+               for part in rel.parts)
+
+
 def _fingerprint(paths: tuple[Path, ...]) -> str:
-    """mtime+size of every file under the local paths: cheap and enough to notice edits."""
+    """mtime+size of every source file under the local paths: cheap, enough to see edits."""
     parts: list[str] = []
     for base in paths:
         for p in sorted(base.rglob("*")):
-            if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p):
+            if p.is_file() and not _is_litter(p.relative_to(base)):
                 st = p.stat()
                 parts.append(f"{p.relative_to(base)}:{st.st_size}:{int(st.st_mtime)}")
     return "|".join(parts)
@@ -119,13 +127,20 @@ def install(
             shutil.rmtree(venv)
         log_path = root / f"{package.name}.install.log"
         started = time.monotonic()
+        # pip builds a local project in place (build/, *.egg-info); build from a copy so
+        # the source folder, which may be a fixture in the checkout, stays clean.
+        local_copies = []
+        for src in package.local_paths:
+            dst = venv / "src" / src.name
+            shutil.copytree(src, dst, ignore=_BUILD_LITTER)
+            local_copies.append(dst)
         with open(log_path, "w") as log:
             steps = [
                 [sys.executable, "-m", "venv", str(venv)],
                 [
                     str(venv / "bin" / "python"), "-m", "pip", "install",
                     "--disable-pip-version-check", *package.requirements,
-                    *[str(p) for p in package.local_paths],
+                    *[str(p) for p in local_copies],
                 ],
             ]
             for argv in steps:
