@@ -1,0 +1,589 @@
+"""StreamingFetch end to end: a real store process, the subscription service behind a real
+grpc.aio server, and the official `hstreamdb` Python client's consumer.
+
+The node here is a single-node HServer reduced to what a subscription needs: the
+subscription RPCs (the service under test), DescribeCluster and LookupSubscription (the
+client bootstraps and routes with them). Streams and records are written straight into
+the store in the layout the API layer uses (`streams/{name}`, `shards/{id}`, one store
+entry per BatchedRecord), so these tests depend on nothing but the store and the engine.
+Each seeded subscription defect is shown to break the property its test checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import grpc
+import pytest
+from HStream.Server import HStreamApi_pb2 as api
+from HStream.Server import HStreamApi_pb2_grpc as api_grpc
+from hstreamdb.aio.client import HStreamDBClient, insecure_client
+from hstreamdb.types import Record, RecordId
+from hstreamdb.utils import encode_records
+
+from refserver.api.subscriptions import SubscriptionService
+from refserver.membership import Member, MemberState, NodeAddress
+from refserver.protos import Store_pb2, Store_pb2_grpc
+
+STORE_PORT = 18000
+_node_ports = itertools.count(18010)
+EARLIEST = api.SpecialOffset.Value("EARLIEST")
+LATEST = api.SpecialOffset.Value("LATEST")
+# Long enough for a delivery, an ack and a checkpoint write on a loaded 2-core machine.
+SETTLE = 1.5
+
+pytestmark = pytest.mark.slow
+
+
+# The store process -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("store")
+    log_path = data / "store.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "refserver.store",
+                "--data-dir",
+                str(data / "db"),
+                "--port",
+                str(STORE_PORT),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while b"Store is started on port" not in log_path.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"store did not start (exit {process.poll()}); log {log_path}:\n"
+                    + log_path.read_text(errors="replace")
+                )
+            time.sleep(0.05)
+        yield f"127.0.0.1:{STORE_PORT}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# A single-node server around the service ---------------------------------------------------
+
+
+class SingleNodeMembership:
+    """The membership of a one-node cluster: itself, alive, ready."""
+
+    def __init__(self, node: NodeAddress) -> None:
+        self._node = node
+
+    @property
+    def self_node(self) -> NodeAddress:
+        return self._node
+
+    def members(self) -> dict[int, Member]:
+        return {self._node.id: Member(self._node, MemberState.ALIVE, 0)}
+
+    def alive(self) -> list[NodeAddress]:
+        return [self._node]
+
+    def is_ready(self) -> bool:
+        return True
+
+    def subscribe(self, callback: Callable[[Member], None]) -> None:
+        pass
+
+
+class SingleNodeOwnership:
+    """In a one-node cluster every resource is owned by the node itself."""
+
+    def __init__(self, node: NodeAddress) -> None:
+        self._node = node
+
+    async def owner(self, kind: str, resource_id: str) -> NodeAddress:
+        return self._node
+
+    async def check_owner(
+        self, kind: str, resource_id: str, context: grpc.aio.ServicerContext
+    ) -> None:
+        return None
+
+
+class SubscriptionNode(api_grpc.HStreamApiServicer):
+    def __init__(self, service: SubscriptionService, node: NodeAddress) -> None:
+        self.service = service
+        self.node = node
+
+    async def DescribeCluster(self, request, context):  # type: ignore[no-untyped-def]
+        return api.DescribeClusterResponse(
+            protocolVersion="0.1.0",
+            serverNodes=[api.ServerNode(id=self.node.id, host=self.node.host, port=self.node.port)],
+        )
+
+    async def LookupSubscription(self, request, context):  # type: ignore[no-untyped-def]
+        return api.LookupSubscriptionResponse(
+            subscriptionId=request.subscriptionId,
+            serverNode=api.ServerNode(id=self.node.id, host=self.node.host, port=self.node.port),
+        )
+
+    async def CreateSubscription(self, request, context):  # type: ignore[no-untyped-def]
+        return await self.service.CreateSubscription(request, context)
+
+    async def GetSubscription(self, request, context):  # type: ignore[no-untyped-def]
+        return await self.service.GetSubscription(request, context)
+
+    async def ListSubscriptions(self, request, context):  # type: ignore[no-untyped-def]
+        return await self.service.ListSubscriptions(request, context)
+
+    async def ListSubscriptionsWithPrefix(self, request, context):  # type: ignore[no-untyped-def]
+        return await self.service.ListSubscriptionsWithPrefix(request, context)
+
+    async def CheckSubscriptionExist(self, request, context):  # type: ignore[no-untyped-def]
+        return await self.service.CheckSubscriptionExist(request, context)
+
+    async def DeleteSubscription(self, request, context):  # type: ignore[no-untyped-def]
+        return await self.service.DeleteSubscription(request, context)
+
+    async def ListConsumers(self, request, context):  # type: ignore[no-untyped-def]
+        return await self.service.ListConsumers(request, context)
+
+    async def StreamingFetch(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        # grpc.aio treats a handler as server-streaming only if it is an async generator
+        # function, so re-yield rather than return the service's generator.
+        async for response in self.service.StreamingFetch(request_iterator, context):
+            yield response
+
+
+@contextlib.asynccontextmanager
+async def running_node(
+    store_address: str, port: int, defects: frozenset[str] = frozenset()
+) -> AsyncIterator[Store_pb2_grpc.StoreStub]:
+    """A node serving on `port` until the block ends; yields its store stub."""
+    node = NodeAddress(id=1, host="127.0.0.1", port=port, gossip_host="127.0.0.1", gossip_port=0)
+    channel = grpc.aio.insecure_channel(store_address)
+    store = Store_pb2_grpc.StoreStub(channel)
+    service = SubscriptionService(
+        store, SingleNodeMembership(node), SingleNodeOwnership(node), defects, node
+    )
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    api_grpc.add_HStreamApiServicer_to_server(SubscriptionNode(service, node), server)
+    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
+        raise RuntimeError(f"port {port} is in use; the subscription tests use 18000-18999")
+    await server.start()
+    await service.start()
+    try:
+        yield store
+    finally:
+        await service.stop()
+        await server.stop(grace=0.5)
+        await channel.close()
+
+
+_ids = itertools.count(int(time.time() * 1000) % 10**9 * 1000 + os.getpid() % 1000)
+
+
+async def create_stream(store: Store_pb2_grpc.StoreStub, name: str, shard_count: int) -> list[int]:
+    shards = [next(_ids) for _ in range(shard_count)]
+    await store.MetaPut(
+        Store_pb2.MetaPutReq(
+            key=f"streams/{name}",
+            value=json.dumps(
+                {
+                    "name": name,
+                    "replicationFactor": 1,
+                    "backlogDuration": 0,
+                    "shardCount": shard_count,
+                    "creationTimeMs": int(time.time() * 1000),
+                    "shards": shards,
+                }
+            ).encode(),
+            expected_version=0,
+        )
+    )
+    return shards
+
+
+async def append(store: Store_pb2_grpc.StoreStub, shard: int, payloads: list[str]) -> int:
+    """Append one batch; returns its lsn (the batchId consumers see)."""
+    batch = encode_records(payloads)
+    reply = await store.Append(
+        Store_pb2.AppendReq(log_id=shard, payload=batch.SerializeToString(), durable=True)
+    )
+    return int(reply.lsn)
+
+
+# The official consumer ---------------------------------------------------------------------
+
+
+class Collector:
+    """An official `hstreamdb` consumer that records every delivery and acks by policy."""
+
+    def __init__(
+        self,
+        client: HStreamDBClient,
+        subscription: str,
+        name: str,
+        should_ack: Callable[[Record], bool] = lambda record: True,
+    ) -> None:
+        self.name = name
+        self.should_ack = should_ack
+        self.deliveries: list[list[Record]] = []
+        self.acked: list[RecordId] = []
+        self.consumer = client.new_consumer(name, subscription, self._process)
+        self.task: asyncio.Task[None] | None = None
+
+    async def _process(
+        self,
+        ack: Callable[[list[RecordId]], Awaitable[None]],
+        stop: Callable[[], Awaitable[None]],
+        records: Iterator[Record],
+    ) -> None:
+        batch = list(records)
+        self.deliveries.append(batch)
+        chosen = [r.id for r in batch if self.should_ack(r)]
+        if chosen:
+            self.acked += chosen
+            await ack(chosen)
+
+    def start(self) -> Collector:
+        self.task = asyncio.create_task(self.consumer.start())
+        return self
+
+    async def stop(self) -> None:
+        # The consumer's own stop (the `stop` its callback receives) cancels the call.
+        if self.task is not None and not self.task.done():
+            await self.consumer._stop()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await asyncio.wait_for(self.task, 5)
+
+    def ids(self) -> list[RecordId]:
+        return [r.id for batch in self.deliveries for r in batch]
+
+    def payloads(self) -> list[bytes]:
+        return [r.payload for batch in self.deliveries for r in batch]
+
+
+async def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def run(scenario: Awaitable[None]) -> None:
+    asyncio.run(asyncio.wait_for(scenario, 60))
+
+
+def error_code(error: grpc.aio.AioRpcError) -> int:
+    return int(json.loads(error.details() or "{}").get("error", -1))
+
+
+# Tests -------------------------------------------------------------------------------------
+
+
+def test_earliest_and_latest_start_where_the_subscription_was_created(store_address: str) -> None:
+    async def scenario() -> None:
+        port = next(_node_ports)
+        async with running_node(store_address, port) as store:
+            [shard] = await create_stream(store, "offsets", 1)
+            first = await append(store, shard, ["e1", "e2", "e3"])
+            async with await insecure_client(port=port) as client:
+                await client.create_subscription("offsets-earliest", "offsets", offset=EARLIEST)
+                await client.create_subscription("offsets-latest", "offsets", offset=LATEST)
+                second = await append(store, shard, ["l1", "l2"])
+                earliest = Collector(client, "offsets-earliest", "c1").start()
+                latest = Collector(client, "offsets-latest", "c2").start()
+                await wait_until(lambda: len(earliest.ids()) >= 5, 10, "5 earliest records")
+                await wait_until(lambda: len(latest.ids()) >= 2, 10, "2 latest records")
+                await asyncio.sleep(0.3)
+                await earliest.stop()
+                await latest.stop()
+        assert earliest.payloads() == [b"e1", b"e2", b"e3", b"l1", b"l2"]
+        assert latest.payloads() == [b"l1", b"l2"], "LATEST is fixed at creation time"
+        assert earliest.ids() == [RecordId(shard, first, i) for i in range(3)] + [
+            RecordId(shard, second, i) for i in range(2)
+        ]
+        assert [len(batch) for batch in earliest.deliveries] == [3, 2], "one response per batch"
+        publish = earliest.deliveries[0][0].header.publish_time
+        assert abs(publish.seconds - time.time()) < 60, (
+            f"publishTime not the append time: {publish}"
+        )
+
+    run(scenario())
+
+
+def observe_partial_ack(store_address: str, defects: frozenset[str]) -> Collector:
+    """One batch of 4; the consumer acks records 0 and 2 only on their first delivery."""
+
+    async def scenario() -> Collector:
+        port = next(_node_ports)
+        seen: set[RecordId] = set()
+
+        def first_time_even(record: Record) -> bool:
+            again = record.id in seen
+            seen.add(record.id)
+            return again or record.id.batch_index % 2 == 0
+
+        async with running_node(store_address, port, defects) as store:
+            stream = f"redeliver{len(defects)}{'-'.join(sorted(defects))}"
+            [shard] = await create_stream(store, stream, 1)
+            async with await insecure_client(port=port) as client:
+                await client.create_subscription(
+                    f"sub-{stream}", stream, ack_timeout=1, offset=EARLIEST
+                )
+                await append(store, shard, ["a", "b", "c", "d"])
+                collector = Collector(client, f"sub-{stream}", "c", first_time_even).start()
+                # Deadline 1 s, redelivery tick 0.1 s: 3.5 s leaves room for a redelivery
+                # and for a (wrong) second one.
+                await asyncio.sleep(3.5)
+                await collector.stop()
+        return collector
+
+    return asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_ack_timeout_redelivers_only_the_unacked_records(store_address: str) -> None:
+    collector = observe_partial_ack(store_address, frozenset())
+    batches = [[r.id.batch_index for r in batch] for batch in collector.deliveries]
+    assert batches == [[0, 1, 2, 3], [1, 3]], (
+        f"expected the full batch, then one rebuilt batch with only records 1 and 3; saw {batches}"
+    )
+    assert [r.payload for r in collector.deliveries[1]] == [b"b", b"d"]
+
+
+@pytest.mark.parametrize("defect", ["no-redelivery", "redeliver-acked"])
+def test_redelivery_defects_are_observable(store_address: str, defect: str) -> None:
+    collector = observe_partial_ack(store_address, frozenset({defect}))
+    batches = [[r.id.batch_index for r in batch] for batch in collector.deliveries]
+    assert batches != [[0, 1, 2, 3], [1, 3]], f"defect {defect} did not change delivery: {batches}"
+    if defect == "no-redelivery":
+        assert batches == [[0, 1, 2, 3]], f"unacked records 1 and 3 were resent: {batches}"
+    else:
+        resent = sorted(i for batch in batches[1:] for i in batch)
+        assert 0 in resent and 2 in resent, f"acked records 0 and 2 not resent: {batches}"
+
+
+def test_reading_pauses_at_max_unacked_records(store_address: str) -> None:
+    async def scenario() -> None:
+        port = next(_node_ports)
+        hold = True
+        async with running_node(store_address, port) as store:
+            [shard] = await create_stream(store, "flow", 1)
+            async with await insecure_client(port=port) as client:
+                await client.create_subscription(
+                    "flow-sub", "flow", ack_timeout=60, max_unacks=3, offset=EARLIEST
+                )
+                for n in range(6):
+                    await append(store, shard, [f"r{n}"])
+                collector = Collector(client, "flow-sub", "c", lambda record: not hold).start()
+                await wait_until(lambda: len(collector.ids()) >= 3, 10, "the first 3 records")
+                await asyncio.sleep(SETTLE)
+                paused = collector.payloads()
+                assert paused == [b"r0", b"r1", b"r2"], (
+                    f"with maxUnackedRecords=3 and nothing acked, expected 3 records; saw {paused}"
+                )
+                hold = False
+                # The held records are acked late, through the consumer's own ack path.
+                await collector.consumer._ack(collector.ids())
+                await wait_until(lambda: len(collector.ids()) >= 6, 10, "the other 3 records")
+                await collector.stop()
+                assert collector.payloads() == [f"r{n}".encode() for n in range(6)]
+
+    run(scenario())
+
+
+def test_two_consumers_split_the_shards_and_a_leaver_loses_nothing(store_address: str) -> None:
+    async def scenario() -> None:
+        port = next(_node_ports)
+        async with running_node(store_address, port) as store:
+            shards = await create_stream(store, "split", 2)
+            async with await insecure_client(port=port) as client:
+                await client.create_subscription(
+                    "split-sub", "split", ack_timeout=30, offset=EARLIEST
+                )
+                # "a" never acks: whatever it got must reach "b" once "a" leaves, long
+                # before the 30 s ack timeout.
+                a = Collector(client, "split-sub", "a", lambda record: False).start()
+                b = Collector(client, "split-sub", "b").start()
+                await asyncio.sleep(SETTLE)
+                written = {}
+                for n in range(4):
+                    for shard in shards:
+                        lsn = await append(store, shard, [f"{shard}-{n}"])
+                        written[RecordId(shard, lsn, 0)] = f"{shard}-{n}".encode()
+                await wait_until(
+                    lambda: len(a.ids()) + len(b.ids()) >= 8, 10, "8 records over a and b"
+                )
+                a_shards = {i.shard_id for i in a.ids()}
+                b_shards = {i.shard_id for i in b.ids()}
+                assert len(a_shards) == 1 and len(b_shards) == 1 and a_shards != b_shards, (
+                    f"each consumer should read one shard: a {a_shards}, b {b_shards}"
+                )
+                await a.stop()
+                for shard in shards:
+                    lsn = await append(store, shard, [f"{shard}-late"])
+                    written[RecordId(shard, lsn, 0)] = f"{shard}-late".encode()
+                await wait_until(lambda: set(b.acked) >= set(written), 10, "b to ack every record")
+                await b.stop()
+                got = {r.id: r.payload for batch in b.deliveries for r in batch}
+                assert {i: got[i] for i in written} == written
+                assert set(a.ids()) <= set(b.ids()), "a's unacked records went to b"
+
+    run(scenario())
+
+
+def test_duplicate_consumer_name_is_rejected(store_address: str) -> None:
+    async def scenario() -> None:
+        port = next(_node_ports)
+        async with running_node(store_address, port) as store:
+            await create_stream(store, "dup", 1)
+            async with await insecure_client(port=port) as client:
+                await client.create_subscription("dup-sub", "dup")
+                first = Collector(client, "dup-sub", "same").start()
+                await asyncio.sleep(0.5)
+                second = client.new_consumer("same", "dup-sub", lambda *args: None)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await asyncio.wait_for(second.start(), 10)
+                assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS, caught.value
+                assert first.task is not None and not first.task.done(), "first consumer kept"
+                await first.stop()
+
+    run(scenario())
+
+
+def test_delete_subscription_with_and_without_force(store_address: str) -> None:
+    async def scenario() -> None:
+        port = next(_node_ports)
+        async with running_node(store_address, port) as store:
+            await create_stream(store, "del", 1)
+            async with await insecure_client(port=port) as client:
+                await client.create_subscription("del-sub", "del")
+                consumer = Collector(client, "del-sub", "keeper").start()
+                await asyncio.sleep(0.5)
+                stub = api_grpc.HStreamApiStub(client._channels[f"127.0.0.1:{port}"])
+                listed = await stub.ListConsumers(
+                    api.ListConsumersRequest(subscriptionId="del-sub")
+                )
+                assert [c.name for c in listed.consumers] == ["keeper"]
+                assert listed.consumers[0].uri.startswith("ipv4:127.0.0.1:"), listed
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await client.delete_subscription("del-sub")
+                assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert error_code(caught.value) == 305, caught.value.details()
+                assert await client.does_subscription_exist("del-sub")
+
+                await client.delete_subscription("del-sub", force=True)
+                assert consumer.task is not None
+                await asyncio.wait_for(consumer.task, 5)  # the stream ended: start() returns
+                assert not await client.does_subscription_exist("del-sub")
+                names = [s.subscription_id for s in await client.list_subscriptions()]
+                assert "del-sub" not in names
+                await client.create_subscription("del-sub", "del")  # the id is free again
+
+    run(scenario())
+
+
+def test_subscription_errors(store_address: str) -> None:
+    async def scenario() -> None:
+        port = next(_node_ports)
+        async with running_node(store_address, port) as store:
+            await create_stream(store, "errs", 1)
+            stub_channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            stub = api_grpc.HStreamApiStub(stub_channel)
+            cases = [
+                (api.Subscription(subscriptionId="errsub1", streamName="nope"), 9, 302),
+                (api.Subscription(subscriptionId="1bad", streamName="errs"), 3, 304),
+            ]
+            await stub.CreateSubscription(
+                api.Subscription(subscriptionId="errsub1", streamName="errs")
+            )
+            cases.append((api.Subscription(subscriptionId="errsub1", streamName="errs"), 6, 301))
+            for request, status, code in cases:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.CreateSubscription(request)
+                seen = (caught.value.code().value[0], error_code(caught.value))
+                assert seen == (status, code), f"{request}: expected {(status, code)}, saw {seen}"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.GetSubscription(api.GetSubscriptionRequest(id="missing"))
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            assert error_code(caught.value) == 300
+            call = stub.StreamingFetch(
+                iter([api.StreamingFetchRequest(subscriptionId="missing", consumerName="c")])
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in call:
+                    pass
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            assert error_code(caught.value) == 300
+            found = await stub.ListSubscriptionsWithPrefix(
+                api.ListSubscriptionsWithPrefixRequest(prefix="errsub")
+            )
+            assert [s.subscriptionId for s in found.subscription] == ["errsub1"]
+            await stub_channel.close()
+
+    run(scenario())
+
+
+def observe_restart(store_address: str, defects: frozenset[str]) -> tuple[Collector, list[int]]:
+    """Acks the first two of three batches, restarts the node, reconnects a consumer."""
+
+    async def scenario() -> tuple[Collector, list[int]]:
+        port = next(_node_ports)
+        stream = f"restart{len(defects)}"
+        sub = f"{stream}-sub"
+        async with running_node(store_address, port, defects) as store:
+            [shard] = await create_stream(store, stream, 1)
+            async with await insecure_client(port=port) as client:
+                await client.create_subscription(sub, stream, ack_timeout=30, offset=EARLIEST)
+                lsns = [await append(store, shard, [f"b{n}-0", f"b{n}-1"]) for n in range(3)]
+                before = Collector(
+                    client, sub, "c", lambda record: record.id.batch_id != lsns[2]
+                ).start()
+                await wait_until(lambda: len(before.ids()) >= 6, 10, "6 records before restart")
+                await asyncio.sleep(SETTLE)  # the checkpoint write
+                stub = api_grpc.HStreamApiStub(client._channels[f"127.0.0.1:{port}"])
+                offsets = await stub.GetSubscription(api.GetSubscriptionRequest(id=sub))
+                await before.stop()
+        # A new node process state: nothing carried over but the store.
+        async with running_node(store_address, port, defects):
+            async with await insecure_client(port=port) as client:
+                after = Collector(client, sub, "c").start()
+                await wait_until(lambda: len(after.ids()) >= 2, 10, "records after restart")
+                await asyncio.sleep(SETTLE)
+                await after.stop()
+        assert [o.batchId for o in offsets.offsets] == [lsns[2]], (
+            f"GetSubscription offset should be the first unacked batch {lsns[2]}: {offsets}"
+        )
+        return after, lsns
+
+    return asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_restart_resumes_from_the_checkpoint(store_address: str) -> None:
+    after, lsns = observe_restart(store_address, frozenset())
+    assert after.payloads() == [b"b2-0", b"b2-1"], (
+        f"after a restart only the unacked batch {lsns[2]} is due; saw {after.ids()}"
+    )
+
+
+def test_lost_checkpoint_defect_is_observable(store_address: str) -> None:
+    after, lsns = observe_restart(store_address, frozenset({"lost-checkpoint"}))
+    assert after.payloads()[:2] == [b"b0-0", b"b0-1"], (
+        f"with lost-checkpoint the restart should start from the initial offset: {after.ids()}"
+    )
