@@ -1,0 +1,79 @@
+"""Client-behaviour suites: every check runs once per client driver.
+
+`client` is parametrized over the official Python client, the raw gRPC baseline and the
+official Erlang client (skipped, with the exact reason, when its driver is not built).
+Expected behaviour is stated per check; where an official client deviates, the check stays
+as strict as it is and carries `@pytest.mark.client_deviation(client, finding)`: a strict
+xfail that names the finding, so a fixed client turns it into a failure to update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.clients.driver import CLIENTS, ClientDriver, DriverUnavailable, driver_command
+from harness.history import History, history_path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(item, "callspec", None)
+        client = params.params.get("client") if params else None
+        for mark in item.iter_markers("client_deviation"):
+            deviating, finding = mark.args
+            if client == deviating:
+                item.add_marker(
+                    pytest.mark.xfail(strict=True, reason=f"known {client} deviation: {finding}")
+                )
+
+
+@pytest.fixture(params=CLIENTS)
+def client_name(request: pytest.FixtureRequest) -> str:
+    try:
+        driver_command(request.param)
+    except DriverUnavailable as reason:
+        pytest.skip(str(reason))
+    return request.param
+
+
+@pytest.fixture
+def history(request: pytest.FixtureRequest) -> Iterator[History]:
+    path = history_path(request.node.nodeid)
+    with History(path) as recorded:
+        yield recorded
+    request.node.user_properties.append(("history", str(path)))
+
+
+@pytest.fixture
+def drivers(history: History) -> Iterator[Callable[..., ClientDriver]]:
+    started: list[ClientDriver] = []
+
+    def start(client: str) -> ClientDriver:
+        driver = ClientDriver(client, history=history, evidence_dir=Path("reports") / "drivers")
+        started.append(driver)
+        return driver
+
+    yield start
+    for driver in started:
+        driver.close()
+
+
+@pytest.fixture
+def client(client_name: str, drivers, endpoints: list[str]) -> ClientDriver:
+    """The client under test, connected to the cluster."""
+    driver = drivers(client_name)
+    reply = driver.connect(endpoints)
+    assert reply.ok, f"{client_name} could not connect to {endpoints}: {reply.error}"
+    return driver
+
+
+@pytest.fixture
+def baseline(drivers, endpoints: list[str]) -> ClientDriver:
+    """The raw gRPC driver, for setup and for reading back what a client claims it wrote."""
+    driver = drivers("raw")
+    reply = driver.connect(endpoints)
+    assert reply.ok, f"raw driver could not connect: {reply.error}"
+    return driver
