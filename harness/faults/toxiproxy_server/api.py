@@ -204,6 +204,7 @@ class ApiHttpServer(ThreadingHTTPServer):
         self.loop = loop
 
     def serve_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="toxiproxy-http", daemon=True)
+        thread = threading.Thread(target=self.serve_forever, args=(0.05,), name="toxiproxy-http",
+                                  daemon=True)
         thread.start()
         return thread

@@ -214,7 +214,9 @@ class Proxy:
             self._server = await asyncio.start_server(
                 self._accept, host, port, reuse_address=True)
         except OSError as exc:
-            raise ApiError(f"listen tcp {self.listen}: {exc.strerror or exc}", 500) from exc
+            # Go's wording, e.g. "listen tcp 127.0.0.1:8000: bind: address already in use"
+            reason = (exc.strerror or str(exc)).lower()
+            raise ApiError(f"listen tcp {self.listen}: bind: {reason}", 500) from exc
         bound = self._server.sockets[0].getsockname()
         self.listen = join_host_port(host, bound[1])
         self.enabled = True

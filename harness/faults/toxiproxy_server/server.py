@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
-import threading
 from pathlib import Path
 
 from harness.faults.toxiproxy_server.api import ApiHttpServer, ToxiproxyApi
@@ -22,12 +22,19 @@ log = logging.getLogger("toxiproxy.server")
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    try:
-        while sys.stdin.buffer.read(4096):
-            pass
-    except (OSError, ValueError):
-        pass
-    loop.call_soon_threadsafe(stop.set)
+    """Set `stop` when stdin reaches EOF; read on the loop (no thread holds stdin's lock)."""
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            stop.set()
+
+    loop.add_reader(fd, readable)
 
 
 async def serve(host: str, port: int, config: Path | None = None,
@@ -49,7 +56,7 @@ async def serve(host: str, port: int, config: Path | None = None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if exit_on_stdin_eof:
-        threading.Thread(target=_watch_stdin, args=(loop, stop), daemon=True).start()
+        _watch_stdin(loop, stop)
     httpd.serve_in_thread()
     bound_host, bound_port = httpd.server_address[:2]
     shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
