@@ -25,7 +25,7 @@ from harness import HarnessError
 from harness.backends.base import Cluster, backend_for
 from harness.cleanup import install_signal_teardown, sweep
 from harness.targets import target_for
-from harness.topology import BACKENDS, ClusterSpec, build_spec
+from harness.topology import ClusterSpec, build_spec
 
 _SPEC_KEY = pytest.StashKey[ClusterSpec]()
 _CLUSTERS_KEY = pytest.StashKey[list[Cluster]]()
@@ -40,7 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="topology TOML (a path, or a name in fixtures/topologies/)")
     group.addoption("--target", default=None,
                     help="reference (default) or hstream:<image>")
-    group.addoption("--backend", default=None, choices=BACKENDS,
+    group.addoption("--backend", default=None,
                     help="where nodes run: local processes (default) or docker containers")
     group.addoption("--nodes", type=int, default=None, help="number of server nodes (3)")
     group.addoption("--seed", type=int, default=None,

@@ -1,0 +1,118 @@
+"""A real 3-node reference cluster on the local backend, Toxiproxy in front of every port.
+
+Faults are observed from outside, the way a client sees them: through each node's proxied
+client URL, with Echo and DescribeCluster.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+import requests
+from cluster_probes import call_echo, describe_cluster
+
+from harness.backends.base import Cluster, UnsupportedFault
+from harness.faults.partition import isolate
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster(nodes=3, base_port=19010, toxiproxy=True,
+                                                    toxiproxy_url=None, backend="local",
+                                                    target="reference", defects=())]
+
+
+def wait_until(what: str, check, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return
+        except Exception as exc:  # the probe's failure is the evidence we report
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not seen within {timeout_s}s; last probe: {last!r}")
+
+
+def echo_fails(url: str) -> grpc.StatusCode | None:
+    try:
+        call_echo(url, timeout_s=1.0)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return None
+
+
+def test_every_node_is_behind_its_own_proxies(cluster: Cluster) -> None:
+    proxies = requests.get(f"{cluster.toxiproxy_url}/proxies", timeout=5).json()
+    for node in cluster.nodes:
+        assert node.client.host == f"127.0.1.{10 + node.id}", node
+        assert node.direct_client.host == f"127.0.0.{10 + node.id}", node
+        for port_name, listen, direct in (("client", node.client, node.direct_client),
+                                          ("gossip", node.gossip, node.direct_gossip)):
+            info = cluster.proxy(node.id, port_name)
+            assert proxies[info.name]["listen"] == str(listen)
+            assert proxies[info.name]["upstream"] == str(direct)
+            assert proxies[info.name]["enabled"] is True
+        assert call_echo(cluster.client_url(node.id)) == "ping"
+    # Every node advertises its proxy, so DescribeCluster lists proxy addresses only.
+    wait_until(
+        "all 3 nodes in DescribeCluster via node 1",
+        lambda: len(describe_cluster(cluster.client_url(1)).serverNodes) == 3,
+    )
+    hosts = sorted(n.host for n in describe_cluster(cluster.client_url(2)).serverNodes)
+    assert hosts == ["127.0.1.11", "127.0.1.12", "127.0.1.13"]
+
+
+def test_kill_then_restart_is_seen_through_the_url(cluster: Cluster) -> None:
+    url = cluster.client_url(2)
+    old_pid = cluster.node(2).pid
+    cluster.kill(2)
+    assert cluster.node(2).state == "killed"
+    wait_until("node 2 stops answering Echo", lambda: echo_fails(url) is not None, 10)
+    assert call_echo(cluster.client_url(1)) == "ping"  # the others still serve
+    cluster.restart(2)
+    assert cluster.node(2).pid != old_pid and cluster.node(2).state == "running"
+    wait_until("node 2 answers Echo again", lambda: call_echo(url) == "ping", 10)
+
+
+def test_pause_then_resume_is_seen_through_the_url(cluster: Cluster) -> None:
+    url = cluster.client_url(3)
+    cluster.pause(3)
+    try:
+        assert echo_fails(url) == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        cluster.resume(3)
+    wait_until("node 3 answers Echo after resume", lambda: call_echo(url) == "ping", 10)
+
+
+def test_disabled_client_proxy_cuts_the_node_off(cluster: Cluster) -> None:
+    url = cluster.client_url(1)
+    cluster.proxy(1, "client").handle().disable()
+    try:
+        assert echo_fails(url) == grpc.StatusCode.UNAVAILABLE
+        assert call_echo(cluster.nodes[0].direct_client.host + ":"
+                         + str(cluster.nodes[0].direct_client.port)) == "ping"
+    finally:
+        cluster.heal()
+    wait_until("node 1 answers through its proxy after heal", lambda: call_echo(url) == "ping")
+
+
+def test_store_kill_and_restart(cluster: Cluster) -> None:
+    cluster.kill_store()
+    cluster.restart_store()
+    wait_until("node 1 answers after the store restart",
+               lambda: call_echo(cluster.client_url(1)) == "ping")
+
+
+def test_local_partition_is_refused_with_the_way_out(cluster: Cluster) -> None:
+    with pytest.raises(UnsupportedFault, match="--backend docker"):
+        cluster.partition(isolate(1, [1, 2, 3]))
+
+
+def test_logs_are_per_process_files(cluster: Cluster) -> None:
+    logs = cluster.logs()
+    assert {"store", "node-1", "node-2", "node-3", "toxiproxy"} <= set(logs)
+    for name in ("node-1", "node-2", "node-3"):
+        assert "Server is started on port 19" in logs[name].read_text(), name
+    assert all(path.parent.name == cluster.spec.name for path in logs.values())
