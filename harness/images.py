@@ -16,6 +16,7 @@ command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import re
@@ -403,6 +404,9 @@ def build_recipe(
         progress(f"{recipe.tag}: up to date (content hash {content_hash[:12]}), skipped")
         return BuildResult(recipe.tag, content_hash, True, image_id(client, recipe.tag))
 
+    previous_id = (
+        image_id(client, recipe.tag) if image_label(client, recipe.tag, KIND_LABEL) else None
+    )
     # The context holds only the Dockerfile and the wheels: small, and nothing stray gets in.
     context = BUILD_DIR / f"context-{recipe.name}"
     if context.exists():
@@ -436,8 +440,13 @@ def build_recipe(
                     progress(f"{recipe.tag}: {line}")
     finally:
         shutil.rmtree(context, ignore_errors=True)
+    built = image_id(client, recipe.tag)
+    if previous_id and previous_id != built:
+        # The superseded build is now untagged; drop it unless a container still uses it.
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(previous_id)
     progress(f"{recipe.tag}: built (content hash {content_hash[:12]})")
-    return BuildResult(recipe.tag, content_hash, False, image_id(client, recipe.tag))
+    return BuildResult(recipe.tag, content_hash, False, built)
 
 
 def build(
