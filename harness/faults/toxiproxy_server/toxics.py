@@ -29,7 +29,7 @@ import asyncio
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 UPSTREAM = "upstream"
@@ -95,7 +95,7 @@ class Toxic:
     buffer_size: ClassVar[int] = 1
 
     def attributes(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def update(self, attributes: Any) -> None:
         """Decode `attributes` onto this toxic like Go's json.Decode into a typed struct:
@@ -107,8 +107,9 @@ class Toxic:
                 f"json: cannot unmarshal {json_kind(attributes)} into Go struct field "
                 f"ToxicWrapper.attributes of type toxics.{self.go_struct}"
             )
+        known = {f.name for f in fields(self)}
         for key, value in attributes.items():
-            if key not in self.__dataclass_fields__:
+            if key not in known:
                 continue
             where = f"into Go struct field {self.go_struct}.attributes.{key} of type int64"
             if isinstance(value, bool) or not isinstance(value, int | float):
