@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from harness.faults.toxiproxy_server.proxies import (
     BAD_REQUEST_BODY,
     MISSING_FIELD,
+    TOXIC_NOT_FOUND,
     ApiError,
     Proxy,
     ProxyCollection,
@@ -94,10 +95,10 @@ class ToxiproxyApi:
                 spec = await proxy.toxics.add(decode_body(raw))
                 return 200, spec.to_json()
             case ["proxies", name, "toxics", toxic] if method == "GET":
-                spec = self.collection.get(name).toxics.find(toxic)
-                if spec is None:
-                    raise ApiError("toxic not found", 404)
-                return 200, spec.to_json()
+                found = self.collection.get(name).toxics.find(toxic)
+                if found is None:
+                    raise TOXIC_NOT_FOUND
+                return 200, found.to_json()
             case ["proxies", name, "toxics", toxic] if method in ("POST", "PATCH"):
                 proxy = self.collection.get(name)
                 spec = await proxy.toxics.update(toxic, decode_body(raw))

@@ -58,8 +58,8 @@ async def serve(host: str, port: int, config: Path | None = None,
     if exit_on_stdin_eof:
         _watch_stdin(loop, stop)
     httpd.serve_in_thread()
-    bound_host, bound_port = httpd.server_address[:2]
-    shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+    bound_host, bound_port = str(httpd.server_address[0]), int(httpd.server_address[1])
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"READY http://{shown}:{bound_port}", flush=True)
     log.info("toxiproxy API on %s:%s", bound_host, bound_port)
     try:
