@@ -211,6 +211,9 @@ class LocalCluster(Cluster):
                            "embedded Toxiproxy API"))
         for endpoint, owner in wanted:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                # As the servers do: with SO_REUSEADDR only a listener makes bind fail, not the
+                # TIME_WAIT connections a previous cluster on these ports left behind.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind((endpoint.host, endpoint.port))
                 except OSError:
@@ -255,7 +258,7 @@ class LocalCluster(Cluster):
 
     def _await_ready(self, proc: _Process) -> None:
         spec = proc.spec
-        self.progress(f"starting {spec.name} ... waiting for {spec.waiting_for!r}")
+        self.progress(f"starting {spec.name} ... waiting for '{spec.waiting_for}'")
         began = time.monotonic()
         pattern = re.compile(spec.ready_log)
         offset = proc.ready_offset

@@ -18,6 +18,7 @@ runs the InitSteps. Backends never look inside argv; targets never look at pids 
 from __future__ import annotations
 
 from collections.abc import Mapping
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -103,7 +104,7 @@ class ProcessSpec:
     @property
     def waiting_for(self) -> str:
         """How progress output names what readiness waits for."""
-        return self.ready_log.replace("\\", "")
+        return re.sub(r"\\([^\w])", r"\1", self.ready_log.replace("\\b", ""))
 
 
 @dataclass(frozen=True)
