@@ -17,8 +17,8 @@ runs the InitSteps. Backends never look inside argv; targets never look at pids 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
