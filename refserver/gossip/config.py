@@ -86,6 +86,29 @@ class GossipConfig:
     def retransmit_limit(self, cluster_size: int) -> int:
         return self.retransmit_mult * max(1, math.ceil(math.log10(cluster_size + 1)))
 
+    def expected_first_detection(self) -> float:
+        """SWIM's mean time until some member probes a failed one: each of the n-1 others
+        picks it with probability 1/(n-1) per period, so 1/(1-(1-1/(n-1))^(n-1)) periods,
+        which tends to e/(e-1) ~ 1.58 as n grows."""
+        return math.e / (math.e - 1) * self.probe_interval
+
+    def failure_detection_bound(self, cluster_size: int) -> float:
+        """Worst case from a member's failure until every other member has it dead.
+
+        - first detection: in round-robin order a member is probed once per round of n-1
+          periods; across a reshuffle it can be probed first and then last, so at most
+          2(n-1) periods pass before some member's probe of it starts, plus the one
+          period that probe takes (direct, then indirect);
+        - suspicion: the suspicion timeout (each member that hears Suspect starts its own
+          timer, so the Confirm need not travel);
+        - dissemination of the Suspect to everyone: the infection-style spread covers n
+          members in about log2(n) gossip rounds, plus one for the round in flight.
+        """
+        n = max(cluster_size, 2)
+        first_detection = (2 * (n - 1) + 1) * self.probe_interval
+        dissemination = (math.ceil(math.log2(n)) + 1) * self.gossip_interval
+        return first_detection + self.suspicion_timeout(n) + dissemination
+
     @staticmethod
     def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         """The gossip flags, in milliseconds like hstream-server's; defaults are its own."""
