@@ -24,7 +24,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -232,8 +232,8 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-class Sweeper(Protocol):
-    def __call__(self, stale_labels: list[str]) -> None: ...
+# Called with the labels of the clusters being swept (their owners are gone, or `down`).
+Sweeper = Callable[[list[str]], None]
 
 
 _SWEEPERS: list[Sweeper] = []

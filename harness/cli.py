@@ -132,7 +132,7 @@ def _print_cluster(status: dict[str, Any], alive: dict[str, bool] | None = None)
 def _cluster_status(args: argparse.Namespace) -> int:
     from harness.cleanup import all_records
 
-    found = []
+    found: list[dict[str, Any]] = []
     for record in all_records():
         meta = record.meta()
         if not meta:

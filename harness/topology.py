@@ -285,7 +285,7 @@ def parse_topology(document: Mapping[str, Any], source: str, **overrides: Any) -
                     f"{source}: {section}.{key}: expected {kind}, got {type(value).__name__} "
                     f"{value!r}"
                 )
-            if expected is list:
+            if isinstance(value, list):
                 if not all(isinstance(item, str) for item in value):
                     raise TopologyError(f"{source}: {section}.{key}: expected a list of strings")
                 value = tuple(value)
