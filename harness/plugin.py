@@ -199,7 +199,8 @@ def cluster_factory(
 def _clusters_of(item: pytest.Item) -> list[Cluster]:
     found: list[Cluster] = []
     if _TEST_CLUSTERS_KEY in item.stash:
-        found += item.stash[_TEST_CLUSTERS_KEY]
+        started: list[Cluster] = item.stash[_TEST_CLUSTERS_KEY]
+        found.extend(started)
     node: Any = item
     while node is not None:
         module_cluster = node.stash.get(_MODULE_CLUSTER_KEY, None)
