@@ -454,10 +454,14 @@ class LocalCluster(Cluster):
         raise UnsupportedFault(LOCAL_PARTITION_REFUSAL)
 
     def heal(self) -> None:
-        # Nothing to undo for partitions (refused above); re-enable proxies a nemesis disabled.
-        if self.toxiproxy_url and not self._stopped:
+        # No partition can be active (they are refused above); re-enable this cluster's
+        # proxies only — a shared external Toxiproxy may serve other clusters, so no /reset.
+        if not self.toxiproxy_url or self._stopped:
+            return
+        for info in self.proxies.values():
             with contextlib.suppress(requests.RequestException):
-                requests.post(f"{self.toxiproxy_url}/reset", timeout=5)
+                requests.post(f"{self.toxiproxy_url}/proxies/{info.name}",
+                              json={"enabled": True}, timeout=5)
 
     # -- evidence and teardown -----------------------------------------------------------
     def logs(self) -> dict[str, Path]:
