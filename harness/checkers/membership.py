@@ -11,10 +11,11 @@ Inputs (shapes in harness.history):
   (what the fault made unreachable or brought back; see harness.faults.nemesis). Everything
   else is alive from the start.
 
-The run splits into *epochs* at every change of the truth. An epoch is **converged at t**
-when every observer that is up has a view (taken after it last came up) in which every
-up member is alive and every down member is dead, and that stays true to the end of the
-epoch. Figures:
+The run splits into *epochs* at every change of the truth. An epoch **agrees at t** when
+every observer that is up has a view (taken after it last came up) in which every up member
+is alive and every down member is dead; time to full agreement is measured to the first
+such t. "And stays so": agreement lost again later in the epoch (a false suspicion, a flap)
+shows as `stable_from_s` / `disagreeing_at_end_s`. Figures:
 
 * per down event: time to first suspicion (any up observer sees the node not alive) and to
   confirmed dead (sees it dead), from the nemesis completion;
@@ -25,10 +26,11 @@ epoch. Figures:
   first within one truth period of that member (one change per real event is expected).
 
 Verdict against `bound_s` (see `swim_bounds` for a bound derived from the protocol period):
-an epoch that converged later than the bound (**slow_convergence**) or that lasted longer
-than the bound without converging (**not_converged**) is a failure; epochs shorter than the
-bound that did not converge are counted only. Without a bound the verdict is True when the
-last epoch converged, else "unknown". False suspicions fail the check only with
+an epoch that first agreed later than the bound (**slow_convergence**), or that lasted longer
+than the bound without agreeing, or that ended disagreeing for longer than the bound
+(**not_converged**) is a failure; epochs shorter than the bound that never agreed are
+counted only (`undecided_epochs`). Without a bound the verdict is True when the last epoch
+ended in agreement, else "unknown". False suspicions fail the check only with
 `false_suspicions_fail=True`.
 """
 
@@ -142,7 +144,9 @@ def check(
     down: set[str] = set()
     latest: dict[str, dict[str, str]] = {}
     bad: set[str] = set(member_list)  # up observers without a correct view
-    since: int | None = None
+    since: int | None = None  # start of the current stretch of agreement
+    first_agreement: int | None = None
+    lost_at = start  # when agreement was last lost (or the epoch began without it)
     epoch_start = start
     epoch_fault: Any = "start"
     epochs: list[dict[str, Any]] = []
@@ -166,7 +170,6 @@ def check(
         return wrong
 
     def close_epoch(t: int) -> None:
-        converged = since is not None and not bad
         epochs.append(
             {
                 "start_s": _rel(epoch_start, start),
@@ -174,7 +177,9 @@ def check(
                 "after": epoch_fault,
                 "down": sorted(down),
                 "observers": len(member_list) - len(down),
-                "agreement_s": _rel(since, epoch_start) if converged else None,
+                "agreement_s": _rel(first_agreement, epoch_start),
+                "stable_from_s": _rel(since, epoch_start),
+                "disagreeing_at_end_s": None if since is not None else _rel(t, lost_at),
                 "duration_s": _rel(t, epoch_start),
             }
         )
@@ -221,7 +226,8 @@ def check(
                 for o in member_list
                 if o not in down and (o not in latest or mismatches(o, latest[o]))
             }
-            since = t if not bad else None
+            since = first_agreement = t if not bad else None
+            lost_at = t
             continue
         if op.f != "view" or op.type != "ok":
             continue
@@ -232,11 +238,14 @@ def check(
         latest[o] = view
         if mismatches(o, view):
             bad.add(o)
-            since = None
+            if since is not None:
+                since, lost_at = None, t
         else:
             bad.discard(o)
             if not bad and since is None:
                 since = t
+                if first_agreement is None:
+                    first_agreement = t
         for m, ep in open_down.items():
             if m == o:
                 continue
@@ -282,13 +291,18 @@ def check(
         if ep["observers"] == 0:
             continue
         agreement = ep["agreement_s"]
-        if agreement is not None:
-            if bound_s is not None and agreement > bound_s:
-                add_anomaly(result, "slow_convergence", {**ep, "bound_s": bound_s})
-        elif bound_s is not None and ep["duration_s"] >= bound_s:
+        disagreeing = ep["disagreeing_at_end_s"]
+        if agreement is None:
+            if bound_s is not None and ep["duration_s"] >= bound_s:
+                add_anomaly(result, "not_converged", {**ep, "bound_s": bound_s})
+            else:
+                undecided += 1
+            continue
+        if bound_s is not None and agreement > bound_s:
+            add_anomaly(result, "slow_convergence", {**ep, "bound_s": bound_s})
+        if bound_s is not None and disagreeing is not None and disagreeing >= bound_s:
+            # Agreed once, then lost it for longer than the bound with no change of truth.
             add_anomaly(result, "not_converged", {**ep, "bound_s": bound_s})
-        else:
-            undecided += 1
     for ep in episodes:
         ep.pop("_t", None)
 
@@ -324,7 +338,7 @@ def check(
         failed += false_suspicions
     if failed:
         result.valid = False
-    elif epochs[-1]["agreement_s"] is None and epochs[-1]["observers"]:
+    elif epochs[-1]["stable_from_s"] is None and epochs[-1]["observers"]:
         result.valid = "unknown"
         result.notes.append(
             f"the last epoch (from {epochs[-1]['start_s']} s) had not converged when the "

@@ -190,12 +190,13 @@ def check(
             slack = int(slack_for * NS_PER_S)
             for i, (t_d, consumer) in enumerate(ds):
                 deadline = t_d + timeout
+                unacked_at_deadline = ack_time is None or ack_time > deadline
+                if i + 1 < len(ds):
+                    if unacked_at_deadline:
+                        delays.append(max(0, ds[i + 1][0] - deadline) / NS_PER_S)
+                    continue
                 if ack_time is not None and ack_time <= deadline + slack:
                     break
-                if i + 1 < len(ds):
-                    nxt = ds[i + 1][0]
-                    delays.append(max(0, nxt - deadline) / NS_PER_S)
-                    continue
                 window_end = min(
                     ack_time if ack_time is not None else end, last_activity.get(sub, end)
                 )

@@ -1,0 +1,109 @@
+"""Hand-made histories for the checker tests: ops with explicit times, in seconds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from harness.history import Op
+
+
+class HistoryBuilder:
+    """Appends ops in call order; `at` (seconds) sets the time of the next ops."""
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self.now = 0.0
+
+    def at(self, seconds: float) -> HistoryBuilder:
+        self.now = seconds
+        return self
+
+    def op(self, process: Any, type: str, f: str, value: Any = None, **kw: Any) -> Op:
+        op = Op(
+            index=len(self.ops),
+            process=process,
+            type=type,
+            f=f,
+            value=value,
+            time=int(self.now * 1e9),
+            **kw,
+        )
+        self.ops.append(op)
+        return op
+
+    # -- client ops
+    def append(
+        self,
+        pid: Any,
+        *,
+        result: str = "ok",
+        process: Any = "p1",
+        key: str = "k",
+        stream: str = "s",
+        rid: tuple[int, int, int] | None = None,
+        done_at: float | None = None,
+    ) -> None:
+        value = {"stream": stream, "key": key, "payload_id": pid, "shard": rid[0] if rid else 1}
+        self.op(process, "invoke", "append", value)
+        if done_at is not None:
+            self.now = done_at
+        done = dict(value)
+        if result == "ok" and rid is not None:
+            done["record_id"] = list(rid)
+        self.op(process, result, "append", done, error=None if result == "ok" else "boom")
+
+    def read(
+        self,
+        records: list[tuple[Any, tuple[int, int, int] | None]],
+        *,
+        process: Any = "r1",
+        f: str = "read",
+        done_at: float | None = None,
+        **value: Any,
+    ) -> None:
+        self.op(process, "invoke", f, None)
+        if done_at is not None:
+            self.now = done_at
+        recs = []
+        for pid, rid in records:
+            rec: dict[str, Any] = {"payload_id": pid}
+            if rid is not None:
+                rec["record_id"] = list(rid)
+            recs.append(rec)
+        self.op(process, "ok", f, {"records": recs, **value})
+
+    def fetch(
+        self,
+        records: list[tuple[Any, tuple[int, int, int]]],
+        consumer: str,
+        sub: str = "sub",
+        **value: Any,
+    ) -> None:
+        recs = [{"payload_id": p, "record_id": list(r), "consumer": consumer} for p, r in records]
+        v = {"subscription": sub, "consumer": consumer, "records": recs, **value}
+        self.op(consumer, "invoke", "fetch", {"subscription": sub, "consumer": consumer})
+        self.op(consumer, "ok", "fetch", v)
+
+    def ack(
+        self, rids: list[tuple[int, int, int]], consumer: str, sub: str = "sub", result: str = "ok"
+    ) -> None:
+        v = {"subscription": sub, "consumer": consumer, "record_ids": [list(r) for r in rids]}
+        self.op(f"ack-{consumer}", "invoke", "ack", v)
+        self.op(f"ack-{consumer}", result, "ack", v)
+
+    def view(self, observer: Any, view: dict[Any, str]) -> None:
+        v = {"observer": observer, "view": view}
+        self.op(f"probe-{observer}", "invoke", "view", {"observer": observer})
+        self.op(f"probe-{observer}", "ok", "view", v)
+
+    def nemesis(self, f: str, down: Sequence[int] = (), up: Sequence[int] = ()) -> None:
+        self.op("nemesis", "invoke", f, {"action": "start"})
+        self.op("nemesis", "ok", f, {"action": "start", "down": list(down), "up": list(up)})
+
+
+@pytest.fixture
+def hb() -> HistoryBuilder:
+    return HistoryBuilder()

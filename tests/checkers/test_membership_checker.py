@@ -1,0 +1,157 @@
+"""Membership convergence checker on hand-made view samples and nemesis truth."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from harness.checkers import membership
+
+ALL_ALIVE = {"1": "alive", "2": "alive", "3": "alive"}
+
+
+def _sample_all(hb, view, observers=("1", "2", "3")):
+    for o in observers:
+        hb.view(o, view)
+
+
+def test_valid_kill_detected_and_restart_rejoined(hb):
+    hb.at(0)
+    _sample_all(hb, ALL_ALIVE)
+    hb.at(10).nemesis("kill-one", down=[3])
+    hb.at(11)
+    _sample_all(hb, {"1": "alive", "2": "alive", "3": "suspect"}, ("1", "2"))
+    hb.at(12)
+    _sample_all(hb, {"1": "alive", "2": "alive", "3": "dead"}, ("1", "2"))
+    hb.at(20).nemesis("kill-one", up=[3])
+    hb.at(23)
+    _sample_all(hb, ALL_ALIVE)
+    hb.at(30)
+    _sample_all(hb, ALL_ALIVE)
+    r = membership.check(hb.ops, bound_s=5)
+    assert r.valid is True, r.summary()
+    ep = r.figures["episodes"][0]
+    assert ep["node"] == "3" and ep["first_suspicion_s"] == 1.0 and ep["confirmed_dead_s"] == 2.0
+    assert [e["agreement_s"] for e in r.figures["epochs"]] == [0.0, 2.0, 3.0]
+    assert r.counts["false_suspicion"] == 0 and r.counts["flaps"] == 0
+
+
+def test_absent_member_counts_as_dead(hb):
+    _sample_all(hb, ALL_ALIVE)
+    hb.at(10).nemesis("kill-one", down=[3])
+    hb.at(11)
+    _sample_all(hb, {"1": "alive", "2": "alive"}, ("1", "2"))
+    r = membership.check(hb.ops, bound_s=5)
+    assert r.valid is True
+    assert r.figures["epochs"][1]["agreement_s"] == 1.0
+
+
+def test_slow_convergence(hb):
+    _sample_all(hb, ALL_ALIVE)
+    hb.at(10).nemesis("kill-one", down=[3])
+    hb.at(18)
+    _sample_all(hb, {"1": "alive", "2": "alive", "3": "dead"}, ("1", "2"))
+    hb.at(30)
+    _sample_all(hb, {"1": "alive", "2": "alive", "3": "dead"}, ("1", "2"))
+    r = membership.check(hb.ops, bound_s=5)
+    assert r.valid is False
+    assert r.anomalies["slow_convergence"][0]["agreement_s"] == 8.0
+
+
+def test_not_converged_when_a_view_never_agrees(hb):
+    _sample_all(hb, ALL_ALIVE)
+    hb.at(10).nemesis("kill-one", down=[3])
+    for t in range(11, 30):
+        hb.at(t)
+        hb.view("1", {"1": "alive", "2": "alive", "3": "dead"})
+        hb.view("2", ALL_ALIVE)  # node 2 never notices
+    r = membership.check(hb.ops, bound_s=5)
+    assert r.valid is False
+    assert r.counts["not_converged"] == 1
+    assert r.anomalies["not_converged"][0]["down"] == ["3"]
+
+
+def test_short_epoch_without_agreement_is_undecided(hb):
+    _sample_all(hb, ALL_ALIVE)
+    hb.at(10).nemesis("kill-one", down=[3])
+    hb.at(11).nemesis("kill-one", up=[3])  # healed before anyone could notice
+    hb.at(12)
+    _sample_all(hb, ALL_ALIVE)
+    r = membership.check(hb.ops, bound_s=5)
+    assert r.valid is True
+    assert r.counts["undecided_epochs"] == 1
+    assert r.figures["never_suspected"] == 1
+
+
+def test_false_suspicion_and_flap(hb):
+    _sample_all(hb, ALL_ALIVE)
+    hb.at(5).view("1", {"1": "alive", "2": "suspect", "3": "alive"})
+    hb.at(6).view("1", ALL_ALIVE)
+    hb.at(7).view("1", {"1": "alive", "2": "dead", "3": "alive"})
+    hb.at(8).view("1", ALL_ALIVE)
+    r = membership.check(hb.ops, bound_s=5)
+    assert r.counts["false_suspicion"] == 2
+    assert r.anomalies["false_suspicion"][0] == {
+        "observer": "1", "member": "2", "state": "suspect", "at_s": 5.0
+    }
+    assert r.counts["flaps"] == 3  # four opinion changes, the first one free
+    assert r.valid is True  # reported only ...
+    assert membership.check(hb.ops, bound_s=5, false_suspicions_fail=True).valid is False
+
+
+def test_partition_minority_is_dead_to_the_majority(hb):
+    five = {str(i): "alive" for i in range(1, 6)}
+    _sample_all(hb, five, ("1", "2", "3", "4", "5"))
+    hb.at(10).nemesis("partition-halves", down=[4, 5])
+    hb.at(13)
+    seen = {**five, "4": "dead", "5": "dead"}
+    _sample_all(hb, seen, ("1", "2", "3"))
+    hb.view("4", {**five, "1": "dead", "2": "dead", "3": "dead"})  # a down observer: ignored
+    r = membership.check(hb.ops, bound_s=5)
+    assert r.valid is True, r.summary()
+    assert r.figures["epochs"][1]["agreement_s"] == 3.0
+
+
+def test_restarted_observer_needs_a_fresh_view(hb):
+    _sample_all(hb, ALL_ALIVE)
+    hb.at(10).nemesis("restart-one", down=[1])
+    hb.at(10.5).nemesis("restart-one", up=[1])
+    hb.at(11)
+    _sample_all(hb, ALL_ALIVE, ("2", "3"))  # node 1 has not been sampled since it came back
+    r = membership.check(hb.ops)
+    assert r.valid == "unknown"
+    assert r.figures["epochs"][-1]["agreement_s"] is None
+
+
+def test_no_views_is_unknown(hb):
+    hb.nemesis("kill-one", down=[1])
+    r = membership.check(hb.ops)
+    assert r.valid == "unknown" and "no view samples" in r.notes[0]
+
+
+def test_hserver_node_states_are_understood():
+    assert membership.normalise_state("Running") == "alive"
+    assert membership.normalise_state(1) == "alive"
+    assert membership.normalise_state("Unavailable") == "suspect"
+    assert membership.normalise_state(3) == "dead"
+
+
+def test_swim_bounds_follow_the_derivation():
+    b = membership.swim_bounds(1.0, 5, gossip_interval_s=0.5)
+    assert b["expected_first_detection_s"] == pytest.approx(math.e / (math.e - 1), abs=1e-3)
+    assert b["detection_bound_s"] == 7.0
+    assert b["dissemination_bound_s"] == 4 * math.ceil(math.log(7)) * 0.5
+    assert b["agreement_bound_s"] == pytest.approx(7 + 1 + 4.0)
+    with pytest.raises(ValueError):
+        membership.swim_bounds(0, 3)
+
+
+def test_agreement_lost_for_longer_than_the_bound_is_not_converged(hb):
+    _sample_all(hb, ALL_ALIVE)
+    for t in range(5, 20):
+        hb.at(t).view("1", {"1": "alive", "2": "dead", "3": "alive"})  # 2 is up all along
+    r = membership.check(hb.ops, bound_s=5)
+    assert r.valid is False
+    bad = r.anomalies["not_converged"][0]
+    assert bad["agreement_s"] == 0.0 and bad["disagreeing_at_end_s"] == 14.0
