@@ -59,6 +59,25 @@ class ConnectorDefinition:
     def connector(self, workdir: Path, prefer_image: bool = False) -> Connector:
         return Connector(self.name, self.launch(prefer_image), workdir)
 
+    def good_config(self, workdir: Path) -> dict[str, Any]:
+        """The good config with ``{workdir}`` in string values replaced by ``workdir``."""
+        return _fill(self.config, workdir)
+
+    def bad_config_for(self, workdir: Path) -> dict[str, Any] | None:
+        return None if self.bad_config is None else _fill(self.bad_config, workdir)
+
+
+def _fill(value: Any, workdir: Path) -> Any:
+    # A destination's output file must live in the test's own folder; the definition
+    # says where with a `{workdir}` placeholder.
+    if isinstance(value, str):
+        return value.replace("{workdir}", str(workdir))
+    if isinstance(value, dict):
+        return {k: _fill(v, workdir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, workdir) for v in value]
+    return value
+
 
 def _need(doc: dict[str, Any], key: str, kind: type, where: Path, default: Any = ...) -> Any:
     if key not in doc:
@@ -71,6 +90,10 @@ def _need(doc: dict[str, Any], key: str, kind: type, where: Path, default: Any =
             f"{where}: `{key}` must be a {kind.__name__}, got {type(value).__name__} {value!r}"
         )
     return value
+
+
+def image_override_variable(name: str) -> str:
+    return "HSTREAM_CONNECTOR_IMAGE_" + "".join(c if c.isalnum() else "_" for c in name.upper())
 
 
 def load_definition(path: Path) -> ConnectorDefinition:
@@ -99,8 +122,12 @@ def load_definition(path: Path) -> ConnectorDefinition:
             entry_point=_need(pkg, "entry_point", str, path),
             local_paths=tuple(locals_),
         )
-    image = os.environ.get(f"HSTREAM_CONNECTOR_IMAGE_{name.upper().replace('-', '_')}") or \
-        _need(doc, "image", str, path, None)
+    image = _need(doc, "image", str, path, None)
+    # `HSTREAM_CONNECTOR_IMAGE_<NAME>` runs the connector from that image instead, e.g. one
+    # the docker image build made from the same package.
+    override = os.environ.get(image_override_variable(name))
+    if override:
+        image, package = override, None
     if package is None and image is None:
         raise DefinitionError(f"{path}: define [package] or `image` so the connector can run")
     read = _need(doc, "read", dict, path, {})
