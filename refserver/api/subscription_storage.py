@@ -135,6 +135,15 @@ async def list_subscriptions(store: Store_pb2_grpc.StoreStub) -> list[Subscripti
     )
 
 
+async def subscriptions_of_stream(store: Store_pb2_grpc.StoreStub, stream_name: str) -> list[str]:
+    """Ids of the subscriptions reading a stream (DeleteStream refuses while any exist)."""
+    return [
+        record.subscription_id
+        for record in await list_subscriptions(store)
+        if record.stream_name == stream_name
+    ]
+
+
 class CheckpointStore(Protocol):
     """Where checkpoints live: the store (normally) or memory (the lost-checkpoint defect)."""
 

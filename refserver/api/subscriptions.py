@@ -250,7 +250,7 @@ class SubscriptionService:
                 f"consumer(s) ({', '.join(delivery.consumers)}); stop them or delete with force",
             )
         if delivery is not None:
-            del self._deliveries[subscription_id]
+            self._deliveries.pop(subscription_id, None)
             await delivery.close()
         try:
             await self._store.MetaDelete(
@@ -331,12 +331,19 @@ class SubscriptionService:
         delivery = await self._settled(subscription_id)
         if delivery is not None and not delivery.consumers:
             # An idle state may be stale: another node may have served the subscription
-            # since (its owner moved while this node was unreachable). Keep it only if
-            # no stored checkpoint is ahead of it.
+            # since (its owner moved while this node was unreachable), or it may have been
+            # deleted and created again elsewhere. Keep it only if the stored subscription
+            # is the same and no stored checkpoint is ahead of it.
+            record = await load_subscription(self._store, subscription_id)
             stored = await self._load_checkpoints(subscription_id)
             mine = delivery.checkpoints()
-            if any(position > mine.get(shard, position) for shard, position in stored.items()):
-                del self._deliveries[subscription_id]
+            stale = record != delivery.subscription or any(
+                position > mine.get(shard, position) for shard, position in stored.items()
+            )
+            # Someone may have joined while the store was read: then the state is in use.
+            if stale and not delivery.consumers:
+                if self._deliveries.get(subscription_id) is delivery:
+                    del self._deliveries[subscription_id]
                 await delivery.close()
                 delivery = None
         if delivery is not None:

@@ -587,3 +587,43 @@ def test_lost_checkpoint_defect_is_observable(store_address: str) -> None:
     assert after.payloads()[:2] == [b"b0-0", b"b0-1"], (
         f"with lost-checkpoint the restart should start from the initial offset: {after.ids()}"
     )
+
+
+def test_a_node_resumes_where_another_node_left_off(store_address: str) -> None:
+    """Servers are stateless: progress made on node 2 is honoured by node 1's idle state."""
+
+    async def scenario() -> None:
+        port_1, port_2 = next(_node_ports), next(_node_ports)
+        async with (
+            running_node(store_address, port_1) as store,
+            running_node(store_address, port_2),
+        ):
+            [shard] = await create_stream(store, "handover", 1)
+            async with (
+                await insecure_client(port=port_1) as client_1,
+                await insecure_client(port=port_2) as client_2,
+            ):
+                await client_1.create_subscription("handover-sub", "handover", offset=EARLIEST)
+                await append(store, shard, ["one"])
+                on_1 = Collector(client_1, "handover-sub", "c").start()
+                await wait_until(lambda: len(on_1.acked) == 1, 10, "'one' acked on node 1")
+                await asyncio.sleep(SETTLE)
+                await on_1.stop()  # node 1 keeps an idle state at the checkpoint after 'one'
+
+                await append(store, shard, ["two"])
+                on_2 = Collector(client_2, "handover-sub", "c").start()
+                await wait_until(lambda: len(on_2.acked) >= 1, 10, "'two' acked on node 2")
+                await asyncio.sleep(SETTLE)
+                await on_2.stop()
+
+                await append(store, shard, ["three"])
+                again_1 = Collector(client_1, "handover-sub", "c").start()
+                await wait_until(lambda: len(again_1.acked) >= 1, 10, "'three' on node 1")
+                await asyncio.sleep(SETTLE)
+                await again_1.stop()
+        assert on_2.payloads() == [b"two"], f"node 2 started past node 1's checkpoint: {on_2.ids()}"
+        assert again_1.payloads() == [b"three"], (
+            f"node 1 must drop its idle state once node 2 moved the checkpoint: {again_1.ids()}"
+        )
+
+    run(scenario())
