@@ -10,9 +10,11 @@ Failure detection (where the real server cuts corners, this follows SWIM):
   becomes Confirm (dead); a node that hears it is suspected (or confirmed) answers with
   Alive(incarnation + 1);
 - updates are piggybacked on Ping, Ack, PingReq and the gossip rounds, at most
-  retransmit_mult * ceil(log10(n + 1)) times each, freshest first. A ping to a member
-  this node thinks suspect or dead also carries that claim, so the member can refute it
-  even after the update has run out of retransmissions;
+  retransmit_mult * ceil(log10(n + 1)) times each, freshest first. Every Ping opens with
+  the sender's own Alive(incarnation), so the receiver learns who pings it; a Ping or
+  gossip to a member this node thinks suspect or dead carries that claim, and so does the
+  Ack to such a sender, so the member can refute it even after the update has run out of
+  retransmissions;
 - dead members are tried again every reconnect_interval (SendReconnect, then a Ping that
   carries their Confirm): a member that was only cut off refutes and rejoins the views.
 
@@ -166,6 +168,7 @@ class GossipNode:
         if self._is_seed and not self._other_seeds:
             log.info("node %d: the only seed, the cluster is ready", self._self.id)
             self._inited = True
+            self._announce_self()
             self._mark_ready()
             return
         if self._is_seed and not await self._cluster_running():
@@ -233,10 +236,14 @@ class GossipNode:
         kind = "suspect" if record.state is MemberState.SUSPECT else "confirm"
         return [wire.state_message(kind, record.incarnation, record.node, self._self)]
 
-    async def _ping(
-        self, node: NodeAddress, timeout: float, first: Sequence[HStreamGossip_pb2.Message] = ()
-    ) -> bool:
-        claims = [*first, *self._claims_about(node.id)]
+    def _self_alive(self) -> HStreamGossip_pb2.Message:
+        return wire.state_message("alive", self._incarnation, self._self, self._self)
+
+    async def _ping(self, node: NodeAddress, timeout: float) -> bool:
+        # Every Ping opens with the sender's own Alive: the receiver learns who pings it (a
+        # restarted seed, alone in its view, learns the cluster this way) and can answer
+        # with what it believes of the sender.
+        claims = [self._self_alive(), *self._claims_about(node.id)]
         request = HStreamGossip_pb2.Ping(msg=self._piggyback(claims))
         try:
             ack = await self._node_stub(node).SendPing(request, timeout=timeout)
@@ -349,7 +356,8 @@ class GossipNode:
         timer = self._suspicion_timers.pop(record.node.id, None)
         if timer is not None:
             timer.cancel()
-        if record.state is MemberState.SUSPECT and "never-confirm" not in self.config.defects:
+        confirming = "never-confirm" not in self.config.defects and not self._stopped
+        if record.state is MemberState.SUSPECT and confirming:
             timeout = self.config.suspicion_timeout(self.cluster_size())
             self._suspicion_timers[record.node.id] = asyncio.get_running_loop().call_later(
                 timeout, self._suspicion_expired, record.node.id, record.incarnation
@@ -591,8 +599,7 @@ class GossipNode:
                     continue
                 # It answers: tell it that it is considered dead (it refutes with a higher
                 # incarnation, which rides back on the Ack) and who is asking.
-                me = wire.state_message("alive", self._incarnation, self._self, self._self)
-                await self._ping(record.node, rtt, first=[me])
+                await self._ping(record.node, rtt)
 
     # ----------------------------------------------------------------- server side
     def _join_response(self) -> HStreamGossip_pb2.JoinResp:
@@ -675,6 +682,17 @@ class GossipNode:
         return HStreamGossip_pb2.Cluster(members=members)
 
 
+def _sender_of(messages: Sequence[HStreamGossip_pb2.Message]) -> int | None:
+    """The id of a Ping's sender, from the Alive about itself it opens with."""
+    if not messages or messages[0].WhichOneof("content") != "state":
+        return None
+    state = messages[0].state
+    if state.WhichOneof("content") != "alive":
+        return None
+    report = state.alive
+    return report.reportee.id if report.reportee.id == report.reporter.id else None
+
+
 def _admin_result(kind: str, content: Any) -> str:
     return json.dumps({"type": kind, "content": content})
 
@@ -699,8 +717,12 @@ class _Servicer(HStreamGossip_pb2_grpc.HStreamGossipServicer):
         return node._self_described()
 
     async def SendPing(self, request, context):  # type: ignore[no-untyped-def]
-        self._node._receive(request.msg)
-        return HStreamGossip_pb2.Ack(msg=self._node._piggyback())
+        node = self._node
+        node._receive(request.msg)
+        # a sender this node thinks suspect or dead hears so in the Ack, and can refute
+        sender = _sender_of(request.msg)
+        claims = node._claims_about(sender) if sender is not None else []
+        return HStreamGossip_pb2.Ack(msg=node._piggyback(claims))
 
     async def SendPingReq(self, request, context):  # type: ignore[no-untyped-def]
         node = self._node

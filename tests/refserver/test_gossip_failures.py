@@ -367,34 +367,41 @@ def test_member_confirmed_dead_after_a_long_pause_rejoins_through_reconnect(
     print(f"reconnect: all alive {took:.2f} s after resuming")
 
 
-@pytest.mark.parametrize("wait_until_dead", [False, True], ids=["at-once", "after-confirm"])
+@pytest.mark.parametrize(
+    "member, wait_until_dead, port",
+    [(3, False, 17350), (3, True, 17370), (1, False, 17380), (1, True, 17390)],
+    ids=["member-at-once", "member-after-confirm", "seed-at-once", "seed-after-confirm"],
+)
 def test_restarted_member_with_the_same_id_is_accepted_back(
-    gossip_processes, wait_until_dead: bool
+    gossip_processes, member: int, wait_until_dead: bool, port: int
 ) -> None:  # type: ignore[no-untyped-def]
-    cluster = gossip_processes(17350 + (5 if wait_until_dead else 0))
+    # A restarted non-seed joins through the seed; the restarted seed (1) is a one-node
+    # cluster at first and learns the others from their pings.
+    cluster = gossip_processes(port)
     ids = [1, 2, 3]
+    others = [i for i in ids if i != member]
     cluster.start(1)
     cluster.start(2, 3)
     wait_for(cluster, ids, all_alive(ids), 10, "bootstrap of 3 processes")
-    before = cluster.view(1)[3][1]
-    cluster.kill(3)
+    before = cluster.view(others[0])[member][1]
+    cluster.kill(member)
     if wait_until_dead:
         bound = config_for(3).failure_detection_bound(3)
         wait_for(
             cluster,
-            [1, 2],
-            everyone_sees(3, MemberState.DEAD),
+            others,
+            everyone_sees(member, MemberState.DEAD),
             bound + SCHEDULING_SLACK,
-            "killed node 3 confirmed dead",
+            f"killed node {member} confirmed dead",
         )
-    cluster.start(3)
+    cluster.start(member)
     # back in every view, each knowing the new life's higher incarnation
     wait_for(
         cluster,
         ids,
-        lambda views: all_alive(ids)(views) and all(v[3][1] > before for v in views.values()),
+        lambda views: all_alive(ids)(views) and all(v[member][1] > before for v in views.values()),
         10,
-        f"restarted node 3 alive with an incarnation above {before} in every view",
+        f"restarted node {member} alive with an incarnation above {before} in every view",
     )
 
 
