@@ -27,6 +27,7 @@ from harness.faults.toxiproxy_server.toxics import (
     ResetPeer,
     Stage,
     ToxicSpec,
+    report_crash,
 )
 
 log = logging.getLogger("toxiproxy.links")
@@ -63,10 +64,12 @@ class Link:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.tasks.add(loop.create_task(self._read()))
+        for coroutine in (self._read(), self._write()):
+            task = loop.create_task(coroutine)
+            task.add_done_callback(report_crash)
+            self.tasks.add(task)
         for stage in self.stages:
             stage.start()
-        self.tasks.add(loop.create_task(self._write()))
 
     async def _read(self) -> None:
         try:
@@ -102,11 +105,15 @@ class Link:
         last = self.stages[-1]
         new_input = ChunkChannel(spec.toxic.buffer_size)
         stage = Stage(spec, new_input, last.output)
+        # The stage joins the list even on a closing link (as in Toxiproxy), so stage indices
+        # keep matching the proxy's chain for later updates and removals.
+        self.stages.append(stage)
         if await last.interrupt() and not self.dead:
             last.output = new_input
-            self.stages.append(stage)
             stage.start()
             last.start()
+        else:
+            stage.closed = True
 
     async def update_toxic(self, index: int) -> None:
         stage = self.stages[index]

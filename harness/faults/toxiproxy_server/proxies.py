@@ -262,9 +262,10 @@ class Proxy:
     async def update(self, body: dict[str, Any]) -> None:
         """POST /proxies/{name}: a new listen/upstream restarts the proxy, dropping its
         connections; `enabled` starts or stops it."""
-        listen = body.get("listen", self.listen)
-        upstream = body.get("upstream", self.upstream)
-        enabled = body.get("enabled", self.enabled)
+        # absent or null fields keep their value, as with Go's decode into a prefilled struct
+        listen = body.get("listen") or self.listen
+        upstream = body.get("upstream") or self.upstream
+        enabled = self.enabled if body.get("enabled") is None else body["enabled"]
         if canonical_listen(listen) != self.listen or upstream != self.upstream:
             self.stop()
             self.listen = listen

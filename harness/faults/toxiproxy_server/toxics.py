@@ -26,11 +26,14 @@ holding a chunk when cancelled hands it on rather than dropping it, as Toxiproxy
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
+
+log = logging.getLogger("toxiproxy.toxics")
 
 UPSTREAM = "upstream"
 DOWNSTREAM = "downstream"
@@ -391,6 +394,12 @@ class ToxicSpec:
 NOOP_SPEC = ToxicSpec(name="", stream="", toxicity=1.0, toxic=Noop())
 
 
+def report_crash(task: asyncio.Task[None]) -> None:
+    """Log a proxy task that died of an exception (a bug), instead of losing it silently."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("proxy task %s crashed", task.get_name(), exc_info=task.exception())
+
+
 class Stage:
     """One toxic running on one link; `output` is rewired when the chain changes."""
 
@@ -407,6 +416,7 @@ class Stage:
         # per connection and again whenever the chain of that link is changed.
         toxic = self.spec.toxic if random.random() < self.spec.toxicity else Noop()
         self.task = asyncio.get_running_loop().create_task(toxic.pipe(self))
+        self.task.add_done_callback(report_crash)
 
     async def send(self, chunk: Chunk) -> None:
         try:
