@@ -165,13 +165,14 @@ class GossipNode:
         self._spawn(self._probe_loop())
         self._spawn(self._gossip_loop())
         self._spawn(self._reconnect_loop())
+        running = await self._classify_seeds()
         if self._is_seed and not self._other_seeds:
             log.info("node %d: the only seed, the cluster is ready", self._self.id)
             self._inited = True
             self._announce_self()
             self._mark_ready()
             return
-        if self._is_seed and not await self._cluster_running():
+        if self._is_seed and not running:
             log.info("node %d: seed waiting for `server init`", self._self.id)
             return
         await self._join()
@@ -436,10 +437,22 @@ class GossipNode:
                 return error.details() or ""
             return None
 
-    async def _cluster_running(self) -> bool:
+    async def _classify_seeds(self) -> bool:
+        """BootstrapPing every seed: find this node among them when it is named by another
+        address (a host name, say), as the real server does; True if a cluster runs."""
         answers = await asyncio.gather(
             *(self._bootstrap_ping(h, p, ignore_inited=True) for h, p in self._other_seeds)
         )
+        me = self._self_described()
+        for seed, answer in zip(list(self._other_seeds), answers, strict=True):
+            if isinstance(answer, HStreamInternal_pb2.ServerNode) and (
+                answer.id,
+                answer.gossipAddress,
+                answer.gossipPort,
+            ) == (me.id, me.gossipAddress, me.gossipPort):
+                self._other_seeds.remove(seed)
+                self._is_seed = True
+        self._seed_count = len(self._other_seeds) + (1 if self._is_seed else 0)
         return any(answer == wire.CLUSTER_READY for answer in answers)
 
     async def _join(self) -> None:

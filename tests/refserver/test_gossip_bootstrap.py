@@ -220,3 +220,20 @@ def test_unreachable_seeds_fail_the_join_with_one_clear_error() -> None:
             assert took < 1.0 + 3.0, f"join gave up after {took:.1f} s, timeout was 1 s"
 
     run(scenario())
+
+
+def test_a_seed_named_by_host_name_recognises_itself() -> None:
+    # The seed list says "localhost", the node advertises 127.0.0.1: like the real server,
+    # the node finds out it is that seed because its own BootstrapPing answers with itself.
+    base = 17280
+    seeds = [("localhost", base)]
+    configs = [fast(address(1, base), seeds), fast(address(2, base), seeds)]
+
+    async def scenario() -> None:
+        async with cluster(configs) as nodes:
+            await nodes[0].start()
+            assert nodes[0].is_ready(), "the only seed should be ready at once"
+            await nodes[1].start()
+            await wait_until(lambda: all_alive(nodes), 10, lambda: str(views(nodes)))
+
+    run(scenario())
