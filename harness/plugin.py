@@ -232,3 +232,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 parts.append(f"  {name}: {path}\n{_log_tail(path)}")
             report.sections.append((f"cluster logs {running.spec.label}", "\n".join(parts)))
     return report
+
+
+def spec_of(config: pytest.Config) -> ClusterSpec | None:
+    """The run's ClusterSpec (from options/topology), for other plugins such as the report's."""
+    return config.stash.get(_SPEC_KEY, None)

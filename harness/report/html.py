@@ -1,0 +1,314 @@
+"""Render a `Report` as one self-contained HTML page (inline CSS, SVG and evidence)."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.report import plots
+from harness.report.model import Attachment, Cell, Report, TestResult
+
+OUTCOME_LABEL = {
+    "pass": "pass",
+    "fail": "FAIL",
+    "flaky": "flaky",
+    "deviation": "known deviation",
+    "skipped": "skipped",
+}
+INLINE_LIMIT = 256 * 1024  # larger evidence is linked, not embedded
+MAX_PLOTS = 24
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;
+background:#f6f7f9}
+header{background:#1d2430;color:#fff;padding:18px 28px}
+header h1{margin:0 0 6px;font-size:22px}
+.facts{display:flex;flex-wrap:wrap;gap:6px 22px;font-size:13px;color:#cfd6e4}
+.facts b{color:#fff;font-weight:600}
+main{padding:18px 28px;max-width:1400px}
+section{background:#fff;border:1px solid #e2e5ea;border-radius:8px;padding:14px 18px;
+margin-bottom:18px}
+h2{font-size:17px;margin:0 0 10px}
+.pills span{display:inline-block;margin-right:8px;padding:2px 10px;border-radius:12px;
+font-weight:600}
+table{border-collapse:collapse;width:100%}
+th,td{border-bottom:1px solid #eceef2;padding:4px 8px;text-align:left;vertical-align:top}
+th{position:sticky;top:0;background:#fff;font-size:12px;color:#5b6475}
+tr.area td{background:#eef1f6;font-weight:600;color:#3a4456}
+td.id{font-family:ui-monospace,Menlo,monospace;font-size:12.5px;white-space:nowrap}
+td.asserts{color:#5b6475;font-size:12.5px}
+.badge{display:inline-block;min-width:64px;text-align:center;padding:1px 8px;border-radius:4px;
+font-size:12px;font-weight:600;text-decoration:none}
+.pass{background:#d7f0e0;color:#1e6b3e}.fail{background:#f7d4d2;color:#9b1c16}
+.flaky{background:#fbe7c2;color:#7a4b00}.deviation{background:#e3dcf7;color:#4b2f99}
+.skipped{background:#e9ebef;color:#5b6475}
+details{margin:6px 0}summary{cursor:pointer}
+pre{background:#f3f4f7;padding:8px;overflow:auto;max-height:360px;font-size:12px}
+.detail{border-left:4px solid #e2e5ea;padding-left:10px;margin:10px 0}
+.detail.fail{border-color:#c8403a;background:none}.detail.deviation{border-color:#6a4fc4;
+background:none}
+.plot{display:block;margin:8px 0;background:#fff}
+.plot-title{font-size:12px;font-weight:600;fill:#1d2430}
+.lane,.tick{font-size:9px;fill:#5b6475}.lane{text-anchor:end}
+.legend span{margin-right:12px}
+"""
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _anchor(check_id: str, column: str) -> str:
+    return "d-" + "".join(c if c.isalnum() else "-" for c in f"{check_id}-{column}")
+
+
+def _badge(cell: Cell, href: str) -> str:
+    return (
+        f'<a class="badge {cell.outcome}" href="#{href}" title="{_esc(cell.detail)}">'
+        f"{OUTCOME_LABEL[cell.outcome]}</a>"
+    )
+
+
+def _header(report: Report) -> str:
+    runs = report.runs
+    targets = sorted(
+        {r["target"] for r in runs if r.get("target")}
+        | {res.labels["target"] for res in report.results if "target" in res.labels}
+    )
+    backends = sorted(
+        {r["backend"] for r in runs if r.get("backend")}
+        | {res.labels["backend"] for res in report.results if "backend" in res.labels}
+    )
+    seeds = sorted({str(r["seed"]) for r in runs if r.get("seed") is not None})
+    proxies = sorted({str(r["toxiproxy"]) for r in runs if r.get("toxiproxy")})
+    defects = sorted({d for r in runs for d in r.get("defects") or []})
+    started = min((r["started"] for r in runs if r.get("started")), default=None)
+    duration = sum(r.get("duration_s") or 0 for r in runs)
+    facts = {
+        "targets": ", ".join(targets) or "?",
+        "backends": ", ".join(backends) or "?",
+        "toxiproxy": ", ".join(proxies) or "?",
+        "seeds": ", ".join(seeds) or "?",
+        "defects": ", ".join(defects) or "none",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)) if started else "?",
+        "duration": f"{duration:.0f} s" if duration else "?",
+        "runs": str(len(runs) or len(report.results_dirs)),
+    }
+    items = "".join(f"<span>{k} <b>{_esc(v)}</b></span>" for k, v in facts.items())
+    return f'<header><h1>HStreamDB conformance report</h1><div class="facts">{items}</div></header>'
+
+
+def _summary(report: Report) -> str:
+    counts = report.counts()
+    pills = "".join(
+        f'<span class="{outcome}">{counts.get(outcome, 0)} {OUTCOME_LABEL[outcome]}</span>'
+        for outcome in OUTCOME_LABEL
+    )
+    return (
+        f'<section id="summary"><h2>Summary</h2><div class="pills">{pills}</div>'
+        f"<p>{len(report.rows)} checks × {len(report.columns)} columns, "
+        f"{len(report.results)} results.</p></section>"
+    )
+
+
+def _matrix(report: Report) -> str:
+    head = "".join(f"<th>{_esc(c)}</th>" for c in report.columns)
+    rows: list[str] = []
+    area = None
+    for row in report.rows:
+        if row.area != area:
+            area = row.area
+            rows.append(
+                f'<tr class="area"><td colspan="{3 + len(report.columns)}">{_esc(area)}</td></tr>'
+            )
+        cells = "".join(
+            f"<td>{_badge(row.cells[c], _anchor(row.check_id, c))}</td>"
+            if c in row.cells
+            else "<td></td>"
+            for c in report.columns
+        )
+        rows.append(
+            f'<tr><td class="id">{_esc(row.check_id)}</td><td>{_esc(row.section)}</td>'
+            f'<td class="asserts">{_esc(row.asserts)}</td>{cells}</tr>'
+        )
+    return (
+        '<section id="matrix"><h2>Conformance matrix</h2>'
+        '<p class="legend"><span class="badge pass">pass</span><span class="badge fail">FAIL'
+        '</span><span class="badge flaky">flaky</span><span class="badge deviation">known '
+        'deviation</span><span class="badge skipped">skipped</span> — click a cell for its '
+        "evidence.</p>"
+        f"<table><thead><tr><th>check</th><th>§</th><th>asserts</th>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></section>"
+    )
+
+
+def _attachment(attachment: Attachment, out_dir: Path) -> str:
+    path = attachment.path
+    if not path.exists():
+        return f"<p>{_esc(attachment.name)}: missing ({_esc(path)})</p>"
+    size = path.stat().st_size
+    if size > INLINE_LIMIT:
+        try:
+            link = path.resolve().relative_to(out_dir.resolve())
+        except ValueError:
+            link = path.resolve()
+        return (
+            f'<p><a href="{_esc(link)}">{_esc(attachment.name)}</a> '
+            f"({size // 1024} KiB, kept beside the report)</p>"
+        )
+    text = path.read_text(errors="replace")
+    if attachment.type == "application/json" or path.suffix == ".json":
+        try:
+            text = json.dumps(json.loads(text), indent=1)[:INLINE_LIMIT]
+        except ValueError:
+            pass
+    return (
+        f"<details><summary>{_esc(attachment.name)} ({size} bytes)</summary>"
+        f"<pre>{_esc(text)}</pre></details>"
+    )
+
+
+def _result_detail(result: TestResult, out_dir: Path) -> str:
+    parts = [
+        f"<p><b>{_esc(result.full_name)}</b> — {_esc(result.status)}"
+        f" ({(result.stop_ms - result.start_ms) / 1000:.1f} s)</p>"
+    ]
+    if result.message:
+        parts.append(f"<pre>{_esc(result.message)}</pre>")
+    if result.trace and result.outcome == "fail":
+        parts.append(
+            f"<details><summary>traceback</summary><pre>{_esc(result.trace[-6000:])}"
+            "</pre></details>"
+        )
+    labels = ", ".join(
+        f"{k}={v}"
+        for k, v in sorted(result.labels.items())
+        if k not in ("host", "thread", "framework", "language")
+    )
+    parts.append(f'<p class="asserts">{_esc(labels)}</p>')
+    parts.extend(_attachment(a, out_dir) for a in result.attachments)
+    return "".join(parts)
+
+
+def _details(report: Report, out_dir: Path) -> str:
+    blocks = []
+    for row in report.rows:
+        for column, cell in row.cells.items():
+            if cell.outcome == "pass" and not any(r.attachments for r in cell.results):
+                continue
+            inner = "".join(_result_detail(r, out_dir) for r in cell.results[-3:])
+            blocks.append(
+                f'<div class="detail {cell.outcome}" id="{_anchor(row.check_id, column)}">'
+                f"<h3>{_esc(row.check_id)} — {_esc(column)}: "
+                f'<span class="badge {cell.outcome}">{OUTCOME_LABEL[cell.outcome]}</span></h3>'
+                f"{inner}</div>"
+            )
+    return f'<section id="details"><h2>Evidence</h2>{"".join(blocks) or "<p>none</p>"}</section>'
+
+
+def _history_ops(attachment: Attachment) -> list[dict[str, Any]]:
+    ops = []
+    try:
+        with attachment.path.open() as lines:
+            for line in lines:
+                if line.strip():
+                    ops.append(json.loads(line))
+    except (OSError, ValueError):
+        return []
+    return ops
+
+
+def _plots(report: Report) -> str:
+    figures: list[str] = []
+    membership_bars: list[tuple[str, float, float | None]] = []
+    loss_bars: list[tuple[str, float, float | None]] = []
+    for result in report.results:
+        short = result.name
+        for attachment in result.attachments:
+            if len(figures) >= MAX_PLOTS:
+                break
+            if attachment.name == "history" and attachment.path.exists():
+                ops = _history_ops(attachment)
+                for svg in (
+                    plots.membership_timeline(ops, f"views: {short}"),
+                    plots.throughput_latency(ops, f"appends: {short}"),
+                ):
+                    if svg:
+                        figures.append(svg)
+            elif attachment.name.startswith("checker:") and attachment.path.exists():
+                try:
+                    data = json.loads(attachment.path.read_text())
+                except ValueError:
+                    continue
+                figs, counts = data.get("figures") or {}, data.get("counts") or {}
+                if data.get("checker") == "membership":
+                    bound = figs.get("bound_s")
+                    for key in (
+                        "time_to_first_suspicion_s",
+                        "time_to_confirmed_dead_s",
+                        "time_to_agreement_s",
+                    ):
+                        worst = (figs.get(key) or {}).get("max")
+                        if worst is not None:
+                            label = f"{short[:28]} {key.removeprefix('time_to_')[:-2]}"
+                            membership_bars.append((label, float(worst), bound))
+                elif data.get("checker") == "stream-set":
+                    fault = result.labels.get("fault", short)[:34]
+                    loss_bars.append((f"{fault} lost", float(counts.get("lost", 0)), None))
+                    loss_bars.append(
+                        (f"{fault} duplicated", float(counts.get("duplicated", 0)), None)
+                    )
+    if membership_bars:
+        figures.insert(
+            0, plots.bars(membership_bars[:40], "detection and convergence (max) against the bound")
+        )
+    if loss_bars:
+        figures.insert(
+            0, plots.bars(loss_bars[:40], "lost and duplicated records per fault", unit="")
+        )
+    if not figures:
+        return ""
+    return f'<section id="plots"><h2>Plots</h2>{"".join(figures)}</section>'
+
+
+def _defect_matrix(report: Report) -> str:
+    rows = []
+    for directory in report.results_dirs:
+        path = directory / "defect-matrix.json"
+        if path.exists():
+            rows.extend(json.loads(path.read_text()).get("rows", []))
+    if not rows:
+        return ""
+    body = "".join(
+        f'<tr><td class="id">{_esc(r.get("defect"))}</td>'
+        f'<td><span class="badge {"pass" if r.get("caught") else "fail"}">'
+        f"{'caught' if r.get('caught') else 'MISSED'}</span></td>"
+        f"<td>{_esc(', '.join(r.get('failed_suites') or []))}</td>"
+        f'<td class="asserts">{_esc(r.get("anomaly", ""))}</td></tr>'
+        for r in rows
+    )
+    return (
+        '<section id="defects"><h2>Defect matrix</h2><table><thead><tr><th>defect</th>'
+        "<th>verdict</th><th>suites that failed</th><th>anomaly found</th></tr></thead>"
+        f"<tbody>{body}</tbody></table></section>"
+    )
+
+
+def render(report: Report, out_path: Path) -> str:
+    out_dir = out_path.parent
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>HStreamDB conformance report</title><style>{CSS}</style></head><body>"
+        + _header(report)
+        + "<main>"
+        + _summary(report)
+        + _matrix(report)
+        + _defect_matrix(report)
+        + _plots(report)
+        + _details(report, out_dir)
+        + "</main></body></html>"
+    )
