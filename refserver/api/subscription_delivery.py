@@ -22,7 +22,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from HStream.Server import HStreamApi_pb2 as api
 
-from refserver import records
+from refserver import errors, records
 from refserver.api.subscription_assignment import assign
 from refserver.api.subscription_progress import Position, ShardProgress
 from refserver.api.subscription_storage import CheckpointStore, SubscriptionRecord
@@ -111,6 +111,9 @@ class SubscriptionDelivery:
         self.consumers: dict[str, Consumer] = {}
         self.unacked = 0
         self.closed = False
+        # No pending record is due before this: lets the 100 ms redelivery tick skip the
+        # scan of every in-flight record (up to maxUnackedRecords) when nothing can be due.
+        self._next_deadline = float("inf")
         self._shards: dict[int, _Shard] = {}
         for shard_id, start_lsn in sorted(subscription.start_lsns.items()):
             position = max(
@@ -148,7 +151,7 @@ class SubscriptionDelivery:
         if self.closed:
             raise HStreamError(
                 grpc.StatusCode.NOT_FOUND,
-                300,
+                errors.SUBSCRIPTION_NOT_FOUND,
                 f"subscription {self.subscription_id!r} is being deleted",
             )
         if name in self.consumers:
@@ -178,6 +181,7 @@ class SubscriptionDelivery:
                 for pending in batch.pending.values():
                     if pending.consumer == consumer.name:
                         pending.deadline = 0.0
+                        self._next_deadline = 0.0
         self.rebalance()
 
     def rebalance(self) -> None:
@@ -220,14 +224,21 @@ class SubscriptionDelivery:
         if "no-redelivery" in self._defects or self.closed:
             return 0
         now = self._clock()
+        if now < self._next_deadline:
+            return 0
         resent = 0
+        next_deadline = float("inf")
         for shard in self._shards.values():
             consumer = self.consumers.get(shard.owner) if shard.owner else None
-            if consumer is None:
-                continue
             for lsn, batch in list(shard.inflight.items()):
                 due = sorted(i for i, p in batch.pending.items() if p.deadline <= now)
+                later = [p.deadline for p in batch.pending.values() if p.deadline > now]
+                next_deadline = min([next_deadline, *later])
                 if not due:
+                    continue
+                if consumer is None:
+                    # Due, but the shard waits for an owner: look again next tick.
+                    next_deadline = now
                     continue
                 consumer.send(self._response(shard.shard_id, lsn, batch, due))
                 resent += len(due)
@@ -238,8 +249,10 @@ class SubscriptionDelivery:
                         batch.pending[index] = _Pending(
                             now + self.subscription.ack_timeout_seconds, consumer.name
                         )
+                    next_deadline = min(next_deadline, now + self.subscription.ack_timeout_seconds)
                 if not batch.pending:
                     del shard.inflight[lsn]
+        self._next_deadline = next_deadline
         return resent
 
     def _response(
@@ -318,6 +331,7 @@ class SubscriptionDelivery:
         # On every read path the publish time is the store's append time (§1).
         batch.publishTime.FromMilliseconds(entry.timestamp_ms)
         deadline = self._clock() + self.subscription.ack_timeout_seconds
+        self._next_deadline = min(self._next_deadline, deadline)
         inflight = _InFlightBatch(
             batch=batch,
             pending={i: _Pending(deadline, consumer.name) for i in range(first, batch.batchSize)},
