@@ -201,20 +201,27 @@ def image_id(client: docker.DockerClient, image: str) -> str:
     return str(client.images.get(image).id)
 
 
+def build_hint(image: str) -> str:
+    """How to get `image` onto this machine, for error messages."""
+    if image == BASE_IMAGE:
+        return "build it with `python -m harness.images build base`"
+    for name, recipe in RECIPES.items():
+        if recipe.tag == image:
+            return f"build it with `python -m harness.images build {name}`"
+    return (
+        "load it (`docker load -i <file>`) or build it; the images this harness builds "
+        f"({BASE_IMAGE}, {', '.join(r.tag for r in RECIPES.values())}) come from "
+        "`python -m harness.images build all`"
+    )
+
+
 def require_image(client: docker.DockerClient, image: str) -> None:
     """Fail fast, naming the image and the command that builds it."""
     try:
         client.images.get(image)
     except docker.errors.ImageNotFound:
-        how = "python -m harness.images build all"
-        for name, recipe in RECIPES.items():
-            if recipe.tag == image:
-                how = f"python -m harness.images build {name}"
-        if image == BASE_IMAGE:
-            how = "python -m harness.images build base"
         raise ImageBuildError(
-            f"docker image {image!r} is not present and cannot be pulled here; "
-            f"build it with `{how}`"
+            f"docker image {image!r} is not present and cannot be pulled here; " + build_hint(image)
         ) from None
 
 

@@ -64,9 +64,8 @@ from harness.faults import iptables
 from harness.faults.partition import Grudge, normalize
 from harness.images import (
     REFSERVER_IMAGE,
-    ImageBuildError,
+    build_hint,
     connect,
-    require_image,
 )
 from harness.targets import (
     Endpoint,
@@ -163,9 +162,9 @@ class DockerBackend(Backend):
 
 def _require(client: docker.DockerClient, image: str, needed_by: str) -> None:
     try:
-        require_image(client, image)
-    except ImageBuildError as exc:
-        raise ImageMissing(image, needed_by, str(exc).split("; ", 1)[-1]) from None
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise ImageMissing(image, needed_by, build_hint(image)) from None
 
 
 class _Container:

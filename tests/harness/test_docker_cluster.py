@@ -1,0 +1,177 @@
+"""A real 3-node reference cluster on the docker backend, Toxiproxy in its own container.
+
+Every fault is observed from outside the node it hits: through the proxied client URLs from
+the host (Echo, DescribeCluster), and for partitions from inside the *peers'* containers,
+which try TCP connections to the isolated node's direct and proxied gossip endpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+import requests
+from cluster_probes import call_echo, describe_cluster
+
+import docker
+from harness import images
+from harness.backends.docker import LABEL_CLUSTER, DockerCluster
+from harness.faults.partition import isolate
+from harness.targets import Endpoint
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.slow,
+    pytest.mark.cluster(
+        nodes=3, backend="docker", target="reference", toxiproxy=True, toxiproxy_url=None,
+        defects=(), gossip={"probe_interval_ms": 400, "roundtrip_timeout_ms": 150},
+    ),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def refserver_image() -> Iterator[None]:
+    """The image must hold the current sources; the build is skipped when it already does."""
+    try:
+        images.build(["refserver"], progress=lambda line: None)
+    except images.DockerUnavailable as exc:
+        pytest.skip(f"no Docker engine: {exc}")
+    yield
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return
+        except Exception as exc:  # the probe's failure is the evidence we report
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not seen within {timeout_s}s; last probe: {last!r}")
+
+
+def echo_fails(url: str) -> grpc.StatusCode | None:
+    try:
+        call_echo(url, timeout_s=1.0)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return None
+
+
+def alive_ids(cluster: DockerCluster, n: int) -> list[int]:
+    return sorted(node.id for node in describe_cluster(cluster.client_url(n)).serverNodes)
+
+
+def tcp_from(cluster: DockerCluster, source: str, endpoint: Endpoint) -> str:
+    """Tries a TCP connect from inside `source`'s container: 'ok' or the error's name."""
+    code, out = cluster.exec(source, [
+        "python", "-c",
+        "import socket, sys\n"
+        "try:\n"
+        f"    socket.create_connection(('{endpoint.host}', {endpoint.port}), timeout=1.5)\n"
+        "    print('ok')\n"
+        "except OSError as exc:\n"
+        "    print(type(exc).__name__)\n",
+    ])
+    assert code == 0, out
+    return out.strip()
+
+
+def test_nodes_run_in_labelled_containers_behind_the_proxy_container(
+    cluster: DockerCluster,
+) -> None:
+    engine = docker.from_env()
+    containers = engine.containers.list(filters={"label": f"{LABEL_CLUSTER}={cluster.spec.label}"})
+    names = sorted(c.labels["org.hstream-conformance.process"] for c in containers)
+    assert names == ["node-1", "node-2", "node-3", "store", "toxiproxy"], names
+    proxy_ip = cluster.extra["toxiproxy"]["address"]
+    assert cluster.toxiproxy_url and cluster.toxiproxy_url.startswith("http://127.0.0.1:")
+    proxies = requests.get(f"{cluster.toxiproxy_url}/proxies", timeout=5).json()
+    for node in cluster.nodes:
+        assert node.client.host == proxy_ip and node.direct_client.host != proxy_ip, node
+        info = cluster.proxy(node.id, "gossip")
+        assert proxies[info.name]["upstream"] == str(node.direct_gossip)
+        assert call_echo(cluster.client_url(node.id)) == "ping"
+    wait_until("all 3 nodes in DescribeCluster via node 1",
+               lambda: alive_ids(cluster, 1) == [1, 2, 3])
+    hosts = {n.host for n in describe_cluster(cluster.client_url(2)).serverNodes}
+    assert hosts == {proxy_ip}, f"nodes must advertise their proxies, saw {hosts}"
+
+
+def test_kill_then_restart_keeps_container_and_address(cluster: DockerCluster) -> None:
+    url = cluster.client_url(2)
+    before = cluster.node(2).container_id
+    cluster.kill(2)
+    assert cluster.node(2).state == "killed"
+    assert docker.from_env().containers.get(before).status == "exited"
+    wait_until("node 2 stops answering Echo", lambda: echo_fails(url) is not None, 10)
+    assert call_echo(cluster.client_url(1)) == "ping"
+    cluster.restart(2)
+    assert cluster.node(2).container_id == before and cluster.node(2).state == "running"
+    wait_until("node 2 answers Echo again", lambda: call_echo(url) == "ping", 15)
+    wait_until("node 2 back in node 1's view", lambda: 2 in alive_ids(cluster, 1), 30)
+
+
+def test_pause_then_resume(cluster: DockerCluster) -> None:
+    url = cluster.client_url(3)
+    cluster.pause(3)
+    try:
+        assert docker.from_env().containers.get(cluster.node(3).container_id).status == "paused"
+        assert echo_fails(url) == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        cluster.resume(3)
+    wait_until("node 3 answers Echo after resume", lambda: call_echo(url) == "ping", 10)
+
+
+def test_isolated_node_is_unreachable_by_its_peers_until_heal(cluster: DockerCluster) -> None:
+    wait_until("a converged cluster before the partition",
+               lambda: alive_ids(cluster, 2) == [1, 2, 3], 30)
+    one = cluster.node(1)
+    assert tcp_from(cluster, "node-2", one.direct_gossip) == "ok"
+    cluster.partition(isolate(1, [1, 2, 3]))
+    try:
+        for peer in ("node-2", "node-3"):
+            for endpoint in (one.direct_gossip, one.gossip):  # direct, and via its proxy
+                seen = tcp_from(cluster, peer, endpoint)
+                assert seen != "ok", f"{peer} still reaches node-1 at {endpoint} while isolated"
+        # The majority still talk to each other, directly and through the proxy.
+        assert tcp_from(cluster, "node-2", cluster.node(3).direct_gossip) == "ok"
+        assert tcp_from(cluster, "node-3", cluster.node(2).gossip) == "ok"
+        # Membership, as a client of node 2 sees it, loses node 1.
+        wait_until("node 2's DescribeCluster drops the isolated node 1",
+                   lambda: 1 not in alive_ids(cluster, 2), 30)
+    finally:
+        cluster.heal()
+    assert cluster.partition_rules(1) == [] and cluster.partition_rules(2) == []
+    for peer in ("node-2", "node-3"):
+        assert tcp_from(cluster, peer, one.direct_gossip) == "ok"
+        assert tcp_from(cluster, peer, one.gossip) == "ok"
+    wait_until("node 1 back in node 2's view after heal",
+               lambda: alive_ids(cluster, 2) == [1, 2, 3], 60)
+
+
+def test_partition_of_a_killed_node_is_loaded_when_it_restarts(cluster: DockerCluster) -> None:
+    cluster.kill(3)
+    cluster.partition({3: frozenset({1})})
+    try:
+        cluster.restart(3)
+        rules = cluster.partition_rules(3)
+        assert any(cluster.containers["node-1"].ip in rule for rule in rules), rules
+    finally:
+        cluster.heal()
+    assert cluster.partition_rules(3) == []
+
+
+def test_logs_are_copied_per_container(cluster: DockerCluster) -> None:
+    logs = cluster.logs()
+    assert {"store", "node-1", "node-2", "node-3", "toxiproxy"} <= set(logs)
+    for name in ("node-1", "node-2", "node-3"):
+        assert "Server is started on port" in logs[name].read_text(), name
+    assert all(path.parent.name == cluster.spec.name for path in logs.values())
+    assert all(cluster.spec.session in str(path) for path in logs.values())
