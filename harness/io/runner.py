@@ -280,7 +280,14 @@ class Connector:
         folder = self.workdir / f"{seq:03d}-{command}"
         folder.mkdir(parents=True, exist_ok=True)
         for kind, doc in files.items():
-            (folder / f"{kind}.json").write_text(json.dumps(doc, indent=1))
+            try:
+                text = json.dumps(doc, indent=1)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(
+                    f"connector {self.name!r}, command {command!r}: the {kind} is not"
+                    f" JSON-serializable ({exc}); pass plain dicts/lists/str/numbers"
+                ) from None
+            (folder / f"{kind}.json").write_text(text)
         container = f"hsc-conn-{self.name}-{uuid.uuid4().hex[:8]}"
         argv, inner = self._argv(command, folder, files, container)
         inv = Invocation(command=" ".join(inner), folder=folder, argv=argv)
