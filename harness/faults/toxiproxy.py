@@ -38,6 +38,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class ToxiproxyHandle:
     log_path: Path | None = None
     _temp_dir: Path | None = field(default=None, repr=False)
     _session: requests.Session = field(default_factory=requests.Session, repr=False)
+    _stop_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def host(self) -> str:
@@ -87,8 +89,11 @@ class ToxiproxyHandle:
         client in the process; reading this property points it at this server again.
         """
         server = toxiproxy.Toxiproxy()
-        server.update_api_consumer(self.host, self.port)
+        self._aim_shared_client()
         return server
+
+    def _aim_shared_client(self) -> None:
+        toxiproxy.Toxiproxy().update_api_consumer(self.host, self.port)
 
     # -- REST calls (explicit URL, so several servers in one process never mix up) --
 
@@ -116,7 +121,8 @@ class ToxiproxyHandle:
         info = self._call("POST", "/proxies",
                           {"name": name, "listen": listen, "upstream": upstream,
                            "enabled": enabled})
-        self.client  # noqa: B018 - re-point toxiproxy-python's shared address at this server
+        # the returned Proxy's methods use toxiproxy-python's shared address: aim it here
+        self._aim_shared_client()
         return toxiproxy.Proxy(**info)
 
     def proxy(self, name: str) -> dict[str, Any]:
@@ -169,14 +175,16 @@ class ToxiproxyHandle:
         self._call("POST", "/reset")
 
     def stop(self) -> None:
-        """End the server if the harness started it (idempotent); a connected one is left."""
-        self._session.close()
-        if self.process is not None:
-            _terminate(self.process)
-            self.process = None
-        if self._temp_dir is not None:
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
-            self._temp_dir = None
+        """End the server if the harness started it (idempotent, callable from any thread,
+        e.g. a fixture and the atexit hook at once); a connected server is left running."""
+        with self._stop_lock:
+            self._session.close()
+            if self.process is not None:
+                _terminate(self.process)
+                self.process = None
+            if self._temp_dir is not None:
+                shutil.rmtree(self._temp_dir, ignore_errors=True)
+                self._temp_dir = None
 
     def __enter__(self) -> ToxiproxyHandle:
         return self
