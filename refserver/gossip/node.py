@@ -211,6 +211,9 @@ class GossipNode:
 
     # ----------------------------------------------------------------- outgoing calls
     def _stub(self, host: str, port: int) -> HStreamGossip_pb2_grpc.HStreamGossipStub:
+        if self._stopped:
+            # a handler still running after stop() must not open channels nobody closes
+            raise _Stopped(f"gossip node {self._self.id} is stopped")
         channel = self._channels.get((host, port))
         if channel is None:
             channel = grpc.aio.insecure_channel(_address(host, port), options=CHANNEL_OPTIONS)
@@ -708,6 +711,13 @@ def _sender_of(messages: Sequence[HStreamGossip_pb2.Message]) -> int | None:
 
 def _admin_result(kind: str, content: Any) -> str:
     return json.dumps({"type": kind, "content": content})
+
+
+class _Stopped(grpc.aio.AioRpcError):
+    def __init__(self, details: str) -> None:
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details
+        )
 
 
 class _Refused(Exception):
