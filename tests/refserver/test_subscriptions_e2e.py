@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -625,5 +626,67 @@ def test_a_node_resumes_where_another_node_left_off(store_address: str) -> None:
         assert again_1.payloads() == [b"three"], (
             f"node 1 must drop its idle state once node 2 moved the checkpoint: {again_1.ids()}"
         )
+
+    run(scenario())
+
+
+CHURN_SEED = int(os.environ.get("SUBSCRIPTION_CHURN_SEED", "20240611"))
+
+
+def test_consumer_churn_with_dropped_acks_loses_nothing(store_address: str) -> None:
+    """Consumers join and leave at seeded times and drop a third of their acks; every
+    record must still end up acked by someone, and in shard order per delivery."""
+    rng = random.Random(CHURN_SEED)
+    schedule = [(rng.choice("xyz"), rng.uniform(0.2, 0.6)) for _ in range(8)]
+
+    async def scenario() -> None:
+        port = next(_node_ports)
+        async with running_node(store_address, port) as store:
+            shards = await create_stream(store, "churn", 3)
+            written: dict[RecordId, bytes] = {}
+            async with await insecure_client(port=port) as client:
+                await client.create_subscription(
+                    "churn-sub", "churn", ack_timeout=1, max_unacks=20, offset=EARLIEST
+                )
+                for n in range(10):
+                    for shard in shards:
+                        payloads = [f"{shard}-{n}-{i}" for i in range(rng.randint(1, 3))]
+                        lsn = await append(store, shard, payloads)
+                        for i, payload in enumerate(payloads):
+                            written[RecordId(shard, lsn, i)] = payload.encode()
+                live: dict[str, Collector] = {}
+                finished: list[Collector] = []
+                for name, pause in schedule:
+                    if name in live:
+                        await live.pop(name).stop()
+                    else:
+                        live[name] = Collector(
+                            client, "churn-sub", name, lambda record: rng.random() > 1 / 3
+                        ).start()
+                        finished.append(live[name])
+                    await asyncio.sleep(pause)
+                # A last reliable consumer drains whatever is left.
+                drain = Collector(client, "churn-sub", "drain").start()
+                finished.append(drain)
+
+                def acked() -> set[RecordId]:
+                    return {i for c in finished for i in c.acked}
+
+                await wait_until(
+                    lambda: acked() >= set(written),
+                    30,
+                    f"every record acked (seed {CHURN_SEED}, schedule {schedule})",
+                )
+                for collector in live.values():
+                    await collector.stop()
+                await drain.stop()
+        seen = {r.id: r.payload for c in finished for batch in c.deliveries for r in batch}
+        assert {i: seen[i] for i in written} == written, f"seed {CHURN_SEED}"
+        assert set(seen) == set(written), f"unexpected records: {set(seen) - set(written)}"
+        for collector in finished:
+            for batch in collector.deliveries:
+                ids = [r.id for r in batch]
+                assert len({(i.shard_id, i.batch_id) for i in ids}) == 1, ids
+                assert [i.batch_index for i in ids] == sorted({i.batch_index for i in ids}), ids
 
     run(scenario())
