@@ -312,6 +312,12 @@ def parse_message(line: str) -> dict[str, Any]:
         raise ProtocolViolation(f"not JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(doc, dict):
         raise ProtocolViolation(f"JSON {type(doc).__name__}, not an AirbyteMessage object")
+    # The envelope's type decides everything else, so a bad type is the error to report,
+    # not whatever deeper field the payload also gets wrong.
+    if doc.get("type") not in PAYLOADS:
+        got = f"type {doc['type']!r}" if "type" in doc else "no 'type'"
+        raise ProtocolViolation(f"not a valid AirbyteMessage ({PROTOCOL_SOURCE}): {got};"
+                                f" expected one of {sorted(PAYLOADS)}")
     problem = _first_error(_MESSAGE_VALIDATOR, doc)
     if problem:
         raise ProtocolViolation(f"not a valid AirbyteMessage ({PROTOCOL_SOURCE}) {problem}")
