@@ -48,8 +48,8 @@ font-size:12px;font-weight:600;text-decoration:none}
 details{margin:6px 0}summary{cursor:pointer}
 pre{background:#f3f4f7;padding:8px;overflow:auto;max-height:360px;font-size:12px}
 .detail{border-left:4px solid #e2e5ea;padding-left:10px;margin:10px 0}
-.detail.fail{border-color:#c8403a;background:none}.detail.deviation{border-color:#6a4fc4;
-background:none}
+.detail-fail{border-color:#c8403a}.detail-flaky{border-color:#e0a526}
+.detail-deviation{border-color:#6a4fc4}.detail-pass{border-color:#2e9e5b}
 .plot{display:block;margin:8px 0;background:#fff}
 .plot-title{font-size:12px;font-weight:600;fill:#1d2430}
 .lane,.tick{font-size:9px;fill:#5b6475}.lane{text-anchor:end}
@@ -201,7 +201,7 @@ def _details(report: Report, out_dir: Path) -> str:
                 continue
             inner = "".join(_result_detail(r, out_dir) for r in cell.results[-3:])
             blocks.append(
-                f'<div class="detail {cell.outcome}" id="{_anchor(row.check_id, column)}">'
+                f'<div class="detail detail-{cell.outcome}" id="{_anchor(row.check_id, column)}">'
                 f"<h3>{_esc(row.check_id)} — {_esc(column)}: "
                 f'<span class="badge {cell.outcome}">{OUTCOME_LABEL[cell.outcome]}</span></h3>'
                 f"{inner}</div>"

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 STATE_COLOURS = {"alive": "#2e9e5b", "suspect": "#e0a526", "dead": "#c8403a"}
-FAULT_FILL = "#8a8fa855"
+FAULT_FILL = "#1d243033"
+FAULT_EDGE = "#1d2430"
 WIDTH = 760
 _NS = 1e9
 
@@ -76,17 +77,10 @@ def membership_timeline(ops: Sequence[dict[str, Any]], title: str = "membership 
         for member, state in (value.get("view") or {}).items():
             lanes.setdefault((observer, str(member)), []).append((t, _state(state)))
     keys = sorted(lanes, key=lambda k: (_num(k[0]), _num(k[1])))
-    lane_h, left, right, top = 10, 90, WIDTH - 10, 18
+    lane_h, left, right, top = 10, 90, WIDTH - 10, 30
     height = top + lane_h * len(keys) + 30
     scale = (right - left) / span
     body = [f'<text x="4" y="12" class="plot-title">{_esc(title)}</text>']
-    for start, stop, name in fault_windows(ops, origin):
-        x = left + start * scale
-        body.append(
-            f'<rect x="{x:.1f}" y="{top}" width="{max(1.0, (stop - start) * scale):.1f}" '
-            f'height="{lane_h * len(keys)}" fill="{FAULT_FILL}"><title>{_esc(name)} '
-            f"{start:.1f}-{stop:.1f}s</title></rect>"
-        )
     for i, key in enumerate(keys):
         y = top + i * lane_h
         body.append(f'<text x="{left - 4}" y="{y + 8}" class="lane">{key[0]}→{key[1]}</text>')
@@ -98,6 +92,15 @@ def membership_timeline(ops: Sequence[dict[str, Any]], title: str = "membership 
                 f'width="{max(0.5, (t_next - t) * scale):.1f}" height="{lane_h - 2}" '
                 f'fill="{STATE_COLOURS[state]}"/>'
             )
+    for start, stop, name in fault_windows(ops, origin):
+        # Drawn over the lanes, translucent with an edge, so the fault period reads at once.
+        x = left + start * scale
+        body.append(
+            f'<rect x="{x:.1f}" y="{top - 4}" width="{max(1.0, (stop - start) * scale):.1f}" '
+            f'height="{lane_h * len(keys) + 4}" fill="{FAULT_FILL}" stroke="{FAULT_EDGE}" '
+            f'stroke-dasharray="4,2"><title>{_esc(name)} {start:.1f}-{stop:.1f}s</title></rect>'
+        )
+        body.append(f'<text x="{x + 2:.1f}" y="{top - 6}" class="tick">{_esc(name)}</text>')
     body += _axis(left, right, top + lane_h * len(keys) + 2, span)
     return _frame(WIDTH, height, body, title)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
-from pathlib import Path
 
 import pytest
 
@@ -13,52 +11,37 @@ from harness.report.model import build, load_results
 from harness.report.plots import fault_windows, membership_timeline
 
 
-def result(
-    directory: Path,
-    name: str,
-    status: str,
-    *,
-    check: str | None = None,
-    target: str = "reference",
-    client: str | None = None,
-    message: str = "",
-    stop: int = 2000,
-    attachments: list[dict] | None = None,
-) -> None:
-    labels = [{"name": "target", "value": target}, {"name": "suite_area", "value": "api"}]
-    if check:
-        labels.append({"name": "conformance_id", "value": check})
-    if client:
-        labels.append({"name": "client", "value": client})
-    data = {
-        "uuid": str(uuid.uuid4()),
-        "name": name,
-        "fullName": f"suites.api.test_x#{name}",
-        "status": status,
-        "statusDetails": {"message": message, "trace": "Traceback ..."},
-        "labels": labels,
-        "attachments": attachments or [],
-        "start": stop - 1000,
-        "stop": stop,
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{data['uuid']}-result.json").write_text(json.dumps(data))
-
-
 def cell(report, check_id: str, column: str):
     [row] = [r for r in report.rows if r.check_id == check_id]
     return row.cells[column]
 
 
-def test_outcomes_per_cell(tmp_path):
+def test_outcomes_per_cell(tmp_path, result):
     d = tmp_path / "run1"
     result(d, "test_ok", "passed", check="api.append.record-ids")
-    result(d, "test_bad", "failed", check="api.append.tail",
-           message="AssertionError: tail {batchId: 3}, last appended batch 4")
-    result(d, "test_dev", "skipped", check="api.lookup.key", client="python",
-           message="XFAIL known python deviation: caches owners forever")
-    result(d, "test_erl", "skipped", check="api.lookup.key", client="erlang",
-           message="Skipped: Erlang driver not built: set HSTREAM_ERLANG_DRIVER")
+    result(
+        d,
+        "test_bad",
+        "failed",
+        check="api.append.tail",
+        message="AssertionError: tail {batchId: 3}, last appended batch 4",
+    )
+    result(
+        d,
+        "test_dev",
+        "skipped",
+        check="api.lookup.key",
+        client="python",
+        message="XFAIL known python deviation: caches owners forever",
+    )
+    result(
+        d,
+        "test_erl",
+        "skipped",
+        check="api.lookup.key",
+        client="erlang",
+        message="Skipped: Erlang driver not built: set HSTREAM_ERLANG_DRIVER",
+    )
     report = build(*load_results([d]), [d])
     assert cell(report, "api.append.record-ids", "reference").outcome == "pass"
     failed = cell(report, "api.append.tail", "reference")
@@ -73,7 +56,7 @@ def test_outcomes_per_cell(tmp_path):
     assert row.section == "§1" and "GetTailRecordId" in row.asserts
 
 
-def test_flaky_when_attempts_disagree_and_runs_merge(tmp_path):
+def test_flaky_when_attempts_disagree_and_runs_merge(tmp_path, result):
     first, second = tmp_path / "a", tmp_path / "b"
     result(first, "test_t", "failed", check="api.readers.latest", stop=1000, message="boom")
     result(second, "test_t", "passed", check="api.readers.latest", stop=5000)
@@ -84,37 +67,66 @@ def test_flaky_when_attempts_disagree_and_runs_merge(tmp_path):
     assert cell(report, "api.readers.latest", "hstream:img").outcome == "pass"
 
 
-def test_tests_without_catalogue_id_are_rows_of_their_area(tmp_path):
+def test_tests_without_catalogue_id_are_rows_of_their_area(tmp_path, result):
     d = tmp_path / "r"
     result(d, "test_something[x]", "passed")
     report = build(*load_results([d]), [d])
     assert [r.check_id for r in report.rows] == ["api:test_something"]
 
 
-def test_missing_results_dir_is_a_clear_error(tmp_path):
+def test_missing_results_dir_is_a_clear_error(tmp_path, result):
     with pytest.raises(FileNotFoundError, match="run a suite first"):
         load_results([tmp_path / "nothing"])
 
 
-def test_page_embeds_evidence_and_plots(tmp_path):
+def test_page_embeds_evidence_and_plots(tmp_path, result):
     d = tmp_path / "r"
     d.mkdir()
     t0 = 10**12
     ops = [
         {"index": 0, "process": "nemesis", "type": "invoke", "f": "kill", "time": t0},
-        {"index": 1, "process": "nemesis", "type": "ok", "f": "kill", "time": t0 + 10**9,
-         "value": {"down": [2]}},
-        {"index": 2, "process": "probe", "type": "ok", "f": "view", "time": t0 + 2 * 10**9,
-         "value": {"observer": 1, "view": {"1": "alive", "2": "suspect"}}},
-        {"index": 3, "process": "probe", "type": "ok", "f": "view", "time": t0 + 4 * 10**9,
-         "value": {"observer": 1, "view": {"1": "alive", "2": "dead"}}},
-        {"index": 4, "process": "nemesis", "type": "ok", "f": "restart", "time": t0 + 6 * 10**9,
-         "value": {"up": [2]}},
+        {
+            "index": 1,
+            "process": "nemesis",
+            "type": "ok",
+            "f": "kill",
+            "time": t0 + 10**9,
+            "value": {"down": [2]},
+        },
+        {
+            "index": 2,
+            "process": "probe",
+            "type": "ok",
+            "f": "view",
+            "time": t0 + 2 * 10**9,
+            "value": {"observer": 1, "view": {"1": "alive", "2": "suspect"}},
+        },
+        {
+            "index": 3,
+            "process": "probe",
+            "type": "ok",
+            "f": "view",
+            "time": t0 + 4 * 10**9,
+            "value": {"observer": 1, "view": {"1": "alive", "2": "dead"}},
+        },
+        {
+            "index": 4,
+            "process": "nemesis",
+            "type": "ok",
+            "f": "restart",
+            "time": t0 + 6 * 10**9,
+            "value": {"up": [2]},
+        },
     ]
     (d / "h-attachment.jsonl").write_text("\n".join(json.dumps(op) for op in ops))
-    result(d, "test_kill", "failed", check="api.cluster.describe", message="3 nodes listed",
-           attachments=[{"name": "history", "source": "h-attachment.jsonl",
-                         "type": "text/plain"}])
+    result(
+        d,
+        "test_kill",
+        "failed",
+        check="api.cluster.describe",
+        message="3 nodes listed",
+        attachments=[{"name": "history", "source": "h-attachment.jsonl", "type": "text/plain"}],
+    )
     report = build(*load_results([d]), [d])
     page = render(report, tmp_path / "conformance.html")
     assert "api.cluster.describe" in page and "3 nodes listed" in page
