@@ -1,0 +1,143 @@
+"""Membership probes: read each node's view of the cluster, `view(node) -> {member: state}`.
+
+The membership checker judges views, not implementations, so any gossip protocol works
+behind a probe. Two are provided:
+
+* `CliClusterProbe` asks a node's gossip port (`HStreamGossip.CliCluster`). HServer's
+  ServerNode carries no state; a node that reports states puts them in
+  `advertisedListeners["gossip-state"]` (address = alive|suspect|dead) — what the reference
+  server does. Without that entry every listed member counts as alive and unlisted ones as
+  dead.
+* `DescribeClusterProbe` asks the client port (`DescribeCluster`): Running → alive, Dead →
+  dead, Starting/Unavailable → suspect; a member in neither list (HServer's suspects) is
+  absent, which the checker reads as not alive.
+
+Probes talk to a node's own listeners, never through its proxies: the observer must not be
+hurt by the faults it observes. `ViewSampler` polls every running node on a thread and
+records `view` ops in a history.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Protocol
+
+import grpc
+from google.protobuf.empty_pb2 import Empty
+from HStream.Server import HStreamApi_pb2 as api
+from HStream.Server import HStreamApi_pb2_grpc as api_grpc
+
+from harness.backends.base import Cluster, NodeHandle
+from harness.history import History
+
+# HStreamDB's gossip wire format; its .proto files are kept with the reference server.
+from refserver.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc
+
+STATE_LISTENER = "gossip-state"
+NODE_STATES = {0: "suspect", 1: "alive", 2: "suspect", 3: "dead"}
+
+
+class MembershipProbe(Protocol):
+    def view(self, node: NodeHandle) -> dict[str, str]:
+        """The node's view, member id (as text) → alive | suspect | dead. Raises on no answer."""
+        ...
+
+
+class _Channels:
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, endpoint: str) -> grpc.Channel:
+        with self._lock:
+            if endpoint not in self._channels:
+                self._channels[endpoint] = grpc.insecure_channel(endpoint)
+            return self._channels[endpoint]
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+
+class CliClusterProbe:
+    def __init__(self, timeout: float = 0.5) -> None:
+        self.timeout = timeout
+        self._channels = _Channels()
+
+    def view(self, node: NodeHandle) -> dict[str, str]:
+        stub = HStreamGossip_pb2_grpc.HStreamGossipStub(
+            self._channels.get(str(node.direct_gossip))
+        )
+        cluster = stub.CliCluster(HStreamGossip_pb2.Empty(), timeout=self.timeout)
+        view: dict[str, str] = {}
+        for member in cluster.members:
+            listeners = member.advertisedListeners.get(STATE_LISTENER)
+            state = listeners.listeners[0].address if listeners and listeners.listeners else ""
+            view[str(member.id)] = state if state in ("alive", "suspect", "dead") else "alive"
+        return view
+
+    def close(self) -> None:
+        self._channels.close()
+
+
+class DescribeClusterProbe:
+    def __init__(self, timeout: float = 0.5) -> None:
+        self.timeout = timeout
+        self._channels = _Channels()
+
+    def view(self, node: NodeHandle) -> dict[str, str]:
+        stub = api_grpc.HStreamApiStub(self._channels.get(str(node.direct_client)))
+        described: api.DescribeClusterResponse = stub.DescribeCluster(
+            Empty(), timeout=self.timeout
+        )
+        view = {str(n.id): "alive" for n in described.serverNodes}
+        for status in described.serverNodesStatus:
+            view[str(status.node.id)] = NODE_STATES.get(status.state, "suspect")
+        return view
+
+    def close(self) -> None:
+        self._channels.close()
+
+
+class ViewSampler:
+    """Samples every running node's view every `interval` s into `history` (f="view")."""
+
+    def __init__(
+        self, cluster: Cluster, history: History, probe: MembershipProbe, interval: float = 0.1
+    ) -> None:
+        self.cluster = cluster
+        self.history = history
+        self.probe = probe
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="view-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            for node in list(self.cluster.nodes):
+                if node.state != "running":
+                    continue  # a killed or paused node has no view to ask for
+                try:
+                    view = self.probe.view(node)
+                except grpc.RpcError:
+                    continue  # no answer is not a view; the checker works from answers
+                self.history.record(
+                    "probe", "ok", "view", {"observer": str(node.id), "view": view},
+                    node=node.id,
+                )
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def __enter__(self) -> ViewSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        close = getattr(self.probe, "close", None)
+        if close:
+            close()
