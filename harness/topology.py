@@ -41,18 +41,18 @@ REFERENCE_TARGET = "reference"
 HSTREAM_TARGET_PREFIX = "hstream:"
 MAX_NODES = 200
 
-# Gossip timing knobs a target may pass to its servers, with what each one means. Both the
-# reference server and hstream-server take them as `--<key with dashes>` flags.
+# Gossip timing knobs, with what each one means. The reference target passes them to its
+# servers as `--<key with dashes>` flags; the hstream target refuses them (no such flags).
 GOSSIP_TIMING_KEYS: dict[str, str] = {
     "probe_interval_ms": "SWIM protocol period: one probe per period (real default 2000)",
     "roundtrip_timeout_ms": "wait for a direct ack before asking indirect probers (real 500)",
     "indirect_checks": "k, the number of peers asked to ping-req a silent member (real 1)",
-    "suspicion_mult": "a suspect has suspicion_mult * max(1, log10 n) periods to refute",
-    "retransmit_mult": "an update rides on retransmit_mult * ceil(log10(n+1)) messages",
+    "suspicion_mult": "suspicion timeout = mult * max(1, log10 n) * probe interval",
+    "retransmit_mult": "an update is piggybacked at most mult * ceil(log(n+1)) times (real 4)",
     "gossip_interval_ms": "period of piggyback gossip rounds to the fanout peers (real 1000)",
     "gossip_fanout": "peers each gossip round sends to (real 3)",
-    "join_timeout_ms": "how long a joining node keeps trying its seeds (real 30000)",
-    "reconnect_interval_ms": "retry period of SendReconnect to a dead member (real 30000)",
+    "reconnect_interval_ms": "how often a dead member is tried again, to heal partitions",
+    "join_timeout_ms": "how long a starting node tries its seeds before giving up",
 }
 
 SESSION_ENV = "HSTREAM_CONFORMANCE_SESSION"

@@ -40,7 +40,8 @@ def fault_windows(ops: Sequence[dict[str, Any]], origin: int) -> list[tuple[floa
             continue
         t = (op.get("time", 0) - origin) / _NS
         name = str(op.get("f"))
-        if name.startswith("heal") or (op.get("value") or {}).get("up"):
+        value = op.get("value") or {}
+        if name.startswith("heal") or value.get("up") or value.get("action") == "stop":
             windows.extend((start, t, fault) for start, fault in open_faults)
             open_faults.clear()
         else:
