@@ -1,0 +1,164 @@
+"""Membership under faults: bootstrap, kill, pause, partitions and latency, for N = 3 and 5.
+
+Views are sampled from every running node (harness.probes) into a history, together with the
+nemesis' faults; the membership checker judges them against a bound derived from the
+gossip settings:
+
+    T  = probe interval, G = gossip interval, n = nodes
+    expected first detection   ≈ e/(e−1)·T        (each period a failed member escapes all
+                                                    n−1 probers with probability ≈ 1/e)
+    detection bound            = min(7, 2n−1)·T    (missing 7 periods in a row: p ≈ e^−7;
+                                                    shuffled round-robin: ≤ 2n−1 periods)
+    suspicion timeout          = mult·max(1, log10 n)·T         (Lifeguard/memberlist)
+    dissemination              = retransmit·ceil(ln(n+2))·G     (O(log n) gossip rounds)
+    agreement bound            = detection + suspicion + dissemination + one sample
+
+so a failure is seen, confirmed and agreed on by every survivor within the bound, or the
+suite fails with the measured times. The same suites run against any target whose views a
+probe can read.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from harness.checkers import membership
+from harness.faults.nemesis import FAULTS, Nemesis
+from harness.history import History, history_path
+from harness.probes import CliClusterProbe, ViewSampler
+
+PROBE_MS = 300
+RTT_MS = 120
+GOSSIP_MS = 150
+SUSPICION_MULT = 3
+RETRANSMIT_MULT = 4
+SAMPLE_S = 0.1
+TIMINGS = {
+    "probe_interval_ms": PROBE_MS,
+    "roundtrip_timeout_ms": RTT_MS,
+    "gossip_interval_ms": GOSSIP_MS,
+    "suspicion_mult": SUSPICION_MULT,
+    "retransmit_mult": RETRANSMIT_MULT,
+    "reconnect_interval_ms": 1000,
+}
+
+
+def agreement_bound_s(n: int) -> float:
+    """The agreement bound of the module docstring, for these timings."""
+    suspicion_periods = SUSPICION_MULT * max(1.0, math.log10(n))
+    bounds = membership.swim_bounds(
+        PROBE_MS / 1000,
+        n,
+        gossip_interval_s=GOSSIP_MS / 1000,
+        retransmit_mult=RETRANSMIT_MULT,
+        suspicion_periods=suspicion_periods,
+        sample_interval_s=SAMPLE_S,
+    )
+    return bounds["agreement_bound_s"]
+
+
+@dataclass
+class Observed:
+    cluster: object
+    history: History
+    nemesis: Nemesis
+    bound_s: float
+
+
+@pytest.fixture(params=[3, 5], ids=["n3", "n5"])
+def observed(request, cluster_factory, evidence) -> Iterator[Observed]:
+    n = request.param
+    cluster = cluster_factory(nodes=n, gossip=TIMINGS)
+    path = history_path(request.node.nodeid)
+    evidence.history(path)
+    with History(path) as history, ViewSampler(cluster, history, CliClusterProbe(), SAMPLE_S):
+        nemesis = Nemesis(cluster, history)
+        try:
+            yield Observed(cluster, history, nemesis, agreement_bound_s(n))
+        finally:
+            nemesis.teardown()
+
+
+def judge(observed: Observed, evidence, **options) -> membership.Result:
+    ids = [node.id for node in observed.cluster.nodes]
+    result = membership.check(observed.history, bound_s=observed.bound_s, nodes=ids, **options)
+    evidence.result("membership", result)
+    return result
+
+
+def wait(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def verdict(result, observed: Observed) -> str:
+    figures = {
+        k: result.figures.get(k)
+        for k in ("time_to_first_suspicion_s", "time_to_confirmed_dead_s", "time_to_agreement_s")
+    }
+    return (
+        f"{result.summary()}; bound {observed.bound_s:.2f} s; measured {figures}; "
+        f"history {observed.history.path}"
+    )
+
+
+def test_bootstrap_converges(observed, evidence):
+    """A fresh cluster: every node sees every node alive, and keeps doing so."""
+    wait(3)
+    result = judge(observed, evidence, false_suspicions_fail=True)
+    assert result.valid is True, verdict(result, observed)
+    assert result.counts["views"] > 0
+
+
+@pytest.mark.parametrize("fault", ["kill-one", "pause-one"])
+def test_failure_detected_within_bound(observed, evidence, fault):
+    """kill -9 or SIGSTOP one node: survivors suspect it, confirm it dead and agree within
+    the bound; brought back (restart / SIGCONT), it rejoins or refutes and all views return
+    to the full set within the bound again."""
+    rng = random.Random(observed.cluster.spec.seed)
+    instance = FAULTS[fault].resolve([n.id for n in observed.cluster.nodes], rng)
+    wait(1)
+    observed.nemesis.invoke(instance, "start")
+    wait(observed.bound_s + 1)
+    observed.nemesis.invoke(instance, "stop")
+    wait(observed.bound_s + 1)
+    result = judge(observed, evidence)
+    assert result.valid is True, verdict(result, observed)
+    downs = [ep for ep in result.figures["episodes"] if ep["event"] == "down"]
+    assert downs and all(ep["confirmed_dead_s"] is not None for ep in downs), (
+        f"node {instance.nodes} was never confirmed dead by every survivor: {downs}; "
+        f"history {observed.history.path}"
+    )
+
+
+def test_latency_below_roundtrip_timeout_is_no_suspicion(observed, evidence):
+    """Gossip latency at a third of the round-trip timeout must not make anyone suspect."""
+    fault = FAULTS["gossip-latency"]
+    instance = fault.resolve([n.id for n in observed.cluster.nodes], random.Random(1))
+    latency = RTT_MS // 3
+    for node_id in instance.nodes or [n.id for n in observed.cluster.nodes]:
+        proxy = observed.cluster.proxy(node_id, "gossip").handle()
+        proxy.add_toxic(
+            name="slow-gossip",
+            type="latency",
+            stream="downstream",
+            toxicity=1.0,
+            attributes={"latency": latency, "jitter": 5},
+        )
+    try:
+        wait(max(5.0, observed.bound_s))
+    finally:
+        for node in observed.cluster.nodes:
+            proxy = observed.cluster.proxy(node.id, "gossip").handle()
+            if "slow-gossip" in proxy.toxics():
+                proxy.destroy_toxic("slow-gossip")
+    result = judge(observed, evidence, false_suspicions_fail=True)
+    assert result.valid is True and result.counts.get("false_suspicion", 0) == 0, (
+        f"{latency} ms of gossip latency (timeout {RTT_MS} ms) caused suspicions: "
+        + verdict(result, observed)
+    )

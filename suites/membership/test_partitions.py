@@ -1,0 +1,72 @@
+"""Partitions by grudge (iptables inside containers): each side's view, then reconvergence.
+
+Needs the docker backend (the local backend cannot cut one process off from another
+honestly); the cluster is started on it whatever `--backend` says.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from harness.faults.nemesis import FAULTS, Nemesis
+from harness.history import History, history_path
+from harness.probes import CliClusterProbe, ViewSampler
+
+from .test_membership import SAMPLE_S, TIMINGS, agreement_bound_s
+
+pytestmark = pytest.mark.docker
+
+
+def last_views(history: History) -> dict[str, dict[str, str]]:
+    views: dict[str, dict[str, str]] = {}
+    for op in history:
+        if op.f == "view":
+            views[op.value["observer"]] = op.value["view"]
+    return views
+
+
+@pytest.mark.parametrize("grudge", ["partition-halves", "partition-isolate-one"])
+@pytest.mark.parametrize("n", [3, 5], ids=["n3", "n5"])
+def test_partition_then_heal(request, cluster_factory, evidence, grudge, n):
+    from harness.checkers import membership
+
+    cluster = cluster_factory(nodes=n, gossip=TIMINGS, backend="docker")
+    bound = agreement_bound_s(n)
+    path = history_path(request.node.nodeid)
+    evidence.history(path)
+    with History(path) as history:
+        nemesis = Nemesis(cluster, history)
+        with ViewSampler(cluster, history, CliClusterProbe(), SAMPLE_S):
+            try:
+                instance = FAULTS[grudge].resolve(
+                    [x.id for x in cluster.nodes], random.Random(cluster.spec.seed)
+                )
+                time.sleep(1)
+                nemesis.invoke(instance, "start")
+                time.sleep(bound + 1)
+                during = last_views(history)
+                nemesis.heal()
+                time.sleep(bound + 2)
+            finally:
+                nemesis.teardown()
+        cut_off = {str(x) for x in instance.down}
+        majority = {str(x.id) for x in cluster.nodes} - cut_off
+        for observer in majority:
+            seen = during.get(observer, {})
+            wrongly_alive = [m for m in cut_off if seen.get(m, "dead") == "alive"]
+            assert not wrongly_alive, (
+                f"during {grudge}, node {observer} still saw {wrongly_alive} alive: {seen}; "
+                f"history {path}"
+            )
+        for observer in cut_off:
+            seen = during.get(observer, {})
+            wrongly_alive = [m for m in majority if seen.get(m, "dead") == "alive"]
+            assert not wrongly_alive, (
+                f"during {grudge}, cut-off node {observer} still saw {wrongly_alive} alive"
+            )
+        result = membership.check(history, bound_s=bound, nodes=[x.id for x in cluster.nodes])
+        evidence.result("membership", result)
+        assert result.valid is True, f"{result.summary()}; bound {bound:.2f} s; history {path}"
