@@ -187,7 +187,7 @@ def test_consumer_fails_over(client, client_name, baseline, stream, cluster, his
     """When the subscription's owner dies, a consumer started again gets the rest from the
     new owner: every acknowledged record is delivered."""
     sub = unique("fo")
-    assert client.simple("subscribe", subscription=sub, stream=stream, ack_timeout=3).ok
+    assert client.subscribe(sub, stream, ack_timeout=3).ok
     written = 0
     for _ in range(4):
         assert client.append(stream, batch_of(5, "fo")).ok
