@@ -308,7 +308,7 @@ def parse_message(line: str) -> dict[str, Any]:
     """Decode one stdout line as an AirbyteMessage; raise ProtocolViolation saying why not."""
     try:
         doc = json.loads(line)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ProtocolViolation(f"not JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(doc, dict):
         raise ProtocolViolation(f"JSON {type(doc).__name__}, not an AirbyteMessage object")
