@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,7 @@ class ClientDriver:
     """One running driver. Not thread-safe: one harness process (Jepsen's meaning) each."""
 
     _ids = itertools.count(1)
+    _live: weakref.WeakSet[ClientDriver] = weakref.WeakSet()
 
     def __init__(
         self,
@@ -125,6 +127,16 @@ class ClientDriver:
         self._reader.start()
         self._request_ids = itertools.count(1)
         self.broken: str | None = None
+        ClientDriver._live.add(self)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @classmethod
+    def running(cls) -> list[ClientDriver]:
+        """Drivers of this harness process whose driver process is still alive."""
+        return [d for d in list(cls._live) if d._proc.poll() is None]
 
     def _read_stdout(self) -> None:
         assert self._proc.stdout is not None

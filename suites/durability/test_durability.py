@@ -1,0 +1,98 @@
+"""No acknowledged record is lost while the cluster is hurt, whatever the fault.
+
+For each fault the workload (workload.py) runs producers and a consumer through it, heals,
+drains, and the checkers judge the history: zero lost, zero unexpected, per-shard and
+per-key order kept, every acknowledged append delivered by the subscription; duplicates are
+reported (subscriptions are at-least-once).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from harness.checkers import CheckOptions, check_all
+from harness.faults.nemesis import FAULTS, Nemesis
+from harness.history import History, history_path
+
+from .workload import Workload
+
+FAST_GOSSIP = {
+    "probe_interval_ms": 300,
+    "roundtrip_timeout_ms": 120,
+    "gossip_interval_ms": 150,
+    "suspicion_mult": 3,
+    "reconnect_interval_ms": 1000,
+}
+
+FAULT_NAMES = [
+    "kill-one",
+    "pause-one",
+    "restart-one",
+    "kill-minority",
+    "client-latency",
+    "client-reset-peer",
+    "client-down",
+    "gossip-down",
+    "store-latency",
+    "kill-store",
+]
+
+
+def judge(history: History, evidence, workload: Workload) -> None:
+    report = check_all(history, CheckOptions(ack_timeout_s=workload.ack_timeout_s))
+    for name, result in report.results.items():
+        evidence.result(name, result)
+    acked = sum(1 for op in history if op.f == "append" and op.type == "ok")
+    summary = "; ".join(r.summary() for r in report.results.values())
+    assert acked > 0, f"no append was acknowledged at all; errors: {workload.errors}"
+    assert report.valid is True, f"{summary}; history {history.path}"
+
+
+@pytest.mark.parametrize("fault", FAULT_NAMES)
+def test_no_acknowledged_record_lost(request, cluster_factory, evidence, fault):
+    cluster = cluster_factory(gossip=FAST_GOSSIP)
+    path = history_path(request.node.nodeid)
+    evidence.history(path)
+    with History(path) as history:
+        nemesis = Nemesis(cluster, history)
+        instance = FAULTS[fault].resolve(
+            [n.id for n in cluster.nodes], random.Random(cluster.spec.seed)
+        )
+        workload = Workload([str(n.client) for n in cluster.nodes], history)
+        try:
+            workload.run(
+                start_fault=lambda: nemesis.invoke(instance, "start"),
+                stop_fault=lambda: nemesis.invoke(instance, "stop"),
+                heal=nemesis.heal,
+            )
+        finally:
+            nemesis.teardown()
+        judge(history, evidence, workload)
+
+
+def test_consumer_crash_during_delivery(request, cluster_factory, evidence):
+    """The consumer process is killed mid-stream; a new one gets everything not acked."""
+    cluster = cluster_factory()
+    path = history_path(request.node.nodeid)
+    evidence.history(path)
+    with History(path) as history:
+        workload = Workload([str(n.client) for n in cluster.nodes], history, duration_s=8)
+
+        def crash_consumer() -> None:
+            # The workload's consumer is a driver process: kill -9 it like a crashing app.
+            import os
+            import signal
+
+            for proc in _driver_processes("consumer"):
+                os.kill(proc, signal.SIGKILL)
+
+        workload.run(start_fault=crash_consumer, stop_fault=lambda: None, heal=lambda: None)
+        judge(history, evidence, workload)
+
+
+def _driver_processes(process_name: str) -> list[int]:
+    from harness.clients.driver import ClientDriver
+
+    return [d.pid for d in ClientDriver.running() if d.process == process_name]

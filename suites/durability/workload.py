@@ -1,0 +1,144 @@
+"""The durability workload: producers and a consumer run while a fault comes and goes.
+
+Two producers (the official Python client and the raw gRPC baseline, each its own driver
+process) append small keyed batches to one stream; a raw consumer fetches and acks from a
+subscription. A nemesis thread starts the fault after a warm-up and stops it before the end.
+Then everything is healed and drained: every shard read from EARLIEST (the final read) and
+the subscription fetched until it has delivered every acknowledged append. The history
+holds all of it, for the stream-set, order and subscription checkers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness.clients.driver import ClientDriver, DriverError, raw_payload
+from harness.history import History
+
+KEYS = [f"key-{i}" for i in range(8)]
+
+
+@dataclass
+class Workload:
+    endpoints: list[str]
+    history: History
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    cooldown_s: float = 3.0
+    batch: int = 5
+    producers: tuple[str, ...] = ("python", "raw")
+    ack_timeout_s: int = 3
+    stream: str = field(default_factory=lambda: f"dur_{uuid.uuid4().hex[:10]}")
+    subscription: str = field(default_factory=lambda: f"dursub_{uuid.uuid4().hex[:10]}")
+    errors: list[str] = field(default_factory=list)
+
+    def run(
+        self,
+        start_fault: Callable[[], None],
+        stop_fault: Callable[[], None],
+        heal: Callable[[], None],
+    ) -> None:
+        setup = ClientDriver("raw", history=self.history, process="setup")
+        try:
+            assert setup.connect(self.endpoints).ok, "raw driver could not connect for setup"
+            created = setup.simple("create_stream", stream=self.stream, shards=4)
+            assert created.ok, f"create_stream: {created.error}"
+            subscribed = setup.subscribe(self.subscription, self.stream, self.ack_timeout_s)
+            assert subscribed.ok, f"subscribe: {subscribed.error}"
+        finally:
+            setup.close()
+
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=self._produce, args=(client, i, stop), daemon=True)
+            for i, client in enumerate(self.producers)
+        ]
+        consumer = threading.Thread(target=self._consume, args=(stop,), daemon=True)
+        for thread in [*threads, consumer]:
+            thread.start()
+        try:
+            time.sleep(self.warmup_s)
+            start_fault()
+            time.sleep(max(0.0, self.duration_s - self.warmup_s - self.cooldown_s))
+            stop_fault()
+            time.sleep(self.cooldown_s)
+        finally:
+            stop.set()
+            for thread in [*threads, consumer]:
+                thread.join(timeout=60)
+            heal()
+        self._drain()
+
+    def _produce(self, client: str, index: int, stop: threading.Event) -> None:
+        ids = itertools.count()
+        try:
+            driver = ClientDriver(
+                client, history=self.history, process=f"producer-{client}", timeout=20
+            )
+        except Exception as error:  # an unavailable driver is a setup error, not a fault
+            self.errors.append(f"{client} producer did not start: {error}")
+            return
+        try:
+            while not stop.is_set() and not driver.connect(self.endpoints).ok:
+                time.sleep(0.5)
+            for n in itertools.count():
+                if stop.is_set():
+                    break
+                records = [raw_payload(f"{client}-{next(ids)}") for _ in range(self.batch)]
+                reply = driver.append(self.stream, records, key=KEYS[n % len(KEYS)])
+                if not reply.ok:
+                    time.sleep(0.2)  # a failing client is not allowed to spin
+        except DriverError as error:
+            self.errors.append(f"{client} producer: {error}")
+        finally:
+            driver.close()
+
+    def _consume(self, stop: threading.Event) -> None:
+        driver = ClientDriver("raw", history=self.history, process="consumer", timeout=20)
+        try:
+            while not stop.is_set() and not driver.connect(self.endpoints).ok:
+                time.sleep(0.5)
+            while not stop.is_set():
+                reply = driver.fetch(self.subscription, "c1", max=200, timeout_ms=500)
+                if not reply.ok:
+                    time.sleep(0.5)
+        except DriverError as error:
+            self.errors.append(f"consumer: {error}")
+        finally:
+            driver.close()
+
+    def _drain(self) -> None:
+        drainer = ClientDriver("raw", history=self.history, process="drain", timeout=30)
+        try:
+            deadline = time.monotonic() + 30
+            while not drainer.connect(self.endpoints).ok:
+                if time.monotonic() > deadline:
+                    raise AssertionError("no node answered for the final drain within 30 s")
+                time.sleep(1)
+            shards = drainer.call("list_shards", stream=self.stream)
+            assert shards.ok, f"list_shards for the drain: {shards.error}"
+            for shard in shards.value["shards"]:
+                read = drainer.read_shard(self.stream, shard["shard_id"], final=True)
+                assert read.ok, f"final read of shard {shard['shard_id']}: {read.error}"
+            acked = sum(1 for op in self.history if op.f == "append" and op.type == "ok")
+            delivered = len(
+                {
+                    r["payload_id"]
+                    for op in self.history
+                    if op.f == "fetch" and op.type == "ok"
+                    for r in op.value.get("records", [])
+                }
+            )
+            while delivered < acked and time.monotonic() < deadline + 30:
+                reply = drainer.fetch(
+                    self.subscription, "c1", max=1000, timeout_ms=2000, final=True
+                )
+                if reply.ok:
+                    delivered += len(reply.value["records"])
+        finally:
+            drainer.close()
