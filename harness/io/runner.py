@@ -400,6 +400,10 @@ class Connector:
                 raise fail(f"crashed: exited with code {code} after {line_no} stdout"
                            f" lines{reason}", exit_code=code)
             if stdin_errors:
+                if isinstance(stdin_errors[0], ConnectorError):
+                    # The input came from another connector (a source piped into this
+                    # destination): its own error is the one that explains the failure.
+                    raise stdin_errors[0]
                 raise fail(f"could not feed stdin: {stdin_errors[0]!r}")
             finished = True
         finally:
