@@ -54,6 +54,11 @@ def proxy_fields(body: Any, what: str) -> dict[str, Any]:
     return body
 
 
+def proxies_json(proxies: list[Proxy]) -> list[dict[str, Any]] | None:
+    # Go marshals an empty result slice as null
+    return [p.to_json() for p in proxies] or None
+
+
 class ToxiproxyApi:
     """Route table and handlers; `handle` runs on the proxy loop."""
 
@@ -146,8 +151,8 @@ class ToxiproxyApi:
                 done.append(await self.collection.add_or_replace(
                     proxy, enabled is None or enabled))
             except ApiError as exc:
-                return exc.status, {**exc.to_json(), "proxies": [p.to_json() for p in done]}
-        return 201, {"proxies": [p.to_json() for p in done]}
+                return exc.status, {**exc.to_json(), "proxies": proxies_json(done)}
+        return 201, {"proxies": proxies_json(done)}
 
     async def reset(self) -> Response:
         for proxy in list(self.collection.proxies.values()):
@@ -178,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif isinstance(body, str):
             payload = (body + "\n").encode()
         else:
-            payload = (json.dumps(body) + "\n").encode()
+            payload = (json.dumps(body, separators=(",", ":")) + "\n").encode()
         self.send_response(status)
         if payload:
             ctype = "text/plain; charset=utf-8" if isinstance(body, str) else "application/json"

@@ -59,17 +59,26 @@ class Link:
             self.stages.append(Stage(spec, channel, nxt))
             channel = nxt
         self.output = channel
+        self._reader: asyncio.Task[None] | None = None
         self.finished = False  # the writer has closed the destination
         self.dead = False  # the whole connection is gone: no stage may start again
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for coroutine in (self._read(), self._write()):
-            task = loop.create_task(coroutine)
+        self._reader = loop.create_task(self._read())
+        writer = loop.create_task(self._write())
+        for task in (self._reader, writer):
             task.add_done_callback(report_crash)
             self.tasks.add(task)
         for stage in self.stages:
             stage.start()
+
+    def stop_reading(self) -> None:
+        """The source socket was closed by this proxy: read nothing more from it, as a Go
+        read on a closed conn fails at once even with bytes still waiting in the kernel."""
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+            self.input.force_put(None)
 
     async def _read(self) -> None:
         try:
@@ -179,6 +188,9 @@ class Connection:
             link.start()
 
     def _link_done(self, link: Link) -> None:
+        # the finished link closed its destination, which is the other link's source
+        other = self.links["downstream" if link.direction == "upstream" else "upstream"]
+        other.stop_reading()
         if all(lk.finished for lk in self.links.values()):
             self._finish()
 

@@ -52,12 +52,12 @@ def split_host_port(address: str) -> tuple[str, int]:
     """Parse Go's "host:port" / "[v6]:port" / ":port" forms."""
     host, sep, port_text = address.rpartition(":")
     if not sep or not port_text.isdigit():
-        raise ApiError(f"address {address}: missing port in address", 500)
+        raise ApiError(f"listen tcp: address {address}: missing port in address", 500)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     port = int(port_text)
     if port > 65535:
-        raise ApiError(f"address {address}: invalid port", 500)
+        raise ApiError(f"listen tcp: address {address}: invalid port", 500)
     return host, port
 
 

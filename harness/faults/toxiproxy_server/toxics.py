@@ -108,7 +108,8 @@ class Toxic:
         if not isinstance(attributes, dict):
             raise BadAttributes(
                 f"json: cannot unmarshal {json_kind(attributes)} into Go struct field "
-                f"ToxicWrapper.attributes of type toxics.{self.go_struct}"
+                # Toxiproxy decodes the wrapper before it knows the type: the noop is named
+                "ToxicWrapper.attributes of type toxics.NoopToxic"
             )
         known = {f.name for f in fields(self)}
         for key, value in attributes.items():
@@ -387,7 +388,8 @@ class ToxicSpec:
             "name": self.name,
             "type": self.type_name,
             "stream": self.stream,
-            "toxicity": self.toxicity,
+            # Go prints a float32 1.0 as 1; keep the same text for byte-level comparisons
+            "toxicity": int(self.toxicity) if self.toxicity.is_integer() else self.toxicity,
         }
 
 
