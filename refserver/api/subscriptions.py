@@ -135,7 +135,7 @@ class SubscriptionService:
                     f"stream {request.streamName!r} does not exist; create the stream "
                     "before subscribing to it",
                 )
-            shards = [int(s) for s in _json(stream.value)["shards"]]
+            shards = _shards_of(request.streamName, stream.value)
             start_lsns = {}
             for shard in shards:
                 if request.offset == LATEST:
@@ -175,8 +175,8 @@ class SubscriptionService:
     async def GetSubscription(
         self, request: api.GetSubscriptionRequest, context: grpc.aio.ServicerContext
     ) -> api.GetSubscriptionResponse:
-        await self._ownership.check_owner("subscription", request.id, context)
         try:
+            await self._ownership.check_owner("subscription", request.id, context)
             record = await require_subscription(self._store, request.id)
             delivery = self._deliveries.get(request.id)
             if delivery is not None:
@@ -232,8 +232,8 @@ class SubscriptionService:
     async def DeleteSubscription(
         self, request: api.DeleteSubscriptionRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        await self._ownership.check_owner("subscription", request.subscriptionId, context)
         try:
+            await self._ownership.check_owner("subscription", request.subscriptionId, context)
             await self._delete(request.subscriptionId, request.force)
         except HStreamError as error:
             await errors.abort(context, error)
@@ -263,8 +263,8 @@ class SubscriptionService:
     async def ListConsumers(
         self, request: api.ListConsumersRequest, context: grpc.aio.ServicerContext
     ) -> api.ListConsumersResponse:
-        await self._ownership.check_owner("subscription", request.subscriptionId, context)
         try:
+            await self._ownership.check_owner("subscription", request.subscriptionId, context)
             await require_subscription(self._store, request.subscriptionId)
         except HStreamError as error:
             await errors.abort(context, error)
@@ -382,11 +382,15 @@ def _start(lsn: int) -> Position:
     return Position(lsn, 0)
 
 
-def _json(raw: bytes) -> dict:
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError(f"metadata is not a JSON object: {raw[:80]!r}")
-    return value
+def _shards_of(stream_name: str, raw: bytes) -> list[int]:
+    try:
+        return [int(shard) for shard in json.loads(raw)["shards"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise HStreamError(
+            grpc.StatusCode.INTERNAL,
+            0,
+            f"metadata of stream {stream_name!r} is unreadable ({error!r}): {raw[:120]!r}",
+        ) from error
 
 
 def _user_agent(context: grpc.aio.ServicerContext) -> str:

@@ -30,7 +30,9 @@ from hstreamdb.aio.client import HStreamDBClient, insecure_client
 from hstreamdb.types import Record, RecordId
 from hstreamdb.utils import encode_records
 
+from refserver import errors
 from refserver.api.subscriptions import SubscriptionService
+from refserver.errors import HStreamError
 from refserver.membership import Member, MemberState, NodeAddress
 from refserver.protos import Store_pb2, Store_pb2_grpc
 
@@ -110,19 +112,29 @@ class SingleNodeMembership:
         pass
 
 
-class SingleNodeOwnership:
-    """In a one-node cluster every resource is owned by the node itself."""
+class FixedOwnership:
+    """Every subscription is owned by one node: this one, or a peer that is not running.
 
-    def __init__(self, node: NodeAddress) -> None:
+    With one node this is the whole truth; `owned=False` shows which RPCs enforce
+    ownership (§3) without a second node.
+    """
+
+    def __init__(self, node: NodeAddress, owned: bool) -> None:
         self._node = node
+        self._owner = node if owned else NodeAddress(2, "127.0.0.2", node.port, "127.0.0.2", 0)
 
     async def owner(self, kind: str, resource_id: str) -> NodeAddress:
-        return self._node
+        return self._owner
 
     async def check_owner(
         self, kind: str, resource_id: str, context: grpc.aio.ServicerContext
     ) -> None:
-        return None
+        if self._owner != self._node:
+            raise HStreamError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                errors.WRONG_SERVER,
+                f"{kind} {resource_id!r} is served by node {self._owner.id}",
+            )
 
 
 class SubscriptionNode(api_grpc.HStreamApiServicer):
@@ -172,14 +184,14 @@ class SubscriptionNode(api_grpc.HStreamApiServicer):
 
 @contextlib.asynccontextmanager
 async def running_node(
-    store_address: str, port: int, defects: frozenset[str] = frozenset()
+    store_address: str, port: int, defects: frozenset[str] = frozenset(), owned: bool = True
 ) -> AsyncIterator[Store_pb2_grpc.StoreStub]:
     """A node serving on `port` until the block ends; yields its store stub."""
     node = NodeAddress(id=1, host="127.0.0.1", port=port, gossip_host="127.0.0.1", gossip_port=0)
     channel = grpc.aio.insecure_channel(store_address)
     store = Store_pb2_grpc.StoreStub(channel)
     service = SubscriptionService(
-        store, SingleNodeMembership(node), SingleNodeOwnership(node), defects, node
+        store, SingleNodeMembership(node), FixedOwnership(node, owned), defects, node
     )
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     api_grpc.add_HStreamApiServicer_to_server(SubscriptionNode(service, node), server)
@@ -688,5 +700,55 @@ def test_consumer_churn_with_dropped_acks_loses_nothing(store_address: str) -> N
                 ids = [r.id for r in batch]
                 assert len({(i.shard_id, i.batch_id) for i in ids}) == 1, ids
                 assert [i.batch_index for i in ids] == sorted({i.batch_index for i in ids}), ids
+
+    run(scenario())
+
+
+def test_ownership_is_enforced_where_hstreamdb_enforces_it(store_address: str) -> None:
+    """GetSubscription, ListConsumers and DeleteSubscription answer 9/800 on a node that does
+    not own the subscription; CreateSubscription and StreamingFetch do not check (§3)."""
+
+    async def scenario() -> None:
+        port = next(_node_ports)
+        async with running_node(store_address, port, owned=False) as store:
+            [shard] = await create_stream(store, "owned", 1)
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            stub = api_grpc.HStreamApiStub(channel)
+            await stub.CreateSubscription(
+                api.Subscription(
+                    subscriptionId="owned-sub",
+                    streamName="owned",
+                    ackTimeoutSeconds=30,
+                    maxUnackedRecords=100,
+                    offset=EARLIEST,
+                )
+            )
+            for name, call in [
+                (
+                    "GetSubscription",
+                    stub.GetSubscription(api.GetSubscriptionRequest(id="owned-sub")),
+                ),
+                (
+                    "ListConsumers",
+                    stub.ListConsumers(api.ListConsumersRequest(subscriptionId="owned-sub")),
+                ),
+                (
+                    "DeleteSubscription",
+                    stub.DeleteSubscription(
+                        api.DeleteSubscriptionRequest(subscriptionId="owned-sub", force=True)
+                    ),
+                ),
+            ]:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call
+                seen = (caught.value.code(), error_code(caught.value))
+                assert seen == (grpc.StatusCode.FAILED_PRECONDITION, 800), f"{name}: {seen}"
+            await append(store, shard, ["anywhere"])
+            async with await insecure_client(port=port) as client:
+                consumer = Collector(client, "owned-sub", "c").start()
+                await wait_until(lambda: len(consumer.ids()) == 1, 10, "StreamingFetch to work")
+                await consumer.stop()
+            await channel.close()
+        assert consumer.payloads() == [b"anywhere"]
 
     run(scenario())
