@@ -1,0 +1,65 @@
+"""`hstream-conformance replay <schedule.json>`: run a saved failing fault schedule again."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness import HarnessError
+from harness.cli import register_command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("schedule", type=Path, help="a step program saved by the search")
+    parser.add_argument(
+        "--defect",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="override the defects the schedule was found with",
+    )
+    parser.add_argument(
+        "--history",
+        type=Path,
+        default=None,
+        help="where to write the replay's history (default: reports/replays/)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.backends.base import backend_for
+    from harness.faults.schedule_runner import Program, replay
+    from harness.history import History
+    from harness.topology import build_spec
+
+    try:
+        program = Program.load(args.schedule)
+        settings = program.cluster
+        spec = build_spec(
+            None,
+            nodes=settings.get("nodes", 3),
+            backend=settings.get("backend", "local"),
+            seed=settings.get("seed", 0),
+            defects=tuple(args.defect if args.defect is not None else settings.get("defects", ())),
+        )
+        if settings.get("gossip"):
+            spec = spec.with_(gossip=dict(settings["gossip"]))
+        history_path = args.history or Path("reports") / "replays" / (
+            args.schedule.stem + ".history.jsonl"
+        )
+        print(
+            f"replaying {len(program.steps)} steps of {args.schedule} on {spec.nodes} "
+            f"{spec.backend} nodes, defects: {', '.join(spec.defects) or 'none'}"
+        )
+        with backend_for(spec).start(spec) as cluster, History(history_path) as history:
+            result = replay(program, cluster, history)
+    except HarnessError as error:
+        print(f"hstream-conformance replay: {error}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    print(f"history: {history_path}")
+    return 0 if result.valid is True else 1
+
+
+register_command("replay", "replay a saved fault schedule and judge it", add_arguments, run)
