@@ -142,9 +142,6 @@ class SubscriptionDelivery:
     def checkpoints(self) -> dict[int, Position]:
         return {shard.shard_id: shard.progress.checkpoint for shard in self._shards.values()}
 
-    def assignment(self) -> dict[int, str | None]:
-        return {shard.shard_id: shard.owner for shard in self._shards.values()}
-
     # Consumers -------------------------------------------------------------------------
 
     def join(self, name: str, uri: str, user_agent: str) -> Consumer:
