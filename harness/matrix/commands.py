@@ -1,0 +1,44 @@
+"""`hstream-conformance defect-matrix`: every seeded defect caught, the healthy run clean."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.cli import register_command
+from harness.matrix.defects import TARGETS, healthy_and_all_caught, run_matrix, table, write_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(TARGETS),
+        default=None,
+        help="run just these defects (repeatable)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports") / "defect-matrix",
+        help="where per-run logs and JUnit files go",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("reports") / "allure-results",
+        help="where defect-matrix.json goes for the HTML report",
+    )
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+
+
+def run(args: argparse.Namespace) -> int:
+    outcomes = run_matrix(args.out, list(args.pytest_args), args.only)
+    print(table(outcomes))
+    print(f"written: {write_json(outcomes, args.results)}; logs in {args.out}/")
+    return 0 if healthy_and_all_caught(outcomes) else 1
+
+
+register_command(
+    "defect-matrix", "run the suites once per seeded defect and once healthy", add_arguments, run
+)

@@ -1,0 +1,158 @@
+"""Run the suites each seeded refserver defect should fail, once per defect and once healthy.
+
+Every defect must be caught (some selected test fails, with the anomaly in its message) and
+the healthy run must pass. The table is printed and written as defect-matrix.json beside
+the allure results, where the HTML report shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# defect -> (pytest paths, -k expression): the checks whose property the defect breaks.
+TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
+    "ack-before-durable": (("suites/durability/test_durability.py",), "kill-store"),
+    "never-confirm": (
+        ("suites/membership/test_membership.py",),
+        "test_failure_detected_within_bound and kill-one and n3",
+    ),
+    "no-refute": (
+        ("suites/membership/test_membership.py",),
+        "test_failure_detected_within_bound and pause-one and n3",
+    ),
+    "stale-owner": (
+        ("suites/clients/test_client_behaviour.py",),
+        "test_append_continues_after_owner_fails and raw and kill",
+    ),
+    "redeliver-acked": (("suites/api/test_subscriptions.py",), "test_acked_not_redelivered"),
+    "no-redelivery": (
+        ("suites/api/test_subscriptions.py",),
+        "test_unacked_redelivered_after_timeout",
+    ),
+    "reorder-reads": (
+        ("suites/api/test_readers.py",),
+        "test_reader_from_earliest or test_read_stream_all_shards",
+    ),
+    "lost-checkpoint": (("suites/durability/test_subscription_restart.py",), ""),
+}
+
+
+@dataclass
+class Outcome:
+    defect: str  # "healthy" for the run without one
+    selected: int = 0
+    failed: list[str] = field(default_factory=list)
+    anomaly: str = ""
+    seconds: float = 0.0
+    exit_code: int = 0
+
+    @property
+    def caught(self) -> bool:
+        return bool(self.failed)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "defect": self.defect,
+            "caught": self.caught,
+            "selected": self.selected,
+            "failed_suites": sorted({name.split("::")[0] for name in self.failed}),
+            "failed_tests": self.failed,
+            "anomaly": self.anomaly,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def _junit(path: Path) -> tuple[int, list[str], str]:
+    if not path.exists():
+        return 0, [], ""
+    root = ElementTree.parse(path).getroot()
+    selected, failed, first = 0, [], ""
+    for case in root.iter("testcase"):
+        selected += 1
+        problem = case.find("failure")
+        if problem is None:
+            problem = case.find("error")
+        if problem is not None:
+            name = f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
+            failed.append(name)
+            if not first:
+                first = (problem.get("message") or "").splitlines()[0][:300]
+    return selected, failed, first
+
+
+def run_one(
+    defect: str | None, paths: tuple[str, ...], expression: str, out: Path, extra: list[str]
+) -> Outcome:
+    name = defect or "healthy"
+    junit = out / f"{name}.xml"
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *paths,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        f"--junitxml={junit}",
+        *extra,
+    ]
+    if expression:
+        argv += ["-k", expression]
+    if defect:
+        argv += ["--defect", defect]
+    print(
+        f"== {name}: pytest {' '.join(paths)}{f' -k {expression!r}' if expression else ''}",
+        flush=True,
+    )
+    started = time.monotonic()
+    finished = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    (out / f"{name}.log").write_text(finished.stdout)
+    selected, failed, anomaly = _junit(junit)
+    return Outcome(name, selected, failed, anomaly, time.monotonic() - started, finished.returncode)
+
+
+def run_matrix(out: Path, extra: list[str], only: list[str] | None = None) -> list[Outcome]:
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = only or list(TARGETS)
+    outcomes = [run_one(d, *TARGETS[d], out, extra) for d in chosen]
+    every_path = tuple(sorted({p for d in chosen for p in TARGETS[d][0]}))
+    expression = " or ".join(f"({TARGETS[d][1]})" if TARGETS[d][1] else "" for d in chosen)
+    # The healthy run selects the union of what the defects selected.
+    if any(not TARGETS[d][1] for d in chosen):
+        expression = ""
+    outcomes.append(run_one(None, every_path, expression, out, extra))
+    return outcomes
+
+
+def table(outcomes: list[Outcome]) -> str:
+    rows = [("defect", "verdict", "tests", "failed", "anomaly found")]
+    for o in outcomes:
+        if o.defect == "healthy":
+            verdict = "clean" if not o.failed and o.exit_code == 0 else "FAILED"
+        else:
+            verdict = "caught" if o.caught else "MISSED"
+        rows.append((o.defect, verdict, str(o.selected), str(len(o.failed)), o.anomaly[:90]))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows)
+
+
+def healthy_and_all_caught(outcomes: list[Outcome]) -> bool:
+    healthy = [o for o in outcomes if o.defect == "healthy"]
+    return all(o.caught for o in outcomes if o.defect != "healthy") and all(
+        not o.failed and o.exit_code == 0 and o.selected > 0 for o in healthy
+    )
+
+
+def write_json(outcomes: list[Outcome], results_dir: Path) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / "defect-matrix.json"
+    path.write_text(json.dumps({"rows": [o.to_json() for o in outcomes]}, indent=1))
+    return path
