@@ -328,7 +328,8 @@ def start_real_toxiproxy(binary: str, host: str = "127.0.0.1", port: int = 0, *,
                     f"{binary} did not answer on {url} within {startup_timeout:.0f}s "
                     f"(exit code {process.returncode}); see {log_path}") from None
             time.sleep(0.1)
-    handle = ToxiproxyHandle(url=url, kind="real", version=version, process=process,
+    kind: Literal["embedded", "real"] = "embedded" if EMBEDDED_MARK in version else "real"
+    handle = ToxiproxyHandle(url=url, kind=kind, version=version, process=process,
                              log_path=log_path, _temp_dir=temp_dir)
     atexit.register(handle.stop)
     return handle

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import toxiproxy
 
+import harness
 from harness.faults.toxiproxy import (
     ToxiproxyError,
     ToxiproxyHandle,
@@ -299,3 +302,32 @@ def test_cli_busy_port_is_one_clear_line() -> None:
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
     assert time.monotonic() - started < 20
+
+
+def test_find_prefers_a_toxiproxy_server_on_path(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # A `toxiproxy-server` that takes the Go binary's `-host H -port P` flags and runs the
+    # embedded server: checks the PATH lookup, the flag convention and the readiness wait.
+    binary = tmp_path / "toxiproxy-server"
+    binary.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -m harness.faults.toxiproxy --host \"$2\" "
+        "--port \"$4\"\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(Path(harness.__file__).resolve().parent.parent))
+    handle = find_toxiproxy(None, log_dir=tmp_path / "logs")
+    try:
+        assert handle.process is not None and handle.process.args[0] == str(binary)
+        assert connect_toxiproxy(handle.url).version == handle.version
+    finally:
+        handle.stop()
+    assert handle.process is None
+
+
+def test_find_falls_back_to_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    handle = find_toxiproxy(None)
+    try:
+        assert handle.kind == "embedded" and handle.process is not None
+    finally:
+        handle.stop()

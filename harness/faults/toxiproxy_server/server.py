@@ -34,7 +34,11 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
             loop.remove_reader(fd)
             stop.set()
 
-    loop.add_reader(fd, readable)
+    try:
+        loop.add_reader(fd, readable)
+    except OSError:
+        # epoll refuses regular files and /dev/null: there is no parent pipe to watch
+        log.warning("stdin is not a pipe or socket; --exit-on-stdin-eof has no effect")
 
 
 async def serve(host: str, port: int, config: Path | None = None,
