@@ -241,7 +241,7 @@ def test_reset_peer_resets_the_connection(toxiproxy_server: ToxiproxyHandle, pro
 
 def test_slicer_delivers_small_chunks(toxiproxy_server: ToxiproxyHandle, proxy: str) -> None:
     toxiproxy_server.add_toxic(
-        proxy, "slicer", {"average_size": 50, "size_variation": 10, "delay": 2000})
+        proxy, "slicer", {"average_size": 50, "size_variation": 10, "delay": 5000})
     payload = os.urandom(2000)
     sizes: list[int] = []
     with connect(toxiproxy_server, proxy) as sock:
