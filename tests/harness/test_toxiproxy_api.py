@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import toxiproxy
@@ -53,7 +54,7 @@ def name(toxiproxy_server: ToxiproxyHandle) -> Iterator[str]:
 
 
 def call(handle: ToxiproxyHandle, method: str, path: str, body: object = None,
-         raw: bytes | None = None) -> tuple[int, object]:
+         raw: bytes | None = None) -> tuple[int, Any]:
     if raw is not None:
         response = handle._session.request(method, handle.url + path, data=raw, timeout=10)
     else:
@@ -317,7 +318,9 @@ def test_find_prefers_a_toxiproxy_server_on_path(tmp_path: Path,
     monkeypatch.setenv("PYTHONPATH", str(Path(harness.__file__).resolve().parent.parent))
     handle = find_toxiproxy(None, log_dir=tmp_path / "logs")
     try:
-        assert handle.process is not None and handle.process.args[0] == str(binary)
+        assert handle.process is not None
+        argv = handle.process.args
+        assert isinstance(argv, list) and argv[0] == str(binary), argv
         assert connect_toxiproxy(handle.url).version == handle.version
     finally:
         handle.stop()
