@@ -156,6 +156,21 @@ class Connector:
         self.invocations: list[Invocation] = []
         self._seq = itertools.count(1)
         self._checked_launch = False
+        # Started processes whose iterator may never be consumed (or closed): `close`
+        # kills them, so a discarded `read(...)` cannot leave a connector running.
+        self._running: dict[int, tuple[subprocess.Popen[bytes], str]] = {}
+
+    def close(self) -> None:
+        """Kill every connector process of this Connector still running (idempotent)."""
+        for proc, container in list(self._running.values()):
+            self._kill(proc, container)
+        self._running.clear()
+
+    def __enter__(self) -> Connector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"Connector({self.name!r}, {self.launch.describe()})"
@@ -309,6 +324,7 @@ class Connector:
             cwd=inv.folder,
             start_new_session=True,  # own process group: a time-out kills its children too
         )
+        self._running[proc.pid] = (proc, container)
         return self._messages(inv, proc, stdin, limit, container, started, stderr_fh)
 
     def _messages(self, inv: Invocation, proc: subprocess.Popen[bytes],
@@ -317,11 +333,22 @@ class Connector:
         lines: queue.Queue[object] = queue.Queue(maxsize=10_000)
         stdin_errors: list[BaseException] = []
 
+        stopped = threading.Event()
+
         def pump_stdout() -> None:
+            # Bounded queue = back-pressure on a fast connector; the put loop gives up once
+            # the reader has gone (stopped), so this thread always ends.
             assert proc.stdout is not None
-            for raw in proc.stdout:
-                lines.put(raw)
-            lines.put(_EOF)
+            with proc.stdout:
+                for raw in itertools.chain(proc.stdout, [_EOF]):
+                    while not stopped.is_set():
+                        try:
+                            lines.put(raw, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                    if stopped.is_set():
+                        return
 
         def feed_stdin() -> None:
             assert proc.stdin is not None
@@ -413,9 +440,9 @@ class Connector:
                 self._kill(proc, container)
                 if inv.exit_code is None:
                     inv.exit_code = proc.poll()
+            self._running.pop(proc.pid, None)
+            stopped.set()
             stderr_fh.close()
-            if proc.stdout:
-                proc.stdout.close()
 
     def _kill(self, proc: subprocess.Popen[bytes], container: str) -> None:
         if proc.poll() is None:

@@ -50,12 +50,12 @@ def _connector(defn: ConnectorDefinition, workdir: Path) -> Connector:
 
 
 @pytest.fixture(scope="module", params=SOURCES, ids=lambda d: d.name)
-def source(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> tuple[ConnectorDefinition, Connector,
-                                                                dict[str, Any]]:
+def source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+           ) -> Iterator[tuple[ConnectorDefinition, Connector, dict[str, Any]]]:
     defn: ConnectorDefinition = request.param
     workdir = tmp_path_factory.mktemp(defn.name)
-    return defn, _connector(defn, workdir), defn.good_config(workdir)
+    with _connector(defn, workdir) as conn:
+        yield defn, conn, defn.good_config(workdir)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,8 @@ def _messages() -> list[dict[str, Any]]:
 def destination(request: pytest.FixtureRequest, tmp_path: Path,
                 ) -> Iterator[tuple[ConnectorDefinition, Connector, dict[str, Any]]]:
     defn: ConnectorDefinition = request.param
-    yield defn, _connector(defn, tmp_path / "runs"), defn.good_config(tmp_path)
+    with _connector(defn, tmp_path / "runs") as conn:
+        yield defn, conn, defn.good_config(tmp_path)
 
 
 @_conformance("io.destination.spec")
@@ -270,8 +271,13 @@ def test_sync_source_into_destination_loses_nothing(source_defn, destination_def
                                                     tmp_path):
     """Every record the source emitted lands, by primary key, with its last value; every
     state the source emitted is echoed back once the destination has committed it."""
-    src = _connector(source_defn, tmp_path / "source")
-    dst = _connector(destination_defn, tmp_path / "destination")
+    with _connector(source_defn, tmp_path / "source") as src, \
+            _connector(destination_defn, tmp_path / "destination") as dst:
+        _sync_and_account(source_defn, destination_defn, src, dst, tmp_path)
+
+
+def _sync_and_account(source_defn: ConnectorDefinition, destination_defn: ConnectorDefinition,
+                      src: Connector, dst: Connector, tmp_path: Path) -> None:
     src_config = source_defn.good_config(tmp_path)
     dst_config = destination_defn.good_config(tmp_path)
     catalog = acc.check_discover(src, src_config)

@@ -149,3 +149,16 @@ def test_single_message_commands_require_exactly_one(fake):
     # `read` is not `discover`: no CATALOG message comes back, and the error says so.
     with pytest.raises(ConnectorError, match="expected exactly one CATALOG message, got 0"):
         conn._single("read", {"config": {"count": 1}, "catalog": CATALOG}, "CATALOG", "catalog")
+
+
+def test_close_kills_a_read_that_was_never_consumed(fake, tmp_path: Path):
+    conn = fake("hang")
+    conn.read({"count": 5}, CATALOG)  # started, never iterated
+    pidfile = tmp_path / "hang.pid"
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    assert _alive(pid)
+    conn.close()
+    assert not _alive(pid), f"connector pid {pid} survived Connector.close()"
