@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 import toxiproxy
@@ -126,16 +126,16 @@ class ToxiproxyHandle:
         return toxiproxy.Proxy(**info)
 
     def proxy(self, name: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/proxies/{name}"))
+        return dict(self._call("GET", _path(name)))
 
     def proxies(self) -> dict[str, Any]:
         return dict(self._call("GET", "/proxies"))
 
     def delete_proxy(self, name: str) -> None:
-        self._call("DELETE", f"/proxies/{name}")
+        self._call("DELETE", _path(name))
 
     def set_enabled(self, name: str, enabled: bool) -> dict[str, Any]:
-        return dict(self._call("POST", f"/proxies/{name}", {"enabled": enabled}))
+        return dict(self._call("POST", _path(name), {"enabled": enabled}))
 
     def add_toxic(self, proxy: str, type: str, attributes: dict[str, int] | None = None, *,
                   stream: str = "downstream", name: str | None = None,
@@ -144,17 +144,17 @@ class ToxiproxyHandle:
                                 "attributes": attributes or {}}
         if name is not None:
             body["name"] = name
-        return dict(self._call("POST", f"/proxies/{proxy}/toxics", body))
+        return dict(self._call("POST", _path(proxy, "toxics"), body))
 
     def update_toxic(self, proxy: str, toxic: str, attributes: dict[str, int] | None = None,
                      toxicity: float | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"attributes": attributes or {}}
         if toxicity is not None:
             body["toxicity"] = toxicity
-        return dict(self._call("POST", f"/proxies/{proxy}/toxics/{toxic}", body))
+        return dict(self._call("POST", _path(proxy, "toxics", toxic), body))
 
     def remove_toxic(self, proxy: str, toxic: str) -> None:
-        self._call("DELETE", f"/proxies/{proxy}/toxics/{toxic}")
+        self._call("DELETE", _path(proxy, "toxics", toxic))
 
     @contextlib.contextmanager
     def toxic(self, proxy: str, type: str, attributes: dict[str, int] | None = None, *,
@@ -191,6 +191,11 @@ class ToxiproxyHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _path(proxy: str, *rest: str) -> str:
+    """An API path under /proxies, each name quoted whole (names may hold '/' or spaces)."""
+    return "/".join(["/proxies", *(quote(part, safe="") for part in (proxy, *rest))])
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
