@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness.faults.toxiproxy import ToxiproxyHandle, find_toxiproxy
+from harness.faults.toxiproxy_server.toxics import Slicer
 
 ECHO_LISTEN_TIMEOUT = 5.0
 _names = itertools.count()
@@ -352,3 +353,57 @@ def test_chain_changes_under_traffic_keep_every_byte_in_order(
         f"chain changes so far: {changes}")
     assert changes_during_transfer >= 10, (
         f"only {changes_during_transfer} chain changes happened during the transfer")
+
+
+def test_listen_change_restarts_proxy_and_drops_connections(
+        toxiproxy_server: ToxiproxyHandle, proxy: str) -> None:
+    with connect(toxiproxy_server, proxy) as sock:
+        round_trip(sock)
+        moved = toxiproxy_server.request("POST", f"/proxies/{proxy}",
+                                         {"listen": "127.0.0.1:0"}).json()
+        how, _, _ = wait_closed(sock, 2)
+    assert how in ("eof", "reset"), f"connection survived a listen change ({how}): {moved}"
+    with connect(toxiproxy_server, proxy) as sock:
+        assert round_trip(sock) < 0.1
+
+
+def test_closed_connections_leave_no_descriptors(
+        toxiproxy_server: ToxiproxyHandle, proxy: str) -> None:
+    """Proxied connections closed by either side must release both sockets in the server."""
+    if toxiproxy_server.process is None or not os.path.isdir(
+            f"/proc/{toxiproxy_server.process.pid}/fd"):
+        pytest.skip("needs a Toxiproxy process started by this test run, on Linux")
+    fd_dir = f"/proc/{toxiproxy_server.process.pid}/fd"
+
+    def open_fds() -> int:
+        return len(os.listdir(fd_dir))
+
+    with connect(toxiproxy_server, proxy) as sock:
+        round_trip(sock)  # first use opens whatever the server keeps for good
+    time.sleep(0.2)
+    before = open_fds()
+    toxiproxy_server.add_toxic(proxy, "latency", {"latency": 5}, stream="upstream")
+    for i in range(30):
+        sock = connect(toxiproxy_server, proxy)
+        round_trip(sock)
+        if i % 2:
+            sock.shutdown(socket.SHUT_WR)  # client-initiated close, proxy closes both sides
+            wait_closed(sock, 2)
+        sock.close()
+    deadline = time.monotonic() + 5
+    while open_fds() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_fds() <= before, f"server holds {open_fds()} descriptors, {before} before"
+
+
+@pytest.mark.parametrize(("average", "variation", "size"),
+                         [(50, 10, 2000), (1, 0, 7), (10, 9, 1), (0, 0, 5), (64, 200, 4096)])
+def test_slicer_cut_points_cover_the_chunk(average: int, variation: int, size: int) -> None:
+    """Pure check of the embedded slicer's split: contiguous, complete, never empty, and
+    within average ± variation except for the short tail pieces recursion leaves."""
+    points = Slicer(average_size=average, size_variation=variation).cut_points(0, size)
+    pieces = list(zip(points[0::2], points[1::2], strict=True))
+    assert pieces[0][0] == 0 and pieces[-1][1] == size, pieces
+    assert all(a == prev_end for (a, _), (_, prev_end) in zip(pieces[1:], pieces, strict=False))
+    assert all(end > start for start, end in pieces), f"empty slice in {pieces}"
+    assert max(end - start for start, end in pieces) <= max(1, average) + variation, pieces
