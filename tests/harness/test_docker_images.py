@@ -24,13 +24,28 @@ def engine():  # type: ignore[no-untyped-def]
         pytest.skip(f"no Docker engine: {exc}")
 
 
+def used_source_hash() -> str:
+    """The project-source hash the last wheel build was made from (its stamp)."""
+    return (images.WHEELS_DIR / ".source-hash").read_text().strip()
+
+
 def test_base_and_refserver_build_then_skip_when_unchanged(engine) -> None:  # type: ignore[no-untyped-def]
     lines: list[str] = []
     first = images.build(["all"], client=engine, progress=lines.append)
     assert [r.image for r in first] == [images.BASE_IMAGE, images.REFSERVER_IMAGE], lines
 
-    lines.clear()
-    second = images.build(["all"], client=engine, progress=lines.append)
+    # In a checkout others edit while this runs, a source change between two builds rightly
+    # rebuilds; the claim under test is: unchanged inputs => skipped. Up to 3 tries to get
+    # two builds with the same sources.
+    for _ in range(3):
+        previous = used_source_hash()
+        lines.clear()
+        second = images.build(["all"], client=engine, progress=lines.append)
+        if used_source_hash() == previous:
+            break
+        first = second
+    else:
+        pytest.skip("the project's sources changed under every build; cannot judge the cache")
     assert [r.skipped for r in second] == [True, True], (
         f"second build was not skipped although nothing changed; progress: {lines}"
     )
