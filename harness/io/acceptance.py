@@ -80,6 +80,22 @@ def check_connection_fails_cleanly(conn: Connector, bad_config: Mapping[str, Any
     return str(status["message"])
 
 
+def check_read_refuses_bad_config(conn: Connector, bad_config: Mapping[str, Any],
+                                  configured: Mapping[str, Any]) -> str:
+    """read with a bad config must fail with an ERROR trace saying why (the platform shows
+    that message to the user), not succeed or die silently."""
+    try:
+        result = read_all(conn, bad_config, configured)
+    except ConnectorError as exc:
+        if not exc.error_trace:
+            raise AcceptanceFailure(
+                f"{conn.name}: read with a bad config failed without an ERROR trace message"
+                f" saying why:\n{exc}") from None
+        return exc.error_trace
+    raise _fail(conn, f"read with a bad config succeeded ({len(result.records)} records);"
+                      " it must fail with an ERROR trace")
+
+
 def _has_path(schema: Mapping[str, Any], path: Sequence[str]) -> bool:
     node: Any = schema
     for part in path:

@@ -87,8 +87,10 @@ class ConnectorError(RuntimeError):
         line: str | None = None,
         exit_code: int | None = None,
         stderr_path: Path | None = None,
+        error_trace: str | None = None,
     ) -> None:
         self.connector = connector
+        self.error_trace = error_trace
         self.command = command
         self.problem = problem
         self.line_no = line_no
@@ -425,7 +427,7 @@ class Connector:
             if code != 0:
                 reason = f"; its last error trace: {last_error_trace!r}" if last_error_trace else ""
                 raise fail(f"crashed: exited with code {code} after {line_no} stdout"
-                           f" lines{reason}", exit_code=code)
+                           f" lines{reason}", exit_code=code, error_trace=last_error_trace)
             if stdin_errors:
                 if isinstance(stdin_errors[0], ConnectorError):
                     # The input came from another connector (a source piped into this

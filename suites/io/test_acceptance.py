@@ -86,6 +86,17 @@ def test_source_check_reports_failed_for_bad_config(source, tmp_path):
     acc.check_connection_fails_cleanly(conn, bad)
 
 
+@_conformance("io.source.read-bad-config")
+def test_source_read_with_bad_config_fails_with_a_reason(source, source_catalog, tmp_path):
+    defn, conn, _ = source
+    bad = defn.bad_config_for(tmp_path)
+    if bad is None:
+        pytest.skip(f"{defn.source_file.name} defines no [bad_config]")
+    configured = acc.configure_catalog(source_catalog, "full_refresh")
+    reason = acc.check_read_refuses_bad_config(conn, bad, configured)
+    assert reason.strip(), "the ERROR trace has an empty message"
+
+
 @_conformance("io.source.discover")
 def test_source_discover_gives_a_valid_catalog(source_catalog):
     assert source_catalog["streams"], "discover gave no streams"

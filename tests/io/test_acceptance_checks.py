@@ -129,3 +129,15 @@ def test_configure_catalog_refuses_unsupported_modes_and_unknown_streams():
         acc.configure_catalog(catalog, "incremental")
     with pytest.raises(ValueError, match=r"not in the catalog: \['t'\]"):
         acc.configure_catalog(catalog, streams=["t"])
+
+
+def test_read_with_bad_config(fake):
+    conn = fake("crash")  # exits 3 with an ERROR trace before finishing
+    assert acc.check_read_refuses_bad_config(conn, GOOD, _catalog(conn)) == \
+        "the upstream API went away"
+    good = fake("good")
+    with pytest.raises(acc.AcceptanceFailure, match="read with a bad config succeeded"):
+        acc.check_read_refuses_bad_config(good, GOOD, _catalog(good))
+    # The fake's KeyError on a missing `count` is a crash without any trace message.
+    with pytest.raises(acc.AcceptanceFailure, match="without an ERROR trace message"):
+        acc.check_read_refuses_bad_config(good, {"cuont": 1}, _catalog(good))
