@@ -5,4 +5,5 @@
 - ``runner``: one connector process per protocol command, with limits and evidence
 - ``connectors``: the connector definitions under ``fixtures/connectors/``
 - ``acceptance``: the acceptance checks (spec, check, discover, read, incremental, write)
+- ``pipeline``: a source piped into a destination, accounted key by key
 """
