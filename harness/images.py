@@ -67,6 +67,8 @@ PIP_BUILD_CONSTRAINTS = "setuptools<81\n"
 PROJECT_SOURCES = ("pyproject.toml", "setup.py", "harness", "refserver")
 SOURCE_SUFFIXES = {".py", ".proto", ".json", ".html", ".css", ".js", ".toml"}
 
+PROJECT_WHEEL_PREFIX = "hstream_conformance-"
+
 Progress = Callable[[str], None]
 
 
@@ -179,7 +181,7 @@ def recipe_content_hash(recipe: Recipe, base_image: str, base_id: str, wheels: l
     digest.update(base_id.encode())
     for wheel in sorted(wheels):
         digest.update(wheel.name.encode())
-        if not wheel.name.startswith("hstream_conformance-"):
+        if not wheel.name.startswith(PROJECT_WHEEL_PREFIX):
             digest.update(hashlib.sha256(wheel.read_bytes()).digest())
     digest.update(project_source_hash().encode())
     return digest.hexdigest()
@@ -362,32 +364,72 @@ def _run_logged(cmd: list[str], progress: Progress, step: str) -> None:
 # ---------------------------------------------------------------- wheels
 
 
-def build_wheels(*, progress: Progress = print_progress) -> list[Path]:
-    """Wheels of the project and every dependency, rebuilt only when the sources change."""
-    stamp = WHEELS_DIR / ".source-hash"
-    source_hash = project_source_hash()
-    if stamp.is_file() and stamp.read_text().strip() == source_hash:
-        wheels = sorted(WHEELS_DIR.glob("*.whl"))
-        if wheels:
-            progress(f"wheels: up to date ({len(wheels)} in {WHEELS_DIR.relative_to(REPO_ROOT)})")
-            return wheels
-    progress(f"wheels: pip wheel . -> {WHEELS_DIR.relative_to(REPO_ROOT)}")
-    if WHEELS_DIR.exists():
-        shutil.rmtree(WHEELS_DIR)
-    WHEELS_DIR.mkdir(parents=True)
+DEPENDENCY_INPUTS = ("pyproject.toml", "setup.py")
+
+
+def dependency_hash() -> str:
+    """What decides the third-party wheels: the declared dependencies and build constraint."""
+    digest = hashlib.sha256(PIP_BUILD_CONSTRAINTS.encode())
+    _hash_files(digest, REPO_ROOT, (REPO_ROOT / name for name in DEPENDENCY_INPUTS))
+    return digest.hexdigest()
+
+
+def _pip_wheel(extra: list[str], progress: Progress, what: str) -> None:
     constraints = BUILD_DIR / "pip-build-constraints.txt"
     constraints.write_text(PIP_BUILD_CONSTRAINTS)
     env = {**os.environ, "PIP_CONSTRAINT": str(constraints)}
-    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", str(REPO_ROOT), "-w", str(WHEELS_DIR)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        *extra,
+        str(REPO_ROOT),
+        "-w",
+        str(WHEELS_DIR),
+    ]
+    progress(f"wheels: {what} -> {WHEELS_DIR.relative_to(REPO_ROOT)}")
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise ImageBuildError(
-            "pip wheel failed; the images need the project's dependencies as wheels "
+            "pip wheel failed; the images need the project and its dependencies as wheels "
             f"(check the package index is reachable):\n{result.stderr[-3000:]}"
         )
-    stamp.write_text(source_hash + "\n")
+
+
+def build_wheels(*, progress: Progress = print_progress) -> list[Path]:
+    """Wheels of the project and every dependency, rebuilt only when their inputs change.
+
+    The dependencies' wheels are rebuilt only when pyproject.toml or setup.py change; a
+    change to the project's sources rebuilds only the project's own wheel (seconds).
+    """
+    source_stamp = WHEELS_DIR / ".source-hash"
+    deps_stamp = WHEELS_DIR / ".dependency-hash"
+    source_hash, deps_hash = project_source_hash(), dependency_hash()
+
+    def stamped(stamp: Path, value: str) -> bool:
+        return stamp.is_file() and stamp.read_text().strip() == value
+
+    wheels = sorted(WHEELS_DIR.glob("*.whl")) if WHEELS_DIR.is_dir() else []
+    has_project = any(w.name.startswith(PROJECT_WHEEL_PREFIX) for w in wheels)
+    if stamped(deps_stamp, deps_hash) and len(wheels) > 1:
+        if stamped(source_stamp, source_hash) and has_project:
+            progress(f"wheels: up to date ({len(wheels)} in {WHEELS_DIR.relative_to(REPO_ROOT)})")
+            return wheels
+        for wheel in wheels:
+            if wheel.name.startswith(PROJECT_WHEEL_PREFIX):
+                wheel.unlink()
+        _pip_wheel(["--no-deps"], progress, "pip wheel --no-deps . (sources changed)")
+    else:
+        if WHEELS_DIR.exists():
+            shutil.rmtree(WHEELS_DIR)
+        WHEELS_DIR.mkdir(parents=True)
+        _pip_wheel([], progress, "pip wheel . (project and dependencies)")
+        deps_stamp.write_text(deps_hash + "\n")
+    source_stamp.write_text(source_hash + "\n")
     wheels = sorted(WHEELS_DIR.glob("*.whl"))
-    progress(f"wheels: {len(wheels)} built")
+    progress(f"wheels: {len(wheels)} ready")
     return wheels
 
 
@@ -418,10 +460,14 @@ def build_recipe(
     context = BUILD_DIR / f"context-{recipe.name}"
     if context.exists():
         shutil.rmtree(context)
-    (context / "wheels").mkdir(parents=True)
+    # Dependencies and the project's own wheel in separate folders, so the Dockerfile can
+    # install them in separate layers and a source change reuses the dependency layer.
+    for part in ("deps", "project"):
+        (context / "wheels" / part).mkdir(parents=True)
     shutil.copy2(recipe.dockerfile, context / "Dockerfile")
     for wheel in wheels:
-        os.link(wheel, context / "wheels" / wheel.name)
+        part = "project" if wheel.name.startswith(PROJECT_WHEEL_PREFIX) else "deps"
+        os.link(wheel, context / "wheels" / part / wheel.name)
     progress(f"{recipe.tag}: docker build on {base_image}")
     tail: list[str] = []
     try:
