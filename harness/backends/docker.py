@@ -92,7 +92,7 @@ LABEL_CLUSTER = f"{LABEL_PREFIX}.cluster"
 LABEL_PROCESS = f"{LABEL_PREFIX}.process"
 LABEL_OWNER = f"{LABEL_PREFIX}.owner"  # "<hostname>:<pid>:<process start time>"
 
-SUBNET_POOL = ipaddress.ip_network("172.28.0.0/16")
+SUBNET_POOL = ipaddress.IPv4Network("172.28.0.0/16")
 TOXIPROXY_HOST_INDEX = 2
 FIRST_PROCESS_INDEX = 10
 TOXIPROXY_API_PORT = 8474
