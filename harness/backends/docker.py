@@ -215,7 +215,6 @@ class DockerCluster(Cluster):
         self._toxiproxy_handle: Any = None
         self._partition = iptables.PartitionState()
         self._stopped = False
-        register_sweeper(remove_clusters)
         if not detached:
             track(self)
 
@@ -909,3 +908,7 @@ def _consecutive_roles(specs: list[ProcessSpec]) -> list[list[ProcessSpec]]:
 def _tail(text: str, lines: int = 20) -> str:
     found = text.splitlines()[-lines:]
     return "\n".join(f"    {line}" for line in found) or "    (empty)"
+
+
+# Records of dead docker runs name clusters whose containers only this module can remove.
+register_sweeper(remove_clusters)
