@@ -231,7 +231,22 @@ def require_image(client: docker.DockerClient, image: str) -> None:
 
 
 def host_apt_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
-    """The Debian mirror the host's apt uses for the main archive (not -security)."""
+    """The Debian mirror the host's apt uses for the main archive (not -security).
+
+    Asked from apt itself (`apt-get indextargets`), which knows every source format; the
+    sources files are read directly only where apt-get is missing.
+    """
+    if shutil.which("apt-get"):
+        listed = subprocess.run(
+            ["apt-get", "indextargets", "--format", "$(REPO_URI) $(RELEASE) $(TARGET_OF)"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        for line in sorted(set(listed.stdout.splitlines())):
+            parts = line.split()
+            if len(parts) == 3 and parts[1] == SUITE and parts[2] == "deb":
+                return parts[0].rstrip("/")
     candidates: list[tuple[str, list[str]]] = []
     files = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*"))]
     for path in files:
