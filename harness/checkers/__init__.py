@@ -13,7 +13,7 @@ from typing import Any
 
 from harness import HarnessError
 from harness.checkers import membership, order, stream_set, subscription
-from harness.checkers.result import Result, Validity, merge_valid
+from harness.checkers.result import Result, Validity, gc_paused, merge_valid
 from harness.history import READ_FS, History, Op, as_ops
 
 __all__ = [
@@ -141,7 +141,8 @@ def check_all(
         raise HarnessError(
             f"unknown checker(s) {', '.join(unknown)}; choose from {', '.join(CHECKERS)}"
         )
-    results = {name: CHECKERS[name](ops, opts) for name in names}
+    with gc_paused():
+        results = {name: CHECKERS[name](ops, opts) for name in names}
     return CheckReport(
         valid=merge_valid(r.valid for r in results.values()), results=results, ops=len(ops)
     )

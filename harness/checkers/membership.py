@@ -40,7 +40,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from harness.checkers.result import NS_PER_S, Result, add_anomaly, quantiles
+from harness.checkers.result import NS_PER_S, Result, add_anomaly, quantiles, without_gc
 from harness.history import History, Op, as_ops
 
 NAME = "membership"
@@ -70,7 +70,6 @@ def swim_bounds(
     n_nodes: int,
     *,
     gossip_interval_s: float | None = None,
-    retransmit_mult: int = 4,
     suspicion_periods: float = 1.0,
     sample_interval_s: float = 0.0,
 ) -> dict[str, float]:
@@ -80,20 +79,21 @@ def swim_bounds(
       escapes all n-1 probers in one period with probability (1 - 1/(n-1))^(n-1) ~ 1/e;
       the number of periods until it is probed is geometric with mean 1/(1 - 1/e) =
       e/(e-1) ~ 1.58. Missing k periods in a row has probability ~ e^-k, so 7 periods bound
-      it at 1e-3; with shuffled round-robin targets (HStreamDB) it is at most 2n-1 periods.
+      it at 1e-3; with shuffled round-robin targets a member is probed at least once in
+      2(n-1) periods, plus the period the probe itself takes.
     * Suspicion to confirmation: `suspicion_periods` (HServer confirms within the probe
-      period; SWIM's suspicion timeout would be multiplier * log(n) periods).
-    * Dissemination: infection-style gossip reaches everyone in O(log n) rounds; a message
-      is retransmitted retransmit_mult * ceil(ln(n + 2)) times, one per gossip interval,
-      which bounds how long it can keep spreading.
+      period: 1; memberlist-style suspicion: suspicion_mult * max(1, log10 n)).
+    * Dissemination: infection-style gossip reaches all n members in about log2(n) rounds
+      of the gossip interval, plus the round in flight.
     * The probe that samples views adds up to one sampling interval.
     """
     if protocol_period_s <= 0 or n_nodes < 1:
         raise ValueError("protocol_period_s must be > 0 and n_nodes >= 1")
     gossip = protocol_period_s if gossip_interval_s is None else gossip_interval_s
+    n = max(n_nodes, 2)
     e = math.e
-    detection_periods = min(7, max(1, 2 * n_nodes - 1))
-    dissemination_s = retransmit_mult * math.ceil(math.log(n_nodes + 2)) * gossip
+    detection_periods = min(7, 2 * (n - 1) + 1)
+    dissemination_s = (math.ceil(math.log2(n)) + 1) * gossip
     agreement = (
         (detection_periods + suspicion_periods) * protocol_period_s
         + dissemination_s
@@ -107,6 +107,7 @@ def swim_bounds(
     }
 
 
+@without_gc
 def check(
     history: History | Iterable[Op],
     *,

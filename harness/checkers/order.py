@@ -30,14 +30,16 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from harness.checkers.result import Result, add_anomaly
+from harness.checkers.result import Result, add_anomaly, without_gc
 from harness.history import READ_FS, History, Op, as_ops
 
 NAME = "order"
+_NONE = object()
+_SEQUENCES = (list, tuple)
 
 
 def _rid(raw: Any) -> tuple[int, int, int] | None:
-    if isinstance(raw, list | tuple) and len(raw) == 3:
+    if type(raw) in _SEQUENCES and len(raw) == 3:
         try:
             return (int(raw[0]), int(raw[1]), int(raw[2]))
         except (TypeError, ValueError):
@@ -45,6 +47,7 @@ def _rid(raw: Any) -> tuple[int, int, int] | None:
     return None
 
 
+@without_gc
 def check(
     history: History | Iterable[Op],
     *,
@@ -67,15 +70,16 @@ def check(
     # shard -> op indexes of append completions (increasing) and the running max batch id
     done_index: dict[int, list[int]] = {}
     done_max: dict[int, list[int]] = {}
-    rid_payload: dict[tuple[int, int, int], Any] = {}
-    payload_rid: dict[Any, tuple[int, int, int]] = {}
-    # reader sequence -> last record id, and the ids it has seen
-    last: dict[tuple[Any, int], tuple[int, int]] = {}
-    seen: dict[tuple[Any, int], set[tuple[int, int]]] = {}
+    rid_payload: dict[tuple[Any, ...], Any] = {}
+    payload_rid: dict[Any, tuple[Any, ...]] = {}
+    # reader -> shard -> last record id it saw first; reader -> record ids it has seen
+    last: dict[Any, dict[Any, tuple[Any, ...]]] = {}
+    seen: dict[Any, set[tuple[Any, ...]]] = {}
     # reader sequence (per reader, across shards) -> payload ids seen first, in order
     first_seen: dict[Any, list[Any]] = {}
     redeliveries = 0
     checked_records = 0
+    rid_payload_get = rid_payload.get
 
     for op in ops:
         f = op.f
@@ -102,7 +106,13 @@ def check(
             rid = _rid(v.get("record_id"))
             if rid is None:
                 continue
-            _bind(result, rid_payload, payload_rid, retried, rid, pid, op.index, "append")
+            bound = rid_payload.setdefault(rid, pid)
+            if bound != pid:
+                _conflict(result, rid, bound, pid, op.index)
+            elif pid not in retried:
+                had = payload_rid.setdefault(pid, rid)
+                if had != rid:
+                    _moved(result, pid, had, rid, op.index, "append")
             shard, batch = rid[0], rid[1]
             idx = done_index.setdefault(shard, [])
             mx = done_max.setdefault(shard, [])
@@ -126,81 +136,95 @@ def check(
             records = v.get("records")
             if not records:
                 continue
-            per_op = bool(v.get("complete")) or bool(v.get("final")) or f == "drain"
-            op_reader = ("op", op.index) if per_op else None
-            default_reader = v.get("consumer", op.process)
+            per_op = bool(v.get("complete")) or bool(v.get("final"))
+            default_reader = ("op", op.index) if per_op else v.get("consumer", op.process)
+            checked_records += len(records)
+            # Usually every record of an op has one reader: keep its state at hand.
+            cur_reader: Any = _NONE
+            cur_last: dict[Any, tuple[Any, ...]] = {}
+            cur_seen: set[tuple[Any, ...]] = set()
+            cur_first: list[Any] = []
             for rec in records:
-                if not isinstance(rec, dict):
+                if type(rec) is not dict:
                     continue
-                reader = op_reader or rec.get("consumer", default_reader)
+                reader = default_reader if per_op else rec.get("consumer", default_reader)
+                if reader != cur_reader:
+                    cur_reader = reader
+                    if per_op:
+                        cur_last, cur_seen = {}, set()
+                    else:
+                        cur_last = last.setdefault(reader, {})
+                        cur_seen = seen.setdefault(reader, set())
+                    cur_first = first_seen.setdefault(reader, [])
                 pid = rec.get("payload_id")
-                rid = _rid(rec.get("record_id"))
-                checked_records += 1
-                if rid is None:
+                raw: Any = rec.get("record_id")
+                if type(raw) not in _SEQUENCES or len(raw) != 3:
                     if pid is not None:
-                        first_seen.setdefault(reader, []).append(pid)
+                        cur_first.append(pid)
                     continue
+                rid = tuple(raw)
                 if pid is not None:
-                    _bind(result, rid_payload, payload_rid, retried, rid, pid, op.index, "read")
-                seq = (reader, rid[0])
-                pos = (rid[1], rid[2])
-                seen_here = seen.get(seq)
-                if seen_here is None:
-                    seen_here = seen[seq] = set()
-                elif pos in seen_here:
+                    # A pair already bound was checked both ways when it was bound.
+                    bound = rid_payload_get(rid)
+                    if bound is None:
+                        rid_payload[rid] = pid
+                        if payload_rid.setdefault(pid, rid) != rid and pid not in retried:
+                            _moved(result, pid, payload_rid[pid], rid, op.index, "read")
+                    elif bound != pid:
+                        _conflict(result, rid, bound, pid, op.index)
+                shard = rid[0]
+                prev = cur_last.get(shard)
+                if prev is None or rid > prev:
+                    cur_last[shard] = rid
+                    if not per_op:
+                        cur_seen.add(rid)
+                    if pid is not None:
+                        cur_first.append(pid)
+                    continue
+                # Within one complete read only an immediate repeat counts as a repeat: its
+                # records need no set of everything seen.
+                if rid in cur_seen if not per_op else rid == prev:
                     redeliveries += 1
                     continue
-                seen_here.add(pos)
-                prev = last.get(seq)
-                if prev is not None and pos <= prev:
-                    add_anomaly(
-                        result,
-                        "shard_order",
-                        {
-                            "reader": reader,
-                            "shard": rid[0],
-                            "previous": [rid[0], *prev],
-                            "seen": list(rid),
-                            "op_index": op.index,
-                        },
-                    )
-                else:
-                    last[seq] = pos
+                add_anomaly(
+                    result,
+                    "shard_order",
+                    {
+                        "reader": reader,
+                        "shard": shard,
+                        "previous": list(prev),
+                        "seen": list(rid),
+                        "op_index": op.index,
+                    },
+                )
+                cur_seen.add(rid)
                 if pid is not None:
-                    first_seen.setdefault(reader, []).append(pid)
-            if per_op:
-                # A complete read is its own sequence; drop its state once it is judged.
-                for key in [k for k in seen if k[0] == op_reader]:
-                    del seen[key]
-                    last.pop(key, None)
+                    cur_first.append(pid)
 
     # key order, judged at the end because an ack may be recorded after a read that saw it
+    ranked = {pid: ((p[0], p[1]), p[2]) for pid, p in position.items() if pid in acked}
     for reader, pids in first_seen.items():
-        last_pos: dict[tuple[Any, Any], int] = {}
-        last_pid: dict[tuple[Any, Any], Any] = {}
+        latest: dict[tuple[Any, Any], tuple[int, Any]] = {}
         for pid in pids:
-            if pid not in acked:
+            r = ranked.get(pid)
+            if r is None:
                 continue
-            p = position.get(pid)
-            if p is None:
-                continue
-            pk = (p[0], p[1])
-            prev_pos = last_pos.get(pk)
-            if prev_pos is not None and p[2] < prev_pos:
+            pk, n = r
+            prev = latest.get(pk)
+            if prev is not None and n < prev[0]:
                 add_anomaly(
                     result,
                     "key_order",
                     {
                         "reader": reader,
-                        "producer": p[0],
-                        "key": p[1],
-                        "read_after": last_pid[pk],
+                        "producer": pk[0],
+                        "key": pk[1],
+                        "read_after": prev[1],
                         "payload_id": pid,
                     },
                 )
             else:
-                last_pos[pk] = p[2]
-                last_pid[pk] = pid
+                latest[pk] = (n, pid)
 
     for kind in ("shard_order", "key_order", "append_order", "record_id_conflict"):
         result.counts.setdefault(kind, 0)
@@ -216,35 +240,24 @@ def check(
     return result
 
 
-def _bind(
-    result: Result,
-    rid_payload: dict[tuple[int, int, int], Any],
-    payload_rid: dict[Any, tuple[int, int, int]],
-    retried: set[Any],
-    rid: tuple[int, int, int],
-    pid: Any,
-    op_index: int,
-    where: str,
+def _conflict(result: Result, rid: tuple[Any, ...], bound: Any, pid: Any, op_index: int) -> None:
+    add_anomaly(
+        result,
+        "record_id_conflict",
+        {"record_id": list(rid), "payloads": [bound, pid], "op_index": op_index},
+    )
+
+
+def _moved(
+    result: Result, pid: Any, had: tuple[Any, ...], rid: tuple[Any, ...], op_index: int, where: str
 ) -> None:
-    bound = rid_payload.setdefault(rid, pid)
-    if bound != pid:
-        add_anomaly(
-            result,
-            "record_id_conflict",
-            {"record_id": list(rid), "payloads": [bound, pid], "op_index": op_index},
-        )
-        return
-    if pid in retried:
-        return
-    had = payload_rid.setdefault(pid, rid)
-    if had != rid:
-        add_anomaly(
-            result,
-            "record_id_conflict",
-            {
-                "payload_id": pid,
-                "record_ids": [list(had), list(rid)],
-                "op_index": op_index,
-                "seen_in": where,
-            },
-        )
+    add_anomaly(
+        result,
+        "record_id_conflict",
+        {
+            "payload_id": pid,
+            "record_ids": [list(had), list(rid)],
+            "op_index": op_index,
+            "seen_in": where,
+        },
+    )

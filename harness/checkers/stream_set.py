@@ -18,7 +18,8 @@ happened (see harness.history for the op shapes). Definitions:
 * **failed_but_read**: an append that definitely failed (`fail`, never acknowledged by a
   retry) and was read anyway: the server said no and did it. Always a failure.
 * **stale**: acknowledged, read at some point, but missing from a *complete* read
-  (`"complete": true`, or a final read) that began after the acknowledgement. A failure only
+  (`"complete": true`, or `"final": true`; a `drain` only marks the end of consumption)
+  that began after the acknowledgement. A failure only
   with `linearizable=True`; figures give the visibility latency (ack to the completion of
   the first read that contained it) for all appends and for the stale ones.
 """
@@ -29,12 +30,13 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from harness.checkers.result import NS_PER_MS, Result, add_anomaly, quantiles
+from harness.checkers.result import NS_PER_MS, Result, add_anomaly, quantiles, without_gc
 from harness.history import READ_FS, History, Op, as_ops
 
 NAME = "stream-set"
 
 
+@without_gc
 def check(
     history: History | Iterable[Op],
     *,
@@ -65,6 +67,9 @@ def check(
     final_began: dict[Any, int] = {}
     read_began: dict[tuple[Any, str], int] = {}
     start = ops[0].time if ops else 0
+    read_count_get = read_count.get
+    acked_at_get = acked_at.get
+    complete_hits_get = complete_hits.get
     malformed = 0
     n_reads = 0
 
@@ -99,7 +104,8 @@ def check(
                 continue
             records = v.get("records")
             is_final = op.type == "ok" and (bool(v.get("final")) or f == "drain")
-            is_complete = op.type == "ok" and (is_final or bool(v.get("complete")))
+            # A drain ends the run but, unlike a final read, need not return everything.
+            is_complete = op.type == "ok" and bool(v.get("final") or v.get("complete"))
             stream = v.get("stream")
             if is_final:
                 final_began[stream] = max(final_began.get(stream, began), began)
@@ -110,20 +116,22 @@ def check(
             n_reads += 1
             now = op.time
             for rec in records:
-                pid = rec.get("payload_id") if isinstance(rec, dict) else None
+                pid = rec.get("payload_id") if type(rec) is dict else None
                 if pid is None:
                     malformed += 1
                     continue
-                n = read_count.get(pid, 0)
-                read_count[pid] = n + 1
-                if n == 0:
+                n = read_count_get(pid)
+                if n is None:
+                    read_count[pid] = 1
                     first_read_at[pid] = now
+                else:
+                    read_count[pid] = n + 1
                 if is_complete:
                     # The ack precedes this completion in the history when it matters: an
                     # ack recorded later happened after the read began, so it cannot count.
-                    acked = acked_at.get(pid)
+                    acked = acked_at_get(pid)
                     if acked is not None and began > acked:
-                        complete_hits[pid] = complete_hits.get(pid, 0) + 1
+                        complete_hits[pid] = complete_hits_get(pid, 0) + 1
 
     result = Result(valid=True, checker=NAME)
     counts = result.counts

@@ -29,19 +29,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from harness.checkers.result import NS_PER_S, Result, add_anomaly, quantiles
+from harness.checkers.result import NS_PER_S, Result, add_anomaly, quantiles, without_gc
 from harness.history import History, Op, as_ops
 
 NAME = "subscription"
+_SEQUENCES = (list, tuple)
 
 
 def _record_key(rec: Any) -> Any:
     rid = rec.get("record_id")
-    if isinstance(rid, list | tuple) and len(rid) == 3:
+    if isinstance(rid, _SEQUENCES) and len(rid) == 3:
         return (rid[0], rid[1], rid[2])
     return ("payload", rec.get("payload_id"))
 
 
+@without_gc
 def check(
     history: History | Iterable[Op],
     *,
@@ -118,7 +120,7 @@ def check(
             last_activity[sub] = t
             consumer = v.get("consumer", op.process)
             rids = [
-                (r[0], r[1], r[2]) if isinstance(r, list | tuple) and len(r) == 3 else r
+                (r[0], r[1], r[2]) if isinstance(r, _SEQUENCES) and len(r) == 3 else r
                 for r in v.get("record_ids") or ()
             ]
             if op.type == "invoke":

@@ -90,6 +90,8 @@ class Fault:
                 )
             if self.stream not in ("downstream", "upstream"):
                 raise NemesisError("toxic stream must be downstream or upstream")
+            if not self.attributes:
+                object.__setattr__(self, "attributes", dict(TOXICS[self.toxic]))
 
     @property
     def name(self) -> str:
@@ -109,7 +111,7 @@ class Fault:
             d["grudge"] = self.grudge
         if self.kind == "toxic":
             d.update(link=self.link, toxic=self.toxic, stream=self.stream)
-            d["attributes"] = dict(self.attributes or TOXICS[self.toxic or ""])
+            d["attributes"] = dict(self.attributes)
         return d
 
     @classmethod
@@ -651,7 +653,7 @@ class Nemesis:
                 tp.add_toxic(
                     proxy,
                     fault.toxic or "",
-                    dict(fault.attributes or TOXICS[fault.toxic or ""]),
+                    dict(fault.attributes),
                     stream=fault.stream,
                     name=toxic_name,
                     toxicity=1.0,

@@ -1,0 +1,262 @@
+"""Checker benchmark: time every checker on a realistic history of N operations.
+
+    python benchmarks/checker_bench.py [--ops 1000000] [--seed 1] [--save PATH]
+
+The history is what a chaos run records: producers appending keyed records to a 4-shard
+stream (a few indeterminate or failed), a subscription's consumers receiving batches and
+acknowledging them (with redeliveries after the ack timeout), a shard reader, probes sampling
+5 nodes' membership views every half second, a nemesis killing and restarting a node every
+minute, and complete reads of the stream plus a final read. Everything is drawn from
+`random.Random(seed)`. The checkers must judge it valid; the script exits 1 if not, or if
+the checkers together take longer than --budget seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.checkers import check_all, membership, order, stream_set, subscription
+from harness.checkers.result import Result
+from harness.history import Op, load_ops, write_ops
+
+NODES = ["1", "2", "3", "4", "5"]
+SHARDS = [101, 102, 103, 104]
+ACK_TIMEOUT_S = 2.0
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self.t = 0  # ns
+
+    def add(self, process: Any, type: str, f: str, value: Any, **kw: Any) -> Op:
+        op = Op(len(self.ops), process, type, f, value, self.t, **kw)
+        self.ops.append(op)
+        return op
+
+    def tick(self, ms: float) -> None:
+        self.t += int(ms * 1_000_000)
+
+
+def generate(n_ops: int, seed: int) -> list[Op]:
+    """A valid history of about `n_ops` ops (see the module docstring)."""
+    rng = random.Random(seed)
+    rec = _Recorder()
+    add = rec.add
+    sub = "bench-sub"
+    add("admin", "invoke", "subscribe", {"subscription": sub, "stream": "s"})
+    sub_value = {"subscription": sub, "stream": "s", "ack_timeout_s": ACK_TIMEOUT_S,
+                 "offset": "earliest"}
+    add("admin", "ok", "subscribe", sub_value)
+    for c in ("c1", "c2"):
+        add(c, "invoke", "consume", {"subscription": sub, "consumer": c})
+
+    next_batch = dict.fromkeys(SHARDS, 1)
+    stored: dict[int, list[tuple[str, list[int], str]]] = {s: [] for s in SHARDS}
+    delivered_upto = dict.fromkeys(SHARDS, 0)  # subscription cursor per shard
+    reader_upto = dict.fromkeys(SHARDS, 0)
+    unacked: list[tuple[int, str, list[int], str, str]] = []  # (deadline, pid, rid, key, c)
+    owner = {s: ("c1" if i % 2 else "c2") for i, s in enumerate(SHARDS)}
+    truth_down: set[str] = set()
+    views_lag: dict[str, int] = {}
+    next_view = 0
+    next_fault = 60_000_000_000
+    next_complete = 120_000_000_000
+    payload = 0
+    # ops per producer step: invoke + completion
+    while len(rec.ops) < n_ops - 4:
+        rec.tick(rng.uniform(5, 15))
+        # -- producers: a burst of appends, one per producer process
+        for p in range(8):
+            key = f"k{rng.randrange(200)}"
+            shard = SHARDS[zlib.crc32(key.encode()) % len(SHARDS)]
+            pid = f"{seed}-{payload}"
+            payload += 1
+            v = {"stream": "s", "key": key, "payload_id": pid, "shard": shard}
+            add(f"p{p}", "invoke", "append", v)
+            roll = rng.random()
+            if roll < 0.002:
+                add(f"p{p}", "fail", "append", v, error="INVALID_ARGUMENT: test")
+                continue
+            rid = [shard, next_batch[shard], 0]
+            next_batch[shard] += 1
+            stored[shard].append((pid, rid, key))
+            if roll < 0.005:
+                add(f"p{p}", "info", "append", v, error="DEADLINE_EXCEEDED")
+            else:
+                add(f"p{p}", "ok", "append", {**v, "record_id": rid})
+        rec.tick(rng.uniform(0.5, 1.5))
+        # -- subscription: each owner gets a batch of what is new on one shard
+        shard = rng.choice(SHARDS)
+        new = stored[shard][delivered_upto[shard]:delivered_upto[shard] + 10]
+        if new:
+            delivered_upto[shard] += len(new)
+            c = owner[shard]
+            recs = [{"payload_id": pid, "record_id": rid, "key": k, "consumer": c}
+                    for pid, rid, k in new]
+            add(c, "invoke", "fetch", {"subscription": sub, "consumer": c})
+            add(c, "ok", "fetch", {"subscription": sub, "consumer": c, "records": recs})
+            deadline = rec.t + int(ACK_TIMEOUT_S * 1e9)
+            to_ack = []
+            for pid, rid, k in new:
+                if rng.random() < 0.01:  # a dropped ack: redelivered after the deadline
+                    unacked.append((deadline, pid, rid, k, c))
+                else:
+                    to_ack.append(rid)
+            av = {"subscription": sub, "consumer": c, "record_ids": to_ack}
+            add(f"{c}-ack", "invoke", "ack", av)
+            add(f"{c}-ack", "ok", "ack", av)
+        while unacked and unacked[0][0] <= rec.t:
+            _, pid, rid, k, c = unacked.pop(0)
+            recs = [{"payload_id": pid, "record_id": rid, "key": k, "consumer": c}]
+            add(c, "invoke", "fetch", {"subscription": sub, "consumer": c})
+            add(c, "ok", "fetch", {"subscription": sub, "consumer": c, "records": recs})
+            av = {"subscription": sub, "consumer": c, "record_ids": [rid]}
+            add(f"{c}-ack", "invoke", "ack", av)
+            add(f"{c}-ack", "ok", "ack", av)
+        # -- a shard reader polling one shard
+        if rng.random() < 0.2:
+            shard = rng.choice(SHARDS)
+            new = stored[shard][reader_upto[shard]:reader_upto[shard] + 20]
+            reader_upto[shard] += len(new)
+            add("reader", "invoke", "read", {"shard": shard})
+            add("reader", "ok", "read", {"records": [
+                {"payload_id": pid, "record_id": rid, "key": k, "consumer": "reader"}
+                for pid, rid, k in new], "final": False})
+        # -- membership probes
+        if rec.t >= next_view:
+            next_view = rec.t + 500_000_000
+            for o in NODES:
+                if o in truth_down:
+                    continue
+                view = {}
+                for m in NODES:
+                    lag_over = views_lag.get(m, 0) <= rec.t
+                    view[m] = ("dead" if m in truth_down else "alive") if lag_over else (
+                        "alive" if m in truth_down else "dead")
+                add(f"probe-{o}", "invoke", "view", {"observer": o})
+                add(f"probe-{o}", "ok", "view", {"observer": o, "view": view})
+        # -- nemesis: kill a node for 20 s every minute
+        if rec.t >= next_fault:
+            victim = rng.choice(NODES)
+            if truth_down:
+                victim = truth_down.pop()
+                add("nemesis", "invoke", "kill-one", {"action": "stop", "nodes": [victim]})
+                add("nemesis", "ok", "kill-one",
+                    {"action": "stop", "nodes": [victim], "down": [], "up": [int(victim)]})
+                next_fault = rec.t + 40_000_000_000
+            else:
+                truth_down.add(victim)
+                add("nemesis", "invoke", "kill-one", {"action": "start", "nodes": [victim]})
+                add("nemesis", "ok", "kill-one",
+                    {"action": "start", "nodes": [victim], "down": [int(victim)], "up": []})
+                next_fault = rec.t + 20_000_000_000
+            views_lag[victim] = rec.t + int(rng.uniform(1.0, 4.0) * 1e9)
+        # -- a complete read of the stream every two minutes
+        if rec.t >= next_complete:
+            next_complete = rec.t + 120_000_000_000
+            _read_everything(rec, stored, final=False)
+    # -- the end: producers stopped; drain the subscription, then the final read
+    add("admin", "invoke", "drain", {"subscription": sub})
+    for shard in SHARDS:
+        rest = stored[shard][delivered_upto[shard]:]
+        for i in range(0, len(rest), 10):
+            c = owner[shard]
+            chunk = rest[i:i + 10]
+            rec.tick(1)
+            recs = [{"payload_id": pid, "record_id": rid, "key": k, "consumer": c}
+                    for pid, rid, k in chunk]
+            add(c, "invoke", "fetch", {"subscription": sub, "consumer": c})
+            add(c, "ok", "fetch", {"subscription": sub, "consumer": c, "records": recs})
+            av = {"subscription": sub, "consumer": c, "record_ids": [rid for _, rid, _ in chunk]}
+            add(f"{c}-ack", "invoke", "ack", av)
+            add(f"{c}-ack", "ok", "ack", av)
+    add("admin", "ok", "drain", {"subscription": sub, "records": []})
+    for c in ("c1", "c2"):
+        add(c, "ok", "consume", {"subscription": sub, "consumer": c})
+    _read_everything(rec, stored, final=True)
+    return rec.ops
+
+
+def _read_everything(rec: _Recorder, stored: dict[int, list[tuple[str, list[int], str]]],
+                     final: bool) -> None:
+    rec.add("checker-reader", "invoke", "read", {"stream": "s"})
+    rec.tick(5)
+    records = [{"payload_id": pid, "record_id": rid, "key": k}
+               for shard in SHARDS for pid, rid, k in stored[shard]]
+    rec.add("checker-reader", "ok", "read",
+            {"stream": "s", "records": records, "complete": True, "final": final})
+
+
+def _timed(name: str, fn: Callable[[], Result], n: int) -> tuple[float, Result]:
+    began = time.perf_counter()
+    result = fn()
+    took = time.perf_counter() - began
+    print(f"{name:<14} {took:7.2f} s  {n / took:12,.0f} ops/s  valid={result.valid}  "
+          + ", ".join(f"{k}={v}" for k, v in sorted(result.counts.items()) if v
+                      and k in result.anomalies))
+    return took, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ops", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--budget", type=float, default=30.0,
+                        help="fail if the checkers together take longer (seconds)")
+    parser.add_argument("--save", type=Path, help="also write the history as JSON lines")
+    args = parser.parse_args(argv)
+
+    began = time.perf_counter()
+    ops = generate(args.ops, args.seed)
+    print(f"generated {len(ops):,} ops in {time.perf_counter() - began:.1f} s (seed {args.seed})")
+    if args.save:
+        began = time.perf_counter()
+        write_ops(ops, args.save)
+        wrote = time.perf_counter() - began
+        began = time.perf_counter()
+        ops = load_ops(args.save)
+        print(f"wrote {args.save} in {wrote:.1f} s, loaded it back in "
+              f"{time.perf_counter() - began:.1f} s")
+
+    n = len(ops)
+    bound = membership.swim_bounds(1.0, len(NODES), sample_interval_s=0.5)["agreement_bound_s"]
+    total = 0.0
+    verdicts = []
+    for name, fn in (
+        ("stream-set", lambda: stream_set.check(ops)),
+        ("order", lambda: order.check(ops)),
+        ("subscription", lambda: subscription.check(ops)),
+        ("membership", lambda: membership.check(ops, bound_s=bound)),
+    ):
+        took, result = _timed(name, fn, n)
+        total += took
+        verdicts.append(result.valid)
+    print(f"{'all four':<14} {total:7.2f} s  {n / total:12,.0f} ops/s")
+    began = time.perf_counter()
+    report = check_all(ops, {"membership_bound_s": bound})
+    composed = time.perf_counter() - began
+    print(f"{'check_all':<14} {composed:7.2f} s  valid={report.valid}")
+    summary = {"ops": n, "seconds": round(total, 2), "check_all_seconds": round(composed, 2),
+               "valid": report.valid}
+    print(json.dumps(summary))
+    if report.valid is not True or any(v is not True for v in verdicts):
+        print("the generated history should be valid: a checker disagrees", file=sys.stderr)
+        print(report.table(), file=sys.stderr)
+        return 1
+    if total > args.budget:
+        print(f"checkers took {total:.1f} s, over the {args.budget} s budget", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""Nemesis data: the fault catalogue, resolution against nodes, seeded schedules, JSON."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from harness.faults.nemesis import (
+    FAULTS,
+    PACKAGES,
+    Fault,
+    FaultInstance,
+    NemesisError,
+    Schedule,
+    Step,
+    always_heal_last,
+    generate_schedule,
+    parse_faults,
+)
+
+NODES = [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    "name,count,down",
+    [
+        ("kill-one", 1, 1),
+        ("kill-minority", 2, 2),
+        ("kill-majority", 3, 3),
+        ("pause-minority", 2, 2),
+        ("restart-one", 1, 0),
+        ("client-latency", 1, 0),
+        ("gossip-down", 1, 1),
+        ("gossip-timeout", 1, 1),
+        ("gossip-latency", 1, 0),
+        ("store-reset-peer", 0, 0),
+        ("kill-store", 0, 0),
+    ],
+)
+def test_resolution_picks_the_right_number_of_nodes(name, count, down):
+    inst = FAULTS[name].resolve(NODES, random.Random(1))
+    assert len(inst.nodes) == count
+    assert len(inst.down) == down
+    assert set(inst.down) <= set(inst.nodes) | set(NODES)
+
+
+def test_partitions_make_the_minority_down_and_keep_rings_and_bridges_connected():
+    rng = random.Random(7)
+    halves = FAULTS["partition-halves"].resolve(NODES, rng)
+    assert len(halves.down) == 2
+    for node in halves.down:  # the minority side drops everyone on the majority side
+        assert len(halves.grudge[node]) == 3
+    isolated = FAULTS["partition-isolate-one"].resolve(NODES, rng)
+    assert len(isolated.down) == 1 and isolated.grudge[isolated.down[0]] == frozenset(
+        set(NODES) - set(isolated.down)
+    )
+    assert FAULTS["partition-majorities-ring"].resolve(NODES, rng).down == ()
+    assert FAULTS["partition-bridge"].resolve(NODES, rng).down == ()
+
+
+def test_even_split_takes_the_half_with_the_lowest_id_as_main():
+    inst = FAULTS["partition-halves"].resolve([1, 2, 3, 4], random.Random(3))
+    assert 1 not in inst.down and len(inst.down) == 2
+
+
+def test_same_seed_same_schedule_different_seed_different_schedule():
+    a = generate_schedule(42, NODES, "process,partition", duration_s=120)
+    b = generate_schedule(42, NODES, "process,partition", duration_s=120)
+    c = generate_schedule(43, NODES, "process,partition", duration_s=120)
+    assert a == b
+    assert a != c
+
+
+def test_schedule_alternates_heal_and_fault_periods_and_ends_healed():
+    s = generate_schedule(5, NODES, "kill", duration_s=60, fault_s=(2, 4), heal_s=(3, 5))
+    s.validate()
+    actions = [step.action for step in s.steps]
+    assert actions[-1] == "heal" and s.duration_s >= 60
+    assert actions[:-1] == ["start", "stop"] * ((len(actions) - 1) // 2)
+    previous_stop = 0.0
+    for start, stop in zip(s.steps[:-1:2], s.steps[1:-1:2], strict=True):
+        assert start.fault == stop.fault
+        assert 3 <= start.at_s - previous_stop <= 5 + 1e-3
+        assert 2 <= stop.at_s - start.at_s <= 4 + 1e-3
+        previous_stop = stop.at_s
+
+
+def test_json_round_trip(tmp_path):
+    s = generate_schedule(9, NODES, list(FAULTS.values()), duration_s=300)
+    assert Schedule.from_json(json.loads(json.dumps(s.to_json()))) == s
+    assert Schedule.load(s.save(tmp_path / "schedule.json")) == s
+    assert "seed=9" in s.describe()
+
+
+def test_broken_schedules_are_refused_with_a_reason(tmp_path):
+    inst = FAULTS["kill-one"].resolve(NODES, random.Random(0))
+    no_heal = Schedule(1, tuple(NODES), (Step(1, "start", inst), Step(2, "stop", inst)))
+    with pytest.raises(NemesisError, match="must end with a heal"):
+        no_heal.validate()
+    assert always_heal_last(no_heal).steps[-1] == Step(2, "heal")
+    backwards = Schedule(1, tuple(NODES), (Step(5, "start", inst), Step(2, "heal")))
+    with pytest.raises(NemesisError, match="back in time"):
+        backwards.validate()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"seed": 1}')
+    with pytest.raises(NemesisError, match="not a fault schedule"):
+        Schedule.load(bad)
+
+
+def test_fault_names_and_packages():
+    assert [f.name for f in parse_faults("kill")] == ["kill-one", "kill-minority"]
+    assert len(parse_faults("partition,kill-one")) == 5
+    for package in PACKAGES.values():
+        assert all(name in FAULTS for name in package)
+    with pytest.raises(NemesisError, match="unknown fault 'kil-one'"):
+        parse_faults("kil-one")
+    with pytest.raises(NemesisError, match="no faults named"):
+        parse_faults(" , ")
+
+
+def test_fault_validation():
+    with pytest.raises(NemesisError, match="unknown fault kind"):
+        Fault("explode")
+    with pytest.raises(NemesisError, match="partition needs grudge"):
+        Fault("partition", grudge="thirds")
+    with pytest.raises(NemesisError, match="unknown toxic"):
+        Fault("toxic", link="client", toxic="loss")
+    with pytest.raises(NemesisError, match="bridge needs at least 3 nodes"):
+        FAULTS["partition-bridge"].resolve([1, 2], random.Random(0))
+
+
+def test_instances_carry_toxic_attributes():
+    inst = FAULTS["gossip-latency"].resolve(NODES, random.Random(0))
+    d = inst.to_json()
+    assert d["fault"]["attributes"] == {"latency": 200, "jitter": 50}
+    assert FaultInstance.from_json(d) == inst
