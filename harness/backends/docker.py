@@ -339,7 +339,8 @@ class DockerCluster(Cluster):
         }
         tc = DockerContainer(
             box.image,
-            command=list(spec.argv),  # type: ignore[arg-type]
+            # An empty argv keeps the image's own command (e.g. the ZooKeeper image).
+            command=list(spec.argv) or None,  # type: ignore[arg-type]
             name=f"{self.spec.label}-{spec.name}",
             env=env,
         )
