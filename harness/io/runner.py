@@ -160,12 +160,13 @@ class Connector:
         self._checked_launch = False
         # Started processes whose iterator may never be consumed (or closed): `close`
         # kills them, so a discarded `read(...)` cannot leave a connector running.
-        self._running: dict[int, tuple[subprocess.Popen[bytes], str]] = {}
+        self._running: dict[int, tuple[subprocess.Popen[bytes], str, threading.Event]] = {}
 
     def close(self) -> None:
         """Kill every connector process of this Connector still running (idempotent)."""
-        for proc, container in list(self._running.values()):
+        for proc, container, stopped in list(self._running.values()):
             self._kill(proc, container)
+            stopped.set()
         self._running.clear()
 
     def __enter__(self) -> Connector:
@@ -315,31 +316,24 @@ class Connector:
     def _stream(self, inv: Invocation, stdin: Iterable[Mapping[str, Any]] | None,
                 limit: float, container: str) -> Iterator[dict[str, Any]]:
         env = {**os.environ, **self.env} if isinstance(self.launch, LocalExecutable) else None
-        stderr_fh = open(inv.stderr_path, "wb")
         started = time.monotonic()
-        proc = subprocess.Popen(
-            inv.argv,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr_fh,
-            env=env,
-            cwd=inv.folder,
-            start_new_session=True,  # own process group: a time-out kills its children too
-        )
-        self._running[proc.pid] = (proc, container)
-        return self._messages(inv, proc, stdin, limit, container, started, stderr_fh)
-
-    def _messages(self, inv: Invocation, proc: subprocess.Popen[bytes],
-                  stdin: Iterable[Mapping[str, Any]] | None, limit: float, container: str,
-                  started: float, stderr_fh: Any) -> Iterator[dict[str, Any]]:
+        # The child gets its own copy of the stderr descriptor; ours can close at once.
+        with open(inv.stderr_path, "wb") as stderr_fh:
+            proc = subprocess.Popen(
+                inv.argv,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr_fh,
+                env=env,
+                cwd=inv.folder,
+                start_new_session=True,  # own process group: a time-out kills its children
+            )
         lines: queue.Queue[object] = queue.Queue(maxsize=10_000)
-        stdin_errors: list[BaseException] = []
-
         stopped = threading.Event()
 
         def pump_stdout() -> None:
             # Bounded queue = back-pressure on a fast connector; the put loop gives up once
-            # the reader has gone (stopped), so this thread always ends.
+            # the reader has gone (stopped), so this thread always ends and closes the pipe.
             assert proc.stdout is not None
             with proc.stdout:
                 for raw in itertools.chain(proc.stdout, [_EOF]):
@@ -351,6 +345,18 @@ class Connector:
                             continue
                     if stopped.is_set():
                         return
+
+        # Started now, not on first `next`: a run whose iterator is never consumed still
+        # has its pipe drained and closed once `close` kills it.
+        threading.Thread(target=pump_stdout, daemon=True).start()
+        self._running[proc.pid] = (proc, container, stopped)
+        return self._messages(inv, proc, stdin, limit, container, started, lines, stopped)
+
+    def _messages(self, inv: Invocation, proc: subprocess.Popen[bytes],
+                  stdin: Iterable[Mapping[str, Any]] | None, limit: float, container: str,
+                  started: float, lines: queue.Queue[object],
+                  stopped: threading.Event) -> Iterator[dict[str, Any]]:
+        stdin_errors: list[BaseException] = []
 
         def feed_stdin() -> None:
             assert proc.stdin is not None
@@ -366,12 +372,15 @@ class Connector:
                     proc.stdin.close()
                 except OSError:
                     pass
+            finally:
+                # A generator input (another connector's read) is closed here, which kills
+                # that connector too when this one stopped reading early.
+                close = getattr(stdin, "close", None)
+                if callable(close):
+                    close()
 
-        threads = [threading.Thread(target=pump_stdout, daemon=True)]
         if stdin is not None:
-            threads.append(threading.Thread(target=feed_stdin, daemon=True))
-        for t in threads:
-            t.start()
+            threading.Thread(target=feed_stdin, daemon=True).start()
         deadline = started + limit
         line_no = 0
         last_error_trace: str | None = None
@@ -444,7 +453,6 @@ class Connector:
                     inv.exit_code = proc.poll()
             self._running.pop(proc.pid, None)
             stopped.set()
-            stderr_fh.close()
 
     def _kill(self, proc: subprocess.Popen[bytes], container: str) -> None:
         if proc.poll() is None:
