@@ -126,6 +126,21 @@ class Fault:
             stream=d.get("stream", "downstream"),
         )
 
+    def on(self, *nodes: int) -> FaultInstance:
+        """This fault on the given servers (for suites that choose the victims themselves)."""
+        if self.kind == "partition":
+            raise NemesisError("a partition is resolved from all nodes: use resolve(nodes, rng)")
+        chosen = tuple(sorted(nodes))
+        down: tuple[int, ...] = ()
+        if self.kind in ("kill", "pause"):
+            down = chosen
+        elif self.kind == "toxic" and self.link == "gossip" and self.toxic in ("down", "timeout"):
+            # Nobody can reach a node whose gossip port is black-holed: it is dead to them.
+            down = chosen
+        if self.kind == "toxic" and self.link == "store":
+            chosen = ()
+        return FaultInstance(fault=self, nodes=chosen, down=down)
+
     def resolve(self, nodes: Sequence[int], rng: random.Random) -> FaultInstance:
         """Choose the affected nodes (and grudge) with `rng`; compute the truth it creates."""
         nodes = sorted(nodes)
@@ -135,16 +150,8 @@ class Fault:
         grudge: dict[int, frozenset[int]] | None = None
         down: list[int] = []
         if self.kind in PROCESS_KINDS or (self.kind == "toxic" and self.link != "store"):
-            chosen = sorted(rng.sample(nodes, _count(self.target, len(nodes))))
-            if self.kind in ("kill", "pause"):
-                down = chosen
-            elif self.kind == "toxic" and self.link == "gossip" and self.toxic in (
-                "down",
-                "timeout",
-            ):
-                # Nobody can reach a node whose gossip port is black-holed: it is dead to them.
-                down = chosen
-        elif self.kind == "partition":
+            return self.on(*rng.sample(nodes, _count(self.target, len(nodes))))
+        if self.kind == "partition":
             grudge = _make_grudge(self.grudge or "", nodes, rng)
             down = _outside_main_component(grudge, nodes)
             chosen = sorted({n for n, g in grudge.items() if g})
