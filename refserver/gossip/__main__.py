@@ -25,6 +25,10 @@ from refserver.gossip.node import GossipNode, JoinFailed
 from refserver.membership import NodeAddress
 
 
+class CannotListen(RuntimeError):
+    pass
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m refserver.gossip",
@@ -51,10 +55,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 async def serve(config: GossipConfig) -> None:
     node = GossipNode(config)
-    server = grpc.aio.server()
+    # without this gRPC sets SO_REUSEPORT and a second node would share the port silently
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     node.add_to_server(server)
     me = config.self_node
-    server.add_insecure_port(f"{me.gossip_host}:{me.gossip_port}")
+    where = f"{me.gossip_host}:{me.gossip_port}"
+    try:
+        server.add_insecure_port(where)
+    except RuntimeError as error:
+        raise CannotListen(
+            f"cannot listen on {where} ({error}); is the port taken or the address not local?"
+        ) from None
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -78,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         me = NodeAddress(args.server_id, args.address, args.port, args.address, args.internal_port)
         config = GossipConfig.from_args(args, me, parse_defects(args.defect))
         asyncio.run(serve(config))
-    except (BadSeedList, UnknownDefect, ValueError, JoinFailed) as error:
+    except (BadSeedList, UnknownDefect, ValueError, JoinFailed, CannotListen) as error:
         print(f"gossip node {args.server_id}: {error}", file=sys.stderr)
         return 2
     return 0

@@ -52,7 +52,7 @@ async def cluster(
     try:
         for config in configs:
             node = GossipNode(config)
-            server = grpc.aio.server()
+            server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
             node.add_to_server(server)
             me = config.self_node
             server.add_insecure_port(f"{me.gossip_host}:{me.gossip_port}")
