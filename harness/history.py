@@ -22,13 +22,17 @@ Op conventions (the checkers read exactly these; producers must write them):
     value = ``{"stream", "key", "payload_id", "shard"}``; `payload_id` is a unique id the
     producer put inside the record's payload, so a read can say which append it saw. The
     `ok` completion repeats the value and adds ``"record_id": [shard, batch, index]``.
-``f="read"`` / ``"fetch"`` / ``"drain"``
+``f="read"`` / ``"fetch"``
     the completion's value = ``{"records": [{"payload_id", "record_id": [shard, batch,
     index], "key", "consumer"}], "final": bool}`` and optionally ``"stream"``,
     ``"subscription"``, ``"consumer"`` and ``"complete": true`` (the read returned the whole
     stream from its start as of when it began: a fresh reader from EARLIEST to the tail).
-    A ``final`` read is the last read of the run (a drain) and is complete by definition.
+    A ``final`` read is the last read of the run and is complete by definition.
     `fetch` is one batch delivered by a subscription (StreamingFetch) to `consumer`.
+``f="drain"``
+    the end of consumption: invoked when the producers are done, completed when the
+    consumers have caught up; value ``{"subscription"}`` (or ``{"stream"}``). Appends
+    acknowledged before its invocation must have been read or delivered by the end.
 ``f="ack"``
     value = ``{"subscription", "consumer", "record_ids": [[shard, batch, index], ...]}``;
     the ack is taken as sent at its `invoke` time.

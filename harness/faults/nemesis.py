@@ -453,6 +453,46 @@ def generate_schedule(
     return Schedule(seed=seed, nodes=tuple(sorted(nodes)), steps=tuple(steps))
 
 
+def schedule_strategy(
+    nodes: Sequence[int],
+    faults: Sequence[Fault] | str,
+    *,
+    max_faults: int = 6,
+    heal_s: tuple[float, float] = (1.0, 10.0),
+    fault_s: tuple[float, float] = (1.0, 10.0),
+) -> Any:
+    """A Hypothesis strategy of schedules (same shape as `generate_schedule`).
+
+    Each cycle is drawn as (fault, a seed for choosing its victims, heal period, fault
+    period), so a failing schedule shrinks toward fewer, shorter, earlier faults. The
+    schedule's JSON, not a seed, is what replays it (`seed` is 0).
+    """
+    from hypothesis import strategies as st
+
+    pool = parse_faults(faults) if isinstance(faults, str) else list(faults)
+    ordered = sorted(nodes)
+
+    def build(cycles: list[tuple[Fault, int, float, float]]) -> Schedule:
+        steps: list[Step] = []
+        t = 0.0
+        for fault, victims_seed, heal, hold in cycles:
+            start = round(t + heal, 3)
+            stop = round(start + hold, 3)
+            instance = fault.resolve(ordered, random.Random(victims_seed))
+            steps += [Step(start, "start", instance), Step(stop, "stop", instance)]
+            t = stop
+        steps.append(Step(t, "heal"))
+        return Schedule(seed=0, nodes=tuple(ordered), steps=tuple(steps))
+
+    cycle = st.tuples(
+        st.sampled_from(pool),
+        st.integers(0, 2**32 - 1),
+        st.floats(*heal_s, allow_nan=False),
+        st.floats(*fault_s, allow_nan=False),
+    )
+    return st.lists(cycle, max_size=max_faults).map(build)
+
+
 # -- applying faults ---------------------------------------------------------------------------
 
 
@@ -525,7 +565,7 @@ class Nemesis:
                 kind = "fail" if isinstance(exc, HarnessError) else classify_error(exc)
                 self.history.complete(inv, kind, value, error=describe_error(exc))
             raise
-        up &= self._down | up
+        up &= self._down  # only what was down can come back up
         self._down |= down
         self._down -= up
         if self.history is None or inv is None:
@@ -705,7 +745,6 @@ class Nemesis:
             attempt("restart the store", c.restart_store)
             self._store_killed = False
         up = set(self._down)
-        self._down.clear()
         if errors:
             raise NemesisError("healing the cluster failed: " + "; ".join(errors))
         return set(), up

@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+from hypothesis import given, settings
 
 from harness.faults.nemesis import (
     FAULTS,
@@ -18,6 +19,7 @@ from harness.faults.nemesis import (
     always_heal_last,
     generate_schedule,
     parse_faults,
+    schedule_strategy,
 )
 
 NODES = [1, 2, 3, 4, 5]
@@ -136,3 +138,14 @@ def test_instances_carry_toxic_attributes():
     d = inst.to_json()
     assert d["fault"]["attributes"] == {"latency": 200, "jitter": 50}
     assert FaultInstance.from_json(d) == inst
+
+
+@settings(max_examples=50, deadline=None)
+@given(schedule_strategy(NODES, "process,partition,gossip-toxics,store"))
+def test_hypothesis_schedules_are_well_formed(schedule):
+    schedule.validate()
+    assert schedule.steps[-1].action == "heal"
+    assert Schedule.from_json(json.loads(schedule.dumps())) == schedule
+    for step in schedule.steps[:-1]:
+        assert set(step.fault.nodes) <= set(NODES)
+        assert set(step.fault.down) <= set(NODES)
