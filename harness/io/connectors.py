@@ -48,16 +48,23 @@ class ConnectorDefinition:
     incremental: IncrementalSettings | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def launch(self, prefer_image: bool = False) -> Launch:
-        """How to run it: the image when asked and defined, else the installed executable."""
+    def launch(self, prefer_image: bool = False, data_dir: Path | None = None) -> Launch:
+        """How to run it: the image when asked and defined, else the installed executable.
+
+        ``data_dir`` (the folder ``{workdir}`` stands for) is mounted into a container at
+        the same path, so a config naming a file there means the same file in both modes.
+        """
         if self.image and (prefer_image or self.package is None):
-            return DockerImage(self.image)
+            mounts = ((data_dir, str(data_dir.resolve())),) if data_dir else ()
+            return DockerImage(self.image, mounts=mounts)
         if self.package is None:
             raise DefinitionError(f"{self.source_file}: neither [package] nor image is defined")
         return LocalExecutable(install(self.package))
 
-    def connector(self, workdir: Path, prefer_image: bool = False) -> Connector:
-        return Connector(self.name, self.launch(prefer_image), workdir)
+    def connector(self, workdir: Path, prefer_image: bool = False,
+                  data_dir: Path | None = None) -> Connector:
+        """A Connector keeping its run evidence under ``workdir``."""
+        return Connector(self.name, self.launch(prefer_image, data_dir), workdir)
 
     def good_config(self, workdir: Path) -> dict[str, Any]:
         """The good config with ``{workdir}`` in string values replaced by ``workdir``."""

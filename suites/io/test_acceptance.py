@@ -42,9 +42,9 @@ SOURCES = load_connectors(kind="source")
 DESTINATIONS = load_connectors(kind="destination")
 
 
-def _connector(defn: ConnectorDefinition, workdir: Path) -> Connector:
+def _connector(defn: ConnectorDefinition, workdir: Path, data_dir: Path) -> Connector:
     try:
-        return defn.connector(workdir)
+        return defn.connector(workdir, data_dir=data_dir)
     except InstallError as exc:
         pytest.fail(f"connector {defn.name} could not be installed:\n{exc}", pytrace=False)
 
@@ -54,7 +54,7 @@ def source(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
            ) -> Iterator[tuple[ConnectorDefinition, Connector, dict[str, Any]]]:
     defn: ConnectorDefinition = request.param
     workdir = tmp_path_factory.mktemp(defn.name)
-    with _connector(defn, workdir) as conn:
+    with _connector(defn, workdir / "runs", workdir) as conn:
         yield defn, conn, defn.good_config(workdir)
 
 
@@ -183,7 +183,7 @@ def _messages() -> list[dict[str, Any]]:
 def destination(request: pytest.FixtureRequest, tmp_path: Path,
                 ) -> Iterator[tuple[ConnectorDefinition, Connector, dict[str, Any]]]:
     defn: ConnectorDefinition = request.param
-    with _connector(defn, tmp_path / "runs") as conn:
+    with _connector(defn, tmp_path / "runs", tmp_path) as conn:
         yield defn, conn, defn.good_config(tmp_path)
 
 
@@ -282,8 +282,8 @@ def test_sync_source_into_destination_loses_nothing(source_defn, destination_def
                                                     tmp_path):
     """Every record the source emitted lands, by primary key, with its last value; every
     state the source emitted is echoed back once the destination has committed it."""
-    with _connector(source_defn, tmp_path / "source") as src, \
-            _connector(destination_defn, tmp_path / "destination") as dst:
+    with _connector(source_defn, tmp_path / "source", tmp_path) as src, \
+            _connector(destination_defn, tmp_path / "destination", tmp_path) as dst:
         _sync_and_account(source_defn, destination_defn, src, dst, tmp_path)
 
 

@@ -70,3 +70,12 @@ def test_image_override_replaces_the_package(tmp_path: Path, monkeypatch: pytest
     defn = load_definition(defn_path)
     assert defn.package is None
     assert defn.launch() == DockerImage("hstream-conformance/source-faker:dev")
+
+
+def test_image_launch_mounts_the_data_dir_at_the_same_path(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(image_override_variable("destination-sqlite"), "some/destination:dev")
+    defn = load_definition(CONNECTORS_DIR / "destination-sqlite.toml")
+    launch = defn.launch(data_dir=tmp_path)
+    assert launch == DockerImage("some/destination:dev",
+                                 mounts=((tmp_path, str(tmp_path.resolve())),))
