@@ -151,6 +151,19 @@ class GossipNode:
     def subscribe(self, callback: Callable[[Member], None]) -> None:
         self._subscribers.append(callback)
 
+    def node_states(self) -> list[tuple[NodeAddress, str]]:
+        """DescribeCluster's serverNodesStatus as the real server builds it, with
+        hstream.server.NodeState names: this node first ("Running" once the cluster is
+        ready, else "Starting"), then alive members "Running" and dead ones "Dead", by id;
+        suspected members are in neither list (serverNodes = the "Running" ones)."""
+        states = [(self._self, "Running" if self._ready else "Starting")]
+        for record in self._table.records():
+            if record.state is MemberState.ALIVE:
+                states.append((record.node, "Running"))
+            elif record.state is MemberState.DEAD:
+                states.append((record.node, "Dead"))
+        return states
+
     def cluster_size(self) -> int:
         return 1 + len(self._table.in_state(MemberState.ALIVE, MemberState.SUSPECT))
 
@@ -671,19 +684,9 @@ class GossipNode:
             return _admin_result("error", "Cluster is not ready!")
         if words == ["status"]:
             rows = [
-                [
-                    str(self._self.id),
-                    "Running" if self._ready else "Starting",
-                    _address(self._self.host, self._self.port),
-                ]
+                [str(node.id), state, _address(node.host, node.port)]
+                for node, state in self.node_states()
             ]
-            for record in self._table.records():
-                if record.state is MemberState.SUSPECT:
-                    continue  # like the real server: suspects are in neither list
-                state = "Running" if record.state is MemberState.ALIVE else "Dead"
-                rows.append(
-                    [str(record.node.id), state, _address(record.node.host, record.node.port)]
-                )
             headers = ["Node ID", "State", "Address"]
             return _admin_result("table", {"headers": headers, "rows": rows})
         return _admin_result(
