@@ -5,7 +5,8 @@ payload; reads are every record in the completion of a read/fetch/drain op, when
 happened (see harness.history for the op shapes). Definitions:
 
 * **lost**: acknowledged (`ok`) before the final read began, and never read. Needs a final
-  read (`"final": true` or `f="drain"`, optionally per `"stream"`); without one the verdict
+  read (`"final": true` or `f="drain"`, optionally scoped by `"stream"` and `"shard"`: a
+  read of one shard judges only that shard's appends); without one the verdict
   is "unknown" and the unread acknowledged appends are counted as `never_read`. Appends
   acknowledged after the final read began and never read are only counted (`unread_late`):
   the final read may legitimately have missed them.
@@ -62,9 +63,9 @@ def check(
     first_read_at: dict[Any, int] = {}
     # payload id -> number of complete reads of its stream, begun after its ack, that had it
     complete_hits: dict[Any, int] = {}
-    # stream (None = every stream) -> invoke times of complete reads
-    complete_reads: dict[Any, list[int]] = {}
-    final_began: dict[Any, int] = {}
+    # (stream, shard) read (None: all of them) -> invoke times of complete / final reads
+    complete_reads: dict[tuple[Any, Any], list[int]] = {}
+    final_began: dict[tuple[Any, Any], int] = {}
     read_began: dict[tuple[Any, str], int] = {}
     start = ops[0].time if ops else 0
     read_count_get = read_count.get
@@ -106,11 +107,11 @@ def check(
             is_final = op.type == "ok" and (bool(v.get("final")) or f == "drain")
             # A drain ends the run but, unlike a final read, need not return everything.
             is_complete = op.type == "ok" and bool(v.get("final") or v.get("complete"))
-            stream = v.get("stream")
+            scope = (v.get("stream"), v.get("shard"))
             if is_final:
-                final_began[stream] = max(final_began.get(stream, began), began)
+                final_began[scope] = max(final_began.get(scope, began), began)
             if is_complete:
-                complete_reads.setdefault(stream, []).append(began)
+                complete_reads.setdefault(scope, []).append(began)
             if not records:
                 continue
             n_reads += 1
@@ -159,8 +160,8 @@ def check(
         if pid in read_count:
             continue
         val = append_value.get(pid, {})
-        stream = val.get("stream")
-        cutoff = final_began.get(stream, final_began.get(None))
+        cutoffs = [final_began[c] for c in _scopes(val) if c in final_began]
+        cutoff = max(cutoffs) if cutoffs else None
         if cutoff is None:
             never_read += 1
         elif acked < cutoff:
@@ -194,10 +195,9 @@ def check(
         latencies.append(latency_ms)
         if not complete_reads:
             continue
-        stream = append_value.get(pid, {}).get("stream")
         after = 0
-        for s in (stream, None) if stream is not None else (None,):
-            began_times = complete_reads.get(s)
+        for scope in _scopes(append_value.get(pid, {})):
+            began_times = complete_reads.get(scope)
             if began_times:
                 after += len(began_times) - bisect_right(began_times, acked)
         missed = after - complete_hits.get(pid, 0)
@@ -229,6 +229,14 @@ def check(
             "to call them lost: end the workload with a final read or drain"
         )
     return result
+
+
+def _scopes(append: dict[str, Any]) -> set[tuple[Any, Any]]:
+    """The (stream, shard) scopes of reads that cover this append (None: any)."""
+    stream = append.get("stream")
+    rid = append.get("record_id")
+    shard = rid[0] if isinstance(rid, list | tuple) and rid else append.get("shard")
+    return {(stream, shard), (stream, None), (None, shard), (None, None)}
 
 
 def _describe(pid: Any, value: dict[str, Any], acked: int, start: int) -> dict[str, Any]:

@@ -141,3 +141,16 @@ def test_result_is_json_serialisable(hb):
     hb.append("a", rid=(1, 1, 0))
     hb.at(1).read([], final=True)
     json.dumps(stream_set.check(hb.ops).to_json())
+
+
+def test_reads_scoped_to_a_shard_judge_only_that_shard(hb):
+    hb.append("a", rid=(1, 1, 0))
+    hb.append("b", rid=(2, 1, 0))
+    hb.at(1).read([("a", (1, 1, 0))], complete=True, stream="s", shard=1)
+    hb.at(2).read([("a", (1, 1, 0))], final=True, stream="s", shard=1)
+    r = stream_set.check(hb.ops)
+    assert r.counts["stale"] == 0 and r.counts["lost"] == 0
+    assert r.valid == "unknown" and r.counts["never_read"] == 1  # shard 2 was never drained
+    hb.at(3).read([], final=True, stream="s", shard=2)
+    r = stream_set.check(hb.ops)
+    assert r.valid is False and r.anomalies["lost"][0]["payload_id"] == "b"
