@@ -99,7 +99,9 @@ class GossipNode:
 
     Use: `add_to_server(server)` before the gRPC server starts, then `await start()`
     (returns once joined; a seed waiting for `server init` returns at once and becomes
-    ready later), finally `await stop()`.
+    ready later; raises JoinFailed, already stopped, when no seed accepts the join within
+    join_timeout), finally `await stop()`. Subscribers are called in the event loop and
+    must not block.
     """
 
     def __init__(self, config: GossipConfig) -> None:
@@ -178,17 +180,21 @@ class GossipNode:
         self._spawn(self._probe_loop())
         self._spawn(self._gossip_loop())
         self._spawn(self._reconnect_loop())
-        running = await self._classify_seeds()
-        if self._is_seed and not self._other_seeds:
-            log.info("node %d: the only seed, the cluster is ready", self._self.id)
-            self._inited = True
-            self._announce_self()
-            self._mark_ready()
-            return
-        if self._is_seed and not running:
-            log.info("node %d: seed waiting for `server init`", self._self.id)
-            return
-        await self._join()
+        try:
+            running = await self._classify_seeds()
+            if self._is_seed and not self._other_seeds:
+                log.info("node %d: the only seed, the cluster is ready", self._self.id)
+                self._inited = True
+                self._announce_self()
+                self._mark_ready()
+                return
+            if self._is_seed and not running:
+                log.info("node %d: seed waiting for `server init`", self._self.id)
+                return
+            await self._join()
+        except BaseException:
+            await self.stop()  # JoinFailed or cancellation: leave no loop or channel behind
+            raise
 
     async def stop(self) -> None:
         """Stop probing and gossiping and close every channel; idempotent."""
