@@ -95,7 +95,8 @@ def check(
             sub = v.get("subscription", "")
             subs[sub] = {
                 "stream": v.get("stream"),
-                "ack_timeout_s": v.get("ack_timeout_s"),
+                # The driver protocol names it ack_timeout (seconds, as ackTimeoutSeconds).
+                "ack_timeout_s": v.get("ack_timeout_s", v.get("ack_timeout")),
                 "offset": str(v.get("offset", "earliest")).lower(),
                 "created": t,
             }

@@ -149,3 +149,14 @@ def test_unknown_ack_timeout_skips_redelivery_rule(hb):
 def test_empty_history():
     r = subscription.check([])
     assert r.valid is True and r.counts["subscriptions"] == 0
+
+
+def test_driver_protocol_subscribe_op_gives_the_ack_timeout(hb):
+    v = {"subscription": "sub", "stream": "s", "ack_timeout": 2, "offset": "earliest"}
+    hb.op("d", "invoke", "subscribe", v)
+    hb.op("d", "ok", "subscribe", v)
+    hb.append("a", rid=(1, 1, 0))
+    hb.at(1).fetch([("a", (1, 1, 0))], "c1")
+    hb.at(100).fetch([("b", (1, 2, 0))], "c1")
+    _drain(hb)
+    assert subscription.check(hb.ops).counts["not_redelivered"] == 1
