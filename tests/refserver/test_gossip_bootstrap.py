@@ -218,6 +218,8 @@ def test_unreachable_seeds_fail_the_join_with_one_clear_error() -> None:
             assert "no seed accepted" in text and "127.0.0.1:17260" in text, text
             assert "127.0.0.2:17260" in text and "UNAVAILABLE" in text, text
             assert took < 1.0 + 3.0, f"join gave up after {took:.1f} s, timeout was 1 s"
+            left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            assert not [t for t in left if "GossipNode" in repr(t)], left
 
     run(scenario())
 
