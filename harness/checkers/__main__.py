@@ -1,5 +1,5 @@
 """`python -m harness.checkers <history.jsonl> [--checker NAME ...]`."""
 
-from harness.checkers.cli import main
+from harness.checkers.commands import main
 
 raise SystemExit(main())

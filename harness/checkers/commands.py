@@ -1,8 +1,8 @@
-"""`python -m harness.checkers <history.jsonl>`: re-judge a saved history.
+"""`hstream-conformance check <history.jsonl>` (also `python -m harness.checkers`).
 
-The same arguments back `hstream-conformance check`: register them with `add_arguments`
-on a subparser and call `run(args)`. Exit status: 0 valid or unknown, 1 invalid, 2 when the
-history or the options are unusable.
+Re-judges a saved history. Exit status: 0 valid or unknown, 1 invalid, 2 when the history
+or the options are unusable. Registered with the CLI on import (harness.cli loads every
+`harness/*/commands.py`).
 """
 
 from __future__ import annotations
@@ -98,3 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))
+
+
+def _register() -> None:
+    from harness.cli import register_command
+
+    register_command("check", "re-judge a saved history with the checkers", add_arguments, run)
+
+
+_register()
