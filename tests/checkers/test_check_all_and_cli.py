@@ -87,3 +87,14 @@ def test_cli_unusable_input_is_one_line_exit_2(tmp_path):
     empty.write_text("")
     nothing = _run(str(empty))
     assert nothing.returncode == 2 and "no ops any checker judges" in nothing.stderr
+
+
+def test_registered_as_hstream_conformance_check(hb, tmp_path):
+    lossy = write_ops(_lossy_history(hb), tmp_path / "lossy.jsonl")
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main())",
+         "check", str(lossy)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "verdict: INVALID" in done.stdout
