@@ -121,14 +121,15 @@ def test_single_seed_cluster_converges(size: int) -> None:
     run(scenario())
 
 
-def test_several_seeds_wait_for_init_then_all_become_ready() -> None:
-    base = 17100
-    seeds = [(f"127.0.0.{i}", base) for i in (1, 2, 3)]
+@pytest.mark.parametrize("seed_count", [3, 5], ids=["3-seeds-2-joiners", "all-5-seeds"])
+def test_several_seeds_wait_for_init_then_all_become_ready(seed_count: int) -> None:
+    base = 17100 + seed_count
+    seeds = [(f"127.0.0.{i}", base) for i in range(1, seed_count + 1)]
     configs = [fast(address(i, base), seeds) for i in range(1, 6)]
 
     async def scenario() -> None:
         async with cluster(configs) as nodes:
-            seed_nodes, joiners = nodes[:3], nodes[3:]
+            seed_nodes, joiners = nodes[:seed_count], nodes[seed_count:]
             await asyncio.gather(*(n.start() for n in seed_nodes))
             joining = [asyncio.ensure_future(n.start()) for n in joiners]
             await asyncio.sleep(1.0)
@@ -137,7 +138,7 @@ def test_several_seeds_wait_for_init_then_all_become_ready() -> None:
             ready = json.loads(await nodes[0].admin("server ready"))
             assert ready == {"type": "error", "content": "Cluster is not ready!"}
             status = json.loads(await nodes[0].admin("server status"))
-            assert status["content"]["rows"][0] == ["1", "Starting", "127.0.0.1:17150"]
+            assert status["content"]["rows"][0] == ["1", "Starting", f"127.0.0.1:{base + 50}"]
 
             init = json.loads(await nodes[1].admin("server init"))
             assert init == {"type": "plain", "content": "Server successfully received init signal"}
