@@ -27,7 +27,9 @@ from refserver.io.metadata import Checkpoint
 from refserver.io.streams import StreamShards
 from refserver.protos import Store_pb2, Store_pb2_grpc
 
-READ_ENTRIES = 50
+# Entries per store Read: a batch is up to BATCH_RECORDS records of a few KB each, and
+# a reply must stay under gRPC's default 4 MiB message limit.
+READ_ENTRIES = 8
 IDLE_POLL_S = 0.2
 # How long a clean stop waits for the destination to commit and exit.
 _DRAIN_S = 15.0
