@@ -292,6 +292,7 @@ def _sync_and_account(source_defn: ConnectorDefinition, destination_defn: Connec
     src_config = source_defn.good_config(tmp_path)
     dst_config = destination_defn.good_config(tmp_path)
     catalog = acc.check_discover(src, src_config)
+    assert source_defn.incremental is not None  # _pairs() keeps incremental sources only
     stream = source_defn.incremental.stream
     configured = acc.configure_catalog(catalog, "incremental", streams=[stream],
                                        destination_sync_mode="append_dedup")
