@@ -97,6 +97,20 @@ _CHECKS = [
     Check("api.properties.key-routing", "§2", "generated keys: one shard each, by MD5, same on every node"),
     Check("api.properties.payload-roundtrip", "§1", "generated payloads/attributes/batches round-trip"),
     Check("api.model.state-machine", "§1-§5", "random API programs agree with an in-memory model"),
+    # HStream IO: Airbyte connector acceptance (Airbyte protocol, spec/check/discover/read/write)
+    Check("io.source.spec", "Airbyte", "spec is a valid JSON schema; a good config validates against it"),
+    Check("io.source.check", "Airbyte", "check succeeds with a good config"),
+    Check("io.source.check-bad-config", "Airbyte", "check with a bad config is CONNECTION_STATUS FAILED, not a crash"),
+    Check("io.source.read-bad-config", "Airbyte", "read with a bad config fails with a trace message, not garbage"),
+    Check("io.source.discover", "Airbyte", "discover gives a valid catalog"),
+    Check("io.source.read", "Airbyte", "records conform to their stream schemas; STATE messages are well formed"),
+    Check("io.source.read-repeatable", "Airbyte", "two full-refresh reads agree"),
+    Check("io.source.incremental", "Airbyte", "a read from the last STATE returns only newer records"),
+    Check("io.destination.spec", "Airbyte", "the destination's spec is a valid JSON schema"),
+    Check("io.destination.check", "Airbyte", "the destination's check succeeds / fails cleanly"),
+    Check("io.destination.state-after-commit", "Airbyte", "STATE is echoed only after the records before it are committed"),
+    Check("io.destination.write", "Airbyte", "written records land in the destination by primary key"),
+    Check("io.sync.accounted", "Airbyte", "a source→destination sync accounts for every record by primary key"),
 ]
 
 CATALOGUE: dict[str, Check] = {check.id: check for check in _CHECKS}
