@@ -26,7 +26,12 @@ def _stale() -> bool:
     for name in PROTOS:
         source = PROTO_DIR / name
         stem = name[: -len(".proto")]
-        for generated in (PROTO_DIR / f"{stem}_pb2.py", PROTO_DIR / f"{stem}_pb2_grpc.py"):
+        generated_files = (
+            PROTO_DIR / f"{stem}_pb2.py",
+            PROTO_DIR / f"{stem}_pb2.pyi",
+            PROTO_DIR / f"{stem}_pb2_grpc.py",
+        )
+        for generated in generated_files:
             if not generated.exists() or generated.stat().st_mtime < source.stat().st_mtime:
                 return True
     return False
@@ -66,6 +71,7 @@ def generate() -> None:
             f"--proto_path={IMPORT_ROOT}",
             f"--descriptor_set_in={descriptor_set}",
             f"--python_out={IMPORT_ROOT}",
+            f"--pyi_out={IMPORT_ROOT}",  # type stubs, so mypy can check the code using them
             f"--grpc_python_out={IMPORT_ROOT}",
             *(f"refserver/protos/{name}" for name in PROTOS),
         ]
