@@ -1,0 +1,391 @@
+"""HStream IO pipeline: source connector → stream → sink connector through a cluster.
+
+Faker's `users` (a seeded source) is created as a SOURCE connector writing into a stream
+and the harness's SQLite destination as a SINK connector reading it, on a three-node
+cluster, through the connector RPCs only. Every record is accounted for by primary key:
+what the source emits (a direct read of the same seeded config, outside the cluster), what
+the stream holds (read back with shard readers), and what the sink wrote (the SQLite file,
+appended so that every copy it received is a row). Faults: none; the source connector's
+process SIGKILLed mid-read; the server running the tasks SIGKILLed; pause and resume.
+
+The per-fault figures (emitted, written to the stream, read by the sink, duplicates and
+where they came from) are attached as `figures:io-accounting`.
+
+On the reference target, connectors come from the node's connector catalogue, which this
+suite writes and hands over in $REFSERVER_IO_CONNECTORS (the `--io-connectors` default).
+Each connector command is wrapped so that its pid is recorded: that is how the suite finds
+the process to kill, as a user would find a task's container on real HStreamDB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format, struct_pb2
+from HStream.Server import HStreamApi_pb2 as api
+
+from harness import wire
+from harness.io import acceptance as acc
+from harness.io import pipeline
+from harness.io.connectors import ConnectorDefinition, load_connectors
+from harness.io.install import InstallError
+
+pytestmark = [pytest.mark.slow, pytest.mark.chaos]
+
+CATALOGUE_ENV = "REFSERVER_IO_CONNECTORS"
+COUNT = 2000
+# Faker's users with always_updated: every record carries the wall clock in `updated_at`,
+# so a read resumed from a STATE re-emits users as newer versions; `updated_at` is the
+# one field that differs from the direct read (the definition's volatile field).
+FAKER = {"count": COUNT, "seed": 42, "records_per_slice": 100, "parallelism": 1,
+         "always_updated": True}
+DEADLINE_S = 180.0
+CALL_TIMEOUT_S = 10.0
+EARLIEST = api.ShardOffset(specialOffset=api.SpecialOffset.EARLIEST)
+
+
+# The connector catalogue (reference target) -------------------------------------------------
+
+
+def _definition(name: str) -> ConnectorDefinition:
+    for defn in load_connectors():
+        if defn.name == name:
+            return defn
+    raise AssertionError(f"no connector definition {name!r} in fixtures/connectors")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def connector_catalogue(request: pytest.FixtureRequest,
+                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Write the catalogue and export it before the module's cluster starts."""
+    spec = request.getfixturevalue("cluster_spec")
+    if spec.target_kind != "reference" or spec.backend != "local":
+        pytest.skip("the IO pipeline suite runs connectors as local programs of a reference "
+                    f"cluster; target {spec.target} on backend {spec.backend} would need "
+                    "connector images in its source-images/sink-images (not configured)")
+    folder = tmp_path_factory.mktemp("io-catalogue")
+    wrapper = 'echo "$$ $1" >> "$CONNECTOR_PIDS"; exec "$0" "$@"'
+
+    def entry(name: str) -> dict[str, Any]:
+        try:
+            exe = _definition(name).launch().path  # type: ignore[union-attr]
+        except InstallError as exc:
+            pytest.fail(f"connector {name} could not be installed:\n{exc}", pytrace=False)
+        return {"command": ["sh", "-c", wrapper, str(exe)],
+                "env": {"CONNECTOR_PIDS": str(folder / f"{name}.pids")}}
+
+    path = folder / "connectors.json"
+    path.write_text(json.dumps({"sources": {"faker": entry("source-faker")},
+                                "sinks": {"sqlite": entry("destination-sqlite")}}, indent=2))
+    previous = os.environ.get(CATALOGUE_ENV)
+    os.environ[CATALOGUE_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop(CATALOGUE_ENV, None)
+        else:
+            os.environ[CATALOGUE_ENV] = previous
+
+
+def recorded_pids(catalogue: Path, connector: str, subcommand: str) -> list[int]:
+    path = catalogue.parent / f"{connector}.pids"
+    if not path.exists():
+        return []
+    return [int(parts[0]) for parts in (line.split() for line in path.read_text().splitlines())
+            if parts[1:2] == [subcommand]]
+
+
+# What the source emits, outside the cluster -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emitted(tmp_path_factory: pytest.TempPathFactory) -> pipeline.Keyed:
+    """Key → record of a direct read of the same seeded config (the source's truth)."""
+    defn = _definition("source-faker")
+    workdir = tmp_path_factory.mktemp("faker-direct")
+    with defn.connector(workdir / "runs", data_dir=workdir) as source:
+        configured = acc.configure_catalog(source.discover(FAKER), "full_refresh", ["users"])
+        records = [m["record"] for m in source.read(FAKER, configured) if m["type"] == "RECORD"]
+    return _without_volatile(pipeline.records_by_key(records, configured))
+
+
+def _without_volatile(keyed: pipeline.Keyed) -> pipeline.Keyed:
+    return {s: {k: {f: v for f, v in row.items() if f != "updated_at"} for k, row in rows.items()}
+            for s, rows in keyed.items()}
+
+
+# RPC helpers ----------------------------------------------------------------------------------
+
+
+class Pipeline:
+    """One source → stream → sink pipeline on the cluster, spoken to over RPCs."""
+
+    def __init__(self, endpoints: list[str], tag: str, database: Path) -> None:
+        self.endpoints = endpoints
+        self.stream = f"io_{tag}_{uuid.uuid4().hex[:6]}"
+        self.source = f"{self.stream}_faker"
+        self.sink = f"{self.stream}_sqlite"
+        self.database = database
+
+    def call(self, method: str, request: Any) -> Any:
+        """Call on the first node that answers (any node serves the connector RPCs)."""
+        last: grpc.RpcError | None = None
+        for endpoint in self.endpoints:
+            try:
+                return getattr(wire.stub(endpoint), method)(request, timeout=CALL_TIMEOUT_S)
+            except grpc.RpcError as error:
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE,  # type: ignore[attr-defined]
+                                        grpc.StatusCode.DEADLINE_EXCEEDED):
+                    pytest.fail(f"{method} failed: {wire.WireError.of(error)}", pytrace=False)
+                last = error
+        pytest.fail(f"{method}: no node answered; last error {last}", pytrace=False)
+
+    def create(self) -> None:
+        self.call("CreateStream", api.Stream(streamName=self.stream, replicationFactor=1,
+                                             shardCount=2))
+        self.call("CreateConnector", api.CreateConnectorRequest(
+            name=self.sink, type="SINK", target="sqlite",
+            config=json.dumps({"stream": self.stream, "airbyte_stream": "users",
+                               "database_path": str(self.database)})))
+        self.call("CreateConnector", api.CreateConnectorRequest(
+            name=self.source, type="SOURCE", target="faker",
+            config=json.dumps({"stream": self.stream, "airbyte_stream": "users", **FAKER})))
+
+    def connector(self, name: str) -> api.Connector:
+        return self.call("GetConnector", api.GetConnectorRequest(name=name))
+
+    def logs(self, name: str) -> str:
+        connector = self.connector(name)
+        try:
+            return wire.stub(connector.node).GetConnectorLogs(
+                api.GetConnectorLogsRequest(name=name), timeout=CALL_TIMEOUT_S).logs
+        except grpc.RpcError as error:
+            return f"(logs unavailable from {connector.node}: {wire.WireError.of(error)})"
+
+    def stream_records(self) -> list[dict[str, Any]]:
+        """Every record in the stream, from the earliest, through shard readers."""
+        shards = self.call("ListShards", api.ListShardsRequest(streamName=self.stream)).shards
+        out: list[dict[str, Any]] = []
+        for shard in shards:
+            reader = f"io-reader-{uuid.uuid4().hex[:10]}"
+            self.call("CreateShardReader", api.CreateShardReaderRequest(
+                streamName=self.stream, shardId=shard.shardId, readerId=reader,
+                shardOffset=EARLIEST, timeout=200))
+            owner = self.call("LookupShardReader", api.LookupShardReaderRequest(readerId=reader))
+            hstream = wire.stub(wire.endpoint_of(owner.serverNode))
+            try:
+                for _ in range(10_000):
+                    reply = hstream.ReadShard(api.ReadShardRequest(readerId=reader,
+                                                                   maxRecords=500),
+                                              timeout=CALL_TIMEOUT_S)
+                    if not reply.receivedRecords:
+                        break
+                    for received in reply.receivedRecords:
+                        for record in wire.unbatch(received.record):
+                            out.append({"shard": shard.shardId, "key": record.header.key,
+                                        "data": _struct(record.payload)})
+            finally:
+                hstream.DeleteShardReader(api.DeleteShardReaderRequest(readerId=reader),
+                                          timeout=CALL_TIMEOUT_S)
+        return out
+
+    def sink_rows(self) -> list[dict[str, Any]]:
+        if not self.database.exists():
+            return []
+        with closing(sqlite3.connect(self.database)) as conn:
+            try:
+                return [json.loads(r[0]) for r in conn.execute('SELECT data FROM "airbyte_users"')]
+            except sqlite3.OperationalError:  # not created yet
+                return []
+
+
+def _struct(payload: bytes) -> dict[str, Any]:
+    struct = struct_pb2.Struct()
+    struct.ParseFromString(payload)
+    return json_format.MessageToDict(struct)
+
+
+def _id(data: dict[str, Any]) -> int:
+    return int(data["id"])
+
+
+def endpoints_of(cluster: Any) -> list[str]:
+    return [url.removeprefix("hstream://") for url in cluster.client_urls()]
+
+
+def wait_for(what: str, check: Callable[[], Any], evidence: Callable[[], Any],
+             timeout: float = DEADLINE_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting until {what}; seen:\n"
+                        f"{evidence()}", pytrace=False)
+        time.sleep(0.5)
+
+
+# Accounting ---------------------------------------------------------------------------------
+
+
+def account(p: Pipeline, emitted: pipeline.Keyed, fault: str,
+            fault_facts: dict[str, Any]) -> dict[str, Any]:
+    in_stream = p.stream_records()
+    rows = p.sink_rows()
+    stream_copies = Counter(_id(r["data"]) for r in in_stream)
+    sink_copies = Counter(_id(r) for r in rows)
+    # Struct numbers come back as doubles; 48.0 == 48, so values still compare exactly.
+    stream_keyed = _without_volatile({"users": {(_id(r["data"]),): r["data"]
+                                                for r in in_stream}})
+    sink_keyed = _without_volatile({"users": {(_id(r),): r for r in rows}})
+    to_stream = pipeline.account(emitted, stream_keyed)
+    to_sink = pipeline.account(emitted, sink_keyed)
+    bad_keys = [r["key"] for r in in_stream if r["key"] != str(_id(r["data"]))]
+    return {
+        "fault": fault,
+        **fault_facts,
+        "emitted": len(emitted["users"]),
+        "stream_records": len(in_stream),
+        "stream_distinct": len(stream_copies),
+        "stream_duplicates": sum(n - 1 for n in stream_copies.values()),
+        "sink_rows": len(rows),
+        "sink_distinct": len(sink_copies),
+        "sink_duplicates": sum(n - 1 for n in sink_copies.values()),
+        # Copies the sink wrote beyond what the stream holds: re-sent after its checkpoint.
+        "sink_resent": sum(max(sink_copies[k] - stream_copies.get(k, 0), 0)
+                           for k in sink_copies),
+        "sink_missing_copies": sum(max(stream_copies[k] - sink_copies.get(k, 0), 0)
+                                   for k in stream_copies),
+        "wrong_partition_keys": len(bad_keys),
+        "stream_vs_emitted": to_stream.figures["users"],
+        "sink_vs_emitted": to_sink.figures["users"],
+        "_verdicts": (to_stream, to_sink, stream_copies, sink_copies),
+    }
+
+
+def finish(p: Pipeline, emitted: pipeline.Keyed, evidence: Any, fault: str,
+           facts: dict[str, Any]) -> tuple[dict[str, Any], Counter[int]]:
+    """Wait for the source to complete and the sink to catch up, then judge."""
+    def source_done() -> bool:
+        return p.connector(p.source).status == "COMPLETED"
+    wait_for("the source connector completes", source_done,
+             lambda: f"status {p.connector(p.source).status}\n{p.logs(p.source)}")
+
+    def sink_caught_up() -> bool:
+        stream_n = len(p.stream_records())
+        return len(p.sink_rows()) >= stream_n and len({_id(r) for r in p.sink_rows()}) >= COUNT
+    wait_for("the sink wrote every record of the stream", sink_caught_up,
+             lambda: f"{len(p.sink_rows())} sink rows; sink logs:\n{p.logs(p.sink)}")
+    figures = account(p, emitted, fault, facts)
+    to_stream, to_sink, stream_copies, sink_copies = figures.pop("_verdicts")
+    evidence.figures("io-accounting", figures)
+    assert to_stream.valid, f"stream vs emitted ({fault}):\n{to_stream.explain()}\n{figures}"
+    assert to_sink.valid, f"sink vs emitted ({fault}):\n{to_sink.explain()}\n{figures}"
+    assert figures["wrong_partition_keys"] == 0, figures
+    # A sink writes what the stream holds: every copy in the stream reaches it.
+    assert figures["sink_missing_copies"] == 0, figures
+    for name in (p.source, p.sink):
+        p.call("DeleteConnector", api.DeleteConnectorRequest(name=name))
+    return figures, stream_copies
+
+
+# The suite ------------------------------------------------------------------------------------
+
+
+def test_pipeline_healthy(cluster: Any, emitted: pipeline.Keyed, evidence: Any,
+                          tmp_path: Path) -> None:
+    p = Pipeline(endpoints_of(cluster), "healthy", tmp_path / "out.sqlite")
+    p.create()
+    figures, _ = finish(p, emitted, evidence, "none", {})
+    assert figures["stream_duplicates"] == 0 and figures["sink_duplicates"] == 0, figures
+
+
+def test_pipeline_connector_killed_mid_read(cluster: Any, emitted: pipeline.Keyed,
+                                            evidence: Any, connector_catalogue: Path,
+                                            tmp_path: Path) -> None:
+    before = set(recorded_pids(connector_catalogue, "source-faker", "read"))
+    p = Pipeline(endpoints_of(cluster), "connkill", tmp_path / "out.sqlite")
+    p.create()
+    appended = wait_for("the stream holds a quarter of the records",
+                        lambda: (lambda n: n if n >= COUNT // 4 else 0)(len(p.stream_records())),
+                        lambda: p.logs(p.source))
+    reads = [pid for pid in recorded_pids(connector_catalogue, "source-faker", "read")
+             if pid not in before]
+    assert reads, "no read run of the source connector was recorded"
+    checkpoint = [json_format.MessageToDict(o) for o in p.connector(p.source).offsets]
+    os.kill(reads[-1], signal.SIGKILL)
+    facts = {"killed_pid": reads[-1], "stream_records_at_kill": appended,
+             "checkpoint_at_kill": checkpoint}
+    figures, stream_copies = finish(p, emitted, evidence, "connector-sigkill", facts)
+    runs = [pid for pid in recorded_pids(connector_catalogue, "source-faker", "read")
+            if pid not in before]
+    assert len(runs) == 2, f"expected the killed read and one resumed read, saw pids {runs}"
+    # Faker re-emits every user on a resumed read (always_updated), so each key is in the
+    # stream at most twice: once from the killed run, once from the resume.
+    assert max(stream_copies.values()) <= 2, figures
+
+
+def test_pipeline_pause_and_resume(cluster: Any, emitted: pipeline.Keyed, evidence: Any,
+                                   tmp_path: Path) -> None:
+    p = Pipeline(endpoints_of(cluster), "pause", tmp_path / "out.sqlite")
+    p.create()
+    wait_for("the sink wrote a tenth of the records",
+             lambda: len(p.sink_rows()) >= COUNT // 10, lambda: p.logs(p.sink))
+    for name in (p.source, p.sink):
+        p.call("PauseConnector", api.PauseConnectorRequest(name=name))
+        assert p.connector(name).status == "STOPPED"
+    time.sleep(3.0)  # let the owners stop the tasks (they reconcile twice a second)
+    stream_paused, sink_paused = len(p.stream_records()), len(p.sink_rows())
+    time.sleep(3.0)
+    stream_later, sink_later = len(p.stream_records()), len(p.sink_rows())
+    assert (stream_later, sink_later) == (stream_paused, sink_paused), \
+        f"paused connectors kept moving: stream {stream_paused}->{stream_later}, " \
+        f"sink {sink_paused}->{sink_later}"
+    for name in (p.source, p.sink):
+        p.call("ResumeConnector", api.ResumeConnectorRequest(name=name))
+    figures, _ = finish(p, emitted, evidence, "pause-resume",
+                     {"stream_records_while_paused": stream_paused,
+                      "sink_rows_while_paused": sink_paused})
+    # The sink stops cleanly (its last STATE is echoed before it exits): nothing re-sent.
+    assert figures["sink_resent"] == 0, figures
+
+
+def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[..., Any],
+                                                  emitted: pipeline.Keyed, evidence: Any,
+                                                  tmp_path: Path) -> None:
+    cluster = cluster_factory()
+    p = Pipeline(endpoints_of(cluster), "srvkill", tmp_path / "out.sqlite")
+    p.create()
+    appended = wait_for("the stream holds a quarter of the records",
+                        lambda: (lambda n: n if n >= COUNT // 4 else 0)(len(p.stream_records())),
+                        lambda: p.logs(p.source))
+    runner = p.connector(p.source).node
+    victims = [n for n in cluster.nodes if str(n.client) == runner]
+    assert victims, f"connector node {runner!r} is none of {[str(n.client) for n in cluster.nodes]}"
+    victim = victims[0]
+    sink_node = p.connector(p.sink).node
+    cluster.kill(victim.id)
+    p.endpoints = [f"{n.client}" for n in cluster.nodes if n.id != victim.id]
+
+    def moved() -> str:
+        node = p.connector(p.source).node
+        return node if node and node != runner else ""
+    new_runner = wait_for("another node runs the source", moved, lambda: p.connector(p.source))
+    facts = {"killed_node": victim.id, "source_ran_on": runner, "source_moved_to": new_runner,
+             "sink_ran_on_killed_node": sink_node == runner,
+             "stream_records_at_kill": appended}
+    finish(p, emitted, evidence, "server-sigkill", facts)
