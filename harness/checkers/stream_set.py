@@ -35,6 +35,7 @@ from harness.checkers.result import NS_PER_MS, Result, add_anomaly, quantiles, w
 from harness.history import READ_FS, History, Op, as_ops
 
 NAME = "stream-set"
+_SEQUENCES = (list, tuple)
 
 
 @without_gc
@@ -185,6 +186,7 @@ def check(
     # Stale: complete reads of the append's stream begun after its ack, minus those that had it.
     for times in complete_reads.values():
         times.sort()
+    complete_scopes = list(complete_reads.items())
     latencies: list[float] = []
     stale_latencies: list[float] = []
     for pid, acked in acked_at.items():
@@ -195,10 +197,10 @@ def check(
         latencies.append(latency_ms)
         if not complete_reads:
             continue
+        stream, shard = _stream_shard(append_value.get(pid, {}))
         after = 0
-        for scope in _scopes(append_value.get(pid, {})):
-            began_times = complete_reads.get(scope)
-            if began_times:
+        for (s_stream, s_shard), began_times in complete_scopes:
+            if (s_stream is None or s_stream == stream) and (s_shard is None or s_shard == shard):
                 after += len(began_times) - bisect_right(began_times, acked)
         missed = after - complete_hits.get(pid, 0)
         if missed > 0:
@@ -231,11 +233,15 @@ def check(
     return result
 
 
+def _stream_shard(append: dict[str, Any]) -> tuple[Any, Any]:
+    rid = append.get("record_id")
+    shard = rid[0] if isinstance(rid, _SEQUENCES) and rid else append.get("shard")
+    return append.get("stream"), shard
+
+
 def _scopes(append: dict[str, Any]) -> set[tuple[Any, Any]]:
     """The (stream, shard) scopes of reads that cover this append (None: any)."""
-    stream = append.get("stream")
-    rid = append.get("record_id")
-    shard = rid[0] if isinstance(rid, list | tuple) and rid else append.get("shard")
+    stream, shard = _stream_shard(append)
     return {(stream, shard), (stream, None), (None, shard), (None, None)}
 
 
