@@ -1,0 +1,176 @@
+"""One reference server node: the client API on --port, gossip on --internal-port, both
+over one store connection.
+
+Start order: store reachable (Ping) → gossip and API servers listening → gossip joins
+the cluster (a seed of a multi-seed cluster returns at once and waits for `server init`,
+which reaches it through SendAdminCommand on the API port) → subscriptions start →
+"Server is started on port N" is logged. `stop()` undoes it in reverse and is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+
+import grpc
+
+from refserver.api.catalog import Catalog
+from refserver.api.cluster import ClusterService
+from refserver.api.ownership import Ownership
+from refserver.api.readers import ReaderService
+from refserver.api.servicer import build_handler
+from refserver.api.shard_reads import ShardLog, TailSignals
+from refserver.api.streams import StreamService
+from refserver.api.subscriptions import SubscriptionService
+from refserver.auth import TokenAuthInterceptor
+from refserver.gossip.config import GossipConfig
+from refserver.gossip.node import GossipNode
+from refserver.membership import NodeAddress
+from refserver.protos import Store_pb2, Store_pb2_grpc
+
+log = logging.getLogger("refserver")
+
+STORE_CHECK_SECONDS = 5.0
+# Batches up to --max-record-size plus read answers of many batches; headroom over both.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class StartupError(Exception):
+    """The node cannot start; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    server_id: int
+    port: int
+    internal_port: int
+    bind_address: str
+    advertised_address: str
+    advertised_port: int
+    gossip_address: str
+    advertised_gossip_port: int
+    store: str
+    tokens: frozenset[str]
+    defects: frozenset[str]
+    max_record_size: int
+    gossip: GossipConfig
+    log_level: str = "info"
+
+    @property
+    def address(self) -> NodeAddress:
+        return self.gossip.self_node
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """Fail with one clear line instead of gRPC's C-core log when a port is taken."""
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[
+            0
+        ]
+    except socket.gaierror as error:
+        raise StartupError(f"cannot resolve --bind-address {host}: {error}") from None
+    with socket.socket(family, kind, proto) as probe:
+        # gRPC sets SO_REUSEADDR too, so a port in TIME_WAIT counts as free, as for gRPC.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as error:
+            raise StartupError(
+                f"cannot listen on {host}:{port} ({flag}): {error.strerror}; pick a free port"
+            ) from None
+
+
+def _listen(server: grpc.aio.Server, host: str, port: int, flag: str) -> None:
+    check_port_free(host, port, flag)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise StartupError(f"cannot listen on {host}:{port} ({flag}); pick a free port")
+
+
+class RefServerNode:
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self._store_channel: grpc.aio.Channel | None = None
+        self._api_server: grpc.aio.Server | None = None
+        self._gossip_server: grpc.aio.Server | None = None
+        self._gossip: GossipNode | None = None
+        self._subscriptions: SubscriptionService | None = None
+        self._stopped = False
+
+    async def _check_store(self, stub: Store_pb2_grpc.StoreStub) -> None:
+        try:
+            await stub.Ping(Store_pb2.Empty(), timeout=STORE_CHECK_SECONDS, wait_for_ready=True)
+        except grpc.aio.AioRpcError as error:
+            raise StartupError(
+                f"the store at --store {self.settings.store} is not reachable within "
+                f"{STORE_CHECK_SECONDS:g} s ({error.code().name}); start it first "
+                "(python -m refserver.store) or fix the address"
+            ) from None
+
+    async def start(self) -> None:
+        s = self.settings
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        self._store_channel = grpc.aio.insecure_channel(s.store, options=options)
+        store = Store_pb2_grpc.StoreStub(self._store_channel)
+        await self._check_store(store)
+
+        gossip = self._gossip = GossipNode(s.gossip)
+        # Without so_reuseport=0 gRPC lets a second process share the port silently.
+        self._gossip_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        gossip.add_to_server(self._gossip_server)
+        _listen(self._gossip_server, s.bind_address, s.internal_port, "--internal-port")
+
+        signals = TailSignals()
+        shard_log = ShardLog(store, s.defects, signals)
+        ownership = Ownership(store, gossip, s.defects)
+        self._subscriptions = SubscriptionService(store, gossip, ownership, s.defects, s.address)
+        components = [
+            StreamService(store, shard_log, signals, s.defects, s.max_record_size),
+            ReaderService(Catalog(store), shard_log, ownership),
+            ClusterService(gossip, ownership, gossip),
+            self._subscriptions,
+        ]
+        interceptors = [TokenAuthInterceptor(s.tokens)] if s.tokens else []
+        self._api_server = grpc.aio.server(
+            interceptors=interceptors, options=[*options, ("grpc.so_reuseport", 0)]
+        )
+        self._api_server.add_generic_rpc_handlers([build_handler(components)])
+        _listen(self._api_server, s.bind_address, s.port, "--port")
+
+        await self._gossip_server.start()
+        await self._api_server.start()
+        await gossip.start()
+        await self._subscriptions.start()
+        log.info("Server is started on port %d", s.port)
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._api_server is not None:
+            await self._api_server.stop(grace=1.0)
+        if self._subscriptions is not None:
+            await self._subscriptions.stop()
+        if self._gossip is not None:
+            await self._gossip.stop()
+        if self._gossip_server is not None:
+            await self._gossip_server.stop(grace=None)
+        if self._store_channel is not None:
+            await self._store_channel.close()
+
+
+async def run_until_signalled(node: RefServerNode, stop: asyncio.Event) -> None:
+    try:
+        await node.start()
+        await stop.wait()
+        log.info("Server is stopping")
+    finally:
+        await node.stop()
