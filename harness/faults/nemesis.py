@@ -132,10 +132,11 @@ class Fault:
             raise NemesisError("a partition is resolved from all nodes: use resolve(nodes, rng)")
         chosen = tuple(sorted(nodes))
         down: tuple[int, ...] = ()
+        # Only a stopped process is down. A toxic on a node's gossip proxy cuts what reaches
+        # the node, not what it sends: it still pings the others and hears through their acks
+        # that it is suspected, so correct SWIM refutes and the node stays a member (measured
+        # as false suspicions and flaps). Cutting a node off both ways is a partition.
         if self.kind in ("kill", "pause"):
-            down = chosen
-        elif self.kind == "toxic" and self.link == "gossip" and self.toxic in ("down", "timeout"):
-            # Nobody can reach a node whose gossip port is black-holed: it is dead to them.
             down = chosen
         if self.kind == "toxic" and self.link == "store":
             chosen = ()
