@@ -33,7 +33,7 @@ def bring_up_once(backend: str, nodes: int, toxiproxy: bool, run: int) -> tuple[
         nodes=nodes, backend=backend, toxiproxy=toxiproxy, base_port=BASE_PORT, session=session
     )
     began = time.monotonic()
-    cluster = backend_for(spec).start(spec)
+    cluster = backend_for(spec, progress=lambda line: None).start(spec)
     up = time.monotonic() - began
     began = time.monotonic()
     cluster.stop()
