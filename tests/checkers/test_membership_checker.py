@@ -156,3 +156,8 @@ def test_agreement_lost_for_longer_than_the_bound_is_not_converged(hb):
     assert r.valid is False
     bad = r.anomalies["not_converged"][0]
     assert bad["agreement_s"] == 0.0 and bad["disagreeing_at_end_s"] == 14.0
+
+
+def test_empty_history_is_unknown():
+    r = membership.check([])
+    assert r.valid == "unknown"

@@ -14,6 +14,7 @@ import time
 
 import grpc
 import pytest
+import requests
 from google.protobuf import empty_pb2
 from HStream.Server import HStreamApi_pb2, HStreamApi_pb2_grpc
 
@@ -159,3 +160,34 @@ def test_unsupported_fault_is_recorded_as_fail_and_teardown_heals(cluster: Clust
     assert cluster.node(2).state == "running"
     heal = history.ops[-1]
     assert heal.f == "heal" and heal.type == "ok" and heal.value["up"] == [2]
+
+
+def test_store_faults_and_store_link_toxics_are_applied_and_undone(cluster: Cluster):
+    history = History()
+    nemesis = Nemesis(cluster, history)
+    api = cluster.toxiproxy_url
+    store_proxy = next(p.name for (proc, port), p in cluster.proxies.items() if port == "store")
+
+    latency = FAULTS["store-latency"].on()
+    nemesis.invoke(latency, "start")
+    toxics = requests.get(f"{api}/proxies/{store_proxy}/toxics", timeout=5).json()
+    assert [(t["type"], t["attributes"]["latency"]) for t in toxics] == [("latency", 200)]
+    nemesis.invoke(latency, "stop")
+    assert requests.get(f"{api}/proxies/{store_proxy}/toxics", timeout=5).json() == []
+
+    down = FAULTS["store-down"].on()
+    nemesis.invoke(down, "start")
+    assert requests.get(f"{api}/proxies/{store_proxy}", timeout=5).json()["enabled"] is False
+    nemesis.teardown()  # heals the proxy it disabled
+    assert requests.get(f"{api}/proxies/{store_proxy}", timeout=5).json()["enabled"] is True
+
+    kill = FAULTS["kill-store"].on()
+    nemesis.invoke(kill, "start")
+    nemesis.invoke(kill, "stop")  # restarts the store with its data
+    completions = [op for op in history.ops if op.type != "invoke"]
+    assert [(op.f, op.type) for op in completions] == [
+        ("store-latency", "ok"), ("store-latency", "ok"),
+        ("store-down", "ok"), ("heal", "ok"),
+        ("kill-store", "ok"), ("kill-store", "ok"),
+    ]
+    assert all(op.value["down"] == [] for op in completions)  # servers stay members
