@@ -72,6 +72,7 @@ def swim_bounds(
     gossip_interval_s: float | None = None,
     suspicion_periods: float = 1.0,
     sample_interval_s: float = 0.0,
+    retransmit_mult: int | None = None,
 ) -> dict[str, float]:
     """Expected first detection and a bound on full agreement for SWIM with period T.
 
@@ -84,7 +85,9 @@ def swim_bounds(
     * Suspicion to confirmation: `suspicion_periods` (HServer confirms within the probe
       period: 1; memberlist-style suspicion: suspicion_mult * max(1, log10 n)).
     * Dissemination: infection-style gossip reaches all n members in about log2(n) rounds
-      of the gossip interval, plus the round in flight.
+      of the gossip interval, plus the round in flight. With `retransmit_mult` the bound is
+      the retransmission budget instead, retransmit_mult * ceil(ln(n + 2)) rounds: an update
+      stops travelling after that many sends, so it has reached everyone by then or never.
     * The probe that samples views adds up to one sampling interval.
     """
     if protocol_period_s <= 0 or n_nodes < 1:
@@ -93,7 +96,10 @@ def swim_bounds(
     n = max(n_nodes, 2)
     e = math.e
     detection_periods = min(7, 2 * (n - 1) + 1)
-    dissemination_s = (math.ceil(math.log2(n)) + 1) * gossip
+    if retransmit_mult is None:
+        dissemination_s = (math.ceil(math.log2(n)) + 1) * gossip
+    else:
+        dissemination_s = retransmit_mult * math.ceil(math.log(n_nodes + 2)) * gossip
     agreement = (
         (detection_periods + suspicion_periods) * protocol_period_s
         + dissemination_s

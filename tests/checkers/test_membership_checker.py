@@ -144,6 +144,8 @@ def test_swim_bounds_follow_the_derivation():
     assert b["dissemination_bound_s"] == (3 + 1) * 0.5
     assert b["agreement_bound_s"] == pytest.approx(7 + 1 + 2.0)
     assert membership.swim_bounds(2.0, 3)["detection_bound_s"] == 10.0  # 2(n-1)+1 periods
+    budget = membership.swim_bounds(1.0, 5, gossip_interval_s=0.5, retransmit_mult=4)
+    assert budget["dissemination_bound_s"] == 4 * math.ceil(math.log(7)) * 0.5
     with pytest.raises(ValueError):
         membership.swim_bounds(0, 3)
 
