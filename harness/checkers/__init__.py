@@ -39,6 +39,7 @@ class CheckOptions:
     membership_bound_s: float | None = None  # see membership.swim_bounds
     nodes: Sequence[Any] | None = None  # all HServer ids, if views may miss some
     false_suspicions_fail: bool = False
+    membership_absent: str = "dead"  # what a member missing from a view means (or "suspect")
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any] | None) -> CheckOptions:
@@ -71,6 +72,7 @@ def _membership(ops: list[Op], o: CheckOptions) -> Result:
         bound_s=o.membership_bound_s,
         nodes=o.nodes,
         false_suspicions_fail=o.false_suspicions_fail,
+        absent=o.membership_absent,
     )
 
 

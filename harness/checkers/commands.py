@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a member suspected while reachable fails the membership check",
     )
     parser.add_argument(
+        "--absent-as", choices=("dead", "suspect"), default="dead",
+        help="a member missing from a view is dead (default) or suspect (DescribeCluster)",
+    )
+    parser.add_argument(
         "--json", metavar="PATH",
         help="also write the full results (anomalies, figures) as JSON; '-' for stdout",
     )
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         membership_bound_s=args.membership_bound,
         false_suspicions_fail=args.false_suspicions_fail,
+        membership_absent=args.absent_as,
     )
     try:
         ops = load_ops(args.history)

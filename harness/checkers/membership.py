@@ -4,9 +4,9 @@ Inputs (shapes in harness.history):
 
 * samples ``f="view"``: ``{"observer": id, "view": {member_id: state}}`` taken by a probe;
   states alive/suspect/dead (HServer's Running/Unavailable/Dead and Starting are mapped).
-  A member missing from a view counts as dead: gossip implementations drop confirmed-dead
-  members, and a probe of HServer's DescribeCluster should say "suspect" itself for members
-  it knows are suspected.
+  A member missing from a view counts as dead by default (gossip implementations drop
+  confirmed-dead members); pass ``absent="suspect"`` for probes of HServer's
+  DescribeCluster, whose suspects are in neither list.
 * the truth, from nemesis completions: their value's ``"down"`` and ``"up"`` lists of ids
   (what the fault made unreachable or brought back; see harness.faults.nemesis). Everything
   else is alive from the start.
@@ -120,9 +120,17 @@ def check(
     bound_s: float | None = None,
     nodes: Iterable[Any] | None = None,
     false_suspicions_fail: bool = False,
+    absent: str = "dead",
     select: Callable[[Op], bool] | None = None,
 ) -> Result:
-    """Judge membership views against the nemesis' truth; see the module docstring."""
+    """Judge membership views against the nemesis' truth; see the module docstring.
+
+    `absent` is what a member missing from a view means: "dead" (gossip implementations
+    that drop confirmed-dead members) or "suspect" (HServer's DescribeCluster, whose
+    suspects are in neither list, when the probe does not say so itself).
+    """
+    if absent not in ("dead", "suspect"):
+        raise ValueError(f"absent must be 'dead' or 'suspect', not {absent!r}")
     ops = as_ops(history)
     if select is not None:
         ops = [op for op in ops if select(op)]
@@ -171,7 +179,7 @@ def check(
         for m in member_list:
             if m == observer:
                 continue
-            st = view.get(m, "dead")
+            st = view.get(m, absent)
             if (st != "alive") if m not in down else (st != "dead"):
                 wrong += 1
         return wrong
@@ -256,7 +264,7 @@ def check(
         for m, ep in open_down.items():
             if m == o:
                 continue
-            st = view.get(m, "dead")
+            st = view.get(m, absent)
             if st != "alive" and ep["first_suspicion_s"] is None:
                 ep["first_suspicion_s"] = _rel(t, ep["_t"])
             if st == "dead" and ep["confirmed_dead_s"] is None:
@@ -264,7 +272,7 @@ def check(
         for m in member_list:
             if m == o:
                 continue
-            is_alive = view.get(m, "dead") == "alive"
+            is_alive = view.get(m, absent) == "alive"
             key = (o, m)
             before = opinion.get(key)
             opinion[key] = is_alive

@@ -163,3 +163,18 @@ def test_agreement_lost_for_longer_than_the_bound_is_not_converged(hb):
 def test_empty_history_is_unknown():
     r = membership.check([])
     assert r.valid == "unknown"
+
+
+def test_absent_can_mean_suspect_for_describe_cluster_probes(hb):
+    _sample_all(hb, ALL_ALIVE)
+    hb.at(10).nemesis("kill-one", down=[3])
+    hb.at(11)
+    _sample_all(hb, {"1": "alive", "2": "alive"}, ("1", "2"))  # suspected: in neither list
+    hb.at(12)
+    _sample_all(hb, {"1": "alive", "2": "alive", "3": "dead"}, ("1", "2"))
+    r = membership.check(hb.ops, bound_s=5, absent="suspect")
+    assert r.figures["episodes"][0]["first_suspicion_s"] == 1.0
+    assert r.figures["episodes"][0]["confirmed_dead_s"] == 2.0
+    assert r.figures["epochs"][1]["agreement_s"] == 2.0
+    with pytest.raises(ValueError, match="absent must be"):
+        membership.check(hb.ops, absent="gone")
