@@ -213,11 +213,17 @@ def wait_cluster_size(cluster: RefCluster, size: int, seconds: float = 20.0) -> 
 
 
 @contextlib.contextmanager
-def launch(workdir: Path, nodes: int, node_args: list[str] | None = None) -> Iterator[RefCluster]:
+def launch(
+    workdir: Path,
+    nodes: int,
+    node_args: list[str] | None = None,
+    store_args: list[str] | None = None,
+) -> Iterator[RefCluster]:
     """Start a store and `nodes` refserver nodes; stop everything on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
     store_port = free_port(STORE_HOST)
     cluster = RefCluster(workdir, store_proc(workdir, store_port), store_port)
+    cluster.store.argv += store_args or []
     try:
         cluster.store.start()
         cluster.store.wait_ready()
