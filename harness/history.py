@@ -424,7 +424,8 @@ class Operation:
         tb: TracebackType | None,
     ) -> bool:
         if self.completion is not None:
-            return exc is not None and isinstance(exc, Exception)
+            # Completed, then something else failed in the block: that is the caller's error.
+            return False
         if exc is None:
             self.ok()
             return False

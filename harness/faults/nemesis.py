@@ -588,7 +588,7 @@ class Nemesis:
         schedule: Schedule,
         *,
         stop: threading.Event | None = None,
-        clock: Any = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Play `schedule` in real time (bounded by its duration); heal at the end, always."""
         began = clock()
