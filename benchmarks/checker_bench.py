@@ -1,6 +1,6 @@
 """Checker benchmark: time every checker on a realistic history of N operations.
 
-    python benchmarks/checker_bench.py [--ops 1000000] [--seed 1] [--save PATH]
+    python benchmarks/checker_bench.py [--ops 1000000] [--seed 1] [--inject N] [--save PATH]
 
 The history is what a chaos run records: producers appending keyed records to a 4-shard
 stream (a few indeterminate or failed), a subscription's consumers receiving batches and
@@ -8,7 +8,9 @@ acknowledging them (with redeliveries after the ack timeout), a shard reader, pr
 5 nodes' membership views every half second, a nemesis killing and restarting a node every
 minute, and complete reads of the stream plus a final read. Everything is drawn from
 `random.Random(seed)`. The checkers must judge it valid; the script exits 1 if not, or if
-the checkers together take longer than --budget seconds.
+the checkers together take longer than --budget seconds. With --inject N, N acknowledged
+appends vanish from every read and N unwritten records are read: the checkers must report
+exactly those (lost, unexpected, undelivered), so the benchmark also proves detection.
 """
 
 from __future__ import annotations
@@ -196,6 +198,28 @@ def _read_everything(rec: _Recorder, stored: dict[int, list[tuple[str, list[int]
             {"stream": "s", "records": records, "complete": True, "final": final})
 
 
+def inject_anomalies(ops: list[Op], n: int, seed: int) -> list[str]:
+    """Make `n` acknowledged appends vanish from every read and add `n` reads of records
+    nobody wrote; returns the vanished payload ids. The checkers must count exactly these.
+    """
+    rng = random.Random(seed)
+    acked = [op.value["payload_id"] for op in ops if op.f == "append" and op.type == "ok"]
+    vanished = set(rng.sample(acked, n))
+    final = None
+    for op in ops:
+        v = op.value
+        if op.type == "ok" and isinstance(v, dict) and v.get("records"):
+            v["records"] = [r for r in v["records"] if r["payload_id"] not in vanished]
+            if v.get("final"):
+                final = v
+    assert final is not None, "the generated history has a final read"
+    final["records"] += [
+        {"payload_id": f"ghost-{i}", "record_id": [999, i + 1, 0], "key": "ghost"}
+        for i in range(n)
+    ]
+    return sorted(vanished)
+
+
 def _timed(name: str, fn: Callable[[], Result], n: int) -> tuple[float, Result]:
     began = time.perf_counter()
     result = fn()
@@ -213,11 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=30.0,
                         help="fail if the checkers together take longer (seconds)")
     parser.add_argument("--save", type=Path, help="also write the history as JSON lines")
+    parser.add_argument("--inject", type=int, default=0, metavar="N",
+                        help="lose N acknowledged appends and read N unwritten records; "
+                        "the checkers must report exactly those")
     args = parser.parse_args(argv)
 
     began = time.perf_counter()
     ops = generate(args.ops, args.seed)
     print(f"generated {len(ops):,} ops in {time.perf_counter() - began:.1f} s (seed {args.seed})")
+    vanished: list[str] = []
+    if args.inject:
+        vanished = inject_anomalies(ops, args.inject, args.seed)
+        print(f"injected {args.inject} lost and {args.inject} unexpected records")
     if args.save:
         began = time.perf_counter()
         write_ops(ops, args.save)
@@ -248,7 +279,21 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"ops": n, "seconds": round(total, 2), "check_all_seconds": round(composed, 2),
                "valid": report.valid}
     print(json.dumps(summary))
-    if report.valid is not True or any(v is not True for v in verdicts):
+    if args.inject:
+        ss, sub = report.results["stream-set"], report.results["subscription"]
+        lost = sorted(a["payload_id"] for a in ss.anomalies["lost"])
+        seen = {
+            "lost": ss.counts["lost"],
+            "unexpected": ss.counts["unexpected"],
+            "undelivered": sub.counts["undelivered"],
+        }
+        expected = dict.fromkeys(seen, args.inject)
+        if seen != expected or (len(vanished) <= len(lost) and lost != vanished):
+            print(f"injected anomalies not found: expected {expected}, saw {seen}",
+                  file=sys.stderr)
+            return 1
+        print(f"found every injected anomaly: {seen}")
+    elif report.valid is not True or any(v is not True for v in verdicts):
         print("the generated history should be valid: a checker disagrees", file=sys.stderr)
         print(report.table(), file=sys.stderr)
         return 1
