@@ -168,6 +168,33 @@ def test_partition_of_a_killed_node_is_loaded_when_it_restarts(cluster: DockerCl
     assert cluster.partition_rules(3) == []
 
 
+def test_partition_reaches_a_paused_node(cluster: DockerCluster) -> None:
+    # A paused container cannot exec; the rules go in through its network namespace.
+    cluster.pause(3)
+    try:
+        cluster.partition({3: frozenset({2})})
+    finally:
+        cluster.resume(3)
+    try:
+        rules = cluster.partition_rules(3)
+        assert any(cluster.containers["node-2"].ip in rule for rule in rules), rules
+        assert tcp_from(cluster, "node-2", cluster.node(3).direct_gossip) != "ok"
+    finally:
+        cluster.heal()
+    assert tcp_from(cluster, "node-2", cluster.node(3).direct_gossip) == "ok"
+
+
+def test_heal_reenables_a_disabled_proxy(cluster: DockerCluster) -> None:
+    url = cluster.client_url(1)
+    cluster.proxy(1, "client").handle().disable()
+    try:
+        assert echo_fails(url) == grpc.StatusCode.UNAVAILABLE
+        assert call_echo(str(cluster.node(1).direct_client)) == "ping"
+    finally:
+        cluster.heal()
+    wait_until("node 1 answers through its proxy after heal", lambda: call_echo(url) == "ping")
+
+
 def test_logs_are_copied_per_container(cluster: DockerCluster) -> None:
     logs = cluster.logs()
     assert {"store", "node-1", "node-2", "node-3", "toxiproxy"} <= set(logs)
