@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,7 +22,7 @@ from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 from hstreamdb import insecure_client
 from hstreamdb.types import SpecialOffset
 
-from tests.refserver.conftest import RefCluster
+from tests.refserver.conftest import RefCluster, launch, node_proc, wait_cluster_size
 
 pytestmark = pytest.mark.slow
 
@@ -254,3 +256,39 @@ def test_delete_reader_on_a_non_owner_is_wrong_server(
     assert details["error"] == 800 and details["extra"]["id"] == owner.serverNode.id
     mine = next(i for i, n in enumerate(cluster3.nodes) if n.server_id == owner.serverNode.id)
     stubs[mine].DeleteShardReader(api.DeleteShardReaderRequest(readerId="owned-reader"))
+
+
+def test_seeds_wait_for_server_init_through_the_api(tmp_path: Path) -> None:
+    """Two seeds start "Starting" and not ready; SendAdminCommand("server init") on one
+    makes both ready and Running, as `hadmin server init` does on the real server."""
+    with launch(tmp_path, 0) as cluster:
+        nodes = [node_proc(cluster, i, "", []) for i in (1, 2)]
+        seeds = ",".join(f"{n.host}:{n.internal_port}" for n in nodes)
+        for node in nodes:
+            node.proc.argv[node.proc.argv.index("--seed-nodes") + 1] = seeds
+            cluster.nodes.append(node)
+            node.proc.start()
+        for node in nodes:
+            node.proc.wait_ready()
+        channels = [grpc.insecure_channel(n.url) for n in nodes]
+        try:
+            stubs = [api_grpc.HStreamApiStub(c) for c in channels]
+
+            def admin(stub: api_grpc.HStreamApiStub, command: str) -> dict[str, Any]:
+                answer = stub.SendAdminCommand(api.AdminCommandRequest(command=command))
+                return dict(json.loads(answer.result))
+
+            starting = api.NodeState.Value("Starting")
+            for stub in stubs:
+                assert admin(stub, "server ready")["type"] == "error"
+                own = stub.DescribeCluster(empty_pb2.Empty()).serverNodesStatus[0]
+                assert own.state == starting
+            assert admin(stubs[0], "server init")["type"] == "plain"
+            deadline = time.monotonic() + 20
+            while not all(admin(s, "server ready")["type"] == "plain" for s in stubs):
+                assert time.monotonic() < deadline, f"not ready after init; logs {cluster.logs()}"
+                time.sleep(0.1)
+            wait_cluster_size(cluster, 2)
+        finally:
+            for channel in channels:
+                channel.close()
