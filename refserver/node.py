@@ -37,6 +37,18 @@ STORE_CHECK_SECONDS = 5.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+# Every store call gets this deadline unless it sets one: a paused or partitioned store
+# then turns into UNAVAILABLE answers instead of RPCs that hang forever.
+STORE_CALL_SECONDS = 10.0
+
+
+class StoreDeadline(grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        if client_call_details.timeout is None:
+            client_call_details = client_call_details._replace(timeout=STORE_CALL_SECONDS)
+        return await continuation(client_call_details, request)
+
+
 class StartupError(Exception):
     """The node cannot start; the message says what is wrong and how to fix it."""
 
@@ -118,7 +130,17 @@ class RefServerNode:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
-        self._store_channel = grpc.aio.insecure_channel(s.store, options=options)
+        # Calls fail fast (UNAVAILABLE) while the store is down; a short reconnect
+        # backoff makes the node serve again within about half a second of its return.
+        store_options = [
+            *options,
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ]
+        self._store_channel = grpc.aio.insecure_channel(
+            s.store, options=store_options, interceptors=[StoreDeadline()]
+        )
         store = Store_pb2_grpc.StoreStub(self._store_channel)
         await self._check_store(store)
 
