@@ -17,10 +17,12 @@ import itertools
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -35,6 +37,7 @@ from refserver.api.subscriptions import SubscriptionService
 from refserver.errors import HStreamError
 from refserver.membership import Member, MemberState, NodeAddress
 from refserver.protos import Store_pb2, Store_pb2_grpc
+from tests.refserver.conftest import RefCluster, launch
 
 STORE_PORT = 18000
 _node_ports = itertools.count(18010)
@@ -752,3 +755,105 @@ def test_ownership_is_enforced_where_hstreamdb_enforces_it(store_address: str) -
         assert consumer.payloads() == [b"anywhere"]
 
     run(scenario())
+
+
+# On real `python -m refserver` processes ----------------------------------------------------
+
+
+def test_official_client_on_a_three_node_cluster(tmp_path: Path) -> None:
+    """Consumers reach the owner through LookupSubscription and split its shards; the
+    owner-only RPCs answer 9/800 elsewhere; nothing appended is lost."""
+
+    async def scenario(cluster: RefCluster) -> None:
+        entry = cluster.nodes[0]
+        async with await insecure_client(host=entry.host, port=entry.port) as client:
+            await client.create_stream("cluster-s", shard_count=3)
+            await client.create_subscription(
+                "cluster-sub", "cluster-s", ack_timeout=5, offset=EARLIEST
+            )
+            written: dict[RecordId, bytes] = {}
+            for n in range(24):
+                payload = f"k{n % 6}-{n}"
+                [record_id] = await client.append("cluster-s", [payload], key=f"k{n % 6}")
+                written[record_id] = payload.encode()
+            first = Collector(client, "cluster-sub", "c1").start()
+            second = Collector(client, "cluster-sub", "c2").start()
+            await wait_until(
+                lambda: set(first.acked) | set(second.acked) >= set(written),
+                20,
+                f"every record acked (logs: {cluster.logs()})",
+            )
+            owner = await client._lookup_subscription_api("cluster-sub")
+            owner_node = next(n for n in cluster.nodes if n.url == f"{owner.host}:{owner.port}")
+            for node in cluster.nodes:
+                async with grpc.aio.insecure_channel(node.url) as channel:
+                    stub = api_grpc.HStreamApiStub(channel)
+                    request = api.ListConsumersRequest(subscriptionId="cluster-sub")
+                    if node is owner_node:
+                        listed = await stub.ListConsumers(request)
+                        assert sorted(c.name for c in listed.consumers) == ["c1", "c2"]
+                        continue
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await stub.ListConsumers(request)
+                    assert error_code(caught.value) == errors.WRONG_SERVER, caught.value
+            await first.stop()
+            await second.stop()
+        got = {r.id: r.payload for c in (first, second) for b in c.deliveries for r in b}
+        assert got == written, f"lost {set(written) - set(got)}; logs: {cluster.logs()}"
+        shards_1 = {i.shard_id for i in first.ids()}
+        shards_2 = {i.shard_id for i in second.ids()}
+        assert shards_1 and shards_2 and not shards_1 & shards_2, (
+            f"consumers should read disjoint shards: c1 {shards_1}, c2 {shards_2}"
+        )
+
+    with launch(tmp_path, 3) as cluster:
+        run(scenario(cluster))
+
+
+def observe_kill_and_restart(tmp_path: Path, defects: list[str]) -> tuple[list[bytes], str]:
+    """Ack 2 of 3 batches, kill -9 the node, restart it, and consume again."""
+
+    async def before(cluster: RefCluster) -> None:
+        node = cluster.nodes[0]
+        async with await insecure_client(host=node.host, port=node.port) as client:
+            await client.create_stream("killed", shard_count=1)
+            await client.create_subscription(
+                "killed-sub", "killed", ack_timeout=30, offset=EARLIEST
+            )
+            ids = [await client.append("killed", [f"b{n}"]) for n in range(3)]
+            last_batch = list(ids[2])[0].batch_id
+            consumer = Collector(
+                client, "killed-sub", "c", lambda record: record.id.batch_id != last_batch
+            ).start()
+            await wait_until(lambda: len(consumer.ids()) == 3, 10, "3 records before the kill")
+            await asyncio.sleep(SETTLE)  # the checkpoint write
+
+    async def after(cluster: RefCluster) -> list[bytes]:
+        node = cluster.nodes[0]
+        async with await insecure_client(host=node.host, port=node.port) as client:
+            consumer = Collector(client, "killed-sub", "c").start()
+            await wait_until(lambda: len(consumer.ids()) >= 1, 15, "records after the restart")
+            await asyncio.sleep(SETTLE)
+            await consumer.stop()
+        return consumer.payloads()
+
+    node_args = [arg for defect in defects for arg in ("--defect", defect)]
+    with launch(tmp_path, 1, node_args) as cluster:
+        asyncio.run(asyncio.wait_for(before(cluster), 60))
+        proc = cluster.nodes[0].proc
+        proc.kill(signal.SIGKILL)
+        proc.start()
+        proc.wait_ready(occurrence=2)
+        return asyncio.run(asyncio.wait_for(after(cluster), 60)), cluster.logs()
+
+
+def test_kill_and_restart_resumes_from_the_checkpoint(tmp_path: Path) -> None:
+    payloads, logs = observe_kill_and_restart(tmp_path, [])
+    assert payloads == [b"b2"], f"only the unacked batch is due after kill -9: {payloads}; {logs}"
+
+
+def test_kill_and_restart_with_lost_checkpoint_starts_over(tmp_path: Path) -> None:
+    payloads, logs = observe_kill_and_restart(tmp_path, ["lost-checkpoint"])
+    assert payloads == [b"b0", b"b1", b"b2"], (
+        f"lost-checkpoint should replay from the initial offset: {payloads}; {logs}"
+    )
