@@ -13,14 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 from refserver.auth import parse_tokens
 from refserver.defects import DEFECTS, UnknownDefect, parse_defects
 from refserver.gossip.config import BadSeedList, GossipConfig
 from refserver.gossip.node import JoinFailed
+from refserver.io.catalog import CatalogError, ConnectorCatalog
 from refserver.membership import NodeAddress
 from refserver.node import NodeSettings, RefServerNode, StartupError, run_until_signalled
 
@@ -88,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024 * 1024,
         help="largest accepted batch payload in bytes",
     )
+    parser.add_argument(
+        "--io-connectors",
+        type=Path,
+        default=os.environ.get("REFSERVER_IO_CONNECTORS") or None,
+        metavar="FILE",
+        help="JSON connector catalogue for HStream IO (default: $REFSERVER_IO_CONNECTORS; "
+        "none: no connector can be created)",
+    )
     GossipConfig.add_cli_arguments(parser)
     return parser
 
@@ -114,7 +125,10 @@ def settings_from(argv: list[str]) -> NodeSettings:
             gossip_port=args.advertised_gossip_port or args.internal_port,
         )
         gossip = GossipConfig.from_args(args, node, defects)
-    except (BadSeedList, UnknownDefect, ValueError) as error:
+        connectors = (
+            ConnectorCatalog.load(args.io_connectors) if args.io_connectors else ConnectorCatalog()
+        )
+    except (BadSeedList, UnknownDefect, CatalogError, ValueError) as error:
         parser.error(str(error))
     return NodeSettings(
         server_id=args.server_id,
@@ -130,6 +144,7 @@ def settings_from(argv: list[str]) -> NodeSettings:
         defects=defects,
         max_record_size=args.max_record_size,
         gossip=gossip,
+        connectors=connectors,
         log_level=args.log_level,
     )
 

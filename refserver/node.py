@@ -3,8 +3,8 @@ over one store connection.
 
 Start order: store reachable (Ping) → gossip and API servers listening → gossip joins
 the cluster (a seed of a multi-seed cluster returns at once and waits for `server init`,
-which reaches it through SendAdminCommand on the API port) → subscriptions start →
-"Server is started on port N" is logged. `stop()` undoes it in reverse and is idempotent.
+which reaches it through SendAdminCommand on the API port) → subscriptions and HStream
+IO connectors start → "Server is started on port N" is logged. `stop()` undoes it in reverse and is idempotent.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -27,6 +27,8 @@ from refserver.api.subscriptions import SubscriptionService
 from refserver.auth import TokenAuthInterceptor
 from refserver.gossip.config import GossipConfig
 from refserver.gossip.node import GossipNode
+from refserver.io.catalog import ConnectorCatalog
+from refserver.io.service import ConnectorService
 from refserver.membership import NodeAddress
 from refserver.protos import Store_pb2, Store_pb2_grpc
 
@@ -68,6 +70,7 @@ class NodeSettings:
     defects: frozenset[str]
     max_record_size: int
     gossip: GossipConfig
+    connectors: ConnectorCatalog = field(default_factory=ConnectorCatalog)
     log_level: str = "info"
 
     @property
@@ -112,6 +115,7 @@ class RefServerNode:
         self._gossip_server: grpc.aio.Server | None = None
         self._gossip: GossipNode | None = None
         self._subscriptions: SubscriptionService | None = None
+        self._connectors: ConnectorService | None = None
         self._stopped = False
 
     async def _check_store(self, stub: Store_pb2_grpc.StoreStub) -> None:
@@ -154,11 +158,15 @@ class RefServerNode:
         shard_log = ShardLog(store, s.defects, signals)
         ownership = Ownership(store, gossip, s.defects)
         self._subscriptions = SubscriptionService(store, gossip, ownership, s.defects, s.address)
+        self._connectors = ConnectorService(
+            store, gossip, ownership, s.defects, s.address, s.connectors
+        )
         components = [
             StreamService(store, shard_log, signals, s.defects, s.max_record_size),
             ReaderService(Catalog(store), shard_log, ownership),
             ClusterService(gossip, ownership, gossip),
             self._subscriptions,
+            self._connectors,
         ]
         interceptors = [TokenAuthInterceptor(s.tokens)] if s.tokens else []
         self._api_server = grpc.aio.server(
@@ -171,6 +179,7 @@ class RefServerNode:
         await self._api_server.start()
         await gossip.start()
         await self._subscriptions.start()
+        await self._connectors.start()
         log.info("Server is started on port %d", s.port)
 
     async def stop(self) -> None:
@@ -179,6 +188,8 @@ class RefServerNode:
         self._stopped = True
         if self._api_server is not None:
             await self._api_server.stop(grace=1.0)
+        if self._connectors is not None:
+            await self._connectors.stop()
         if self._subscriptions is not None:
             await self._subscriptions.stop()
         if self._gossip is not None:

@@ -417,7 +417,7 @@ def test_other_rpcs_are_unimplemented_by_name(stub: api_grpc.HStreamApiStub) -> 
     for rpc, request, name in [
         (stub.ListViews, api.ListViewsRequest(), "ListViews"),
         (stub.ExecuteQuery, api.CommandQuery(), "ExecuteQuery"),
-        (stub.CreateConnector, api.CreateConnectorRequest(), "CreateConnector"),
+        (stub.ParseSql, api.ParseSqlRequest(), "ParseSql"),
     ]:
         with pytest.raises(grpc.RpcError) as raised:
             rpc(request)
