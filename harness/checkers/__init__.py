@@ -35,7 +35,7 @@ class CheckOptions:
     linearizable: bool = False  # stale reads fail the stream-set check
     ack_timeout_s: float | None = None  # when subscribe ops do not record it
     slack_s: float | None = None  # the server's redelivery timer granularity
-    grace_s: float = 2.0  # ack-to-redelivery race allowance
+    grace_s: float = 1.0  # ack-to-redelivery race allowance
     membership_bound_s: float | None = None  # see membership.swim_bounds
     nodes: Sequence[Any] | None = None  # all HServer ids, if views may miss some
     false_suspicions_fail: bool = False

@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ack-timeout", type=float, metavar="S", help="subscription ack timeout, seconds"
     )
     parser.add_argument(
-        "--grace", type=float, default=2.0, metavar="S",
-        help="allowed ack-to-redelivery race, seconds (default 2)",
+        "--grace", type=float, default=1.0, metavar="S",
+        help="allowed ack-to-redelivery race, seconds (default 1)",
     )
     parser.add_argument(
         "--membership-bound", type=float, metavar="S",

@@ -49,7 +49,7 @@ def check(
     *,
     ack_timeout_s: float | None = None,
     slack_s: float | None = None,
-    grace_s: float = 2.0,
+    grace_s: float = 1.0,
     select: Callable[[Op], bool] | None = None,
 ) -> Result:
     """Judge subscription delivery; see the module docstring.
