@@ -210,8 +210,15 @@ op(Op, _, State) ->
 %% must be a string, not a binary: the port of every entry after the first is checked with
 %% string:to_integer(P) =:= {Port, ""}, which a binary never matches. The client shuffles
 %% the list and takes the first entry that answers Echo.
+%% The harness may hand over URLs with a scheme (hstream://host:port) or bare host:port.
 client_url([First | Rest]) ->
-    lists:flatten(["http://", binary_to_list(First), [[",", binary_to_list(U)] || U <- Rest]]).
+    lists:flatten(["http://", host_port(First), [[",", host_port(U)] || U <- Rest]]).
+
+host_port(Url) ->
+    case string:split(binary_to_list(Url), "://") of
+        [_Scheme, HostPort] -> HostPort;
+        [HostPort] -> HostPort
+    end.
 
 %% The producer acknowledges each record on its own (append_sync): one record per client
 %% batch, so every record gets its own id and the answer can say which ones made it.
