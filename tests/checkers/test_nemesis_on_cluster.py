@@ -191,3 +191,30 @@ def test_store_faults_and_store_link_toxics_are_applied_and_undone(cluster: Clus
         ("kill-store", "ok"), ("kill-store", "ok"),
     ]
     assert all(op.value["down"] == [] for op in completions)  # servers stay members
+
+
+def test_never_confirm_defect_fails_the_membership_check(cluster_factory, request):
+    gossip = {"probe_interval_ms": PROBE_INTERVAL_MS, "roundtrip_timeout_ms": 200,
+              "gossip_interval_ms": GOSSIP_INTERVAL_MS, "suspicion_mult": 2}
+    broken = cluster_factory(nodes=3, base_port=19820, toxiproxy=False, backend="local",
+                             target="reference", defects=("never-confirm",), gossip=gossip)
+    path = history_path(f"checkers-{request.node.name}")
+    bound = 2 * membership.swim_bounds(
+        PROBE_INTERVAL_MS / 1000, 3, gossip_interval_s=GOSSIP_INTERVAL_MS / 1000,
+        suspicion_periods=2, sample_interval_s=0.25,
+    )["agreement_bound_s"]
+    with History(path) as history:
+        nemesis = Nemesis(broken, history)
+        with ViewProbe(broken, history):
+            time.sleep(2)
+            nemesis.invoke(FAULTS["kill-one"].on(3))
+            time.sleep(bound + 2)
+            nemesis.teardown()
+    result = membership.check(history.ops, bound_s=bound)
+    evidence = f"history {path}; {result.summary()}; epochs {result.figures['epochs']}"
+    assert result.valid is False, evidence
+    (stuck,) = result.anomalies["not_converged"]
+    assert stuck["down"] == ["3"] and stuck["agreement_s"] is None, evidence
+    (episode,) = [ep for ep in result.figures["episodes"] if ep["event"] == "down"]
+    assert episode["first_suspicion_s"] is not None, evidence  # suspected ...
+    assert episode["confirmed_dead_s"] is None, evidence  # ... but never confirmed
