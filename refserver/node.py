@@ -4,7 +4,8 @@ over one store connection.
 Start order: store reachable (Ping) → gossip and API servers listening → gossip joins
 the cluster (a seed of a multi-seed cluster returns at once and waits for `server init`,
 which reaches it through SendAdminCommand on the API port) → subscriptions and HStream
-IO connectors start → "Server is started on port N" is logged. `stop()` undoes it in reverse and is idempotent.
+IO connectors start → "Server is started on port N" is logged. `stop()` undoes it in
+reverse and is idempotent.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class RefServerNode:
             store, gossip, ownership, s.defects, s.address, s.connectors
         )
         components = [
-            StreamService(store, shard_log, signals, s.defects, s.max_record_size),
+            StreamService(store, shard_log, signals, s.defects, s.max_record_size, ownership),
             ReaderService(Catalog(store), shard_log, ownership),
             ClusterService(gossip, ownership, gossip),
             self._subscriptions,

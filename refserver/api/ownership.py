@@ -44,9 +44,12 @@ class Ownership:
 
     def _candidates(self) -> list[NodeAddress]:
         if self._stale:
-            if self._frozen_members is None:
+            # Frozen at the first lookup once the cluster is ready: later joins, deaths
+            # and recoveries are all ignored.
+            if self._frozen_members is None and self._membership.is_ready():
                 self._frozen_members = list(self._membership.alive())
-            return self._frozen_members
+            if self._frozen_members is not None:
+                return self._frozen_members
         return self._membership.alive()
 
     def hashed_owner(self, kind: str, resource_id: str) -> NodeAddress:

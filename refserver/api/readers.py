@@ -218,9 +218,7 @@ class ReaderService:
                 yield api.ReadStreamResponse(receivedRecords=batch)
                 if request.maxReadBatches and sent >= request.maxReadBatches:
                     return
-            for task in tasks:
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            await asyncio.gather(*tasks)  # re-raises a pump's error (HStreamError)
         finally:
             for task in tasks:
                 task.cancel()

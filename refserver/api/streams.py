@@ -17,6 +17,7 @@ from HStream.Server import HStreamApi_pb2 as api
 
 from refserver import errors
 from refserver.api.catalog import Catalog, StreamMeta, store_unavailable
+from refserver.api.ownership import Ownership
 from refserver.api.shard_reads import ShardLog, TailSignals
 from refserver.api.subscription_storage import subscriptions_of_stream
 from refserver.errors import HStreamError
@@ -47,7 +48,9 @@ class StreamService:
         signals: TailSignals,
         defects: frozenset[str],
         max_record_size: int,
+        ownership: Ownership,
     ) -> None:
+        self.ownership = ownership
         self.store = store
         self.catalog = Catalog(store)
         self.shard_log = shard_log
@@ -115,6 +118,7 @@ class StreamService:
                 # The stream is gone from the catalog already; leftover entries are only
                 # unreachable space, so the delete still succeeds.
                 log.warning("could not drop the log of shard %d: %s", shard_id, error)
+            await self.ownership.forget("shard", str(shard_id))
         return empty_pb2.Empty()
 
     async def GetStream(
