@@ -45,6 +45,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--nodes", type=int, default=None, help="number of server nodes (3)")
     group.addoption("--seed", type=int, default=None,
                     help="seed for every random choice of the run (default: random, printed)")
+    group.addoption("--cluster-url", default=None, metavar="URL[,URL...]",
+                    help="run the suites against a cluster that is already running "
+                    "(hstream://host:port,...); no cluster is started for them")
     group.addoption("--toxiproxy-url", default=None,
                     help="a running Toxiproxy API (default: start the embedded one)")
     group.addoption("--no-toxiproxy", action="store_true", default=False,

@@ -15,10 +15,8 @@ import pytest
 @pytest.fixture(scope="module")
 def endpoints(request: pytest.FixtureRequest) -> list[str]:
     given = request.config.getoption("cluster_url", default=None)
-    if given:
-        return [url.removeprefix("hstream://") for url in given.split(",") if url]
-    cluster = request.getfixturevalue("cluster")
-    return list(cluster.client_urls())
+    urls = given.split(",") if given else request.getfixturevalue("cluster").client_urls()
+    return [url.removeprefix("hstream://") for url in urls if url]
 
 
 # Hypothesis profiles: `ci` is derandomized so a CI run is repeatable; `thorough` is for

@@ -46,10 +46,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
 CATALOGUE_ENV = "REFSERVER_IO_CONNECTORS"
 COUNT = 2000
+# The fault tests read more, so that the read is still running when the fault hits: Faker
+# emits about a thousand users a second here, and the first checkpoint comes after ~200.
+FAULT_COUNT = 6000
 # Faker's users with always_updated: every record carries the wall clock in `updated_at`,
 # so a read resumed from a STATE re-emits users as newer versions; `updated_at` is the
 # one field that differs from the direct read (the definition's volatile field).
-FAKER = {"count": COUNT, "seed": 42, "records_per_slice": 100, "parallelism": 1,
+FAKER = {"seed": 42, "records_per_slice": 100, "parallelism": 1,
          "always_updated": True}
 DEADLINE_S = 180.0
 CALL_TIMEOUT_S = 10.0
@@ -112,14 +115,25 @@ def recorded_pids(catalogue: Path, connector: str, subcommand: str) -> list[int]
 
 
 @pytest.fixture(scope="module")
-def emitted(tmp_path_factory: pytest.TempPathFactory) -> pipeline.Keyed:
-    """Key → record of a direct read of the same seeded config (the source's truth)."""
+def emitted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], pipeline.Keyed]:
+    """`emitted(count)`: key → record of a direct read of the same seeded config, outside
+    the cluster (the source's truth); one read per count."""
     defn = _definition("source-faker")
-    workdir = tmp_path_factory.mktemp("faker-direct")
-    with defn.connector(workdir / "runs", data_dir=workdir) as source:
-        configured = acc.configure_catalog(source.discover(FAKER), "full_refresh", ["users"])
-        records = [m["record"] for m in source.read(FAKER, configured) if m["type"] == "RECORD"]
-    return _without_volatile(pipeline.records_by_key(records, configured))
+    cache: dict[int, pipeline.Keyed] = {}
+
+    def read(count: int) -> pipeline.Keyed:
+        if count not in cache:
+            workdir = tmp_path_factory.mktemp("faker-direct")
+            config = {**FAKER, "count": count}
+            with defn.connector(workdir / "runs", data_dir=workdir) as source:
+                configured = acc.configure_catalog(source.discover(config), "full_refresh",
+                                                   ["users"])
+                records = [m["record"] for m in source.read(config, configured)
+                           if m["type"] == "RECORD"]
+            cache[count] = _without_volatile(pipeline.records_by_key(records, configured))
+        return cache[count]
+
+    return read
 
 
 def _without_volatile(keyed: pipeline.Keyed) -> pipeline.Keyed:
@@ -133,8 +147,10 @@ def _without_volatile(keyed: pipeline.Keyed) -> pipeline.Keyed:
 class Pipeline:
     """One source → stream → sink pipeline on the cluster, spoken to over RPCs."""
 
-    def __init__(self, endpoints: list[str], tag: str, database: Path) -> None:
+    def __init__(self, endpoints: list[str], tag: str, database: Path,
+                 count: int = COUNT) -> None:
         self.endpoints = endpoints
+        self.count = count
         self.stream = f"io_{tag}_{uuid.uuid4().hex[:6]}"
         self.source = f"{self.stream}_faker"
         self.sink = f"{self.stream}_sqlite"
@@ -162,7 +178,8 @@ class Pipeline:
                                "database_path": str(self.database)})))
         self.call("CreateConnector", api.CreateConnectorRequest(
             name=self.source, type="SOURCE", target="faker",
-            config=json.dumps({"stream": self.stream, "airbyte_stream": "users", **FAKER})))
+            config=json.dumps({"stream": self.stream, "airbyte_stream": "users", **FAKER,
+                               "count": self.count})))
 
     def connector(self, name: str) -> api.Connector:
         return self.call("GetConnector", api.GetConnectorRequest(name=name))
@@ -270,6 +287,11 @@ def account(p: Pipeline, emitted: pipeline.Keyed, fault: str,
                            for k in sink_copies),
         "sink_missing_copies": sum(max(stream_copies[k] - sink_copies.get(k, 0), 0)
                                    for k in stream_copies),
+        # Where duplicates come from: the source re-reading after a restart (copies in the
+        # stream) and the sink re-sending after its last echoed STATE (copies beyond it).
+        "duplicates_from": {"source_reread": sum(n - 1 for n in stream_copies.values()),
+                            "sink_resend": sum(max(sink_copies[k] - stream_copies.get(k, 0), 0)
+                                               for k in sink_copies)},
         "wrong_partition_keys": len(bad_keys),
         "stream_vs_emitted": to_stream.figures["users"],
         "sink_vs_emitted": to_sink.figures["users"],
@@ -277,7 +299,7 @@ def account(p: Pipeline, emitted: pipeline.Keyed, fault: str,
     }
 
 
-def finish(p: Pipeline, emitted: pipeline.Keyed, evidence: Any, fault: str,
+def finish(p: Pipeline, emitted: Callable[[int], pipeline.Keyed], evidence: Any, fault: str,
            facts: dict[str, Any]) -> tuple[dict[str, Any], Counter[int]]:
     """Wait for the source to complete and the sink to catch up, then judge."""
     def source_done() -> bool:
@@ -287,10 +309,11 @@ def finish(p: Pipeline, emitted: pipeline.Keyed, evidence: Any, fault: str,
 
     def sink_caught_up() -> bool:
         stream_n = len(p.stream_records())
-        return len(p.sink_rows()) >= stream_n and len({_id(r) for r in p.sink_rows()}) >= COUNT
+        rows = p.sink_rows()
+        return len(rows) >= stream_n and len({_id(r) for r in rows}) >= p.count
     wait_for("the sink wrote every record of the stream", sink_caught_up,
              lambda: f"{len(p.sink_rows())} sink rows; sink logs:\n{p.logs(p.sink)}")
-    figures = account(p, emitted, fault, facts)
+    figures = account(p, emitted(p.count), fault, facts)
     to_stream, to_sink, stream_copies, sink_copies = figures.pop("_verdicts")
     evidence.figures("io-accounting", figures)
     assert to_stream.valid, f"stream vs emitted ({fault}):\n{to_stream.explain()}\n{figures}"
@@ -306,7 +329,32 @@ def finish(p: Pipeline, emitted: pipeline.Keyed, evidence: Any, fault: str,
 # The suite ------------------------------------------------------------------------------------
 
 
-def test_pipeline_healthy(cluster: Any, emitted: pipeline.Keyed, evidence: Any,
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has already exited
+
+
+def wait_mid_read(p: Pipeline, catalogue: Path, before: set[int]) -> tuple[int, list[Any]]:
+    """The pid of the source's running read once its first checkpoint is stored."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        connector = p.connector(p.source)
+        if connector.status == "COMPLETED":
+            pytest.fail("the source finished before the fault could hit it; raise FAULT_COUNT",
+                        pytrace=False)
+        reads = [pid for pid in recorded_pids(catalogue, "source-faker", "read")
+                 if pid not in before]
+        if reads and connector.offsets and _alive(reads[-1]):
+            return reads[-1], [json_format.MessageToDict(o) for o in connector.offsets]
+        time.sleep(0.1)
+    pytest.fail(f"no checkpointed read of the source within {DEADLINE_S:.0f}s:\n"
+                f"{p.logs(p.source)}", pytrace=False)
+
+
+def test_pipeline_healthy(cluster: Any, emitted: Callable[[int], Any], evidence: Any,
                           tmp_path: Path) -> None:
     p = Pipeline(endpoints_of(cluster), "healthy", tmp_path / "out.sqlite")
     p.create()
@@ -314,22 +362,15 @@ def test_pipeline_healthy(cluster: Any, emitted: pipeline.Keyed, evidence: Any,
     assert figures["stream_duplicates"] == 0 and figures["sink_duplicates"] == 0, figures
 
 
-def test_pipeline_connector_killed_mid_read(cluster: Any, emitted: pipeline.Keyed,
+def test_pipeline_connector_killed_mid_read(cluster: Any, emitted: Callable[[int], Any],
                                             evidence: Any, connector_catalogue: Path,
                                             tmp_path: Path) -> None:
     before = set(recorded_pids(connector_catalogue, "source-faker", "read"))
-    p = Pipeline(endpoints_of(cluster), "connkill", tmp_path / "out.sqlite")
+    p = Pipeline(endpoints_of(cluster), "connkill", tmp_path / "out.sqlite", FAULT_COUNT)
     p.create()
-    appended = wait_for("the stream holds a quarter of the records",
-                        lambda: (lambda n: n if n >= COUNT // 4 else 0)(len(p.stream_records())),
-                        lambda: p.logs(p.source))
-    reads = [pid for pid in recorded_pids(connector_catalogue, "source-faker", "read")
-             if pid not in before]
-    assert reads, "no read run of the source connector was recorded"
-    checkpoint = [json_format.MessageToDict(o) for o in p.connector(p.source).offsets]
-    os.kill(reads[-1], signal.SIGKILL)
-    facts = {"killed_pid": reads[-1], "stream_records_at_kill": appended,
-             "checkpoint_at_kill": checkpoint}
+    pid, checkpoint = wait_mid_read(p, connector_catalogue, before)
+    os.kill(pid, signal.SIGKILL)
+    facts = {"killed_pid": pid, "checkpoint_at_kill": checkpoint}
     figures, stream_copies = finish(p, emitted, evidence, "connector-sigkill", facts)
     runs = [pid for pid in recorded_pids(connector_catalogue, "source-faker", "read")
             if pid not in before]
@@ -339,16 +380,17 @@ def test_pipeline_connector_killed_mid_read(cluster: Any, emitted: pipeline.Keye
     assert max(stream_copies.values()) <= 2, figures
 
 
-def test_pipeline_pause_and_resume(cluster: Any, emitted: pipeline.Keyed, evidence: Any,
-                                   tmp_path: Path) -> None:
-    p = Pipeline(endpoints_of(cluster), "pause", tmp_path / "out.sqlite")
+def test_pipeline_pause_and_resume(cluster: Any, emitted: Callable[[int], Any], evidence: Any,
+                                   connector_catalogue: Path, tmp_path: Path) -> None:
+    before = set(recorded_pids(connector_catalogue, "source-faker", "read"))
+    p = Pipeline(endpoints_of(cluster), "pause", tmp_path / "out.sqlite", FAULT_COUNT)
     p.create()
-    wait_for("the sink wrote a tenth of the records",
-             lambda: len(p.sink_rows()) >= COUNT // 10, lambda: p.logs(p.sink))
+    pid, checkpoint = wait_mid_read(p, connector_catalogue, before)
     for name in (p.source, p.sink):
         p.call("PauseConnector", api.PauseConnectorRequest(name=name))
         assert p.connector(name).status == "STOPPED"
     time.sleep(3.0)  # let the owners stop the tasks (they reconcile twice a second)
+    assert not _alive(pid), f"the paused source's read (pid {pid}) still runs"
     stream_paused, sink_paused = len(p.stream_records()), len(p.sink_rows())
     time.sleep(3.0)
     stream_later, sink_later = len(p.stream_records()), len(p.sink_rows())
@@ -358,34 +400,38 @@ def test_pipeline_pause_and_resume(cluster: Any, emitted: pipeline.Keyed, eviden
     for name in (p.source, p.sink):
         p.call("ResumeConnector", api.ResumeConnectorRequest(name=name))
     figures, _ = finish(p, emitted, evidence, "pause-resume",
-                     {"stream_records_while_paused": stream_paused,
+                     {"read_pid_at_pause": pid, "checkpoint_at_pause": checkpoint,
+                      "stream_records_while_paused": stream_paused,
                       "sink_rows_while_paused": sink_paused})
     # The sink stops cleanly (its last STATE is echoed before it exits): nothing re-sent.
     assert figures["sink_resent"] == 0, figures
 
 
 def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[..., Any],
-                                                  emitted: pipeline.Keyed, evidence: Any,
+                                                  emitted: Callable[[int], Any],
+                                                  evidence: Any, connector_catalogue: Path,
                                                   tmp_path: Path) -> None:
     cluster = cluster_factory()
-    p = Pipeline(endpoints_of(cluster), "srvkill", tmp_path / "out.sqlite")
+    before = set(recorded_pids(connector_catalogue, "source-faker", "read"))
+    p = Pipeline(endpoints_of(cluster), "srvkill", tmp_path / "out.sqlite", FAULT_COUNT)
     p.create()
-    appended = wait_for("the stream holds a quarter of the records",
-                        lambda: (lambda n: n if n >= COUNT // 4 else 0)(len(p.stream_records())),
-                        lambda: p.logs(p.source))
+    pid, checkpoint = wait_mid_read(p, connector_catalogue, before)
     runner = p.connector(p.source).node
     victims = [n for n in cluster.nodes if str(n.client) == runner]
     assert victims, f"connector node {runner!r} is none of {[str(n.client) for n in cluster.nodes]}"
     victim = victims[0]
     sink_node = p.connector(p.sink).node
     cluster.kill(victim.id)
-    p.endpoints = [f"{n.client}" for n in cluster.nodes if n.id != victim.id]
+    p.endpoints = [str(n.client) for n in cluster.nodes if n.id != victim.id]
 
     def moved() -> str:
         node = p.connector(p.source).node
         return node if node and node != runner else ""
     new_runner = wait_for("another node runs the source", moved, lambda: p.connector(p.source))
     facts = {"killed_node": victim.id, "source_ran_on": runner, "source_moved_to": new_runner,
-             "sink_ran_on_killed_node": sink_node == runner,
-             "stream_records_at_kill": appended}
+             "sink_ran_on_killed_node": sink_node == runner, "read_pid_at_kill": pid,
+             "checkpoint_at_kill": checkpoint}
     finish(p, emitted, evidence, "server-sigkill", facts)
+    runs = [pid for pid in recorded_pids(connector_catalogue, "source-faker", "read")
+            if pid not in before]
+    assert len(runs) == 2, f"expected the interrupted read and one on the new node: {runs}"
