@@ -54,6 +54,15 @@ class Ownership:
 
     def hashed_owner(self, kind: str, resource_id: str) -> NodeAddress:
         """The owner by hashing alone (for resources whose owner is not persisted)."""
+        if not self._membership.is_ready():
+            # Before `server init` the member set is incomplete: an owner chosen (and
+            # stored) now would pile every resource onto the first seed asked.
+            raise HStreamError(
+                grpc.StatusCode.UNAVAILABLE,
+                0,
+                f"server {self._membership.self_node.id}: the cluster is not ready; "
+                "send `server init` (SendAdminCommand) to a seed and retry",
+            )
         try:
             return routing.owner(f"{kind}/{resource_id}", self._candidates())
         except routing.NoAliveNode as error:

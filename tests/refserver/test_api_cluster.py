@@ -283,6 +283,10 @@ def test_seeds_wait_for_server_init_through_the_api(tmp_path: Path) -> None:
                 assert admin(stub, "server ready")["type"] == "error"
                 own = stub.DescribeCluster(empty_pb2.Empty()).serverNodesStatus[0]
                 assert own.state == starting
+                with pytest.raises(grpc.RpcError) as raised:
+                    stub.LookupShard(api.LookupShardRequest(shardId=1))
+                assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "server init" in raised.value.details()
             assert admin(stubs[0], "server init")["type"] == "plain"
             deadline = time.monotonic() + 20
             while not all(admin(s, "server ready")["type"] == "plain" for s in stubs):
