@@ -116,10 +116,10 @@ def _read_shard(hstream: Any, history: History, stream: str, shard_id: int) -> N
 @pytest.mark.parametrize(
     "defect,base_port,caught_by,anomaly",
     [
-        (None, 19780, None, None),
-        ("no-redelivery", 19790, "subscription", "not_redelivered"),
-        ("redeliver-acked", 19800, "subscription", "acked_redelivered"),
-        ("reorder-reads", 19810, "order", "shard_order"),
+        (None, 19850, None, None),
+        ("no-redelivery", 19860, "subscription", "not_redelivered"),
+        ("redeliver-acked", 19870, "subscription", "acked_redelivered"),
+        ("reorder-reads", 19880, "order", "shard_order"),
     ],
     ids=["clean", "no-redelivery", "redeliver-acked", "reorder-reads"],
 )
