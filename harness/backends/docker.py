@@ -29,6 +29,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -211,6 +212,7 @@ class DockerCluster(Cluster):
         self.subnet: ipaddress.IPv4Network | None = None
         self.containers: dict[str, _Container] = {}
         self.volumes: list[str] = []
+        self._volumes_lock = threading.Lock()
         self._toxiproxy: _Container | None = None
         self._toxiproxy_handle: Any = None
         self._partition = iptables.PartitionState()
@@ -270,8 +272,14 @@ class DockerCluster(Cluster):
         # Processes of one role start together (the nodes wait for each other anyway);
         # roles start in layout order, each group ready before the next begins.
         for group in _consecutive_roles(specs):
-            for proc in group:
-                self._create_and_start(self.containers[proc.name])
+            # Creating a container is a few hundred ms of daemon work: a large group starts
+            # in parallel (bounded, the daemon serialises much of it anyway).
+            with ThreadPoolExecutor(max_workers=min(8, len(group))) as pool:
+                for future in [
+                    pool.submit(self._create_and_start, self.containers[proc.name])
+                    for proc in group
+                ]:
+                    future.result()
             for proc in group:
                 self._await_ready(self.containers[proc.name])
         for step in steps:
@@ -328,9 +336,10 @@ class DockerCluster(Cluster):
         volumes = []
         for volume, path in spec.volumes.items():
             name = f"{self.spec.label}-{volume}"
-            if name not in self.volumes:
-                self.client.volumes.create(name, labels=self._labels(volume))
-                self.volumes.append(name)
+            with self._volumes_lock:  # processes of one group may share a volume
+                if name not in self.volumes:
+                    self.client.volumes.create(name, labels=self._labels(volume))
+                    self.volumes.append(name)
             volumes.append((name, path))
         env = {
             **spec.env,
@@ -824,12 +833,17 @@ class DockerCluster(Cluster):
         with contextlib.suppress(Exception):
             self.logs()
         boxes = [*self.containers.values(), *([self._toxiproxy] if self._toxiproxy else [])]
-        for box in boxes:
-            if box.tc is not None and box.tc._container is not None:
-                with contextlib.suppress(docker.errors.APIError):
-                    box.container.remove(force=True, v=True)
-                box.state = "stopped"
-                self._sync_node_handle(box)
+        started = [box for box in boxes if box.tc is not None and box.tc._container is not None]
+
+        def remove(box: _Container) -> None:
+            with contextlib.suppress(docker.errors.APIError):
+                box.container.remove(force=True, v=True)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(started)))) as pool:
+            list(pool.map(remove, started))
+        for box in started:
+            box.state = "stopped"
+            self._sync_node_handle(box)
         remove_clusters([self.spec.label], client=self.client)
         self.record.remove()
 
