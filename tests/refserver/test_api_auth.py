@@ -12,8 +12,7 @@ import pytest
 from google.protobuf import empty_pb2
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
-
-from tests.refserver.conftest import RefCluster, launch
+from refcluster_launcher import RefCluster, launch
 
 pytestmark = pytest.mark.slow
 

@@ -21,8 +21,7 @@ from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 from hstreamdb import insecure_client
 from hstreamdb.types import SpecialOffset
-
-from tests.refserver.conftest import RefCluster, launch, node_proc, wait_cluster_size
+from refcluster_launcher import RefCluster, launch, node_proc, wait_cluster_size
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ import grpc
 import pytest
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
+from refcluster_launcher import launch
 
 from refserver import records
-from tests.refserver.conftest import launch
 
 pytestmark = pytest.mark.slow
 

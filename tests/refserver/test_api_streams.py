@@ -13,10 +13,10 @@ import pytest
 from google.protobuf import empty_pb2
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
+from refcluster_launcher import RefCluster
 
 from refserver import records
 from refserver.api.catalog import KEY_SPACE_MAX, key_hash
-from tests.refserver.conftest import RefCluster
 
 pytestmark = pytest.mark.slow
 

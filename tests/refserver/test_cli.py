@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.refserver.conftest import STORE_HOST, Proc, free_port, launch, store_proc
+from refcluster_launcher import STORE_HOST, Proc, free_port, launch, store_proc
 
 pytestmark = pytest.mark.slow
 

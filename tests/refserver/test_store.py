@@ -11,10 +11,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from refcluster_launcher import STORE_HOST, Proc, free_port, store_proc
 
 from refserver.protos import Store_pb2 as pb
 from refserver.protos import Store_pb2_grpc as pb_grpc
-from tests.refserver.conftest import STORE_HOST, Proc, free_port, store_proc
 
 pytestmark = pytest.mark.slow
 
