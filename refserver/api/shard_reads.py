@@ -24,6 +24,9 @@ from refserver.protos import Store_pb2_grpc
 # wake it at once, appends made through other nodes are seen within this interval.
 TAIL_POLL_SECONDS = 0.1
 READ_WINDOW = 100
+# One answer's batches stay under gRPC's default 4 MiB receive limit, which the official
+# clients keep: a window that would pass it ends early and the rest comes next time.
+RESPONSE_BYTES = 3 * 1024 * 1024
 
 
 def received_record(shard_id: int, entry: store_pb.Entry) -> api.ReceivedRecord:
@@ -91,11 +94,19 @@ class ShardLog:
             )
         except grpc.RpcError as error:
             raise store_unavailable(f"reading shard {shard_id}", error) from None
-        records = [received_record(shard_id, entry) for entry in response.entries]
+        entries = []
+        size = 0
+        for entry in response.entries:
+            # Always at least one batch, however large: the reader must make progress.
+            if entries and size + len(entry.payload) > RESPONSE_BYTES:
+                break
+            entries.append(entry)
+            size += len(entry.payload)
+        records = [received_record(shard_id, entry) for entry in entries]
         # Entries before the trim point are gone: continue after it, not at it.
         next_lsn = max(from_lsn, response.trim_point + 1)
-        if response.entries:
-            next_lsn = response.entries[-1].lsn + 1
+        if entries:
+            next_lsn = entries[-1].lsn + 1
         if self.reorder:
             records.reverse()
         return Window(records, next_lsn, int(response.tail_lsn))

@@ -423,3 +423,33 @@ def test_other_rpcs_are_unimplemented_by_name(stub: api_grpc.HStreamApiStub) -> 
             rpc(request)
         assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert name in raised.value.details()
+
+
+def test_large_batches_are_split_across_answers_under_the_client_limit(
+    stub: api_grpc.HStreamApiStub,
+) -> None:
+    (shard,) = create(stub, "large")
+    big = 900 * 1024  # under the 1 MiB record limit; eight of them exceed gRPC's 4 MiB
+    written = [
+        stub.Append(
+            api.AppendRequest(
+                streamName="large", shardId=shard.shardId, records=batch([bytes([i]) * big])
+            )
+        )
+        .recordIds[0]
+        .batchId
+        for i in range(8)
+    ]
+    stub.CreateShardReader(
+        api.CreateShardReaderRequest(
+            streamName="large", shardId=shard.shardId, shardOffset=EARLIEST, readerId="large-reader"
+        )
+    )
+    got: list[int] = []
+    for _ in range(10):
+        answer = stub.ReadShard(api.ReadShardRequest(readerId="large-reader", maxRecords=100))
+        assert answer.ByteSize() < 4 * 1024 * 1024
+        if not answer.receivedRecords:
+            break
+        got += [r.recordIds[0].batchId for r in answer.receivedRecords]
+    assert got == written
