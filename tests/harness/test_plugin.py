@@ -50,6 +50,6 @@ def test_options_build_the_spec(tmp_path: Path, isolated_reports: Path) -> None:
 def test_failing_test_prints_node_logs(tmp_path: Path, isolated_reports: Path) -> None:
     output = run_pytest(tmp_path, isolated_reports, FAILING_TEST)
     assert "1 failed" in output, output
-    assert "cluster logs" in output and "node 1: stopped" in output, output
+    assert "cluster logs" in output and "node 1: running client 127.0.0.11:19700" in output, output
     assert "node-1.log" in output and "Server is started on port 19700" in output, output
     assert "store.log" in output, output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -31,18 +32,19 @@ time.sleep(300)
 """
 
 
-def wait_for_line(proc: subprocess.Popen[str], wanted: str, timeout_s: float) -> None:
+def wait_for_line(proc: subprocess.Popen[bytes], wanted: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    seen = ""
+    seen = b""
     while time.monotonic() < deadline:
-        seen += proc.stdout.read() or ""
-        if wanted in seen:
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            seen += chunk
+            if wanted.encode() in seen:
+                return
+            if not chunk:
+                break
     raise AssertionError(f"run did not print {wanted!r} (status {proc.poll()}); got {seen!r}")
 
 
@@ -51,7 +53,7 @@ def test_sigkilled_run_is_swept(
 ) -> None:
     session = f"sweep-test-{os.getpid()}"
     runner = subprocess.Popen(
-        [sys.executable, "-c", RUN, "19300", session], cwd=REPO, text=True,
+        [sys.executable, "-c", RUN, "19300", session], cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=subprocess_env(isolated_reports),
     )
     try:
