@@ -151,6 +151,10 @@ class ConnectorService:
 
     async def reconcile(self) -> None:
         """Start the RUNNING connectors this node owns, stop every other local task."""
+        if not self._membership.is_ready():
+            # Before the cluster is initialised (or this node has joined) its view is
+            # partial, and an owner computed from it would move tasks needlessly.
+            return
         wanted: dict[str, ConnectorRecord] = {}
         for versioned in await metadata.load_all(self._store):
             record = versioned.record
@@ -432,6 +436,9 @@ class ConnectorService:
         try:
             await self._require(request.name)
             await metadata.delete(self._store, request.name)
+            forget = getattr(self._ownership, "forget", None)
+            if forget is not None:  # the API layer's Ownership keeps owners in the store
+                await forget("connector", request.name)
         except grpc.RpcError as error:
             await errors.abort(context, _store_unavailable("deleting a connector", error))
         except HStreamError as error:

@@ -197,7 +197,7 @@ async def create_stream(store: Store_pb2_grpc.StoreStub, name: str, shard_count:
 async def stream_records(store: Store_pb2_grpc.StoreStub, shards: list[int]
                          ) -> list[tuple[int, int, api.HStreamRecord]]:
     """(shard, lsn, record) for every record in the stream, straight from the store."""
-    out = []
+    out: list[tuple[int, int, api.HStreamRecord]] = []
     for shard in shards:
         lsn = 1
         while True:
@@ -238,6 +238,12 @@ async def eventually(what: str, check: Callable[[], Any], evidence: Callable[[],
                 seen = await seen
             pytest.fail(f"timed out after {timeout:.0f}s waiting until {what}; seen: {seen}")
         await asyncio.sleep(0.25)
+
+
+def user_id(record: api.HStreamRecord) -> int:
+    data = record_data(record)
+    assert data is not None, f"a RAW record in a connector's stream: {record}"
+    return int(data["id"])
 
 
 def error_of(exc: grpc.aio.AioRpcError) -> dict[str, Any]:
@@ -294,14 +300,14 @@ def test_source_to_stream_to_sink_with_every_record_accounted(
             await eventually("the source completes", lambda: _is(source_status(), "COMPLETED"),
                              lambda: logs_of(client, "faker_in"))
             in_stream = await stream_records(store, shards)
-            ids = Counter(int(record_data(r)["id"]) for _, _, r in in_stream)
+            ids = Counter(user_id(r) for _, _, r in in_stream)
             assert sorted(ids) == list(range(1, count + 1)), \
                 f"stream holds {len(ids)} distinct ids of {count}"
             # One partition key per user id, each key in the shard its MD5 routes to.
             ranges = expected_ranges(len(shards))
             for shard, _lsn, record in in_stream:
                 key = record.header.key
-                assert key == str(int(record_data(record)["id"]))
+                assert key == str(user_id(record))
                 lo, hi = ranges[shards.index(shard)]
                 assert lo <= key_hash(key) <= hi, f"key {key!r} in the wrong shard {shard}"
             assert {s for s, _, _ in in_stream} == set(shards)
@@ -314,6 +320,7 @@ def test_source_to_stream_to_sink_with_every_record_accounted(
             by_id = {row["id"]: row for row in rows}
             for _, _, record in in_stream:
                 data = record_data(record)
+                assert data is not None
                 assert by_id[data["id"]] == data, f"sink row differs for id {data['id']}"
             listed = await client.ListConnectors(api.ListConnectorsRequest())
             assert [c.name for c in listed.connectors] == ["faker_in", "sqlite_out"]
@@ -351,7 +358,7 @@ def test_killed_connector_resumes_from_its_last_state(
                 offsets = (await client.GetConnector(
                     api.GetConnectorRequest(name="faker_kill"))).offsets
                 covered = _faker_offset([json_format.MessageToDict(o) for o in offsets])
-                ids = {int(record_data(r)["id"]) for _, _, r in
+                ids = {user_id(r) for _, _, r in
                        await stream_records(store, shards)}
                 missing = sorted(set(range(1, covered + 1)) - ids)
                 assert not missing, \
@@ -371,7 +378,7 @@ def test_killed_connector_resumes_from_its_last_state(
                              lambda: _is(status(), "COMPLETED"),
                              lambda: logs_of(client, "faker_kill"))
             in_stream = await stream_records(store, shards)
-            ids = Counter(int(record_data(r)["id"]) for _, _, r in in_stream)
+            ids = Counter(user_id(r) for _, _, r in in_stream)
             assert sorted(ids) == list(range(1, count + 1)), \
                 f"lost ids: {sorted(set(range(1, count + 1)) - set(ids))[:10]}"
             logs = await logs_of(client, "faker_kill")

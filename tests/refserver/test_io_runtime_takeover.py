@@ -184,6 +184,11 @@ def test_tasks_move_to_another_node_when_their_node_is_killed(cluster_dir: dict[
 
     from refserver import records
     from refserver.io.sink_task import record_data
+
+    def user_id(record: api.HStreamRecord) -> int:
+        data = record_data(record)
+        assert data is not None, f"a RAW record in the connector's stream: {record}"
+        return int(data["id"])
     from refserver.protos import Store_pb2, Store_pb2_grpc
 
     count = 3000
@@ -210,7 +215,7 @@ def test_tasks_move_to_another_node_when_their_node_is_killed(cluster_dir: dict[
                     for entry in reply.entries:
                         batch = api.BatchedRecord()
                         batch.ParseFromString(entry.payload)
-                        ids.update(int(record_data(r)["id"]) for r in records.decode(batch))
+                        ids.update(user_id(r) for r in records.decode(batch))
                         lsn = entry.lsn + 1
                     if not reply.entries:
                         break
