@@ -7,11 +7,13 @@ client URL, with Echo and DescribeCluster.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
 import requests
 from cluster_probes import call_echo, describe_cluster
+from HStream.Server import HStreamApi_pb2, HStreamApi_pb2_grpc
 
 from harness.backends.base import Cluster, UnsupportedFault
 from harness.faults.partition import isolate
@@ -116,3 +118,19 @@ def test_logs_are_per_process_files(cluster: Cluster) -> None:
     for name in ("node-1", "node-2", "node-3"):
         assert "Server is started on port 19" in logs[name].read_text(), name
     assert all(path.parent.name == cluster.spec.name for path in logs.values())
+
+
+def test_token_cluster_initialises_and_refuses_anonymous_calls(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    # The init steps must carry the token, or a token cluster would never become ready.
+    secured = cluster_factory(nodes=1, base_port=19080, toxiproxy=False,
+                              tokens=("hstream:hstream",))
+    assert echo_fails(secured.client_url(1)) == grpc.StatusCode.UNAUTHENTICATED
+    target = secured.client_url(1).removeprefix("hstream://")
+    with grpc.insecure_channel(target) as channel:
+        reply = HStreamApi_pb2_grpc.HStreamApiStub(channel).Echo(
+            HStreamApi_pb2.EchoRequest(msg="ping"), timeout=2,
+            metadata=(("authorization", "Basic hstream:hstream"),),
+        )
+    assert reply.msg == "ping"
