@@ -86,3 +86,26 @@ def test_sigkilled_run_is_swept(
             runner.kill()
         for pid in labelled(session):  # only if an assertion above failed mid-way
             os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_tear_the_cluster_down(
+    sig: signal.Signals, isolated_reports: Path, labelled: Callable[[str], list[int]]
+) -> None:
+    session = f"signal-test-{sig.name.lower()}-{os.getpid()}"
+    runner = subprocess.Popen(
+        [sys.executable, "-c", RUN, "19320", session], cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=subprocess_env(isolated_reports),
+    )
+    try:
+        wait_for_line(runner, "READY", 90)
+        assert len(labelled(session)) >= 4
+        runner.send_signal(sig)
+        runner.wait(30)
+        assert labelled(session) == [], f"left running after {sig.name}"
+        assert all_records(isolated_reports / ".sessions") == []
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        for pid in labelled(session):
+            os.killpg(pid, signal.SIGKILL)
