@@ -122,5 +122,13 @@ def read_all(
                 continue
             batches.extend(got.receivedRecords)
     finally:
-        hstream.DeleteShardReader(api.DeleteShardReaderRequest(readerId=reader_id))
+        delete_reader(hstream, reader_id)
     return batches
+
+
+def delete_reader(hstream: api_grpc.HStreamApiStub, reader_id: str) -> None:
+    """DeleteShardReader through the reader's owner: the call is ownership-checked (§3)."""
+    owner = hstream.LookupShardReader(api.LookupShardReaderRequest(readerId=reader_id))
+    wire.stub(wire.endpoint_of(owner.serverNode)).DeleteShardReader(
+        api.DeleteShardReaderRequest(readerId=reader_id)
+    )

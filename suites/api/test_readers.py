@@ -10,7 +10,7 @@ from HStream.Server import HStreamApi_pb2 as api
 
 from harness import wire
 
-from .conftest import append, expect_error, read_all, shards_of
+from .conftest import append, delete_reader, expect_error, read_all, shards_of
 
 EARLIEST = api.ShardOffset(specialOffset=api.SpecialOffset.EARLIEST)
 LATEST = api.ShardOffset(specialOffset=api.SpecialOffset.LATEST)
@@ -75,7 +75,7 @@ def test_reader_from_latest(hstream, shard_stream, unique):
             f"LATEST reader gave {batch_ids(got)}, want only the later batches"
         )
     finally:
-        hstream.DeleteShardReader(api.DeleteShardReaderRequest(readerId=reader_id))
+        delete_reader(hstream, reader_id)
 
 
 @pytest.mark.conformance("api.readers.record-offset")
@@ -134,7 +134,7 @@ def test_read_blocks_for_timeout(hstream, shard_stream, unique):
             f"empty read with timeout 1000 ms returned after {waited:.2f} s"
         )
     finally:
-        hstream.DeleteShardReader(api.DeleteShardReaderRequest(readerId=reader_id))
+        delete_reader(hstream, reader_id)
 
 
 @pytest.mark.conformance("api.readers.lifecycle")
@@ -152,7 +152,7 @@ def test_reader_lifecycle(hstream, shard_stream, unique):
     )
     listed = hstream.ListShardReaders(api.ListShardReadersRequest()).readerId
     assert reader_id in listed, f"{reader_id} not in ListShardReaders {list(listed)}"
-    hstream.DeleteShardReader(api.DeleteShardReaderRequest(readerId=reader_id))
+    delete_reader(hstream, reader_id)
     listed = hstream.ListShardReaders(api.ListShardReadersRequest()).readerId
     assert reader_id not in listed, "deleted reader still listed"
     expect_error(
@@ -172,7 +172,7 @@ def test_reader_exists(hstream, shard_stream, unique):
     try:
         expect_error(lambda: hstream.CreateShardReader(request), grpc.StatusCode.ALREADY_EXISTS)
     finally:
-        hstream.DeleteShardReader(api.DeleteShardReaderRequest(readerId=reader_id))
+        delete_reader(hstream, reader_id)
 
 
 @pytest.mark.conformance("api.errors.reader-missing-offset")
