@@ -17,14 +17,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
+T = TypeVar("T")
 PORT_RANGE = range(16000, 17000)
 STORE_HOST = "127.0.0.1"
 READY_SECONDS = 30.0
@@ -239,3 +241,16 @@ def launch(
         yield cluster
     finally:
         cluster.stop()
+
+
+def retry_unavailable(call: Callable[[], T], seconds: float = 10.0) -> T:
+    """Run `call` until it stops answering UNAVAILABLE: after a store restart a node
+    answers UNAVAILABLE until its reconnect backoff (at most 0.5 s) has run out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import empty_pb2
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
-from refcluster_launcher import launch
+from refcluster_launcher import launch, retry_unavailable
 
 from refserver import records
 
@@ -72,7 +72,9 @@ def test_ack_before_durable_loses_acknowledged_appends(tmp_path: Path, defect: s
             cluster.store.kill(signal.SIGKILL)
             cluster.store.start()
             cluster.store.wait_ready(occurrence=2)
-            survivors = read_batch_ids(stub, "durable", shard, "after-crash")
+            survivors = retry_unavailable(
+                lambda: read_batch_ids(stub, "durable", shard, "after-crash")
+            )
     lost = sorted(set(acked) - set(survivors))
     if defect:
         assert lost == acked, f"with {defect} every unflushed ack should be lost, lost {lost}"

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
-from refcluster_launcher import launch
+from refcluster_launcher import launch, retry_unavailable
 
 from refserver import records
 
@@ -41,13 +40,5 @@ def test_append_is_unavailable_while_the_store_is_down(tmp_path: Path) -> None:
             cluster.store.start()
             cluster.store.wait_ready(occurrence=2)
             # The node reconnects within its reconnect backoff; retry like a client would.
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    again = stub.Append(request, timeout=30).recordIds[0].batchId
-                    break
-                except grpc.RpcError as error:
-                    assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
-                    assert time.monotonic() < deadline, "node did not reconnect to the store"
-                    time.sleep(0.1)
+            again = retry_unavailable(lambda: stub.Append(request, timeout=30)).recordIds[0].batchId
             assert again == first + 1, f"LSN after the outage: {again}, before: {first}"
