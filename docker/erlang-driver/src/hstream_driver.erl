@@ -23,6 +23,9 @@ main(_Args) ->
     ok = log_to_stderr(),
     ok = unpack_nifs(),
     {ok, _} = application:ensure_all_started(hstreamdb_erl),
+    %% The protocol is UTF-8 bytes both ways. The io module speaks characters and would
+    %% transcode them per the device's encoding (a latin1 device turns each UTF-8 byte into
+    %% a character of its own); the file module passes bytes through as they are.
     ok = io:setopts(standard_io, [binary, {encoding, latin1}]),
     loop(#{client => undefined, producers => #{}, urls => undefined}).
 
@@ -85,13 +88,13 @@ remove_tree(Dir) ->
 %% -- the request loop ---------------------------------------------------------------------
 
 loop(State) ->
-    case io:get_line(standard_io, <<>>) of
+    case file:read_line(standard_io) of
         eof -> ok;
         {error, _} -> ok;
-        Line ->
+        {ok, Line} ->
             drain_stale_replies(),
             {Reply, NewState, Continue} = handle_line(Line, State),
-            io:put_chars(standard_io, [jiffy:encode(Reply), $\n]),
+            ok = file:write(standard_io, [jiffy:encode(Reply), $\n]),
             case Continue of
                 true -> loop(NewState);
                 false -> ok
@@ -116,12 +119,12 @@ handle_line(Line, State) ->
                     io:format(standard_error, "[erlang] ~s crashed: ~p:~p~n~p~n",
                               [Op, Class, Reason, Stack]),
                     %% A crash inside the client after the request may have left: unknown.
-                    {{info, undefined, fmt("~p:~p", [Class, Reason])}, State}
+                    {{info, undefined, fmt("~tp:~tp", [Class, Reason])}, State}
                 end,
             {reply(Id, Result), NewState, Op =/= <<"close">>};
         Other ->
             {reply(null, {fail, <<"UNSUPPORTED">>,
-                          fmt("not a driver request (no \"op\"): ~P", [Other, 20])}),
+                          fmt("not a driver request (no \"op\"): ~tP", [Other, 20])}),
              State, true}
     catch _:_ ->
         {reply(null, {fail, <<"UNSUPPORTED">>, <<"not a JSON request">>}), State, true}
@@ -145,7 +148,7 @@ op(<<"connect">>, #{<<"urls">> := Urls = [_ | _]}, State) ->
             %% for shard owners per shard when a producer starts.
             {{ok, #{nodes => []}}, State#{client := Client, urls := Url}};
         {error, Reason} ->
-            {{info, undefined, fmt("~p", [Reason])}, State}
+            {{info, undefined, fmt("~tp", [Reason])}, State}
     end;
 op(<<"connect">>, _, State) ->
     {{fail, <<"UNSUPPORTED">>, <<"connect needs a non-empty \"urls\" list">>}, State};
@@ -250,7 +253,7 @@ hrecord(Key, Record = #{<<"json">> := Json}) when is_map(Json) ->
     try hstreamdb_api:encode_msg(json_struct(Json), struct) of
         Payload -> with_attributes(hstreamdb:to_record(Key, json, Payload), Record)
     catch error:Reason ->
-        {error, fmt("cannot encode JSON record as a protobuf Struct: ~p", [Reason])}
+        {error, fmt("cannot encode JSON record as a protobuf Struct: ~tp", [Reason])}
     end;
 hrecord(Key, Record = #{<<"data">> := Data}) ->
     with_attributes(hstreamdb:to_record(Key, raw, base64:decode(Data)), Record);
@@ -307,14 +310,14 @@ result(Error, State) -> {classify(Error), State}.
 classify({error, {grpc_error, #{status := Status, message := Message}}}) ->
     status_result(status_name(Status), Message);
 classify({error, {shard_mismatch, Extra}}) ->
-    {fail, <<"INVALID_ARGUMENT">>, fmt("shard_mismatch: ~p", [Extra])};
+    {fail, <<"INVALID_ARGUMENT">>, fmt("shard_mismatch: ~tp", [Extra])};
 classify({error, {Code, Message}}) when is_atom(Code), is_binary(Message) ->
     case status_name(Code) of
-        undefined -> {info, undefined, fmt("~p", [{Code, Message}])};
+        undefined -> {info, undefined, fmt("~tp", [{Code, Message}])};
         Name -> status_result(Name, Message)
     end;
-classify({error, Reason}) -> {info, undefined, fmt("~p", [Reason])};
-classify(Other) -> {info, undefined, fmt("~p", [Other])}.
+classify({error, Reason}) -> {info, undefined, fmt("~tp", [Reason])};
+classify(Other) -> {info, undefined, fmt("~tp", [Other])}.
 
 status_result(Name, Message) ->
     Definite = [<<"INVALID_ARGUMENT">>, <<"NOT_FOUND">>, <<"ALREADY_EXISTS">>,
@@ -345,7 +348,7 @@ precondition(_) ->
 
 message_text(Message) when is_binary(Message) -> Message;
 message_text(Message) when is_map(Message) -> jiffy:encode(Message);
-message_text(Message) -> fmt("~p", [Message]).
+message_text(Message) -> fmt("~tp", [Message]).
 
 status_name(Status) when is_binary(Status) ->
     try status_name(binary_to_integer(Status)) catch error:badarg -> undefined end;
@@ -372,6 +375,6 @@ to_bin(B) when is_binary(B) -> B;
 to_bin(L) when is_list(L) ->
     case unicode:characters_to_binary(L) of
         B when is_binary(B) -> B;
-        _ -> fmt("~p", [L])
+        _ -> fmt("~tp", [L])
     end;
-to_bin(Other) -> fmt("~p", [Other]).
+to_bin(Other) -> fmt("~tp", [Other]).
