@@ -127,9 +127,16 @@ class _ClusterCounter:
 _COUNTER = _ClusterCounter()
 
 
-def _start(config: pytest.Config, spec: ClusterSpec) -> Cluster:
+def _start(config: pytest.Config, spec: ClusterSpec, port_given: bool = False) -> Cluster:
+    """Start a cluster named c<k>, the k-th of the session.
+
+    Without an explicit base_port its ports move by PORT_BLOCK per cluster, so a factory
+    cluster never collides with the module's cluster running next to it.
+    """
     index = _COUNTER.take()
-    spec = spec.with_(name=f"c{index}", base_port=spec.base_port + PORT_BLOCK * (index % 50))
+    spec = spec.with_(name=f"c{index}")
+    if not port_given:
+        spec = spec.with_(base_port=spec.base_port + PORT_BLOCK * (index % 50))
     try:
         cluster = backend_for(spec).start(spec)
     except HarnessError as exc:
@@ -163,7 +170,8 @@ def cluster(request: pytest.FixtureRequest, cluster_spec: ClusterSpec) -> Iterat
             spec = spec.with_(**marker.kwargs)
         except HarnessError as exc:
             pytest.fail(f"bad @pytest.mark.cluster settings: {exc}", pytrace=False)
-    running = _start(request.config, spec)
+    port_given = marker is not None and "base_port" in marker.kwargs
+    running = _start(request.config, spec, port_given)
     request.node.stash[_MODULE_CLUSTER_KEY] = running
     try:
         yield running
@@ -188,7 +196,7 @@ def cluster_factory(
             spec = cluster_spec.with_(**overrides)
         except HarnessError as exc:
             pytest.fail(f"bad cluster_factory settings: {exc}", pytrace=False)
-        running = _start(request.config, spec)
+        running = _start(request.config, spec, "base_port" in overrides)
         started.append(running)
         return running
 
