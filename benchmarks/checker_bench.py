@@ -8,7 +8,8 @@ acknowledging them (with redeliveries after the ack timeout), a shard reader, pr
 5 nodes' membership views every half second, a nemesis killing and restarting a node every
 minute, and complete reads of the stream plus a final read. Everything is drawn from
 `random.Random(seed)`. The checkers must judge it valid; the script exits 1 if not, or if
-the checkers together take longer than --budget seconds. With --inject N, N acknowledged
+the checkers together take more than --budget CPU seconds (CPU, not wall time: on a shared
+machine the wall time mostly measures the wait for a core). With --inject N, N acknowledged
 appends vanish from every read and N unwritten records are read: the checkers must report
 exactly those (lost, unexpected, undelivered), so the benchmark also proves detection.
 """
@@ -220,14 +221,17 @@ def inject_anomalies(ops: list[Op], n: int, seed: int) -> list[str]:
     return sorted(vanished)
 
 
-def _timed(name: str, fn: Callable[[], Result], n: int) -> tuple[float, Result]:
-    began = time.perf_counter()
+def _timed(name: str, fn: Callable[[], Result], n: int) -> tuple[float, float, Result]:
+    """Wall and CPU seconds of one checker. On a shared machine the CPU time is the figure
+    that measures the checker; the wall time also counts waiting for a core."""
+    began, began_cpu = time.perf_counter(), time.process_time()
     result = fn()
-    took = time.perf_counter() - began
-    print(f"{name:<14} {took:7.2f} s  {n / took:12,.0f} ops/s  valid={result.valid}  "
-          + ", ".join(f"{k}={v}" for k, v in sorted(result.counts.items()) if v
-                      and k in result.anomalies))
-    return took, result
+    took, cpu = time.perf_counter() - began, time.process_time() - began_cpu
+    bad = ", ".join(f"{k}={v}" for k, v in sorted(result.counts.items())
+                    if v and k in result.anomalies)
+    print(f"{name:<14} {took:7.2f} s wall {cpu:7.2f} s cpu {n / cpu:12,.0f} ops/cpu-s  "
+          f"valid={result.valid}  {bad}")
+    return took, cpu, result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--budget", type=float, default=30.0,
-                        help="fail if the checkers together take longer (seconds)")
+                        help="fail if the checkers together use more CPU seconds")
     parser.add_argument("--save", type=Path, help="also write the history as JSON lines")
     parser.add_argument("--inject", type=int, default=0, metavar="N",
                         help="lose N acknowledged appends and read N unwritten records; "
@@ -260,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     n = len(ops)
     bound = membership.swim_bounds(1.0, len(NODES), sample_interval_s=0.5)["agreement_bound_s"]
-    total = 0.0
+    total = total_cpu = 0.0
     verdicts = []
     for name, fn in (
         ("stream-set", lambda: stream_set.check(ops)),
@@ -268,15 +272,18 @@ def main(argv: list[str] | None = None) -> int:
         ("subscription", lambda: subscription.check(ops)),
         ("membership", lambda: membership.check(ops, bound_s=bound)),
     ):
-        took, result = _timed(name, fn, n)
+        took, cpu, result = _timed(name, fn, n)
         total += took
+        total_cpu += cpu
         verdicts.append(result.valid)
-    print(f"{'all four':<14} {total:7.2f} s  {n / total:12,.0f} ops/s")
+    print(f"{'all four':<14} {total:7.2f} s wall {total_cpu:7.2f} s cpu "
+          f"{n / total_cpu:12,.0f} ops/cpu-s")
     began = time.perf_counter()
     report = check_all(ops, {"membership_bound_s": bound})
     composed = time.perf_counter() - began
     print(f"{'check_all':<14} {composed:7.2f} s  valid={report.valid}")
-    summary = {"ops": n, "seconds": round(total, 2), "check_all_seconds": round(composed, 2),
+    summary = {"ops": n, "seconds": round(total, 2), "cpu_seconds": round(total_cpu, 2),
+               "check_all_seconds": round(composed, 2),
                "valid": report.valid}
     print(json.dumps(summary))
     if args.inject:
@@ -297,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         print("the generated history should be valid: a checker disagrees", file=sys.stderr)
         print(report.table(), file=sys.stderr)
         return 1
-    if total > args.budget:
-        print(f"checkers took {total:.1f} s, over the {args.budget} s budget", file=sys.stderr)
+    if total_cpu > args.budget:
+        print(f"checkers took {total_cpu:.1f} CPU seconds, over the {args.budget} s budget",
+              file=sys.stderr)
         return 1
     return 0
 
