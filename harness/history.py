@@ -236,10 +236,17 @@ def describe_error(exc: BaseException) -> str:
 # -- recording ---------------------------------------------------------------------------------
 
 
-def history_path(name: str, reports_dir: str | Path = "reports") -> Path:
-    """reports/histories/<name>.jsonl with `name` (e.g. a pytest node id) made file-safe."""
+def history_path(name: str, reports_dir: str | Path | None = None) -> Path:
+    """<reports>/histories/<name>.jsonl with `name` (e.g. a pytest node id) made file-safe.
+
+    <reports> is `reports_dir` if given, else the run's reports root (the
+    HSTREAM_CONFORMANCE_REPORTS environment variable, else ./reports).
+    """
+    from harness.cleanup import reports_root
+
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "history"
-    return Path(reports_dir) / "histories" / f"{safe}.jsonl"
+    root = Path(reports_dir) if reports_dir is not None else reports_root()
+    return root / "histories" / f"{safe}.jsonl"
 
 
 class History:

@@ -233,3 +233,13 @@ def test_hstream_error_code_parsing():
     assert hstream_error_code('garbled {"error": 302') == 302
     assert hstream_error_code("plain text") is None
     assert hstream_error_code(None) is None
+
+
+def test_history_path_is_file_safe_and_follows_the_reports_root(tmp_path, monkeypatch):
+    from harness.cleanup import REPORTS_ENV
+    from harness.history import history_path
+
+    monkeypatch.setenv(REPORTS_ENV, str(tmp_path))
+    p = history_path("suites/x.py::test_y[n3-kill one]")
+    assert p == tmp_path / "histories" / "suites_x.py_test_y_n3-kill_one.jsonl"
+    assert history_path("a", tmp_path / "r") == tmp_path / "r" / "histories" / "a.jsonl"
