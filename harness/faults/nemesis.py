@@ -560,10 +560,13 @@ class Nemesis:
             down, up = effect()
         except Exception as exc:
             if self.history is not None and inv is not None:
-                from harness.history import classify_error, describe_error
+                from harness.backends.base import UnsupportedFault
+                from harness.history import describe_error
 
-                # Our own refusals (unsupported fault, no proxy) happen before any effect.
-                kind = "fail" if isinstance(exc, HarnessError) else classify_error(exc)
+                # Refusals come before any effect: definitely not applied. Anything else may
+                # have hit some nodes already, so the outcome is unknown.
+                refused = isinstance(exc, UnsupportedFault | NemesisError)
+                kind = "fail" if refused else "info"
                 self.history.complete(inv, kind, value, error=describe_error(exc))
             raise
         up &= self._down  # only what was down can come back up
