@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,16 @@ from refserver.io.catalog import ConnectorLaunch
 # Connectors print a record per line; airbyte records can be large (nested documents).
 _LINE_LIMIT = 16 * 1024 * 1024
 _STOP_GRACE_S = 5.0
+
+
+def _die_with_parent() -> tuple[str, ...]:
+    """A prefix that makes the kernel kill the connector when its node dies (even by
+    SIGKILL), so a crashed node leaves no connector running behind it: util-linux's
+    `setpriv --pdeathsig`, which survives the exec into the connector. (A preexec_fn
+    calling prctl is not an option: forking a process that runs gRPC threads and then
+    running Python code in the child can crash it.)"""
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
 
 
 class ConnectorFailed(RuntimeError):
@@ -59,6 +71,8 @@ class AirbyteRun:
             command = [*launch.argv, *env_flags, "-v", f"{workdir}:{workdir}", launch.image, *argv]
         else:
             command = [*launch.argv, *argv]
+        program = command[0]
+        command = [*_die_with_parent(), *command]
         try:
             process = await asyncio.create_subprocess_exec(
                 *command,
@@ -73,7 +87,7 @@ class AirbyteRun:
                 start_new_session=True,
             )
         except OSError as error:
-            raise ConnectorFailed(f"cannot start {launch.target} ({command[0]}): {error}") from None
+            raise ConnectorFailed(f"cannot start {launch.target} ({program}): {error}") from None
         label = f"{launch.target} {args[0]}"
         log(f"runtime: started {label} as pid {process.pid}")
         return cls(process, label, log)

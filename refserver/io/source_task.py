@@ -84,7 +84,8 @@ def json_record(data: dict[str, Any], key: str) -> api.HStreamRecord:
 
 class SourceTask:
     """One source connector's task on this node. `run()` returns True when the read
-    ended (the source is done), raises ConnectorFailed when the connector failed."""
+    ended (the source is done), False when stopped before reading, and raises
+    ConnectorFailed when the connector failed."""
 
     def __init__(self, store: Store_pb2_grpc.StoreStub, name: str, config: TaskConfig,
                  launch: ConnectorLaunch, stream: StreamShards, workdir: Path,
@@ -99,6 +100,7 @@ class SourceTask:
         self._durable = durable
         self.checkpoint = Checkpoint(store, name)
         self.run_handle: AirbyteRun | None = None
+        self._stopping = False
         self.counts = {"records_read": 0, "records_appended": 0, "states_checkpointed": 0}
 
     async def run(self) -> bool:
@@ -111,6 +113,8 @@ class SourceTask:
         if not catalogs:
             raise ConnectorFailed(f"{self._launch.target} discover printed no CATALOG")
         configured, key_fields = configure(catalogs[-1], self._config.airbyte_stream)
+        if self._stopping:
+            return False
         airbyte_stream = configured["streams"][0]["stream"]["name"]
         args = ["read", "--config", "@config.json", "--catalog", "@catalog.json"]
         files: dict[str, Any] = {"config.json": self._config.connector,
@@ -154,6 +158,8 @@ class SourceTask:
         return True
 
     async def stop(self) -> None:
+        """Kill the read (what it emitted after its last STATE is read again on resume)."""
+        self._stopping = True
         if self.run_handle is not None:
             await self.run_handle.stop()
 

@@ -178,6 +178,29 @@ def cluster_dir(tmp_path: Path) -> Iterator[dict[str, Any]]:
                     os.killpg(int(line.split()[0]), signal.SIGKILL)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+
+def _names_on_one_node() -> tuple[str, str]:
+    """A source and a sink name that hash to the same node, so that killing the node that
+    runs the source also moves the sink (ownership hashes the name over the alive ids)."""
+    from refserver import routing
+    from refserver.membership import NodeAddress
+
+    nodes = [NodeAddress(i, "127.0.0.1", p, "127.0.0.1", g) for i, (p, g) in NODE_PORTS.items()]
+    for n in range(100):
+        source, sink = f"users_in{n}", f"users_out{n}"
+        if routing.owner(f"connector/{source}", nodes) == routing.owner(f"connector/{sink}",
+                                                                         nodes):
+            return source, sink
+    raise AssertionError("no pair of connector names shares an owner")
+
+
 def test_tasks_move_to_another_node_when_their_node_is_killed(cluster_dir: dict[str, Any]
                                                                ) -> None:
     from HStream.Server import HStreamApi_pb2 as api
@@ -192,6 +215,7 @@ def test_tasks_move_to_another_node_when_their_node_is_killed(cluster_dir: dict[
     from refserver.protos import Store_pb2, Store_pb2_grpc
 
     count = 3000
+    source_name, sink_name = _names_on_one_node()
     database = cluster_dir["dir"] / "out.sqlite"
     shards = [7001, 7002]
 
@@ -241,39 +265,51 @@ def test_tasks_move_to_another_node_when_their_node_is_killed(cluster_dir: dict[
             return result
 
         await stubs[1].CreateConnector(api.CreateConnectorRequest(
-            name="users_out", type="SINK", target="sqlite",
+            name=sink_name, type="SINK", target="sqlite",
             config=json.dumps({"stream": "moved", "airbyte_stream": "users",
                                "database_path": str(database)})))
         await stubs[1].CreateConnector(api.CreateConnectorRequest(
-            name="users_in", type="SOURCE", target="faker",
+            name=source_name, type="SOURCE", target="faker",
             config=json.dumps({"stream": "moved", "airbyte_stream": "users", "count": count,
                                "seed": 7, "records_per_slice": 100, "parallelism": 1,
                                "always_updated": True})))
 
-        async def quarter() -> int:
-            n = sum((await stream_ids()).values())
-            return n if n >= count // 4 else 0
-        at_kill = await wait("a quarter of the users are in the stream", quarter)
-        source = await stubs[1].GetConnector(api.GetConnectorRequest(name="users_in"))
-        sink = await stubs[1].GetConnector(api.GetConnectorRequest(name="users_out"))
+        async def checkpointed() -> api.Connector | None:
+            # Mid-read: the first STATE is stored, the read goes on.
+            got = await stubs[1].GetConnector(api.GetConnectorRequest(name=source_name))
+            assert got.status == "RUNNING", f"the source is {got.status} before the kill"
+            return got if got.offsets else None
+        source = await wait("the source stores its first checkpoint", checkpointed)
+        at_kill = sum((await stream_ids()).values())
+        sink = await stubs[1].GetConnector(api.GetConnectorRequest(name=sink_name))
         victim = next(i for i, (p, _) in NODE_PORTS.items() if source.node == f"127.0.0.1:{p}")
         cluster_dir["processes"][f"node-{victim}"].kill()
+
+        async def orphans_gone() -> bool:
+            # The connectors of a dead node die with it (they must not keep writing).
+            pids = cluster_dir["dir"] / f"pids-{victim}"
+            return not any(_alive(int(line.split()[0]))
+                           for line in pids.read_text().splitlines())
+        await wait("the killed node's connector processes are gone", orphans_gone)
         survivor = next(i for i in NODE_PORTS if i != victim)
 
         async def completed() -> bool:
-            got = await stubs[survivor].GetConnector(api.GetConnectorRequest(name="users_in"))
+            got = await stubs[survivor].GetConnector(api.GetConnectorRequest(name=source_name))
             return got.status == "COMPLETED"
         await wait("the source completes on another node", completed)
         moved_to = (await stubs[survivor].GetConnector(
-            api.GetConnectorRequest(name="users_in"))).node
+            api.GetConnectorRequest(name=source_name))).node
 
         async def sink_done() -> bool:
             return len(sink_ids()) >= count and \
                 sum(sink_ids().values()) >= sum((await stream_ids()).values())
         await wait("the sink wrote every user", sink_done)
         in_stream, in_sink = await stream_ids(), sink_ids()
+        sink_moved_to = (await stubs[survivor].GetConnector(
+            api.GetConnectorRequest(name=sink_name))).node
         return {"victim": victim, "source_ran_on": source.node, "sink_ran_on": sink.node,
-                "moved_to": moved_to, "stream_records_at_kill": at_kill,
+                "moved_to": moved_to, "sink_moved_to": sink_moved_to,
+                "stream_records_at_kill": at_kill,
                 "stream": in_stream, "sink": in_sink}
 
     result = asyncio.run(asyncio.wait_for(scenario(), DEADLINE_S * 3))
@@ -282,7 +318,9 @@ def test_tasks_move_to_another_node_when_their_node_is_killed(cluster_dir: dict[
     figures.update(stream_records=sum(stream.values()), stream_duplicates=sum(stream.values())
                    - len(stream), sink_rows=sum(sink.values()),
                    sink_resent=sum(max(n - stream[k], 0) for k, n in sink.items()))
+    assert result["sink_ran_on"] == result["source_ran_on"], figures
     assert result["moved_to"] != result["source_ran_on"], figures
+    assert result["sink_moved_to"] != result["sink_ran_on"], figures
     assert sorted(stream) == list(range(1, count + 1)), \
         f"stream lost users {sorted(set(range(1, count + 1)) - set(stream))[:10]}; {figures}"
     missing = {k: n - sink.get(k, 0) for k, n in stream.items() if sink.get(k, 0) < n}
