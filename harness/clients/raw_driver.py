@@ -304,7 +304,11 @@ class RawDriver(DriverLoop):
                 for received in answer.receivedRecords:
                     records.extend(decoded(received))
         finally:
-            await stub.DeleteShardReader(
+            # DeleteShardReader is ownership-checked (§3): ask the reader's owner.
+            owner = await stub.LookupShardReader(
+                api.LookupShardReaderRequest(readerId=reader_id), timeout=CALL_TIMEOUT
+            )
+            await self.stub(wire.endpoint_of(owner.serverNode)).DeleteShardReader(
                 api.DeleteShardReaderRequest(readerId=reader_id), timeout=CALL_TIMEOUT
             )
         return {"records": records}
