@@ -37,7 +37,7 @@ from refserver.api.subscriptions import SubscriptionService
 from refserver.errors import HStreamError
 from refserver.membership import Member, MemberState, NodeAddress
 from refserver.protos import Store_pb2, Store_pb2_grpc
-from tests.refserver.conftest import RefCluster, launch
+from refcluster_launcher import RefCluster, launch
 
 STORE_PORT = 18000
 _node_ports = itertools.count(18010)
