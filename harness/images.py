@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
 import docker.errors
 
-import docker
 from harness import HarnessError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 
@@ -21,7 +21,7 @@ class NodeAddress:
     gossip_port: int
 
 
-class MemberState(str, Enum):
+class MemberState(StrEnum):
     ALIVE = "alive"
     SUSPECT = "suspect"
     DEAD = "dead"

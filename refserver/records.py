@@ -31,7 +31,8 @@ def decompress(compression: int, payload: bytes) -> bytes:
             # zstd frames written without a content size need a streaming reader.
             return zstandard.ZstdDecompressor().decompressobj().decompress(payload)
     except (OSError, EOFError, zstandard.ZstdError) as error:
-        raise BadBatch(f"cannot decompress {api.CompressionType.Name(compression)}: {error}")
+        name = api.CompressionType.Name(compression)
+        raise BadBatch(f"cannot decompress {name}: {error}") from error
     raise BadBatch(f"unknown compression type {compression}")
 
 

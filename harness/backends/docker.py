@@ -36,13 +36,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import docker
 import docker.errors
 import docker.types
 import requests
 from docker.models.containers import Container
 from docker.types import EndpointConfig
 
-import docker
 from harness import HarnessError
 from harness.backends.base import (
     Backend,

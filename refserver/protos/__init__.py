@@ -40,7 +40,6 @@ def _stale() -> bool:
 def _api_descriptor_set(path: Path) -> None:
     """Write a FileDescriptorSet holding HStreamApi.proto and what it imports."""
     from google.protobuf import descriptor_pb2
-
     from HStream.Server import HStreamApi_pb2
 
     files: dict[str, descriptor_pb2.FileDescriptorProto] = {}

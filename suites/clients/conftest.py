@@ -21,7 +21,7 @@ from harness.history import History, history_path
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         params = getattr(item, "callspec", None)
-        client = params.params.get("client") if params else None
+        client = params.params.get("client_name") if params else None
         for mark in item.iter_markers("client_deviation"):
             deviating, finding = mark.args
             if client == deviating:

@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 from cluster_probes import subprocess_env
 
-import docker
 from harness import HarnessError, images
 from harness.backends.base import ClusterStartError
 from harness.backends.docker import LABEL_CLUSTER, LABEL_SESSION, DockerBackend

@@ -11,12 +11,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import docker
 import grpc
 import pytest
 import requests
 from cluster_probes import call_echo, describe_cluster
 
-import docker
 from harness import images
 from harness.backends.docker import LABEL_CLUSTER, DockerCluster
 from harness.faults.partition import isolate

@@ -31,13 +31,13 @@ from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 from hstreamdb.aio.client import HStreamDBClient, insecure_client
 from hstreamdb.types import Record, RecordId
 from hstreamdb.utils import encode_records
+from refcluster_launcher import RefCluster, launch
 
 from refserver import errors
 from refserver.api.subscriptions import SubscriptionService
 from refserver.errors import HStreamError
 from refserver.membership import Member, MemberState, NodeAddress
 from refserver.protos import Store_pb2, Store_pb2_grpc
-from refcluster_launcher import RefCluster, launch
 
 STORE_PORT = 18000
 _node_ports = itertools.count(18010)
