@@ -12,6 +12,16 @@ import os
 import pytest
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("hstream-conformance").addoption(
+        "--cluster-token",
+        default=None,
+        metavar="TOKEN",
+        help="a token the cluster under --cluster-url accepts (e.g. hstream:hstream); "
+        "the token checks need it when that cluster has tokens configured",
+    )
+
+
 @pytest.fixture(scope="module")
 def endpoints(request: pytest.FixtureRequest) -> list[str]:
     given = request.config.getoption("cluster_url", default=None)

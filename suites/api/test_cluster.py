@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import grpc
 import pytest
 from google.protobuf.empty_pb2 import Empty
 from HStream.Server import HStreamApi_pb2 as api
@@ -167,10 +168,21 @@ def admin(hstream, command: str) -> dict:
 def test_admin_status(hstream, endpoints):
     answer = admin(hstream, "server status")
     assert answer.get("type") == "table", f"'server status' answered {answer}"
-    text = json.dumps(answer["content"])
-    assert text.count("Running") >= len(endpoints), (
-        f"'server status' should show {len(endpoints)} Running nodes: {answer['content']}"
+    content = answer.get("content")
+    # A table is {"headers": [...], "rows": [[...], ...]} (hadmin's shape, §7).
+    assert isinstance(content, dict) and isinstance(content.get("rows"), list), (
+        f"'server status' table has no rows: {content!r}"
     )
+    headers = [str(h).lower() for h in content.get("headers", [])]
+    for column in ("node id", "state", "address"):
+        assert column in headers, f"'server status' lacks a {column!r} column: {headers}"
+    state_at, address_at = headers.index("state"), headers.index("address")
+    states = {str(row[address_at]): str(row[state_at]) for row in content["rows"]}
+    for endpoint in endpoints:
+        assert states.get(endpoint) == "Running", (
+            f"'server status' shows {endpoint} as {states.get(endpoint)!r}, want 'Running'; "
+            f"table {states}"
+        )
 
 
 @pytest.mark.conformance("api.admin.ready")
@@ -178,3 +190,20 @@ def test_admin_ready(hstream):
     answer = admin(hstream, "server ready")
     assert answer.get("type") != "error", f"'server ready' answered {answer}"
     assert "ready" in json.dumps(answer.get("content")).lower(), answer
+
+
+@pytest.mark.conformance("api.admin.unknown-command")
+def test_admin_unknown_command(hstream):
+    command = "server frobnicate"
+    try:
+        answer = admin(hstream, command)
+    except grpc.RpcError as raw:
+        # Refusing the call outright is as good as an error result.
+        error = wire.WireError.of(raw)
+        assert error.status == grpc.StatusCode.INVALID_ARGUMENT, (
+            f"{command!r}: want an error result or INVALID_ARGUMENT, got {error}"
+        )
+        return
+    assert answer.get("type") == "error", (
+        f"{command!r} answered {answer}; an unknown command must be an error, not success"
+    )

@@ -185,6 +185,7 @@ def test_reader_without_offset(hstream, shard_stream, unique):
             )
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
+        208,
     )
 
 
@@ -293,3 +294,194 @@ def test_read_stream_by_key(hstream, make_stream, unique):
         if len(got) >= len(written["key1"]):
             break
     assert got == written["key1"], f"ReadStreamByKey(key1) gave {got}, want {written['key1']}"
+
+
+def stream_offset_at(ms: int) -> api.StreamOffset:
+    return api.StreamOffset(timestampOffset=api.TimestampOffset(timestampInMs=ms))
+
+
+def time_cut() -> int:
+    """A millisecond instant strictly between the appends before and after it.
+
+    The pause on each side is much longer than the store's millisecond timestamp precision,
+    so no batch can carry the cut's own millisecond.
+    """
+    time.sleep(0.3)
+    cut = int(time.time() * 1000)
+    time.sleep(0.3)
+    return cut
+
+
+@pytest.mark.conformance("api.read.stream-bounds")
+def test_read_stream_bounds(hstream, make_stream, unique):
+    stream = make_stream(shards=2)
+    name = stream.streamName
+    shards = [s.shardId for s in shards_of(hstream, name)]
+
+    def write(count: int, tag: str) -> dict[int, list[int]]:
+        return {
+            s: [a.recordIds[0].batchId for a in write_batches(hstream, name, s, count, tag=tag)]
+            for s in shards
+        }
+
+    early = write(2, "early")
+    start = time_cut()
+    middle = write(3, "mid")
+    end = time_cut()
+    late = write(2, "late")
+
+    def read(request: api.ReadStreamRequest) -> dict[int, list[int]]:
+        seen: dict[int, list[int]] = {}
+        for response in hstream.ReadStream(request, timeout=15):
+            for received in response.receivedRecords:
+                first = received.recordIds[0]
+                seen.setdefault(first.shardId, []).append(first.batchId)
+        return seen
+
+    windowed = read(
+        api.ReadStreamRequest(
+            readerId=unique("rs"),
+            streamName=name,
+            **{"from": stream_offset_at(start)},
+            until=stream_offset_at(end),
+            maxReadBatches=100,
+        )
+    )
+    assert windowed == middle, (
+        f"ReadStream from t={start} until t={end} gave {windowed}; want the middle batches "
+        f"{middle} (early {early}, late {late})"
+    )
+    everything = {s: early[s] + middle[s] + late[s] for s in shards}
+    limited = read(
+        api.ReadStreamRequest(
+            readerId=unique("rs"),
+            streamName=name,
+            **{"from": api.StreamOffset(specialOffset=api.SpecialOffset.EARLIEST)},
+            until=api.StreamOffset(specialOffset=api.SpecialOffset.LATEST),
+            maxReadBatches=3,
+        )
+    )
+    assert sum(len(ids) for ids in limited.values()) == 3, (
+        f"maxReadBatches=3 gave {limited}"
+    )
+    for shard_id, ids in limited.items():
+        assert ids == everything[shard_id][: len(ids)], (
+            f"maxReadBatches=3: shard {shard_id} gave {ids}, not a prefix of "
+            f"{everything[shard_id]}"
+        )
+
+
+class KeyReader:
+    """A ReadStreamByKey call whose grants (readRecordCount) the test sends one by one."""
+
+    def __init__(self, hstream, first: api.ReadStreamByKeyRequest) -> None:
+        import queue
+        import threading
+
+        self._first = first
+        self._grants: queue.Queue[int | None] = queue.Queue()
+        self.payloads: queue.Queue[bytes] = queue.Queue()
+        self.ended = threading.Event()
+        self.error: grpc.RpcError | None = None
+        self._call = hstream.ReadStreamByKey(self._requests(), timeout=60)
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
+
+    def _requests(self):
+        yield self._first
+        while (count := self._grants.get()) is not None:
+            yield api.ReadStreamByKeyRequest(readRecordCount=count)
+
+    def _drain(self) -> None:
+        try:
+            for response in self._call:
+                for record in response.receivedRecords:
+                    self.payloads.put(record.payload)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                self.error = error
+        finally:
+            self.ended.set()
+
+    def grant(self, count: int) -> None:
+        self._grants.put(count)
+
+    def take(self, count: int, timeout: float) -> list[bytes]:
+        import queue
+
+        deadline = time.monotonic() + timeout
+        got: list[bytes] = []
+        while len(got) < count and (left := deadline - time.monotonic()) > 0:
+            try:
+                got.append(self.payloads.get(timeout=min(left, 0.2)))
+            except queue.Empty:
+                if self.ended.is_set() and self.payloads.empty():
+                    break
+        return got
+
+    def close(self) -> None:
+        self._grants.put(None)
+        self._call.cancel()
+        self._drainer.join(timeout=5)
+
+
+@pytest.mark.conformance("api.read.stream-by-key-bounds")
+def test_read_stream_by_key_bounds(hstream, make_stream, unique):
+    stream = make_stream()
+    name = stream.streamName
+    [shard] = shards_of(hstream, name)
+    ids: list[api.RecordId] = []
+    for i in range(8):
+        appended = append(
+            hstream,
+            name,
+            shard.shardId,
+            [wire.raw_record(f"k-{i}".encode(), key="k"), wire.raw_record(b"noise", key="other")],
+        )
+        ids.append(appended.recordIds[0])
+    payloads = [f"k-{i}".encode() for i in range(8)]
+
+    bounded = KeyReader(
+        hstream,
+        api.ReadStreamByKeyRequest(
+            readerId=unique("rk"),
+            streamName=name,
+            key="k",
+            **{"from": api.ShardOffset(recordOffset=ids[2])},
+            until=api.ShardOffset(recordOffset=ids[5]),
+            readRecordCount=100,
+        ),
+    )
+    try:
+        got = bounded.take(8, timeout=15)
+        assert bounded.error is None, f"ReadStreamByKey failed: {wire.WireError.of(bounded.error)}"
+        assert got == payloads[2:6], (
+            f"from batch {ids[2].batchId} until {ids[5].batchId}: got {got}, "
+            f"want {payloads[2:6]}"
+        )
+    finally:
+        bounded.close()
+
+    granted = KeyReader(
+        hstream,
+        api.ReadStreamByKeyRequest(
+            readerId=unique("rk"),
+            streamName=name,
+            key="k",
+            **{"from": EARLIEST},
+            until=LATEST,
+            readRecordCount=2,
+        ),
+    )
+    try:
+        first = granted.take(3, timeout=5)  # a third record would break the grant
+        assert first == payloads[:2], f"a grant of 2 delivered {first}"
+        granted.grant(3)
+        second = granted.take(4, timeout=5)
+        assert second == payloads[2:5], f"a further grant of 3 delivered {second}"
+        granted.grant(100)
+        rest = granted.take(100, timeout=15)
+        assert rest == payloads[5:], f"the final grant delivered {rest}, want {payloads[5:]}"
+        assert granted.error is None, f"ReadStreamByKey failed: {wire.WireError.of(granted.error)}"
+    finally:
+        granted.close()
