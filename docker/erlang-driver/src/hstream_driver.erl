@@ -210,8 +210,9 @@ op(Op, _, State) ->
 
 %% hstreamdb_erl takes one comma-separated string: the scheme and options come from the
 %% first entry, the others must be bare host:port (a scheme there is an invalid host). It
-%% must be a string, not a binary: the port of every entry after the first is checked with
-%% string:to_integer(P) =:= {Port, ""}, which a binary never matches. The client shuffles
+%% must be a string, although its type says binary() | string(): a binary URL parses to a
+%% binary scheme, which the client rejects as unknown_scheme (and the port of every later
+%% entry is matched against {Port, ""}, which a binary never gives). The client shuffles
 %% the list and takes the first entry that answers Echo.
 %% The harness may hand over URLs with a scheme (hstream://host:port) or bare host:port.
 client_url([First | Rest]) ->
