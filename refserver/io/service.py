@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -59,6 +60,7 @@ RESTART_BACKOFF_S = 1.0
 MAX_FAILURES = 5
 _RESOURCE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,254}")
 _CAS_ATTEMPTS = 5
+_WORKDIR_PREFIX = "refserver-io-"
 
 
 class Ownership(Protocol):
@@ -116,7 +118,7 @@ class ConnectorService:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._workdir = self._given_workdir or Path(tempfile.mkdtemp(prefix="refserver-io-"))
+        _sweep_stale_workdirs()
         self._membership.subscribe(self._on_member)
         self._loop_task = asyncio.create_task(self._reconcile_loop())
 
@@ -129,6 +131,14 @@ class ConnectorService:
         await asyncio.gather(*(self._stop_task(name) for name in list(self._running)))
         if self._workdir is not None and self._given_workdir is None:
             shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def _root(self) -> Path:
+        """The folder for connector config files, made on first use (most nodes of a test
+        cluster never run a connector)."""
+        if self._workdir is None:
+            self._workdir = self._given_workdir or Path(
+                tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-"))
+        return self._workdir
 
     def _on_member(self, member: Member) -> None:
         # Gossip may call from its own thread or loop; wake the reconcile loop safely.
@@ -251,8 +261,7 @@ class ConnectorService:
     def _make_task(self, record: ConnectorRecord, stream: Any) -> _Task:
         config = parse_config(record.config)
         launch = self._catalog.lookup(record.kind, record.target)
-        assert self._workdir is not None
-        workdir = self._workdir / f"{record.name}-{record.task_id}"
+        workdir = self._root() / f"{record.name}-{record.task_id}"
         task_log = self._log_of(record.name)
         if record.kind == "SOURCE":
             return SourceTask(self._store, record.name, config, launch, stream, workdir,
@@ -312,8 +321,7 @@ class ConnectorService:
         return record.to_proto(node=await self._owner_text(record.name))
 
     async def _check(self, launch: Any, connector_config: dict[str, Any], name: str) -> None:
-        assert self._workdir is not None
-        workdir = Path(tempfile.mkdtemp(prefix=f"check-{name}-", dir=self._workdir))
+        workdir = Path(tempfile.mkdtemp(prefix=f"check-{name}-", dir=self._root()))
         task_log = TaskLog(200)
         try:
             run = await AirbyteRun.start(launch, ["check", "--config", "@config.json"],
@@ -377,8 +385,7 @@ class ConnectorService:
                 launch = self._catalog.lookup(kind_of(request.type), request.target)
             except (ValueError, UnknownConnector) as error:
                 raise _invalid(str(error)) from None
-            assert self._workdir is not None
-            workdir = Path(tempfile.mkdtemp(prefix="spec-", dir=self._workdir))
+            workdir = Path(tempfile.mkdtemp(prefix="spec-", dir=self._root()))
             task_log = TaskLog(200)
             try:
                 messages = await run_to_end(
@@ -472,6 +479,21 @@ class ConnectorService:
         """Connector name → counts of the tasks this node runs (for logs and tests)."""
         return {name: dict(r.task.counts) if r.task else dict(r.counts)
                 for name, r in self._running.items()}
+
+
+def _sweep_stale_workdirs() -> None:
+    """Remove the work folders of nodes that died without cleaning up (SIGKILL): their
+    names carry the node's pid, and a folder whose pid is gone is nobody's."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*-*"):
+        pid_text = folder.name[len(_WORKDIR_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or folder.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 def _invalid(message: str) -> HStreamError:
