@@ -184,12 +184,16 @@ class Pipeline:
     def connector(self, name: str) -> api.Connector:
         return self.call("GetConnector", api.GetConnectorRequest(name=name))
 
-    def logs(self, name: str) -> str:
+    def logs(self, name: str, strict: bool = False) -> str:
+        """GetConnectorLogs on the node running the task (where the logs are)."""
         connector = self.connector(name)
         try:
             return wire.stub(connector.node).GetConnectorLogs(
                 api.GetConnectorLogsRequest(name=name), timeout=CALL_TIMEOUT_S).logs
         except grpc.RpcError as error:
+            if strict:
+                pytest.fail(f"GetConnectorLogs {name} on {connector.node}: "
+                            f"{wire.WireError.of(error)}", pytrace=False)
             return f"(logs unavailable from {connector.node}: {wire.WireError.of(error)})"
 
     def stream_records(self) -> list[dict[str, Any]]:
@@ -358,6 +362,11 @@ def test_pipeline_healthy(cluster: Any, emitted: Callable[[int], Any], evidence:
                           tmp_path: Path) -> None:
     p = Pipeline(endpoints_of(cluster), "healthy", tmp_path / "out.sqlite")
     p.create()
+    listed = {c.name: c for c in p.call("ListConnectors", api.ListConnectorsRequest()).connectors}
+    assert {p.source, p.sink} <= set(listed), f"ListConnectors shows {sorted(listed)}"
+    assert (listed[p.source].type, listed[p.sink].type) == ("SOURCE", "SINK"), listed
+    wait_for("the source's task logs something", lambda: p.logs(p.source, strict=True).strip(),
+             lambda: p.connector(p.source))
     figures, _ = finish(p, emitted, evidence, "none", {})
     assert figures["stream_duplicates"] == 0 and figures["sink_duplicates"] == 0, figures
 
