@@ -9,8 +9,9 @@ behind a probe. Two are provided:
   server does. Without that entry every listed member counts as alive and unlisted ones as
   dead.
 * `DescribeClusterProbe` asks the client port (`DescribeCluster`): Running → alive, Dead →
-  dead, Starting/Unavailable → suspect; a member in neither list (HServer's suspects) is
-  absent, which the checker reads as not alive.
+  dead, Starting/Unavailable → suspect. HServer drops suspected members from both lists, so
+  given the cluster's node ids the probe reports a known member in neither list as
+  "suspect" (without them it is simply absent, which the checker reads per its `absent`).
 
 Probes talk to a node's own listeners, never through its proxies: the observer must not be
 hurt by the faults it observes. `ViewSampler` polls every running node on a thread and
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from typing import Protocol
 
 import grpc
@@ -84,8 +86,9 @@ class CliClusterProbe:
 
 
 class DescribeClusterProbe:
-    def __init__(self, timeout: float = 0.5) -> None:
+    def __init__(self, timeout: float = 0.5, nodes: Iterable[int | str] = ()) -> None:
         self.timeout = timeout
+        self.nodes = [str(n) for n in nodes]
         self._channels = _Channels()
 
     def view(self, node: NodeHandle) -> dict[str, str]:
@@ -93,7 +96,8 @@ class DescribeClusterProbe:
         described: api.DescribeClusterResponse = stub.DescribeCluster(
             Empty(), timeout=self.timeout
         )
-        view = {str(n.id): "alive" for n in described.serverNodes}
+        view = {member: "suspect" for member in self.nodes}
+        view.update({str(n.id): "alive" for n in described.serverNodes})
         for status in described.serverNodesStatus:
             view[str(status.node.id)] = NODE_STATES.get(status.state, "suspect")
         return view

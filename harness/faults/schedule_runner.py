@@ -23,7 +23,9 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from harness import HarnessError
 from harness.backends.base import Cluster
 from harness.checkers import stream_set
 from harness.checkers.result import Result
-from harness.clients.driver import ClientDriver, raw_payload
+from harness.clients.driver import ClientDriver, Reply, raw_payload
 from harness.faults.nemesis import FAULTS, FaultInstance, Nemesis
 from harness.history import History
 
@@ -113,19 +115,41 @@ class ScheduleRunner:
         elif op == "wait":
             time.sleep(float(step.get("seconds", 1)))
 
+    def _until_answered(self, what: str, call: Callable[[], Reply], within_s: float) -> Reply:
+        """Repeat `call` while its outcome is indeterminate (`info`: UNAVAILABLE, deadline).
+
+        After a heal the store or a node has just restarted and the servers reconnect with a
+        backoff, so the first calls may find it unavailable; a definite failure is final.
+        """
+        deadline = time.monotonic() + within_s
+        while True:
+            reply = call()
+            if reply.ok or reply.type == "fail" or time.monotonic() > deadline:
+                if not reply.ok:
+                    raise HarnessError(
+                        f"{what} after healing failed (still failing after {within_s:.0f} s): "
+                        f"{reply.error}"
+                    )
+                return reply
+            time.sleep(0.5)
+
     def finish(self) -> Result:
         """Heal, drain every shard (the final read) and judge: nothing acked lost."""
         try:
             self.nemesis.teardown()
             self._connect(within_s=60)
-            shards = self.client.call("list_shards", stream=self.stream)
-            if not shards.ok:
-                raise HarnessError(f"list_shards after healing: {shards.error}")
+            shards = self._until_answered(
+                "list_shards",
+                lambda: self.client.call("list_shards", stream=self.stream),
+                within_s=60,
+            )
             for shard in shards.value["shards"]:
-                for _ in range(20):  # a store that just restarted may answer UNAVAILABLE
-                    if self.client.read_shard(self.stream, shard["shard_id"], final=True).ok:
-                        break
-                    time.sleep(0.5)
+                shard_id = shard["shard_id"]
+                self._until_answered(
+                    f"the final read of shard {shard_id}",
+                    partial(self.client.read_shard, self.stream, shard_id, final=True),
+                    within_s=60,
+                )
         finally:
             self.client.close()
         return stream_set.check(

@@ -39,7 +39,10 @@ TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
         ("suites/api/test_readers.py",),
         "test_reader_from_earliest or test_read_stream_all_shards",
     ),
-    "lost-checkpoint": (("suites/durability/test_subscription_restart.py",), ""),
+    "lost-checkpoint": (
+        ("suites/durability/test_subscription_restart.py",),
+        "test_consumer_resumes_from_checkpoint_after_restart",
+    ),
 }
 
 
