@@ -323,6 +323,25 @@ class ClientDriver:
             "read", "read_shard", meta, stream=stream, shard_id=shard_id, offset=offset
         )
 
+    def subscribe(
+        self,
+        subscription: str,
+        stream: str,
+        ack_timeout: int = 30,
+        max_unacked: int = 10_000,
+        offset: str = "earliest",
+    ) -> Reply:
+        """Create a subscription; recorded as `subscribe` with `ack_timeout_s`, which the
+        subscription checker needs to judge redelivery."""
+        args = {
+            "subscription": subscription,
+            "stream": stream,
+            "ack_timeout": ack_timeout,
+            "max_unacked": max_unacked,
+            "offset": offset,
+        }
+        return self.invoke("subscribe", {**args, "ack_timeout_s": ack_timeout}, "subscribe", **args)
+
     def simple(self, op: str, **args: Any) -> Reply:
         """A recorded op whose value is its arguments (create_stream, subscribe, ...)."""
         return self.invoke(op, args, op, **args)

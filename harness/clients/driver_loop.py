@@ -27,6 +27,10 @@ class Rejected(Exception):
     """The client refused the request before sending anything: a definite failure."""
 
 
+class ClientHung(Exception):
+    """The client's call outlived the driver's op deadline: unknown outcome."""
+
+
 def classify(error: BaseException) -> tuple[str, str | None]:
     """(`fail` | `info`, gRPC status name or None) for an error a client raised."""
     if isinstance(error, Unsupported):
@@ -37,7 +41,7 @@ def classify(error: BaseException) -> tuple[str, str | None]:
         # One rule for every recorder: harness.history decides what is definite.
         code = error.code()  # type: ignore[attr-defined]
         return classify_error(error), (code.name if code is not None else "UNKNOWN")
-    if isinstance(error, asyncio.TimeoutError | TimeoutError):
+    if isinstance(error, ClientHung | asyncio.TimeoutError | TimeoutError):
         return "info", "DEADLINE_EXCEEDED"
     # Anything else happened somewhere inside the client, possibly after the request left:
     # unknown outcome.
@@ -85,6 +89,11 @@ def record_out(
 
 class DriverLoop:
     name = "driver"
+    # A client whose calls carry no deadline of their own (hstreamdb's append to a paused
+    # node waits forever) would hang the driver and, with it, the whole test. With this set,
+    # an op still running after this many seconds (plus a fetch's own wait) is abandoned
+    # and answered `info` DEADLINE_EXCEEDED, saying that the client itself never gave up.
+    op_deadline_s: float | None = None
 
     async def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -93,8 +102,19 @@ class DriverLoop:
         if handler is None:
             reply.update(type="fail", status="UNSUPPORTED", error=f"{self.name}: no op {op!r}")
             return reply
+        args = request.get("args") or {}
         try:
-            value = await handler(**(request.get("args") or {}))
+            if self.op_deadline_s is None:
+                value = await handler(**args)
+            else:
+                limit = self.op_deadline_s + float(args.get("timeout_ms", 0)) / 1000
+                try:
+                    value = await asyncio.wait_for(handler(**args), timeout=limit)
+                except TimeoutError:
+                    raise ClientHung(
+                        f"{self.name}: {op} had not returned after {limit:.0f} s and was "
+                        "abandoned (the client set no deadline of its own)"
+                    ) from None
         except Exception as error:  # every client error becomes a classified response
             kind, status = classify(error)
             reply.update(type=kind, status=status, error=error_text(error))

@@ -47,6 +47,8 @@ def shard_offset(offset: Any) -> api.ShardOffset:
 
 class PythonDriver(DriverLoop):
     name = "python"
+    # hstreamdb 0.5.0 passes no timeout to its gRPC calls (see DriverLoop.op_deadline_s).
+    op_deadline_s = 15.0
 
     def __init__(self) -> None:
         self.client: HStreamDBClient | None = None

@@ -2,15 +2,19 @@
 
 Run as `python -m harness.clients.raw_driver`; speaks PROTOCOL.md. It does what the protocol
 page says a correct client does, and nothing clever: bootstrap from the first URL of the list
-that answers DescribeCluster; route a key by MD5 to its shard and the shard to the owner that
-LookupShard names; forget a cached owner after any error on it (so the next call looks it up
-again); never retry on its own (a retry would hide whether the first attempt landed). Other
-clients are compared with it.
+that answers DescribeCluster, and remember every node it names; route a key by MD5 to its
+shard and the shard to the owner that LookupShard names; forget a cached owner after any
+error on it (so the next call looks it up again). Lookups and listings are reads: when the
+node asked does not answer (UNAVAILABLE, DEADLINE_EXCEEDED) the next known node is asked,
+and answers from then on. Writes are never retried (a retry would hide whether the first
+attempt landed); a write that got no answer only moves later calls to the next known node.
+Other clients are compared with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from typing import Any
 
@@ -20,10 +24,14 @@ from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
 from harness import wire
-from harness.clients.driver_loop import DriverLoop, Rejected, record_out
+from harness.clients.driver_loop import DriverLoop, Rejected, error_text, record_out
 from harness.clients.python_driver import shard_offset
 
 CALL_TIMEOUT = 10.0
+# Lookups are cheap reads; a node that does not answer one within this is treated as gone
+# for this call and the next known node is asked (a paused node never answers).
+LOOKUP_TIMEOUT = 5.0
+UNANSWERED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def decoded(received: api.ReceivedRecord) -> list[dict[str, Any]]:
@@ -69,6 +77,7 @@ class RawDriver(DriverLoop):
     def __init__(self) -> None:
         self.channels: dict[str, grpc.aio.Channel] = {}
         self.bootstrap: str | None = None
+        self.known: list[str] = []  # every node heard of, in preference order
         self.owners: dict[int, str] = {}
         self.shards: dict[str, list[api.Shard]] = {}
         self.consumers: dict[tuple[str, str], RawConsumer] = {}
@@ -90,33 +99,65 @@ class RawDriver(DriverLoop):
                 errors.append(f"{url}: {error.code().name}")  # type: ignore[attr-defined]
                 continue
             self.bootstrap = url
-            return {"nodes": [wire.endpoint_of(n) for n in described.serverNodes], "used": url}
+            nodes = [wire.endpoint_of(n) for n in described.serverNodes]
+            self.known = list(dict.fromkeys([*urls, *nodes]))
+            return {"nodes": nodes, "used": url}
         raise ConnectionError(f"no bootstrap URL answered DescribeCluster: {'; '.join(errors)}")
 
+    def others(self) -> list[str]:
+        """Known nodes, the current bootstrap first."""
+        first = [self.bootstrap] if self.bootstrap else []
+        return list(dict.fromkeys([*first, *self.known]))
+
+    async def ask(self, method: str, request: Any, timeout: float = LOOKUP_TIMEOUT) -> Any:
+        """An idempotent read, asked of each known node in turn until one answers."""
+        last: grpc.RpcError | None = None
+        for endpoint in self.others():
+            try:
+                answer = await getattr(self.stub(endpoint), method)(request, timeout=timeout)
+            except grpc.RpcError as error:
+                if error.code() not in UNANSWERED:  # type: ignore[attr-defined]
+                    raise
+                last = error
+                continue
+            self.bootstrap = endpoint
+            return answer
+        if last is None:
+            raise Rejected("not connected: send `connect` first")
+        raise last
+
+    async def write(self, method: str, request: Any) -> Any:
+        """A non-idempotent call on the bootstrap node: never retried; when it goes
+        unanswered, later calls start from the next known node."""
+        try:
+            return await getattr(self.stub(), method)(request, timeout=CALL_TIMEOUT)
+        except grpc.RpcError as error:
+            if error.code() in UNANSWERED and len(self.others()) > 1:  # type: ignore[attr-defined]
+                self.bootstrap = self.others()[1]
+            raise
+
     async def op_create_stream(self, stream: str, shards: int = 1, replication_factor: int = 1):
-        await self.stub().CreateStream(
+        await self.write(
+            "CreateStream",
             api.Stream(streamName=stream, replicationFactor=replication_factor, shardCount=shards),
-            timeout=CALL_TIMEOUT,
         )
 
     async def op_delete_stream(self, stream: str, force: bool = False, ignore_non_exist=False):
-        await self.stub().DeleteStream(
+        await self.write(
+            "DeleteStream",
             api.DeleteStreamRequest(
                 streamName=stream, force=force, ignoreNonExist=ignore_non_exist
             ),
-            timeout=CALL_TIMEOUT,
         )
         self.shards.pop(stream, None)
 
     async def op_list_streams(self) -> dict[str, Any]:
-        answer = await self.stub().ListStreams(api.ListStreamsRequest(), timeout=CALL_TIMEOUT)
+        answer = await self.ask("ListStreams", api.ListStreamsRequest())
         return {"streams": [s.streamName for s in answer.streams]}
 
     async def list_shards(self, stream: str) -> list[api.Shard]:
         if stream not in self.shards:
-            answer = await self.stub().ListShards(
-                api.ListShardsRequest(streamName=stream), timeout=CALL_TIMEOUT
-            )
+            answer = await self.ask("ListShards", api.ListShardsRequest(streamName=stream))
             self.shards[stream] = list(answer.shards)
         return self.shards[stream]
 
@@ -131,9 +172,7 @@ class RawDriver(DriverLoop):
 
     async def owner_of(self, shard_id: int) -> str:
         if shard_id not in self.owners:
-            answer = await self.stub().LookupShard(
-                api.LookupShardRequest(shardId=shard_id), timeout=CALL_TIMEOUT
-            )
+            answer = await self.ask("LookupShard", api.LookupShardRequest(shardId=shard_id))
             self.owners[shard_id] = wire.endpoint_of(answer.serverNode)
         return self.owners[shard_id]
 
@@ -179,7 +218,8 @@ class RawDriver(DriverLoop):
         offset: str = "earliest",
     ) -> None:
         special = api.SpecialOffset.EARLIEST if offset == "earliest" else api.SpecialOffset.LATEST
-        await self.stub().CreateSubscription(
+        await self.write(
+            "CreateSubscription",
             api.Subscription(
                 subscriptionId=subscription,
                 streamName=stream,
@@ -187,12 +227,11 @@ class RawDriver(DriverLoop):
                 maxUnackedRecords=max_unacked,
                 offset=special,
             ),
-            timeout=CALL_TIMEOUT,
         )
 
     async def subscription_owner(self, subscription: str) -> str:
-        answer = await self.stub().LookupSubscription(
-            api.LookupSubscriptionRequest(subscriptionId=subscription), timeout=CALL_TIMEOUT
+        answer = await self.ask(
+            "LookupSubscription", api.LookupSubscriptionRequest(subscriptionId=subscription)
         )
         return wire.endpoint_of(answer.serverNode)
 
@@ -304,17 +343,25 @@ class RawDriver(DriverLoop):
                 for received in answer.receivedRecords:
                     records.extend(decoded(received))
         finally:
+            await self.delete_reader(reader_id)
+        return {"records": records}
+
+    async def delete_reader(self, reader_id: str) -> None:
+        """Clean-up after a read: what was read stays read even when this fails (the reader's
+        owner may have died meanwhile), so a failure is only logged."""
+        try:
             # DeleteShardReader is ownership-checked (§3): ask the reader's owner.
-            owner = await stub.LookupShardReader(
-                api.LookupShardReaderRequest(readerId=reader_id), timeout=CALL_TIMEOUT
+            owner = await self.ask(
+                "LookupShardReader", api.LookupShardReaderRequest(readerId=reader_id)
             )
             await self.stub(wire.endpoint_of(owner.serverNode)).DeleteShardReader(
                 api.DeleteShardReaderRequest(readerId=reader_id), timeout=CALL_TIMEOUT
             )
-        return {"records": records}
+        except grpc.RpcError as error:
+            print(f"[raw] reader {reader_id} not deleted: {error_text(error)}", file=sys.stderr)
 
     async def op_describe_cluster(self) -> dict[str, Any]:
-        answer = await self.stub().DescribeCluster(Empty(), timeout=CALL_TIMEOUT)
+        answer = await self.ask("DescribeCluster", Empty())
         states = {s.node.id: api.NodeState.Name(s.state) for s in answer.serverNodesStatus}
         return {
             "nodes": [
