@@ -96,7 +96,13 @@ def test_token_authentication(request, cluster_factory, unique):
 
     # A good token works for a real round trip: create, append, read back, delete.
     good = basic(erlang_spelling(token))
-    described = hstream.DescribeCluster(Empty(), metadata=good, timeout=10)
+    try:
+        described = hstream.DescribeCluster(Empty(), metadata=good, timeout=10)
+    except grpc.RpcError as raw:
+        raise AssertionError(
+            f"a good token {token!r} (sent as 'Basic base64(token)', the Erlang client's "
+            f"spelling) was refused: {wire.WireError.of(raw)}"
+        ) from None
     assert described.serverNodes, f"DescribeCluster with a good token listed no nodes: {described}"
     name = unique("auth")
     hstream.CreateStream(
