@@ -242,6 +242,18 @@ class GossipNode:
     def _node_stub(self, node: NodeAddress) -> HStreamGossip_pb2_grpc.HStreamGossipStub:
         return self._stub(node.gossip_host, node.gossip_port)
 
+    def _fresh_channel(self, node: NodeAddress) -> None:
+        """Drop the channel to a member that came back from the dead.
+
+        The old channel failed for as long as the member was down and sits in gRPC's
+        reconnect backoff (up to max_reconnect_backoff_ms); the next probe of the new
+        process would fail on it without sending a packet and suspect a live member. A new
+        channel connects at once.
+        """
+        channel = self._channels.pop((node.gossip_host, node.gossip_port), None)
+        if channel is not None and not self._stopped:
+            self._spawn(channel.close())
+
     def _self_described(self) -> HStreamInternal_pb2.ServerNode:
         return wire.with_state(self._self, MemberState.ALIVE, self._incarnation)
 
@@ -322,7 +334,10 @@ class GossipNode:
             self._about_self(kind, incarnation)
             return
         if kind == "alive":
+            before = self._table.get(node.id)
             record = self._table.apply_alive(node, incarnation)
+            if record is not None and before is not None and before.state is MemberState.DEAD:
+                self._fresh_channel(record.node)
         elif kind == "suspect":
             record = self._table.apply_suspect(node.id, incarnation)
         elif kind == "confirm":
