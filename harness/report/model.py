@@ -4,6 +4,9 @@ Rows are conformance ids (the catalogue's) or, for tests without one, the test's
 suite area; columns are what a reader compares — target × client (× backend when several
 ran). A cell merges every result of that row and column across runs:
 
+Columns carry the seeded defects a run switched on, so a healthy run and a defect run
+merged into one page sit side by side.
+
 * pass — every attempt passed;
 * fail — the last attempt failed (or broke) and none passed;
 * flaky — both passing and failing attempts;
@@ -74,7 +77,12 @@ class TestResult:
 
     @property
     def column(self) -> str:
-        parts = [self.labels.get("target", "?")]
+        # A run with seeded defects is its own column: merged with a healthy run of the same
+        # target it would otherwise turn every check the defect breaks into "flaky".
+        target = self.labels.get("target", "?")
+        if self.labels.get("defects"):
+            target += f" + defect {self.labels['defects']}"
+        parts = [target]
         if self.labels.get("client"):
             parts.append(self.labels["client"])
         return " / ".join(parts)

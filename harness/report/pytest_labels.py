@@ -70,7 +70,9 @@ def labels_for(item: pytest.Item) -> dict[str, str]:
         labels.update(conformance_id=check.id, area=check.area, section=check.section)
     spec = _spec(item.config)
     if spec is not None:
-        labels.update(target=spec.target, backend=spec.backend, seed=str(spec.seed))
+        labels.update(
+            target=spec.target, backend=spec.backend, seed=str(spec.seed), session=spec.session
+        )
         if spec.defects:
             labels["defects"] = ",".join(spec.defects)
     callspec = getattr(item, "callspec", None)

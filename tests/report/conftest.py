@@ -18,6 +18,7 @@ def write_result(
     check: str | None = None,
     target: str = "reference",
     client: str | None = None,
+    defects: str | None = None,
     message: str = "",
     stop: int = 2000,
     attachments: list[dict] | None = None,
@@ -27,6 +28,8 @@ def write_result(
         labels.append({"name": "conformance_id", "value": check})
     if client:
         labels.append({"name": "client", "value": client})
+    if defects:
+        labels.append({"name": "defects", "value": defects})
     data = {
         "uuid": str(uuid.uuid4()),
         "name": name,

@@ -134,3 +134,18 @@ def test_page_embeds_evidence_and_plots(tmp_path, result):
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert fault_windows(ops, t0) == [(1.0, 6.0, "kill")]
     assert "suspect" not in membership_timeline([]) and membership_timeline(ops)
+
+
+def test_defect_runs_are_their_own_column(tmp_path, result):
+    """A healthy run and a defect run merged: the defect's failures stay red, not flaky."""
+    healthy, broken = tmp_path / "healthy", tmp_path / "broken"
+    result(healthy, "test_order", "passed", check="api.read.stream")
+    result(
+        broken, "test_order", "failed", check="api.read.stream", defects="reorder-reads",
+        message="AssertionError: ReadStream per shard {1: [3, 2, 1]}, want {1: [1, 2, 3]}",
+    )
+    report = build(*load_results([healthy, broken]), [healthy, broken])
+    assert report.columns == ["reference", "reference + defect reorder-reads"]
+    assert cell(report, "api.read.stream", "reference").outcome == "pass"
+    red = cell(report, "api.read.stream", "reference + defect reorder-reads")
+    assert red.outcome == "fail" and "want {1: [1, 2, 3]}" in red.detail
