@@ -7,9 +7,7 @@ reports/histories/ for each test.
 
 from __future__ import annotations
 
-import itertools
 import time
-import uuid
 
 import grpc
 import pytest
@@ -17,95 +15,31 @@ from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
 from harness import wire
-from harness.checkers import stream_set, subscription
-from harness.checkers.result import Result
-from harness.clients import raw_driver
-from harness.clients.driver import ClientDriver, Reply, raw_payload
-from harness.clients.python_driver import PythonDriver
+from harness.checkers import subscription
+from harness.clients.driver import ClientDriver, Reply
 
+from .findings import PYTHON_NO_CALL_DEADLINE, PYTHON_ONE_ADDRESS, PYTHON_STALE_LOOKUP
 from .owner_failure import (
     FAST_GOSSIP,
     SCHEDULING_SLACK_S,
     DeathWatch,
     confirmation_bound_s,
 )
+from .workload import (
+    RECOVERY_BOUND_S,
+    appends_until,
+    batch_of,
+    drain,
+    final_read_error,
+    judge,
+    node_of,
+    shard_owner,
+    unique,
+)
 
 pytestmark = pytest.mark.cluster(gossip=FAST_GOSSIP)
 
-PYTHON_ONE_ADDRESS = (
-    "hstreamdb 0.5.0 takes a single bootstrap address (insecure_client(host, port)): with a "
-    "dead first address it cannot connect at all"
-)
-PYTHON_STALE_LOOKUP = (
-    "hstreamdb 0.5.0 caches shard and subscription owners forever and append() is not "
-    "retried: once the owner died every later append/consume goes to the dead node"
-)
-
-# After membership confirms the owner dead, a client may still spend one call on the dead
-# owner (up to its own call deadline) and one more on an owner a lookup named just before
-# the confirmation reached that node; then it must be through.
-CLIENT_CALL_DEADLINE_S = max(raw_driver.CALL_TIMEOUT, PythonDriver.op_deadline_s or 0)
-RECOVERY_BOUND_S = 2 * CLIENT_CALL_DEADLINE_S + SCHEDULING_SLACK_S
 ACK_TIMEOUT_S = 3
-
-PYTHON_NO_CALL_DEADLINE = (
-    "hstreamdb 0.5.0 sets no deadline on append(): against a paused owner the call never "
-    "returns (the driver abandons it after its op deadline), and the owner cached before the "
-    "pause is used again afterwards"
-)
-
-_ids = itertools.count()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
-def batch_of(count: int, prefix: str) -> list[dict]:
-    return [raw_payload(f"{prefix}-{next(_ids)}") for _ in range(count)]
-
-
-def final_read_error(baseline: ClientDriver, stream: str) -> str | None:
-    """The final read: every shard from EARLIEST through the raw baseline, recorded; the
-    error that stopped it, if any."""
-    shards = baseline.call("list_shards", stream=stream)
-    if not shards.ok:
-        return f"list_shards({stream}) during the final read: {shards.status}: {shards.error}"
-    for shard in shards.value["shards"]:
-        reply = baseline.read_shard(stream, shard["shard_id"], final=True)
-        if not reply.ok:
-            return f"final read of shard {shard['shard_id']}: {reply.status}: {reply.error}"
-    return None
-
-
-def drain(baseline: ClientDriver, stream: str) -> None:
-    error = final_read_error(baseline, stream)
-    assert error is None, error
-
-
-def judge(history, stream: str) -> Result:
-    return stream_set.check(
-        history,
-        select=lambda op: (
-            op.f not in ("append", "read") or (op.value or {}).get("stream") == stream
-        ),
-    )
-
-
-def node_of(cluster, endpoint: str) -> int:
-    for node in cluster.nodes:
-        if str(node.client) == endpoint:
-            return node.id
-    raise AssertionError(f"{endpoint} is not a node of this cluster: {cluster.client_urls()}")
-
-
-def shard_owner(cluster, baseline: ClientDriver, stream: str) -> tuple[int, int]:
-    shards = baseline.call("list_shards", stream=stream).value["shards"]
-    shard_id = shards[0]["shard_id"]
-    owner = baseline.call("lookup_shard", shard_id=shard_id)
-    assert owner.ok, owner.error
-    return shard_id, node_of(cluster, owner.value["node"])
-
 
 @pytest.fixture
 def stream(baseline: ClientDriver) -> str:
@@ -124,17 +58,6 @@ def test_bootstrap_skips_dead_urls(client_name, drivers, endpoints):
     assert reply.ok, f"{client_name} failed to bootstrap from {dead + endpoints}: {reply.error}"
     created = driver.simple("create_stream", stream=unique("boot"), shards=1)
     assert created.ok, f"after bootstrap, create_stream failed: {created.error}"
-
-
-def appends_until(driver: ClientDriver, stream: str, deadline_s: float, prefix: str) -> Reply:
-    """Append one-record batches until one is acknowledged or the deadline passes; the last
-    reply (its error is the client's own words for the finding)."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        reply = driver.append(stream, batch_of(1, prefix))
-        if reply.ok or time.monotonic() >= deadline:
-            return reply
-        time.sleep(0.5)
 
 
 @pytest.mark.client_deviation("python", PYTHON_STALE_LOOKUP)
@@ -167,6 +90,7 @@ def test_append_continues_after_owner_fails(
             assert not watch.expired, watch.failure()
             client.append(stream, batch_of(1, "during"))
             during += 1
+            time.sleep(0.2)  # a client retrying at its own pace, not a flood of history
         last = appends_until(client, stream, RECOVERY_BOUND_S, "after")
         read_error = final_read_error(baseline, stream)
     finally:

@@ -16,10 +16,7 @@ import pytest
 from harness.clients.driver import CLIENTS, DriverUnavailable, driver_command, json_payload
 from harness.clients.driver import raw_payload as make_raw
 
-PYTHON_NO_ZSTD = (
-    "hstreamdb 0.5.0 decodes only None and Gzip batches (NotImplementedError on Zstd), so it "
-    "cannot read what the Erlang client or any zstd producer wrote"
-)
+from .findings import PYTHON_NO_ZSTD
 
 
 def combinations():

@@ -1,0 +1,23 @@
+"""Known deviations of the official clients from the protocol baseline, in the words the
+strict xfails carry (`@pytest.mark.client_deviation(client, FINDING)`): each was seen in
+the client's own errors in the histories and driver logs of the tests that carry it."""
+
+PYTHON_ONE_ADDRESS = (
+    "hstreamdb 0.5.0 takes a single bootstrap address (insecure_client(host, port)): with a "
+    "dead first address it cannot connect at all"
+)
+PYTHON_STALE_LOOKUP = (
+    "hstreamdb 0.5.0 caches shard and subscription owners forever and append() is not "
+    "retried: once the owner died every later append/consume goes to the dead node"
+)
+
+PYTHON_NO_CALL_DEADLINE = (
+    "hstreamdb 0.5.0 sets no deadline on append(): against a paused owner the call never "
+    "returns (the driver abandons it after its op deadline), and the owner cached before the "
+    "pause is used again afterwards"
+)
+
+PYTHON_NO_ZSTD = (
+    "hstreamdb 0.5.0 decodes only None and Gzip batches (NotImplementedError on Zstd), so it "
+    "cannot read what the Erlang client or any zstd producer wrote"
+)
