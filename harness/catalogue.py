@@ -86,6 +86,8 @@ _CHECKS = [
     Check("api.errors.reader-unknown-shard", "§5", "a reader on an unknown shard fails NOT_FOUND"),
     Check("api.read.shard-stream-bounds", "§5", "ReadShardStream honours from/until/maxReadBatches"),
     Check("api.read.stream", "§5", "ReadStream returns every shard's batches in per-shard order"),
+    Check("api.read.single-shard-stream", "§5",
+          "ReadSingleShardStream honours from/until/maxReadBatches; a multi-shard stream fails"),
     Check("api.read.stream-bounds", "§5", "ReadStream honours timestamp from/until and maxReadBatches"),
     Check("api.read.stream-by-key", "§5", "ReadStreamByKey returns exactly that key's records"),
     Check("api.read.stream-by-key-bounds", "§5",

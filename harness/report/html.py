@@ -114,6 +114,33 @@ def _summary(report: Report) -> str:
     )
 
 
+def _runs(report: Report) -> str:
+    """One line per pytest run merged into the page: what ran, where, with what, and how."""
+    if not report.runs:
+        return ""
+    body = []
+    for run in sorted(report.runs, key=lambda r: r.get("started") or 0):
+        started = run.get("started")
+        exit_status = run.get("exit_status")
+        verdict = {0: "all passed", 1: "some failed"}.get(exit_status, f"exit {exit_status}")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)) if started else "?"
+        body.append(
+            f'<tr><td class="id">{_esc(run.get("session") or "?")}</td>'
+            f"<td>{_esc(run.get('target') or '?')}</td><td>{_esc(run.get('backend') or '?')}</td>"
+            f"<td>{_esc(run.get('nodes') or '?')}</td><td>{_esc(run.get('toxiproxy') or '?')}</td>"
+            f"<td>{_esc(run.get('seed'))}</td>"
+            f"<td>{_esc(', '.join(run.get('defects') or []) or 'none')}</td>"
+            f"<td>{_esc(when)}</td><td>{_esc(run.get('duration_s'))} s</td><td>{_esc(verdict)}</td>"
+            f'<td class="asserts">{_esc(" ".join(run.get("args") or []))}</td></tr>'
+        )
+    return (
+        '<section id="runs"><h2>Runs on this page</h2><table><thead><tr><th>session</th>'
+        "<th>target</th><th>backend</th><th>nodes</th><th>toxiproxy</th><th>seed</th>"
+        "<th>defects</th><th>started (UTC)</th><th>duration</th><th>pytest</th>"
+        f"<th>arguments</th></tr></thead><tbody>{''.join(body)}</tbody></table></section>"
+    )
+
+
 def _matrix(report: Report) -> str:
     head = "".join(f"<th>{_esc(c)}</th>" for c in report.columns)
     rows: list[str] = []
@@ -306,6 +333,7 @@ def render(report: Report, out_path: Path) -> str:
         + _header(report)
         + "<main>"
         + _summary(report)
+        + _runs(report)
         + _matrix(report)
         + _defect_matrix(report)
         + _plots(report)

@@ -485,3 +485,48 @@ def test_read_stream_by_key_bounds(hstream, make_stream, unique):
         assert granted.error is None, f"ReadStreamByKey failed: {wire.WireError.of(granted.error)}"
     finally:
         granted.close()
+
+
+@pytest.mark.conformance("api.read.single-shard-stream")
+def test_read_single_shard_stream(hstream, shard_stream, make_stream, unique):
+    stream, shard_id = shard_stream
+    ids = [a.recordIds[0] for a in write_batches(hstream, stream, shard_id, 5)]
+
+    def read(**bounds) -> list[int]:
+        responses = hstream.ReadSingleShardStream(
+            api.ReadSingleShardStreamRequest(readerId=unique("ss"), streamName=stream, **bounds),
+            timeout=15,
+        )
+        return [r.recordIds[0].batchId for response in responses for r in response.receivedRecords]
+
+    window = read(
+        **{"from": api.ShardOffset(recordOffset=ids[1])},
+        until=api.ShardOffset(recordOffset=ids[3]),
+        maxReadBatches=10,
+    )
+    assert window == [i.batchId for i in ids[1:4]], (
+        f"from {ids[1].batchId} until {ids[3].batchId}: got {window}"
+    )
+    limited = read(**{"from": EARLIEST}, until=LATEST, maxReadBatches=2)
+    assert limited == [i.batchId for i in ids[:2]], f"maxReadBatches=2 gave {limited}"
+
+    wide = make_stream(shards=2).streamName
+    try:
+        got = list(
+            hstream.ReadSingleShardStream(
+                api.ReadSingleShardStreamRequest(
+                    readerId=unique("ss"), streamName=wide, **{"from": EARLIEST}, until=LATEST
+                ),
+                timeout=15,
+            )
+        )
+    except grpc.RpcError as raw:
+        error = wire.WireError.of(raw)
+        assert error.status in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ), f"ReadSingleShardStream of a 2-shard stream: want a refusal, got {error}"
+    else:
+        raise AssertionError(
+            f"ReadSingleShardStream of a 2-shard stream succeeded with {len(got)} responses"
+        )
