@@ -31,7 +31,7 @@ import pytest
 from harness.checkers import membership
 from harness.faults.nemesis import FAULTS, Nemesis
 from harness.history import History, history_path
-from harness.probes import CliClusterProbe, ViewSampler
+from harness.probes import CliClusterProbe, DescribeClusterProbe, ViewSampler
 
 PROBE_MS = 300
 RTT_MS = 120
@@ -161,4 +161,37 @@ def test_latency_below_roundtrip_timeout_is_no_suspicion(observed, evidence):
     assert result.valid is True and result.counts.get("false_suspicion", 0) == 0, (
         f"{latency} ms of gossip latency (timeout {RTT_MS} ms) caused suspicions: "
         + verdict(result, observed)
+    )
+
+
+def test_describe_cluster_follows_a_failure(request, cluster_factory, evidence):
+    """The client-facing view (DescribeCluster) follows a kill -9 and the restart too.
+
+    HServer drops suspected members from both DescribeCluster lists, so the probe is given
+    the cluster's node ids and reports a known member in neither list as suspect.
+    """
+    n = 3
+    cluster = cluster_factory(nodes=n, gossip=TIMINGS)
+    ids = [node.id for node in cluster.nodes]
+    path = history_path(request.node.nodeid)
+    evidence.history(path)
+    probe = DescribeClusterProbe(nodes=ids)
+    with History(path) as history, ViewSampler(cluster, history, probe, SAMPLE_S):
+        nemesis = Nemesis(cluster, history)
+        observed = Observed(cluster, history, nemesis, agreement_bound_s(n))
+        try:
+            instance = FAULTS["kill-one"].resolve(ids, random.Random(cluster.spec.seed))
+            wait(1)
+            nemesis.invoke(instance, "start")
+            wait(observed.bound_s + 1)
+            nemesis.invoke(instance, "stop")
+            wait(observed.bound_s + 1)
+        finally:
+            nemesis.teardown()
+    result = judge(observed, evidence, absent="suspect")
+    assert result.valid is True, verdict(result, observed)
+    downs = [ep for ep in result.figures["episodes"] if ep["event"] == "down"]
+    assert downs and all(ep["confirmed_dead_s"] is not None for ep in downs), (
+        f"DescribeCluster never listed node {instance.nodes} as dead on every survivor: "
+        f"{downs}; history {path}"
     )
