@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.catalogue import CATALOGUE
 from harness.report import plots
 from harness.report.model import Attachment, Cell, Report, TestResult
 
@@ -54,6 +55,8 @@ pre{background:#f3f4f7;padding:8px;overflow:auto;max-height:360px;font-size:12px
 .plot-title{font-size:12px;font-weight:600;fill:#1d2430}
 .lane,.tick{font-size:9px;fill:#5b6475}.lane{text-anchor:end}
 .legend span{margin-right:12px}
+ul.attention{margin:4px 0 8px;padding-left:18px}ul.attention li{margin:3px 0}
+.back{font-size:12px;font-weight:400;margin-left:10px}
 """
 
 
@@ -107,10 +110,39 @@ def _summary(report: Report) -> str:
         f'<span class="{outcome}">{counts.get(outcome, 0)} {OUTCOME_LABEL[outcome]}</span>'
         for outcome in OUTCOME_LABEL
     )
+    # What needs a decision comes first: every red or amber cell with its one-line reason.
+    attention = [
+        (row, column, cell)
+        for row in report.rows
+        for column, cell in row.cells.items()
+        if cell.outcome in ("fail", "flaky")
+    ]
+    items = "".join(
+        f'<li><a class="badge {cell.outcome}" href="#{_anchor(row.check_id, column)}">'
+        f"{OUTCOME_LABEL[cell.outcome]}</a> <code>{_esc(row.check_id)}</code> on "
+        f"{_esc(column)}: {_esc(cell.detail[:240])}</li>"
+        for row, column, cell in attention
+    )
+    failed = (
+        f"<h3>Needs attention ({len(attention)})</h3><ul class=\"attention\">{items}</ul>"
+        if attention
+        else "<p>Nothing failed.</p>"
+    )
+    # Catalogue checks of the areas that ran but with no result: deselected, or not written.
+    areas = {row.area for row in report.rows}
+    ran = {row.check_id for row in report.rows}
+    missing = sorted(c.id for c in CATALOGUE.values() if c.area in areas and c.id not in ran)
+    not_run = (
+        f"<details><summary>{len(missing)} catalogue checks of these areas have no result "
+        f"here (deselected or not run)</summary><p>{_esc(', '.join(missing))}</p></details>"
+        if missing
+        else ""
+    )
     return (
         f'<section id="summary"><h2>Summary</h2><div class="pills">{pills}</div>'
-        f"<p>{len(report.rows)} checks × {len(report.columns)} columns, "
-        f"{len(report.results)} results.</p></section>"
+        f"<p>{len(report.rows)} checks × {len(report.columns)} columns "
+        f"({_esc(', '.join(report.columns))}), {len(report.results)} test results.</p>"
+        f"{failed}{not_run}</section>"
     )
 
 
@@ -220,20 +252,29 @@ def _result_detail(result: TestResult, out_dir: Path) -> str:
     return "".join(parts)
 
 
+EVIDENCE_ORDER = ("fail", "flaky", "deviation", "skipped", "pass")
+
+
 def _details(report: Report, out_dir: Path) -> str:
-    blocks = []
+    """Every cell's evidence, what went wrong first; each block says what the check asserts."""
+    blocks: list[tuple[int, str]] = []
     for row in report.rows:
         for column, cell in row.cells.items():
-            if cell.outcome == "pass" and not any(r.attachments for r in cell.results):
-                continue
             inner = "".join(_result_detail(r, out_dir) for r in cell.results[-3:])
+            expects = f'<p class="asserts">asserts: {_esc(row.asserts)}</p>' if row.asserts else ""
             blocks.append(
-                f'<div class="detail detail-{cell.outcome}" id="{_anchor(row.check_id, column)}">'
-                f"<h3>{_esc(row.check_id)} — {_esc(column)}: "
-                f'<span class="badge {cell.outcome}">{OUTCOME_LABEL[cell.outcome]}</span></h3>'
-                f"{inner}</div>"
+                (
+                    EVIDENCE_ORDER.index(cell.outcome),
+                    f'<div class="detail detail-{cell.outcome}" '
+                    f'id="{_anchor(row.check_id, column)}">'
+                    f"<h3>{_esc(row.check_id)} — {_esc(column)}: "
+                    f'<span class="badge {cell.outcome}">{OUTCOME_LABEL[cell.outcome]}</span> '
+                    f'<a class="back" href="#matrix">back to the matrix</a></h3>'
+                    f"{expects}{inner}</div>",
+                )
             )
-    return f'<section id="details"><h2>Evidence</h2>{"".join(blocks) or "<p>none</p>"}</section>'
+    ordered = "".join(block for _, block in sorted(blocks, key=lambda b: b[0]))
+    return f'<section id="details"><h2>Evidence</h2>{ordered or "<p>none</p>"}</section>'
 
 
 def _history_ops(attachment: Attachment) -> list[dict[str, Any]]:

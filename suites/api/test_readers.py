@@ -45,7 +45,8 @@ def test_reader_from_earliest(hstream, shard_stream):
     answers = write_batches(hstream, stream, shard_id, 6)
     got = read_all(hstream, stream, shard_id, want_batches=6)
     assert batch_ids(got) == [a.recordIds[0].batchId for a in answers], (
-        f"EARLIEST reader gave batches {batch_ids(got)}"
+        f"EARLIEST reader gave batches {batch_ids(got)}, "
+        f"want every batch in append order {[a.recordIds[0].batchId for a in answers]}"
     )
     assert [len(r.recordIds) for r in got] == [2] * 6
 
@@ -87,7 +88,8 @@ def test_reader_from_record_id(hstream, shard_stream):
         hstream, stream, shard_id, offset=api.ShardOffset(recordOffset=start), want_batches=3
     )
     assert batch_ids(got) == [a.recordIds[0].batchId for a in answers[2:]], (
-        f"reader from {start.batchId} gave {batch_ids(got)}"
+        f"reader from {start.batchId} gave {batch_ids(got)}, "
+        f"want {[a.recordIds[0].batchId for a in answers[2:]]}"
     )
 
 
@@ -107,7 +109,8 @@ def test_reader_from_timestamp(hstream, shard_stream):
         offset=api.ShardOffset(timestampOffset=api.TimestampOffset(timestampInMs=cut)),
     )
     assert batch_ids(got) == [a.recordIds[0].batchId for a in late], (
-        f"reader from t={cut} gave {batch_ids(got)}; early batches were "
+        f"reader from t={cut} gave {batch_ids(got)}, want "
+        f"{[a.recordIds[0].batchId for a in late]}; early batches were "
         f"{[a.recordIds[0].batchId for a in early]}"
     )
 
@@ -223,7 +226,8 @@ def test_read_shard_stream_bounds(hstream, shard_stream, unique):
     )
     got = [r for response in responses for r in response.receivedRecords]
     assert batch_ids(got) == [i.batchId for i in ids[1:5]], (
-        f"from {ids[1].batchId} until {ids[4].batchId}: got {batch_ids(got)}"
+        f"from {ids[1].batchId} until {ids[4].batchId}: got {batch_ids(got)}, "
+        f"want {[i.batchId for i in ids[1:5]]}"
     )
     limited = hstream.ReadShardStream(
         api.ReadShardStreamRequest(
@@ -505,7 +509,8 @@ def test_read_single_shard_stream(hstream, shard_stream, make_stream, unique):
         maxReadBatches=10,
     )
     assert window == [i.batchId for i in ids[1:4]], (
-        f"from {ids[1].batchId} until {ids[3].batchId}: got {window}"
+        f"from {ids[1].batchId} until {ids[3].batchId}: got {window}, "
+        f"want {[i.batchId for i in ids[1:4]]}"
     )
     limited = read(**{"from": EARLIEST}, until=LATEST, maxReadBatches=2)
     assert limited == [i.batchId for i in ids[:2]], f"maxReadBatches=2 gave {limited}"
