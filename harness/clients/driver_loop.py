@@ -41,7 +41,10 @@ def classify(error: BaseException) -> tuple[str, str | None]:
         # One rule for every recorder: harness.history decides what is definite.
         code = error.code()  # type: ignore[attr-defined]
         return classify_error(error), (code.name if code is not None else "UNKNOWN")
-    if isinstance(error, ClientHung | asyncio.TimeoutError | TimeoutError):
+    if isinstance(error, ClientHung):
+        # The driver gave up, not the client: no gRPC status to report (PROTOCOL.md).
+        return "info", None
+    if isinstance(error, asyncio.TimeoutError | TimeoutError):
         return "info", "DEADLINE_EXCEEDED"
     # Anything else happened somewhere inside the client, possibly after the request left:
     # unknown outcome.
@@ -92,7 +95,7 @@ class DriverLoop:
     # A client whose calls carry no deadline of their own (hstreamdb's append to a paused
     # node waits forever) would hang the driver and, with it, the whole test. With this set,
     # an op still running after this many seconds (plus a fetch's own wait) is abandoned
-    # and answered `info` DEADLINE_EXCEEDED, saying that the client itself never gave up.
+    # and answered `info` without a status, saying that the client itself never gave up.
     op_deadline_s: float | None = None
 
     async def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +122,7 @@ class DriverLoop:
             kind, status = classify(error)
             reply.update(type=kind, status=status, error=error_text(error))
             print(f"[{self.name}] {op} -> {kind}: {error_text(error)}", file=sys.stderr)
-            if status is None and not isinstance(error, Rejected):
+            if status is None and not isinstance(error, Rejected | ClientHung):
                 traceback.print_exc(file=sys.stderr)
         else:
             reply.update(type="ok", value=value if value is not None else {})

@@ -21,3 +21,10 @@ PYTHON_NO_ZSTD = (
     "hstreamdb 0.5.0 decodes only None and Gzip batches (NotImplementedError on Zstd), so it "
     "cannot read what the Erlang client or any zstd producer wrote"
 )
+
+PYTHON_LOSES_NODES = (
+    "hstreamdb 0.5.0 drops a node from its channel map on every UNAVAILABLE "
+    "(_switch_channel) and never adds it back: when every link fails it raises "
+    "RuntimeError('No unavailable targets!'), then KeyError('<host:port>'), instead of the "
+    "gRPC status, so a caller cannot tell an unknown outcome from a client bug"
+)

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from harness import images
 from harness.faults.partition import isolate
 
 from .findings import PYTHON_STALE_LOOKUP
@@ -29,6 +30,14 @@ from .workload import (
 )
 
 pytestmark = [pytest.mark.docker]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def docker_engine() -> None:
+    try:
+        images.connect(timeout=10).close()
+    except images.DockerUnavailable as reason:
+        pytest.skip(str(reason))
 
 # Client ports inside containers do not clash; the Toxiproxy API published on the host does.
 DOCKER_BASE_PORT = 41500
