@@ -81,6 +81,26 @@ def fill(hstream, stream: str, batches: int, per_batch: int, tag: str = "") -> l
     return payloads
 
 
+REGISTRATION_DEADLINE_S = 20.0  # generous: the node may be slow on a loaded machine
+
+
+def wait_for_consumers(hstream, sub_id: str, names: set[str]) -> None:
+    """Block until the subscription's owner lists every consumer in `names`."""
+    owner = owner_stub(hstream, sub_id)
+    deadline = time.monotonic() + REGISTRATION_DEADLINE_S
+    listed: set[str] = set()
+    while time.monotonic() < deadline:
+        consumers = owner.ListConsumers(api.ListConsumersRequest(subscriptionId=sub_id))
+        listed = {consumer.name for consumer in consumers.consumers}
+        if names <= listed:
+            return
+        time.sleep(0.05)
+    raise AssertionError(
+        f"consumers {sorted(names)} not listed by ListConsumers({sub_id}) within "
+        f"{REGISTRATION_DEADLINE_S} s; listed {sorted(listed)}"
+    )
+
+
 def payloads(got) -> list[bytes]:
     return [record.payload for _, record in got]
 
@@ -293,6 +313,9 @@ def test_flow_control(hstream, make_stream, subscribe, consume):
     assert len(total) == 20, f"after acking, {len(total)} of 20 records delivered"
 
 
+ASSIGNMENT_DEADLINE_S = 20.0
+
+
 @pytest.mark.conformance("api.subscriptions.reassignment")
 def test_consumer_leaves_shards_move(hstream, make_stream, subscribe, consume):
     stream = make_stream(shards=4)
@@ -300,12 +323,21 @@ def test_consumer_leaves_shards_move(hstream, make_stream, subscribe, consume):
     sub_id = subscribe(stream.streamName, ack_timeout=30)
     first = consume(sub_id, "c1")
     second = consume(sub_id, "c2")
-    time.sleep(2.5)  # assignment runs every second (§4)
-    written = fill(hstream, stream.streamName, batches=2, per_batch=2)
-    got_first = first.take(len(written), timeout=4)
-    got_second = second.take(len(written), timeout=4)
+    wait_for_consumers(hstream, sub_id, {"c1", "c2"})
+    # Assignment runs every second (§4) and a newcomer takes a shard from the busiest
+    # consumer, so c2 owns a shard after a round or two; the evidence of ownership is a
+    # delivery, so keep writing rounds until both consumers have received some.
+    written: list[bytes] = []
+    got_first: list = []
+    got_second: list = []
+    deadline = time.monotonic() + ASSIGNMENT_DEADLINE_S
+    while not (got_first and got_second) and time.monotonic() < deadline:
+        written += fill(hstream, stream.streamName, batches=1, per_batch=2, tag=f"r{len(written)}-")
+        got_first += first.take(len(written), timeout=1)
+        got_second += second.take(len(written), timeout=1)
     assert got_first and got_second, (
-        f"two consumers on 4 shards: c1 got {len(got_first)}, c2 got {len(got_second)}"
+        f"two consumers on 4 shards for {ASSIGNMENT_DEADLINE_S} s: c1 got {len(got_first)}, "
+        f"c2 got {len(got_second)} of {len(written)}"
     )
     ack_all(second, got_second)
     first.close()  # leaves without acking: its records must reach c2
@@ -323,7 +355,7 @@ def test_duplicate_consumer_name(hstream, make_stream, subscribe, consume):
     stream = make_stream()
     sub_id = subscribe(stream.streamName)
     consume(sub_id, "same")
-    time.sleep(0.5)
+    wait_for_consumers(hstream, sub_id, {"same"})
     duplicate = consume(sub_id, "same")
     assert duplicate.ended.wait(10), "a second consumer named 'same' was accepted"
     assert duplicate.error is not None
@@ -337,7 +369,7 @@ def test_delete_with_live_consumer(hstream, make_stream, subscribe, consume):
     stream = make_stream()
     sub_id = subscribe(stream.streamName)
     session = consume(sub_id, "c1")
-    time.sleep(0.5)
+    wait_for_consumers(hstream, sub_id, {"c1"})
     owner = owner_stub(hstream, sub_id)
     expect_error(
         lambda: owner.DeleteSubscription(api.DeleteSubscriptionRequest(subscriptionId=sub_id)),
