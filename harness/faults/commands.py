@@ -20,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override the defects the schedule was found with",
     )
     parser.add_argument(
+        "--base-port",
+        type=int,
+        default=None,
+        help="client port of the replay's cluster (default: the topology's, 6570)",
+    )
+    parser.add_argument(
         "--history",
         type=Path,
         default=None,
@@ -42,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             backend=settings.get("backend", "local"),
             seed=settings.get("seed", 0),
             defects=tuple(args.defect if args.defect is not None else settings.get("defects", ())),
+            base_port=args.base_port,
         )
         if settings.get("gossip"):
             spec = spec.with_(gossip=dict(settings["gossip"]))

@@ -21,6 +21,7 @@ from harness.clients.driver import ClientDriver, DriverError, raw_payload
 from harness.history import History
 
 KEYS = [f"key-{i}" for i in range(8)]
+CONSUMER = "c1"
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Workload:
     batch: int = 5
     producers: tuple[str, ...] = ("python", "raw")
     ack_timeout_s: int = 3
+    fetch_timeout_ms: int = 500
     stream: str = field(default_factory=lambda: f"dur_{uuid.uuid4().hex[:10]}")
     subscription: str = field(default_factory=lambda: f"dursub_{uuid.uuid4().hex[:10]}")
     errors: list[str] = field(default_factory=list)
@@ -99,20 +101,55 @@ class Workload:
             driver.close()
 
     def _consume(self, stop: threading.Event) -> None:
+        """Fetch and ack as consumer `c1` until stopped; reconnect when the stream breaks.
+
+        Like an application, the consumer keeps its name across reconnects (and the drain
+        uses it too), so a record it already saw coming again is a redelivery to the same
+        reader. Each stream's life is a `consume` op, completed `info` when it broke.
+        """
         driver = ClientDriver("raw", history=self.history, process="consumer", timeout=20)
+        life = None
         try:
             while not stop.is_set() and not driver.connect(self.endpoints).ok:
                 time.sleep(0.5)
             while not stop.is_set():
-                reply = driver.fetch(self.subscription, "c1", max=200, timeout_ms=500)
-                if not reply.ok:
-                    time.sleep(0.5)
+                life = self.history.invoke(
+                    "consumer-life",
+                    "consume",
+                    {"subscription": self.subscription, "consumer": CONSUMER},
+                )
+                broken = None
+                while not stop.is_set():
+                    reply = driver.fetch(
+                        self.subscription, CONSUMER, max=200, timeout_ms=self.fetch_timeout_ms
+                    )
+                    if not reply.ok:
+                        broken = reply.error or reply.type
+                        break
+                if broken is None:
+                    self.history.ok(life)
+                    life = None
+                    break
+                self.history.info(life, f"stream ended: {broken}")
+                life = None
+                driver.call("stop_consumer", subscription=self.subscription, consumer=CONSUMER)
+                time.sleep(0.5)  # a failing consumer is not allowed to spin
         except DriverError as error:
+            # The driver process died (or was killed, as a crashing application): its last
+            # acks may still have been in its buffers.
+            if life is not None:
+                self.history.info(life, f"consumer process ended: {error}")
             self.errors.append(f"consumer: {error}")
         finally:
             driver.close()
 
     def _drain(self) -> None:
+        """The final read of every shard, then fetch until every acked record was delivered.
+
+        At least one fetch is always made after the drain marker, and delivery is compared
+        as sets of payload ids (a count would let recovered appends, indeterminate but
+        delivered, stand in for acknowledged ones).
+        """
         drainer = ClientDriver("raw", history=self.history, process="drain", timeout=30)
         try:
             deadline = time.monotonic() + 30
@@ -125,20 +162,27 @@ class Workload:
             for shard in shards.value["shards"]:
                 read = drainer.read_shard(self.stream, shard["shard_id"], final=True)
                 assert read.ok, f"final read of shard {shard['shard_id']}: {read.error}"
-            acked = sum(1 for op in self.history if op.f == "append" and op.type == "ok")
-            delivered = len(
-                {
-                    r["payload_id"]
-                    for op in self.history
-                    if op.f == "fetch" and op.type == "ok"
-                    for r in op.value.get("records", [])
-                }
-            )
-            while delivered < acked and time.monotonic() < deadline + 30:
-                reply = drainer.fetch(
-                    self.subscription, "c1", max=1000, timeout_ms=2000, final=True
-                )
+            acked = {
+                op.value["payload_id"]
+                for op in self.history
+                if op.f == "append" and op.type == "ok"
+            }
+            delivered = {
+                r["payload_id"]
+                for op in self.history
+                if op.f == "fetch" and op.type == "ok"
+                for r in op.value.get("records", [])
+            }
+            deadline += 30
+            # The drain op marks where the subscription's drain began: every append acked
+            # before it must be delivered by the end (the subscription checker's cut-off).
+            drain = self.history.invoke("drain", "drain", {"subscription": self.subscription})
+            while True:
+                reply = drainer.fetch(self.subscription, CONSUMER, max=1000, timeout_ms=2000)
                 if reply.ok:
-                    delivered += len(reply.value["records"])
+                    delivered.update(r["payload_id"] for r in reply.value["records"])
+                if acked <= delivered or time.monotonic() > deadline:
+                    break
+            self.history.ok(drain)
         finally:
             drainer.close()
