@@ -36,6 +36,7 @@ h2{font-size:17px;margin:0 0 10px}
 .pills span{display:inline-block;margin-right:8px;padding:2px 10px;border-radius:12px;
 font-weight:600}
 table{border-collapse:collapse;width:100%}
+h3{font-size:15px;margin:16px 0 6px}
 th,td{border-bottom:1px solid #eceef2;padding:4px 8px;text-align:left;vertical-align:top}
 th{position:sticky;top:0;background:#fff;font-size:12px;color:#5b6475}
 tr.area td{background:#eef1f6;font-weight:600;color:#3a4456}
@@ -133,8 +134,10 @@ def _summary(report: Report) -> str:
     ran = {row.check_id for row in report.rows}
     missing = sorted(c.id for c in CATALOGUE.values() if c.area in areas and c.id not in ran)
     not_run = (
-        f"<details><summary>{len(missing)} catalogue checks of these areas have no result "
-        f"here (deselected or not run)</summary><p>{_esc(', '.join(missing))}</p></details>"
+        f"<details><summary>{len(missing)} catalogue "
+        f"{'check of these areas has' if len(missing) == 1 else 'checks of these areas have'} "
+        f"no result here (deselected or not run)</summary><p>{_esc(', '.join(missing))}</p>"
+        "</details>"
         if missing
         else ""
     )
@@ -174,33 +177,49 @@ def _runs(report: Report) -> str:
 
 
 def _matrix(report: Report) -> str:
-    head = "".join(f"<th>{_esc(c)}</th>" for c in report.columns)
-    rows: list[str] = []
-    area = None
+    """One table per suite (api, clients, io, ...), each with only the columns it ran in.
+
+    A single table over every column is mostly empty: the api suite runs on the target
+    alone, the clients suite per client pair.
+    """
+    suites: dict[str, list[Any]] = {}
     for row in report.rows:
-        if row.area != area:
-            area = row.area
-            rows.append(
-                f'<tr class="area"><td colspan="{3 + len(report.columns)}">{_esc(area)}</td></tr>'
+        suites.setdefault(row.area.split(".")[0].split(":")[0], []).append(row)
+    tables: list[str] = []
+    for suite, suite_rows in suites.items():
+        columns = [c for c in report.columns if any(c in row.cells for row in suite_rows)]
+        head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
+        body: list[str] = []
+        area = None
+        for row in suite_rows:
+            if row.area != area:
+                area = row.area
+                body.append(
+                    f'<tr class="area"><td colspan="{3 + len(columns)}">{_esc(area)}</td></tr>'
+                )
+            cells = "".join(
+                f"<td>{_badge(row.cells[c], _anchor(row.check_id, c))}</td>"
+                if c in row.cells
+                else "<td></td>"
+                for c in columns
             )
-        cells = "".join(
-            f"<td>{_badge(row.cells[c], _anchor(row.check_id, c))}</td>"
-            if c in row.cells
-            else "<td></td>"
-            for c in report.columns
-        )
-        rows.append(
-            f'<tr><td class="id">{_esc(row.check_id)}</td><td>{_esc(row.section)}</td>'
-            f'<td class="asserts">{_esc(row.asserts)}</td>{cells}</tr>'
+            body.append(
+                f'<tr><td class="id">{_esc(row.check_id)}</td><td>{_esc(row.section)}</td>'
+                f'<td class="asserts">{_esc(row.asserts)}</td>{cells}</tr>'
+            )
+        tables.append(
+            f'<h3 id="suite-{_esc(suite)}">{_esc(suite)} ({len(suite_rows)} checks)</h3>'
+            f"<table><thead><tr><th>check</th><th>§</th><th>asserts</th>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>"
         )
     return (
         '<section id="matrix"><h2>Conformance matrix</h2>'
         '<p class="legend"><span class="badge pass">pass</span><span class="badge fail">FAIL'
         '</span><span class="badge flaky">flaky</span><span class="badge deviation">known '
         'deviation</span><span class="badge skipped">skipped</span> — click a cell for its '
-        "evidence.</p>"
-        f"<table><thead><tr><th>check</th><th>§</th><th>asserts</th>{head}</tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table></section>"
+        "evidence. Columns: target (+ seeded defects) / client, or writer → reader.</p>"
+        + "".join(tables)
+        + "</section>"
     )
 
 
