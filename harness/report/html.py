@@ -48,7 +48,8 @@ font-size:12px;font-weight:600;text-decoration:none}
 .flaky{background:#fbe7c2;color:#7a4b00}.deviation{background:#e3dcf7;color:#4b2f99}
 .skipped{background:#e9ebef;color:#5b6475}
 details{margin:6px 0}summary{cursor:pointer}
-pre{background:#f3f4f7;padding:8px;overflow:auto;max-height:360px;font-size:12px}
+pre{background:#f3f4f7;padding:8px;overflow:auto;max-height:360px;font-size:12px;
+white-space:pre-wrap;overflow-wrap:anywhere}
 .detail{border-left:4px solid #e2e5ea;padding-left:10px;margin:10px 0}
 .detail-fail{border-color:#c8403a}.detail-flaky{border-color:#e0a526}
 .detail-deviation{border-color:#6a4fc4}.detail-pass{border-color:#2e9e5b}
