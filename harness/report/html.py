@@ -158,7 +158,9 @@ def _runs(report: Report) -> str:
     for run in sorted(report.runs, key=lambda r: r.get("started") or 0):
         started = run.get("started")
         exit_status = run.get("exit_status")
-        verdict = {0: "all passed", 1: "some failed"}.get(exit_status, f"exit {exit_status}")
+        verdict = {0: "all passed", 1: "some failed"}.get(
+            exit_status if isinstance(exit_status, int) else -1, f"exit {exit_status}"
+        )
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)) if started else "?"
         body.append(
             f'<tr><td class="id">{_esc(run.get("session") or "?")}</td>'
