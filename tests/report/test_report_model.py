@@ -149,3 +149,25 @@ def test_defect_runs_are_their_own_column(tmp_path, result):
     assert cell(report, "api.read.stream", "reference").outcome == "pass"
     red = cell(report, "api.read.stream", "reference + defect reorder-reads")
     assert red.outcome == "fail" and "want {1: [1, 2, 3]}" in red.detail
+
+
+def test_page_leads_with_what_failed_and_lists_its_runs(tmp_path, result):
+    run = tmp_path / "run"
+    result(run, "test_tail", "passed", check="api.append.tail")
+    result(
+        run, "test_order", "failed", check="api.read.stream", defects="reorder-reads",
+        message="AssertionError: ReadStream per shard {1: [3, 2, 1]}, want {1: [1, 2, 3]}",
+    )
+    (run / "s1-hsc-run.json").write_text(json.dumps({
+        "session": "hsc-test-1", "target": "reference", "backend": "local", "nodes": 3,
+        "toxiproxy": "embedded", "seed": 7, "defects": ["reorder-reads"], "started": 1.7e9,
+        "duration_s": 12.5, "exit_status": 1, "args": ["suites/api"],
+    }))
+    report = build(*load_results([run]), [run])
+    page = render(report, tmp_path / "page.html")
+    attention = page.index("Needs attention (1)")
+    assert attention < page.index('id="matrix"'), "failures must come before the matrix"
+    assert "want {1: [1, 2, 3]}" in page[attention:page.index('id="runs"')]
+    assert "hsc-test-1" in page and "some failed" in page and "12.5 s" in page
+    # Catalogue checks of the areas that ran, without a result, are named.
+    assert "api.append.trim" in page and "no result here" in page
