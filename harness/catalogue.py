@@ -79,6 +79,8 @@ _CHECKS = [
     Check("api.readers.latest", "§5", "a reader from LATEST sees only later batches"),
     Check("api.readers.record-offset", "§5", "a reader from a record id starts at that batch"),
     Check("api.readers.timestamp", "§5", "a reader from a timestamp starts at the first later batch"),
+    Check("api.readers.max-records", "§5",
+          "ReadShard returns at most maxRecords batches and the reader's position advances"),
     Check("api.readers.blocking-timeout", "§5", "ReadShard on an empty shard blocks about `timeout` ms"),
     Check("api.readers.lifecycle", "§5", "list shows readers; delete removes; reading a deleted one fails"),
     Check("api.errors.reader-exists", "§5", "a second reader with the same id fails ALREADY_EXISTS"),

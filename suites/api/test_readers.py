@@ -115,6 +115,35 @@ def test_reader_from_timestamp(hstream, shard_stream):
     )
 
 
+@pytest.mark.conformance("api.readers.max-records")
+def test_read_shard_max_records(hstream, shard_stream, unique):
+    stream, shard_id = shard_stream
+    expected = [a.recordIds[0].batchId for a in write_batches(hstream, stream, shard_id, 5)]
+    reader_id = unique("rd")
+    hstream.CreateShardReader(
+        api.CreateShardReaderRequest(
+            streamName=stream, shardId=shard_id, shardOffset=EARLIEST, readerId=reader_id,
+            timeout=200,
+        )
+    )
+    reads: list[list[int]] = []
+    try:
+        # "Up to" maxRecords: a server may return fewer, so read until all five came back
+        # (each empty read waits the reader's 200 ms; ten reads bound a server that stalls).
+        while sum(len(r) for r in reads) < len(expected) and len(reads) < 10:
+            got = hstream.ReadShard(api.ReadShardRequest(readerId=reader_id, maxRecords=2))
+            reads.append(batch_ids(got.receivedRecords))
+    finally:
+        delete_reader(hstream, reader_id)
+    # maxRecords counts batches (§5); all five were written before the first read.
+    assert all(len(r) <= 2 for r in reads), f"ReadShard(maxRecords=2) returned {reads}"
+    flat = [batch for r in reads for batch in r]
+    assert flat == expected, (
+        f"successive ReadShard(maxRecords=2) calls gave {reads}; want {expected} in order, "
+        "each batch once (the reader's position advances)"
+    )
+
+
 TIMEOUT_S = 1.0
 TIMER_TICK_S = 0.02
 SCHEDULING_SLACK_S = 3.0
