@@ -451,6 +451,33 @@ class GossipNode:
         self._announce_self()
         log.info("node %d: initialised by INIT with %d seeds", self._self.id, len(nodes))
         self.broadcast_event(wire.EVENT_INITED, self._self_described().SerializeToString())
+        if not self._ready:
+            self._spawn(self._catch_up_inited()).set_name("catch-up-inited")
+
+    async def _catch_up_inited(self) -> None:
+        """Become ready even if an INITED event never arrives.
+
+        Events spread by gossip, each sent a bounded number of times: delivery is very
+        likely, not certain (a seed that learnt its peers only from the INIT list can miss
+        one, and then never became ready). A seed that is ready has seen INITED from every
+        seed, so once any seed answers "Cluster is ready" every seed is inited, this one
+        included, and this one is ready too.
+        """
+        while not self._stopped and not self._ready:
+            await asyncio.sleep(self.config.probe_interval)
+            for host, port in list(self._other_seeds):
+                if self._ready:
+                    return
+                answer = await self._bootstrap_ping(host, port, ignore_inited=True)
+                if answer == wire.CLUSTER_READY:
+                    log.info(
+                        "node %d: seed %s reports the cluster ready; INITED seen from %s only",
+                        self._self.id,
+                        _address(host, port),
+                        sorted(self._inited_seeds),
+                    )
+                    self._mark_ready()
+                    return
 
     def _on_inited_event(self, payload: bytes) -> None:
         if not self._is_seed or self._joined_running:
