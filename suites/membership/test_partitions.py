@@ -15,7 +15,7 @@ from harness.faults.nemesis import FAULTS, Nemesis
 from harness.history import History, history_path
 from harness.probes import CliClusterProbe, ViewSampler
 
-from .test_membership import SAMPLE_S, TIMINGS, agreement_bound_s
+from .test_membership import SAMPLE_S, TIMINGS, agreement_bound_s, settle
 
 pytestmark = pytest.mark.docker
 
@@ -50,6 +50,7 @@ def test_partition_then_heal(request, cluster_factory, evidence, grudge, n):
                 during = last_views(history)
                 nemesis.heal()
                 time.sleep(bound + 2)
+                settle(history, cluster, bound)
             finally:
                 nemesis.teardown()
         cut_off = {str(x) for x in instance.down}
