@@ -44,6 +44,8 @@ from .workload import (
 
 pytestmark = pytest.mark.cluster(gossip=FAST_GOSSIP)
 
+FAULTED = {"kill": "killed", "pause": "paused"}
+
 ACK_TIMEOUT_S = 3
 
 @pytest.fixture
@@ -109,8 +111,8 @@ def test_append_continues_after_owner_fails(
     assert last.ok, (
         f"{client_name}: no append acknowledged within {RECOVERY_BOUND_S:.0f} s after every "
         f"survivor confirmed node {owner} ({cluster.node(owner).client}, owner of shard "
-        f"{shard_id}) dead, {watch.confirmed_after_s} s after it was {fault}ed; the client's "
-        f"last error: {last.status}: {last.error}; history: {history.path}"
+        f"{shard_id}) dead, {watch.confirmed_after_s} s after it was {FAULTED[fault]}; the "
+        f"client's last error: {last.status}: {last.error}; history: {history.path}"
     )
     assert read_error is None, f"{read_error} (history: {history.path})"
     result = judge(history, stream)
