@@ -53,6 +53,20 @@ def conformance(session: nox.Session) -> None:
         success_codes=[0, 1],
     )
     session.run("hstream-conformance", "report", "--results", str(REPORTS))
+    failed = junit_failures(REPORTS / "junit-conformance.xml")
+    if failed:
+        session.error(f"{failed} conformance check(s) failed: see {REPORTS / 'conformance.html'}")
+
+
+def junit_failures(path: Path) -> int:
+    """Failures + errors in a JUnit file (the report is built first, then the verdict)."""
+    import xml.etree.ElementTree as ElementTree
+
+    if not path.exists():
+        return 1
+    root = ElementTree.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    return sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
 
 
 @nox.session
