@@ -879,8 +879,9 @@ def sweep_orphans(client: docker.DockerClient, progress: Progress | None = None)
     """
     owners: dict[str, str] = {}
     selector = {"label": LABEL_CLUSTER}
+    # Another run may remove its containers between the listing and their inspection.
     objects: list[Any] = [
-        *client.containers.list(all=True, filters=selector),
+        *client.containers.list(all=True, filters=selector, ignore_removed=True),
         *client.networks.list(filters=selector),
         *client.volumes.list(filters=selector),
     ]
