@@ -859,7 +859,7 @@ def remove_clusters(labels: list[str], client: docker.DockerClient | None = None
         return
     for label in labels:
         selector = {"label": f"{LABEL_CLUSTER}={label}"}
-        for container in client.containers.list(all=True, filters=selector):
+        for container in client.containers.list(all=True, filters=selector, ignore_removed=True):
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True, v=True)
         for network in client.networks.list(filters=selector):
