@@ -43,6 +43,12 @@ DEFECTS: dict[str, str] = {
         "consumers start from the subscription's initial offset again (breaks: resume "
         "from the checkpoint, acked records not redelivered)."
     ),
+    "io-checkpoint-before-append": (
+        "A source connector's task stores each STATE as its checkpoint before it has "
+        "appended the records that STATE covers (they follow a slice later), so the "
+        "checkpoint runs ahead of what is durable in the stream and a crash loses records "
+        "(breaks: a source checkpoint covers only records already in the stream)."
+    ),
 }
 
 

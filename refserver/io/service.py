@@ -177,12 +177,16 @@ class ConnectorService:
                 continue
             if owner.id == self._node.id:
                 wanted[record.name] = record
+        stops = []
         for name, running in list(self._running.items()):
             keep = wanted.get(name)
             if keep is None or keep.task_id != running.record.task_id or \
                     (running.future is not None and running.future.done()):
-                await self._stop_task(name, "no longer owned or not RUNNING"
-                                      if keep is None else "restarting")
+                stops.append(self._stop_task(name, "no longer owned or not RUNNING"
+                                             if keep is None else "restarting"))
+        # Concurrently: a sink's clean stop drains its destination (seconds under load),
+        # and a source paused in the same request must not keep reading meanwhile.
+        await asyncio.gather(*stops)
         for name, record in wanted.items():
             if name not in self._running:
                 self._start_task(record)
@@ -213,6 +217,9 @@ class ConnectorService:
                 running.future.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await running.future
+        # The task has ended here (its program exited, its last appends and checkpoint are
+        # done): what a caller waiting for a paused connector to settle looks for.
+        self._log_of(name).add(f"runtime: node {self._node.id} stopped the task ({why})")
 
     async def _supervise(self, running: _Running) -> None:
         record = running.record
@@ -265,7 +272,8 @@ class ConnectorService:
         task_log = self._log_of(record.name)
         if record.kind == "SOURCE":
             return SourceTask(self._store, record.name, config, launch, stream, workdir,
-                              task_log.add, durable="ack-before-durable" not in self._defects)
+                              task_log.add, durable="ack-before-durable" not in self._defects,
+                              checkpoint_first="io-checkpoint-before-append" in self._defects)
         return SinkTask(self._store, record.name, config, launch, stream, workdir, task_log.add)
 
     async def _set_status(self, record: ConnectorRecord, status: str, reason: str = "") -> None:

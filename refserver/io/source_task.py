@@ -89,7 +89,8 @@ class SourceTask:
 
     def __init__(self, store: Store_pb2_grpc.StoreStub, name: str, config: TaskConfig,
                  launch: ConnectorLaunch, stream: StreamShards, workdir: Path,
-                 log: Callable[[str], None], durable: bool = True) -> None:
+                 log: Callable[[str], None], durable: bool = True,
+                 checkpoint_first: bool = False) -> None:
         self._store = store
         self.name = name
         self._config = config
@@ -98,6 +99,8 @@ class SourceTask:
         self._workdir = workdir
         self._log = log
         self._durable = durable
+        # Seeded defect io-checkpoint-before-append (see run).
+        self._checkpoint_first = checkpoint_first
         self.checkpoint = Checkpoint(store, name)
         self.run_handle: AirbyteRun | None = None
         self._stopping = False
@@ -127,6 +130,9 @@ class SourceTask:
         run = self.run_handle = await AirbyteRun.start(
             self._launch, args, files, self._workdir, self._log)
         pending: dict[int, list[api.HStreamRecord]] = {}
+        # Only with the seeded defect: the records of the slice before the last STATE,
+        # still unappended while that STATE is already the checkpoint.
+        deferred: dict[int, list[api.HStreamRecord]] = {}
         try:
             async for message in run.messages():
                 kind = message["type"]
@@ -139,15 +145,25 @@ class SourceTask:
                     pending.setdefault(self._stream.shard_for(key), []).append(
                         json_record(data, key))
                     self.counts["records_read"] += 1
-                    if sum(len(batch) for batch in pending.values()) >= BATCH_RECORDS:
+                    if not self._checkpoint_first and \
+                            sum(len(batch) for batch in pending.values()) >= BATCH_RECORDS:
                         await self._flush(pending)
                 elif kind == "STATE":
-                    await self._flush(pending)
                     states = _merge_state(states, message.get("state", {}))
-                    await self.checkpoint.write(states)
+                    if self._checkpoint_first:
+                        # The defect: the STATE is stored at once, and the records it
+                        # covers are appended only at the next STATE, so the checkpoint
+                        # runs a slice ahead of the stream; a node crash loses that slice.
+                        await self.checkpoint.write(states)
+                        await self._flush(deferred)
+                        deferred, pending = pending, {}
+                    else:
+                        await self._flush(pending)
+                        await self.checkpoint.write(states)
                     self.counts["states_checkpointed"] += 1
             # Records after the last STATE: appended, but the read is repeated from the
             # last STATE if this run is not the last one.
+            await self._flush(deferred)
             await self._flush(pending)
             code = await run.wait()
         finally:

@@ -56,6 +56,20 @@ FAKER = {"seed": 42, "records_per_slice": 100, "parallelism": 1,
          "always_updated": True}
 DEADLINE_S = 180.0
 CALL_TIMEOUT_S = 10.0
+# CreateConnector runs the connector's `check` before it stores the connector: a connector
+# program start (a Python venv importing airbyte-cdk), measured at 6-7 s on a 2-core machine
+# at load 8. Its deadline is that start-up with room for a slower machine, not CALL_TIMEOUT_S.
+CREATE_CONNECTOR_TIMEOUT_S = 90.0
+# How soon a paused connector's program must be gone: the owner sees the new status within
+# a reconcile period (0.5 s on the reference runtime), terminates the program and kills it
+# if it has not exited after a 5 s grace; the rest is the named slack for a loaded machine
+# (store round trips of a reconcile round, process scheduling).
+RECONCILE_PERIOD_S = 0.5
+STOP_GRACE_S = 5.0
+SCHEDULING_SLACK_S = 15.0
+PAUSE_STOP_BOUND_S = RECONCILE_PERIOD_S + STOP_GRACE_S + SCHEDULING_SLACK_S
+# How long paused connectors are watched for progress once their tasks have stopped.
+PAUSED_WATCH_S = 3.0
 EARLIEST = api.ShardOffset(specialOffset=api.SpecialOffset.EARLIEST)
 
 
@@ -156,18 +170,25 @@ class Pipeline:
         self.sink = f"{self.stream}_sqlite"
         self.database = database
 
-    def call(self, method: str, request: Any) -> Any:
-        """Call on the first node that answers (any node serves the connector RPCs)."""
+    def call(self, method: str, request: Any, timeout: float = CALL_TIMEOUT_S,
+             idempotent: bool = True) -> Any:
+        """Call on the first node that answers (any node serves the connector RPCs). A
+        call that is not idempotent moves on to the next node only when the node was
+        unreachable: after a deadline it may have taken effect there."""
+        retry = {grpc.StatusCode.UNAVAILABLE}
+        if idempotent:
+            retry.add(grpc.StatusCode.DEADLINE_EXCEEDED)
         last: grpc.RpcError | None = None
         for endpoint in self.endpoints:
             try:
-                return getattr(wire.stub(endpoint), method)(request, timeout=CALL_TIMEOUT_S)
+                return getattr(wire.stub(endpoint), method)(request, timeout=timeout)
             except grpc.RpcError as error:
-                if error.code() not in (grpc.StatusCode.UNAVAILABLE,  # type: ignore[attr-defined]
-                                        grpc.StatusCode.DEADLINE_EXCEEDED):
-                    pytest.fail(f"{method} failed: {wire.WireError.of(error)}", pytrace=False)
+                if error.code() not in retry:  # type: ignore[attr-defined]
+                    pytest.fail(f"{method} on {endpoint} failed after at most {timeout:.0f}s: "
+                                f"{wire.WireError.of(error)}", pytrace=False)
                 last = error
-        pytest.fail(f"{method}: no node answered; last error {last}", pytrace=False)
+        pytest.fail(f"{method}: no node answered within {timeout:.0f}s; last error {last}",
+                    pytrace=False)
 
     def create(self) -> None:
         self.call("CreateStream", api.Stream(streamName=self.stream, replicationFactor=1,
@@ -175,11 +196,13 @@ class Pipeline:
         self.call("CreateConnector", api.CreateConnectorRequest(
             name=self.sink, type="SINK", target="sqlite",
             config=json.dumps({"stream": self.stream, "airbyte_stream": "users",
-                               "database_path": str(self.database)})))
+                               "database_path": str(self.database)})),
+            timeout=CREATE_CONNECTOR_TIMEOUT_S, idempotent=False)
         self.call("CreateConnector", api.CreateConnectorRequest(
             name=self.source, type="SOURCE", target="faker",
             config=json.dumps({"stream": self.stream, "airbyte_stream": "users", **FAKER,
-                               "count": self.count})))
+                               "count": self.count})),
+            timeout=CREATE_CONNECTOR_TIMEOUT_S, idempotent=False)
 
     def connector(self, name: str) -> api.Connector:
         return self.call("GetConnector", api.GetConnectorRequest(name=name))
@@ -395,13 +418,24 @@ def test_pipeline_pause_and_resume(cluster: Any, emitted: Callable[[int], Any], 
     p = Pipeline(endpoints_of(cluster), "pause", tmp_path / "out.sqlite", FAULT_COUNT)
     p.create()
     pid, checkpoint = wait_mid_read(p, connector_catalogue, before)
+    paused_at = time.monotonic()
     for name in (p.source, p.sink):
         p.call("PauseConnector", api.PauseConnectorRequest(name=name))
         assert p.connector(name).status == "STOPPED"
-    time.sleep(3.0)  # let the owners stop the tasks (they reconcile twice a second)
-    assert not _alive(pid), f"the paused source's read (pid {pid}) still runs"
+    while _alive(pid) and time.monotonic() - paused_at < PAUSE_STOP_BOUND_S:
+        time.sleep(0.1)
+    stop_s = time.monotonic() - paused_at
+    assert not _alive(pid), \
+        f"the paused source's read (pid {pid}) still runs {stop_s:.1f}s after the pause " \
+        f"(bound {PAUSE_STOP_BOUND_S:.1f}s); source logs:\n{p.logs(p.source)}"
+    # The program gone, each task still ends its own way (the source appends what it had
+    # read, the sink drains its destination): compare counts only once both say stopped.
+    for name in (p.source, p.sink):
+        wait_for(f"the task of paused {name} has stopped",
+                 lambda name=name: "stopped the task" in p.logs(name),  # type: ignore[misc]
+                 lambda name=name: p.logs(name))  # type: ignore[misc]
     stream_paused, sink_paused = len(p.stream_records()), len(p.sink_rows())
-    time.sleep(3.0)
+    time.sleep(PAUSED_WATCH_S)
     stream_later, sink_later = len(p.stream_records()), len(p.sink_rows())
     assert (stream_later, sink_later) == (stream_paused, sink_paused), \
         f"paused connectors kept moving: stream {stream_paused}->{stream_later}, " \
@@ -410,6 +444,7 @@ def test_pipeline_pause_and_resume(cluster: Any, emitted: Callable[[int], Any], 
         p.call("ResumeConnector", api.ResumeConnectorRequest(name=name))
     figures, _ = finish(p, emitted, evidence, "pause-resume",
                      {"read_pid_at_pause": pid, "checkpoint_at_pause": checkpoint,
+                      "read_gone_after_pause_s": round(stop_s, 2),
                       "stream_records_while_paused": stream_paused,
                       "sink_rows_while_paused": sink_paused})
     # The sink stops cleanly (its last STATE is echoed before it exits): nothing re-sent.

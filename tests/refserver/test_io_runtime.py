@@ -34,6 +34,7 @@ from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 from harness.io.connectors import load_connectors
 from harness.wire import expected_ranges, key_hash
 from refserver import records
+from refserver.defects import UnknownDefect, parse_defects
 from refserver.io import CatalogError, ConnectorCatalog, ConnectorService
 from refserver.io.sink_task import record_data
 from refserver.membership import Member, MemberState, NodeAddress
@@ -101,6 +102,15 @@ def catalog_doc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "_pids": str(pids)}
 
 
+@pytest.fixture
+def node_defects(request: pytest.FixtureRequest) -> frozenset[str]:
+    """The seeded defects named with --defect, for the node of a test that targets one."""
+    try:
+        return parse_defects(request.config.getoption("defect"))
+    except UnknownDefect as error:
+        pytest.fail(str(error), pytrace=False)
+
+
 def connector_pids(doc: dict[str, Any], name: str, subcommand: str) -> list[int]:
     path = Path(doc["_pids"]) / f"{name}.pids"
     if not path.exists():
@@ -158,7 +168,8 @@ class ConnectorNode(api_grpc.HStreamApiServicer):
 
 
 @contextlib.asynccontextmanager
-async def running_node(store_address: str, catalog: dict[str, Any]
+async def running_node(store_address: str, catalog: dict[str, Any],
+                       defects: frozenset[str] = frozenset()
                        ) -> AsyncIterator[tuple[api_grpc.HStreamApiStub, Store_pb2_grpc.StoreStub,
                                                 ConnectorService]]:
     port = next(_node_ports)
@@ -166,7 +177,7 @@ async def running_node(store_address: str, catalog: dict[str, Any]
     store_channel = grpc.aio.insecure_channel(store_address)
     store = Store_pb2_grpc.StoreStub(store_channel)
     service = ConnectorService(store, SingleNodeMembership(node), SelfOwnership(node),
-                               frozenset(), node, ConnectorCatalog.from_json(
+                               defects, node, ConnectorCatalog.from_json(
                                    {k: v for k, v in catalog.items() if not k.startswith("_")}))
     server = grpc.aio.server()
     api_grpc.add_HStreamApiServicer_to_server(ConnectorNode(service), server)
@@ -340,11 +351,12 @@ async def _is(value: Any, expected: Any) -> bool:
 
 
 def test_killed_connector_resumes_from_its_last_state(
-        store_address: str, catalog_doc: dict[str, Any]) -> None:
+        store_address: str, catalog_doc: dict[str, Any], node_defects: frozenset[str]) -> None:
     count = 6000
 
     async def scenario() -> None:
-        async with running_node(store_address, catalog_doc) as (client, store, _service):
+        async with running_node(store_address, catalog_doc, node_defects) as \
+                (client, store, _service):
             shards = await create_stream(store, "io_kill", 1)
             before = set(connector_pids(catalog_doc, "source-faker", "read"))
             await client.CreateConnector(api.CreateConnectorRequest(
