@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -127,6 +127,9 @@ class ClientDriver:
         self._reader.start()
         self._request_ids = itertools.count(1)
         self.broken: str | None = None
+        # Called when the client cannot do an op at all (PROTOCOL.md: UNSUPPORTED); suites
+        # turn that into a skip naming the gap, never into a pass or a failure.
+        self.on_unsupported: Callable[[str, Reply], None] | None = None
         ClientDriver._live.add(self)
 
     @property
@@ -170,13 +173,16 @@ class ClientDriver:
             self._break(f"answered {op} with non-JSON {raw[:200]!r}")
         if reply.get("id") != request_id:
             self._break(f"answered request {reply.get('id')} when {request_id} ({op}) was due")
-        return Reply(
+        answer = Reply(
             type=reply.get("type", "info"),
             value=reply.get("value"),
             error=reply.get("error"),
             status=reply.get("status"),
             raw=reply,
         )
+        if answer.unsupported and self.on_unsupported is not None:
+            self.on_unsupported(op, answer)
+        return answer
 
     def _break(self, why: str) -> None:
         self.broken = why

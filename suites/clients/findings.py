@@ -28,3 +28,14 @@ PYTHON_LOSES_NODES = (
     "RuntimeError('No unavailable targets!'), then KeyError('<host:port>'), instead of the "
     "gRPC status, so a caller cannot tell an unknown outcome from a client bug"
 )
+
+ERLANG_TIMEOUT_WITHOUT_STATUS = (
+    "hstreamdb_erl's producer turns a transport failure (a black-holed or reset client link) "
+    "into a bare 'timeout' after its own batch retries, never the gRPC status: the caller "
+    "cannot tell UNAVAILABLE from a slow server"
+)
+
+ERLANG_INTERNAL_ERROR_WHEN_DOWN = (
+    "with every client link down, hstreamdb_erl fails appends with its internal error "
+    "{cannot_access_shard,badarg} instead of a gRPC status"
+)

@@ -19,6 +19,8 @@ from harness.checkers import subscription
 from harness.clients.driver import ClientDriver, Reply
 
 from .findings import (
+    ERLANG_INTERNAL_ERROR_WHEN_DOWN,
+    ERLANG_TIMEOUT_WITHOUT_STATUS,
     PYTHON_LOSES_NODES,
     PYTHON_NO_CALL_DEADLINE,
     PYTHON_ONE_ADDRESS,
@@ -130,10 +132,18 @@ TRANSPORT_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
     [
         "latency",
         pytest.param(
-            "timeout", marks=pytest.mark.client_deviation("python", PYTHON_LOSES_NODES)
+            "timeout",
+            marks=[
+                pytest.mark.client_deviation("python", PYTHON_LOSES_NODES),
+                pytest.mark.client_deviation("erlang", ERLANG_TIMEOUT_WITHOUT_STATUS),
+            ],
         ),
         pytest.param(
-            "reset_peer", marks=pytest.mark.client_deviation("python", PYTHON_LOSES_NODES)
+            "reset_peer",
+            marks=[
+                pytest.mark.client_deviation("python", PYTHON_LOSES_NODES),
+                pytest.mark.client_deviation("erlang", ERLANG_TIMEOUT_WITHOUT_STATUS),
+            ],
         ),
     ],
 )
@@ -178,6 +188,7 @@ def test_client_path_toxics(toxic, client, client_name, baseline, stream, cluste
         )
 
 
+@pytest.mark.client_deviation("erlang", ERLANG_INTERNAL_ERROR_WHEN_DOWN)
 def test_recovery_after_proxies_return(client, client_name, baseline, stream, cluster, history):
     """All client links down: appends fail or are indeterminate; back up: they succeed."""
     assert client.append(stream, batch_of(2, "up")).ok
