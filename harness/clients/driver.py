@@ -339,7 +339,7 @@ class ClientDriver:
     ) -> Reply:
         """Create a subscription; recorded as `subscribe` with `ack_timeout_s`, which the
         subscription checker needs to judge redelivery."""
-        args = {
+        args: dict[str, Any] = {
             "subscription": subscription,
             "stream": stream,
             "ack_timeout": ack_timeout,

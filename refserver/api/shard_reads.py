@@ -94,7 +94,7 @@ class ShardLog:
             )
         except grpc.RpcError as error:
             raise store_unavailable(f"reading shard {shard_id}", error) from None
-        entries = []
+        entries: list[store_pb.Entry] = []
         size = 0
         for entry in response.entries:
             # Always at least one batch, however large: the reader must make progress.
