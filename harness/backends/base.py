@@ -12,14 +12,19 @@ abstract; node numbers `n` are HServer ids (1..spec.nodes).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import HarnessError
-from harness.targets import Endpoint
-from harness.topology import ClusterSpec
+from harness.targets import Endpoint, InitStep, Placement, ProcessSpec
+from harness.topology import SESSION_ENV, ClusterSpec
 
 if TYPE_CHECKING:
     from harness.faults.partition import Grudge
@@ -155,6 +160,71 @@ class Cluster(abc.ABC):
             raise HarnessError(
                 f"no proxy for {name} port {port_name!r}; proxied ports: {', '.join(ports)}"
             ) from None
+
+    # -- what every backend does the same way ---------------------------------------
+    progress: Callable[[str], None]
+    log_dir: Path
+
+    def _add_node_handles(
+        self,
+        specs: Sequence[ProcessSpec],
+        placements: Mapping[str, Placement],
+        log_path_of: Callable[[str], Path],
+    ) -> None:
+        """A NodeHandle for every server process, addressed as its placement advertises it."""
+        for proc in specs:
+            if proc.role != "node" or proc.node_id is None:
+                continue
+            at = placements[proc.name]
+            self.nodes.append(
+                NodeHandle(
+                    id=proc.node_id,
+                    name=proc.name,
+                    client=at.advertised["client"],
+                    gossip=at.advertised["gossip"],
+                    direct_client=at.direct(proc.ports["client"]),
+                    direct_gossip=at.direct(proc.ports["gossip"]),
+                    log_path=log_path_of(proc.name),
+                    state="stopped",
+                )
+            )
+
+    def _run_init_step(self, step: InitStep) -> None:
+        """Run a target's init step until its output matches, within the step's deadline."""
+        self.progress(f"init: {step.description}")
+        pattern = re.compile(step.expect) if step.expect else None
+        deadline = time.monotonic() + step.timeout_s
+        attempts = 0
+        while True:
+            attempts += 1
+            code, output = self._run_init_once(step, max(1.0, deadline - time.monotonic()))
+            if code == 0 and (pattern is None or pattern.search(output)):
+                return
+            if time.monotonic() + step.retry_interval_s > deadline:
+                raise ClusterStartError(
+                    f"init step '{step.description}' did not succeed within "
+                    f"{step.timeout_s:.0f}s ({attempts} attempts); expected output matching "
+                    f"{step.expect!r}, last output: {output!r}; command: "
+                    f"{' '.join(step.argv)}; node logs: {self.log_dir}"
+                )
+            time.sleep(step.retry_interval_s)
+
+    def _run_init_once(self, step: InitStep, timeout_s: float) -> tuple[int, str]:
+        """One attempt, on the host with the harness's own Python: (exit code, output)."""
+        argv = list(step.argv)
+        if argv and argv[0] == "python":
+            argv[0] = sys.executable
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                env={**os.environ, SESSION_ENV: self.spec.session},
+            )
+        except subprocess.TimeoutExpired:
+            return 1, "(timed out)"
+        return done.returncode, (done.stdout + done.stderr).strip()
 
     # -- process faults -------------------------------------------------------------
     @abc.abstractmethod

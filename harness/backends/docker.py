@@ -27,7 +27,6 @@ import ipaddress
 import os
 import re
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -48,7 +47,6 @@ from harness.backends.base import (
     Backend,
     Cluster,
     ClusterStartError,
-    NodeHandle,
     ProxyInfo,
 )
 from harness.cleanup import (
@@ -268,7 +266,7 @@ class DockerCluster(Cluster):
             self.containers[proc.name] = _Container(
                 proc, ips[proc.name], self.log_dir / f"{proc.name}.log", proc.image or self.image
             )
-        self._make_node_handles(specs, placements)
+        self._add_node_handles(specs, placements, lambda name: self.containers[name].log_path)
         # Processes of one role start together (the nodes wait for each other anyway);
         # roles start in layout order, each group ready before the next begins.
         for group in _consecutive_roles(specs):
@@ -416,44 +414,10 @@ class DockerCluster(Cluster):
         box.log_path.write_text(text)
         return text
 
-    def _run_init_step(self, step: InitStep) -> None:
-        self.progress(f"init: {step.description}")
-        pattern = re.compile(step.expect) if step.expect else None
-        deadline = time.monotonic() + step.timeout_s
-        attempts = 0
-        output = ""
-        while True:
-            attempts += 1
-            code, output = self._run_once(step, max(1.0, deadline - time.monotonic()))
-            if code == 0 and (pattern is None or pattern.search(output)):
-                return
-            if time.monotonic() + step.retry_interval_s > deadline:
-                raise ClusterStartError(
-                    f"init step '{step.description}' did not succeed within "
-                    f"{step.timeout_s:.0f}s ({attempts} attempts); expected output matching "
-                    f"{step.expect!r}, last output: {output!r}; command: "
-                    f"{' '.join(step.argv)}; node logs: {self.log_dir}"
-                )
-            time.sleep(step.retry_interval_s)
-
-    def _run_once(self, step: InitStep, timeout_s: float) -> tuple[int, str]:
+    def _run_init_once(self, step: InitStep, timeout_s: float) -> tuple[int, str]:
         if step.image is None:
-            # The harness's own Python environment, on the host: it reaches the containers'
-            # addresses like the clients do.
-            argv = list(step.argv)
-            if argv and argv[0] == "python":
-                argv[0] = sys.executable
-            try:
-                done = subprocess.run(
-                    argv,
-                    capture_output=True,
-                    text=True,
-                    timeout=timeout_s,
-                    env={**os.environ, SESSION_ENV: self.spec.session},
-                )
-            except subprocess.TimeoutExpired:
-                return 1, "(timed out)"
-            return done.returncode, (done.stdout + done.stderr).strip()
+            # On the host, like the clients: it reaches the containers' addresses directly.
+            return super()._run_init_once(step, timeout_s)
         assert self.network is not None
         container = self.client.containers.run(
             step.image,
@@ -574,26 +538,6 @@ class DockerCluster(Cluster):
                 )
 
     # -- handles -----------------------------------------------------------------------
-    def _make_node_handles(
-        self, specs: list[ProcessSpec], placements: Mapping[str, Placement]
-    ) -> None:
-        for proc in specs:
-            if proc.role != "node" or proc.node_id is None:
-                continue
-            at = placements[proc.name]
-            self.nodes.append(
-                NodeHandle(
-                    id=proc.node_id,
-                    name=proc.name,
-                    client=at.advertised["client"],
-                    gossip=at.advertised["gossip"],
-                    direct_client=at.direct(proc.ports["client"]),
-                    direct_gossip=at.direct(proc.ports["gossip"]),
-                    log_path=self.containers[proc.name].log_path,
-                    state="stopped",
-                )
-            )
-
     def _sync_node_handle(self, box: _Container) -> None:
         for node in self.nodes:
             if node.name == box.spec.name:

@@ -31,7 +31,6 @@ from harness.backends.base import (
     Backend,
     Cluster,
     ClusterStartError,
-    NodeHandle,
     PortInUse,
     ProxyInfo,
     UnsupportedFault,
@@ -41,7 +40,6 @@ from harness.cleanup import RecordedProcess as _Recorded
 from harness.faults.partition import LOCAL_PARTITION_REFUSAL, Grudge
 from harness.targets import (
     Endpoint,
-    InitStep,
     Placement,
     ProcessLayout,
     ProcessSpec,
@@ -126,9 +124,7 @@ class LocalCluster(Cluster):
         self.progress = progress
         self.log_dir = reports_root() / spec.session / "logs" / spec.name
         self.data_dir: Path | None = None
-        self.record = ClusterRecord.create(
-            spec.label, spec.session, "local", detached=detached
-        )
+        self.record = ClusterRecord.create(spec.label, spec.session, "local", detached=detached)
         self.processes: dict[str, _Process] = {}
         self._toxiproxy: _Process | None = None
         self._external_toxiproxy = False
@@ -181,7 +177,7 @@ class LocalCluster(Cluster):
 
         for proc in specs:
             self.processes[proc.name] = _Process(proc, self.log_dir / f"{proc.name}.log")
-        self._make_node_handles(specs, placements)
+        self._add_node_handles(specs, placements, lambda name: self.processes[name].log_path)
         for proc in specs:
             self._launch(self.processes[proc.name], first=True)
             self._await_ready(self.processes[proc.name])
@@ -203,12 +199,15 @@ class LocalCluster(Cluster):
                 wanted.append((Endpoint(host, port), f"{proc.name} {port_name}"))
                 if self.spec.toxiproxy and port_name in proc.proxied:
                     wanted.append(
-                        (placements[proc.name].advertised[port_name],
-                         f"proxy for {proc.name} {port_name}")
+                        (
+                            placements[proc.name].advertised[port_name],
+                            f"proxy for {proc.name} {port_name}",
+                        )
                     )
         if self.spec.toxiproxy and not self.spec.toxiproxy_url:
-            wanted.append((Endpoint(TOXIPROXY_API_HOST, self.spec.base_port + 3),
-                           "embedded Toxiproxy API"))
+            wanted.append(
+                (Endpoint(TOXIPROXY_API_HOST, self.spec.base_port + 3), "embedded Toxiproxy API")
+            )
         for endpoint, owner in wanted:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
                 # As the servers do: with SO_REUSEADDR only a listener makes bind fail, not the
@@ -266,8 +265,10 @@ class LocalCluster(Cluster):
         while True:
             text = _read_from(proc.log_path, offset)
             if pattern.search(text):
-                self.progress(f"  {spec.name} ready in {time.monotonic() - began:.1f}s "
-                              f"(pid {proc.pid}, log {proc.log_path})")
+                self.progress(
+                    f"  {spec.name} ready in {time.monotonic() - began:.1f}s "
+                    f"(pid {proc.pid}, log {proc.log_path})"
+                )
                 return
             assert proc.popen is not None
             code = proc.popen.poll()
@@ -285,37 +286,6 @@ class LocalCluster(Cluster):
                 )
             time.sleep(0.05)
 
-    def _run_init_step(self, step: InitStep) -> None:
-        self.progress(f"init: {step.description}")
-        argv = list(step.argv)
-        if argv and argv[0] == "python":
-            argv[0] = sys.executable
-        pattern = re.compile(step.expect) if step.expect else None
-        deadline = time.monotonic() + step.timeout_s
-        attempts = 0
-        output = ""
-        while True:
-            attempts += 1
-            try:
-                done = subprocess.run(
-                    argv, capture_output=True, text=True, timeout=max(1.0, step.timeout_s),
-                    env={**os.environ, SESSION_ENV: self.spec.session},
-                )
-                output = (done.stdout + done.stderr).strip()
-                ok = done.returncode == 0 and (pattern is None or pattern.search(output))
-            except subprocess.TimeoutExpired:
-                output, ok = "(timed out)", False
-            if ok:
-                return
-            if time.monotonic() + step.retry_interval_s > deadline:
-                raise ClusterStartError(
-                    f"init step '{step.description}' did not succeed within "
-                    f"{step.timeout_s:.0f}s ({attempts} attempts); expected output matching "
-                    f"{step.expect!r}, last output: {output!r}; command: {' '.join(argv)}; "
-                    f"node logs: {self.log_dir}"
-                )
-            time.sleep(step.retry_interval_s)
-
     # -- Toxiproxy -------------------------------------------------------------------
     def _start_toxiproxy(self) -> None:
         if self.spec.toxiproxy_url:
@@ -326,15 +296,17 @@ class LocalCluster(Cluster):
         port = self.spec.base_port + 3
         self.toxiproxy_url = f"http://{TOXIPROXY_API_HOST}:{port}"
         argv = toxiproxy_server_argv(TOXIPROXY_API_HOST, port)
-        spec = ProcessSpec(name="toxiproxy", role="store", argv=tuple(argv), ports={"api": port},
-                           ready_log="")
+        spec = ProcessSpec(
+            name="toxiproxy", role="store", argv=tuple(argv), ports={"api": port}, ready_log=""
+        )
         proc = _Process(spec, self.log_dir / "toxiproxy.log")
         self._toxiproxy = proc
         self.progress(f"starting toxiproxy ... waiting for {self.toxiproxy_url}/version")
         self._launch(proc, first=True)
         try:
-            _await_toxiproxy(self.toxiproxy_url, timeout_s=15.0, what="embedded Toxiproxy",
-                             process=proc.popen)
+            _await_toxiproxy(
+                self.toxiproxy_url, timeout_s=15.0, what="embedded Toxiproxy", process=proc.popen
+            )
         except HarnessError as exc:
             raise ClusterStartError(
                 f"{exc}; last log lines:\n{_tail(proc.log_path)}\nfull log: {proc.log_path}"
@@ -364,26 +336,6 @@ class LocalCluster(Cluster):
             self.record.update_meta(external_proxies=external)
 
     # -- handles -----------------------------------------------------------------------
-    def _make_node_handles(
-        self, specs: list[ProcessSpec], placements: Mapping[str, Placement]
-    ) -> None:
-        for proc in specs:
-            if proc.role != "node" or proc.node_id is None:
-                continue
-            at = placements[proc.name]
-            self.nodes.append(
-                NodeHandle(
-                    id=proc.node_id,
-                    name=proc.name,
-                    client=at.advertised["client"],
-                    gossip=at.advertised["gossip"],
-                    direct_client=at.direct(proc.ports["client"]),
-                    direct_gossip=at.direct(proc.ports["gossip"]),
-                    log_path=self.processes[proc.name].log_path,
-                    state="stopped",
-                )
-            )
-
     def _sync_node_handle(self, proc: _Process) -> None:
         for node in self.nodes:
             if node.name == proc.spec.name:
@@ -460,8 +412,9 @@ class LocalCluster(Cluster):
             return
         for info in self.proxies.values():
             with contextlib.suppress(requests.RequestException):
-                requests.post(f"{self.toxiproxy_url}/proxies/{info.name}",
-                              json={"enabled": True}, timeout=5)
+                requests.post(
+                    f"{self.toxiproxy_url}/proxies/{info.name}", json={"enabled": True}, timeout=5
+                )
 
     # -- evidence and teardown -----------------------------------------------------------
     def logs(self) -> dict[str, Path]:
@@ -476,10 +429,7 @@ class LocalCluster(Cluster):
         self._stopped = True
         untrack(self)
         live = [p for p in [*self.processes.values(), self._toxiproxy] if p and p.popen]
-        terminate(
-            [_Recorded(p.popen.pid, None, p.spec.name, []) for p in live  # type: ignore[union-attr]
-             if p.running()]
-        )
+        terminate([_Recorded(p.pid, None, p.spec.name, []) for p in live if p.running() and p.pid])
         for proc in live:
             assert proc.popen is not None
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -501,8 +451,7 @@ def toxiproxy_server_argv(host: str, port: int) -> list[str]:
     real = shutil.which("toxiproxy-server")
     if real:
         return [real, "-host", host, "-port", str(port)]
-    return [sys.executable, "-m", "harness.faults.toxiproxy",
-            "--host", host, "--port", str(port)]
+    return [sys.executable, "-m", "harness.faults.toxiproxy", "--host", host, "--port", str(port)]
 
 
 def _toxiproxy_client(api_url: str):  # type: ignore[no-untyped-def]
@@ -521,8 +470,9 @@ def _await_toxiproxy(
     last = ""
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise HarnessError(f"{what} exited with status {process.returncode} before "
-                               f"answering {api_url}/version")
+            raise HarnessError(
+                f"{what} exited with status {process.returncode} before answering {api_url}/version"
+            )
         try:
             response = requests.get(f"{api_url}/version", timeout=1)
             if response.ok:
@@ -531,8 +481,9 @@ def _await_toxiproxy(
         except requests.RequestException as exc:
             last = type(exc).__name__
         time.sleep(0.1)
-    raise HarnessError(f"{what} at {api_url} did not answer /version within {timeout_s:.0f}s "
-                       f"(last: {last})")
+    raise HarnessError(
+        f"{what} at {api_url} did not answer /version within {timeout_s:.0f}s (last: {last})"
+    )
 
 
 def _read_from(path: Path, offset: int) -> str:
@@ -547,4 +498,3 @@ def _read_from(path: Path, offset: int) -> str:
 def _tail(path: Path, lines: int = 20) -> str:
     text = _read_from(path, 0).splitlines()[-lines:]
     return "\n".join(f"    {line}" for line in text) or "    (empty)"
-

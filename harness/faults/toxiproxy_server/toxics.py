@@ -25,6 +25,7 @@ holding a chunk when cancelled hands it on rather than dropping it, as Toxiproxy
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import random
@@ -90,7 +91,7 @@ class BadAttributes(ValueError):
 
 
 @dataclass
-class Toxic:
+class Toxic(abc.ABC):
     """Settings of one toxic as the API shows them; `pipe` runs it on one stage."""
 
     type_name: ClassVar[str] = ""
@@ -127,9 +128,11 @@ class Toxic:
 
     def on_remove(self, stage: Stage) -> None:
         """Called on each live stage when the toxic is removed, before it is unlinked."""
+        return None  # an optional hook: only toxics that hold data back need it
 
+    @abc.abstractmethod
     async def pipe(self, stage: Stage) -> None:
-        raise NotImplementedError
+        """Move chunks from `stage.input` to `stage.output`, doing this toxic's harm."""
 
 
 def json_kind(value: Any) -> str:
