@@ -90,6 +90,25 @@ def record_out(
     }
 
 
+async def collect(
+    queue: asyncio.Queue[Any], want: int, timeout_s: float, weight: Any = None
+) -> list[Any]:
+    """Items from `queue` until their weight (default 1 each) reaches `want` or `timeout_s`
+    has passed: how a consumer op gathers what a subscription delivered."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    got: list[Any] = []
+    total = 0
+    while total < want and (left := deadline - loop.time()) > 0:
+        try:
+            item = await asyncio.wait_for(queue.get(), timeout=left)
+        except TimeoutError:
+            break
+        got.append(item)
+        total += weight(item) if weight else 1
+    return got
+
+
 class DriverLoop:
     name = "driver"
     # A client whose calls carry no deadline of their own (hstreamdb's append to a paused

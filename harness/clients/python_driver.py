@@ -17,7 +17,7 @@ from HStream.Server import HStreamApi_pb2 as api
 from hstreamdb.aio.client import HStreamDBClient, insecure_client
 from hstreamdb.types import RecordId, SpecialOffset
 
-from harness.clients.driver_loop import DriverLoop, Unsupported, encode_payload, record_out
+from harness.clients.driver_loop import DriverLoop, Unsupported, collect, encode_payload, record_out
 
 
 class Consumer:
@@ -155,16 +155,7 @@ class PythonDriver(DriverLoop):
         ack: bool = True,
     ) -> dict[str, Any]:
         state = self.consumer_for(subscription, consumer)
-        got: list[Any] = []
-        deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
-        while len(got) < max:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                break
-            try:
-                got.append(await asyncio.wait_for(state.records.get(), timeout=left))
-            except TimeoutError:
-                break
+        got = await collect(state.records, max, timeout_ms / 1000)
         if not got and state.task is not None and state.task.done():
             self.consumer_for(subscription, consumer)  # raises the consumer's error if any
         if ack and got:

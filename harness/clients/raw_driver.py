@@ -24,7 +24,7 @@ from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
 from harness import wire
-from harness.clients.driver_loop import DriverLoop, Rejected, error_text, record_out
+from harness.clients.driver_loop import DriverLoop, Rejected, collect, error_text, record_out
 from harness.clients.python_driver import shard_offset
 
 CALL_TIMEOUT = 10.0
@@ -279,15 +279,10 @@ class RawDriver(DriverLoop):
         ack: bool = True,
     ) -> dict[str, Any]:
         state = await self.consumer_for(subscription, consumer)
-        got: list[dict[str, Any]] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_ms / 1000
-        while len(got) < max and (left := deadline - loop.time()) > 0:
-            try:
-                received = await asyncio.wait_for(state.received.get(), timeout=left)
-            except TimeoutError:
-                break
-            got.extend(decoded(received))
+        batches = await collect(
+            state.received, max, timeout_ms / 1000, weight=lambda batch: len(batch.recordIds)
+        )
+        got = [record for batch in batches for record in decoded(batch)]
         if not got and state.task is not None and state.task.done():
             await self.consumer_for(subscription, consumer)  # surfaces the stream's error
         if ack and got:

@@ -54,6 +54,47 @@ def make_stream(
             pass  # the cluster may be down at the end of a failing test: nothing to keep
 
 
+def owner_stub(hstream: api_grpc.HStreamApiStub, sub_id: str) -> api_grpc.HStreamApiStub:
+    """A stub on the subscription's owner, as LookupSubscription names it."""
+    owner = hstream.LookupSubscription(api.LookupSubscriptionRequest(subscriptionId=sub_id))
+    return wire.stub(wire.endpoint_of(owner.serverNode))
+
+
+@pytest.fixture
+def subscribe(hstream, unique) -> Iterator[Callable[..., str]]:  # type: ignore[no-untyped-def]
+    """`subscribe(stream, ack_timeout=, max_unacked=, offset=) -> id`; deleted (through
+    the owner: DeleteSubscription is ownership-checked, §3) after the test."""
+    created: list[str] = []
+
+    def make(
+        stream: str,
+        ack_timeout: int = 30,
+        max_unacked: int = 10_000,
+        offset: int = api.SpecialOffset.EARLIEST,
+    ) -> str:
+        sub_id = unique("sub")
+        hstream.CreateSubscription(
+            api.Subscription(
+                subscriptionId=sub_id,
+                streamName=stream,
+                ackTimeoutSeconds=ack_timeout,
+                maxUnackedRecords=max_unacked,
+                offset=offset,
+            )
+        )
+        created.append(sub_id)
+        return sub_id
+
+    yield make
+    for sub_id in created:
+        try:
+            owner_stub(hstream, sub_id).DeleteSubscription(
+                api.DeleteSubscriptionRequest(subscriptionId=sub_id, force=True)
+            )
+        except grpc.RpcError:
+            pass  # deleted by the test itself, or the cluster is down: nothing to keep
+
+
 def expect_error(
     call: Callable[[], object], status: grpc.StatusCode, code: int | None = None
 ) -> wire.WireError:

@@ -89,38 +89,14 @@ def test_lookup_resource_matches_lookup_shard(every_node, make_stream, hstream):
 
 
 @pytest.mark.conformance("api.lookup.subscription")
-def test_lookup_subscription(every_node, hstream, make_stream, unique):
-    stream = make_stream()
-    sub_id = unique("sub")
-    hstream.CreateSubscription(
-        api.Subscription(
-            subscriptionId=sub_id,
-            streamName=stream.streamName,
-            ackTimeoutSeconds=10,
-            maxUnackedRecords=100,
-        )
-    )
-    try:
-        owners = set()
-        for node in every_node:
-            answer = node.LookupSubscription(api.LookupSubscriptionRequest(subscriptionId=sub_id))
-            assert answer.subscriptionId == sub_id, f"echoed {answer.subscriptionId}"
-            owners.add(wire.endpoint_of(answer.serverNode))
-        assert len(owners) == 1, f"subscription owners differ: {owners}"
-    finally:
-        _delete_subscription(every_node, sub_id)
-
-
-def _delete_subscription(every_node, sub_id: str) -> None:
-    """Delete through the owner: DeleteSubscription is ownership-checked (§3)."""
-    owner = (
-        every_node[0]
-        .LookupSubscription(api.LookupSubscriptionRequest(subscriptionId=sub_id))
-        .serverNode
-    )
-    wire.stub(wire.endpoint_of(owner)).DeleteSubscription(
-        api.DeleteSubscriptionRequest(subscriptionId=sub_id, force=True)
-    )
+def test_lookup_subscription(every_node, make_stream, subscribe):
+    sub_id = subscribe(make_stream().streamName)
+    owners = set()
+    for node in every_node:
+        answer = node.LookupSubscription(api.LookupSubscriptionRequest(subscriptionId=sub_id))
+        assert answer.subscriptionId == sub_id, f"echoed {answer.subscriptionId}"
+        owners.add(wire.endpoint_of(answer.serverNode))
+    assert len(owners) == 1, f"subscription owners differ: {owners}"
 
 
 @pytest.mark.conformance("api.lookup.shard-reader")

@@ -122,17 +122,9 @@ def non_owner(endpoints: list[str], owner: api.ServerNode) -> str:
 
 
 @pytest.mark.conformance("api.errors.wrong-server")
-def test_ownership_checked_calls_on_a_non_owner(hstream, endpoints, make_stream, unique):
+def test_ownership_checked_calls_on_a_non_owner(hstream, endpoints, make_stream, unique, subscribe):
     stream = make_stream()
-    sub_id = unique("sub")
-    hstream.CreateSubscription(
-        api.Subscription(
-            subscriptionId=sub_id,
-            streamName=stream.streamName,
-            ackTimeoutSeconds=10,
-            maxUnackedRecords=100,
-        )
-    )
+    sub_id = subscribe(stream.streamName)
     owner = hstream.LookupSubscription(
         api.LookupSubscriptionRequest(subscriptionId=sub_id)
     ).serverNode
@@ -147,10 +139,10 @@ def test_ownership_checked_calls_on_a_non_owner(hstream, endpoints, make_stream,
         )
         assert error.message, f"{call} on a non-owner: WrongServer says nothing: {error}"
     # The refused delete changed nothing: the owner still has the subscription.
-    owner_stub = wire.stub(wire.endpoint_of(owner))
-    kept = owner_stub.GetSubscription(api.GetSubscriptionRequest(id=sub_id)).subscription
+    on_owner = wire.stub(wire.endpoint_of(owner))
+    kept = on_owner.GetSubscription(api.GetSubscriptionRequest(id=sub_id)).subscription
     assert kept.subscriptionId == sub_id, f"after a refused delete the owner returned {kept}"
-    owner_stub.DeleteSubscription(api.DeleteSubscriptionRequest(subscriptionId=sub_id, force=True))
+    on_owner.DeleteSubscription(api.DeleteSubscriptionRequest(subscriptionId=sub_id, force=True))
 
     shard = shards_of(hstream, stream.streamName)[0]
     reader_id = unique("rd")

@@ -122,7 +122,10 @@ def test_read_shard_max_records(hstream, shard_stream, unique):
     reader_id = unique("rd")
     hstream.CreateShardReader(
         api.CreateShardReaderRequest(
-            streamName=stream, shardId=shard_id, shardOffset=EARLIEST, readerId=reader_id,
+            streamName=stream,
+            shardId=shard_id,
+            shardOffset=EARLIEST,
+            readerId=reader_id,
             timeout=200,
         )
     )
@@ -403,13 +406,10 @@ def test_read_stream_bounds(hstream, make_stream, unique):
             maxReadBatches=3,
         )
     )
-    assert sum(len(ids) for ids in limited.values()) == 3, (
-        f"maxReadBatches=3 gave {limited}"
-    )
+    assert sum(len(ids) for ids in limited.values()) == 3, f"maxReadBatches=3 gave {limited}"
     for shard_id, ids in limited.items():
         assert ids == everything[shard_id][: len(ids)], (
-            f"maxReadBatches=3: shard {shard_id} gave {ids}, not a prefix of "
-            f"{everything[shard_id]}"
+            f"maxReadBatches=3: shard {shard_id} gave {ids}, not a prefix of {everything[shard_id]}"
         )
 
 
@@ -498,8 +498,7 @@ def test_read_stream_by_key_bounds(hstream, make_stream, unique):
         got = bounded.take(8, timeout=15)
         assert bounded.error is None, f"ReadStreamByKey failed: {wire.WireError.of(bounded.error)}"
         assert got == payloads[2:6], (
-            f"from batch {ids[2].batchId} until {ids[5].batchId}: got {got}, "
-            f"want {payloads[2:6]}"
+            f"from batch {ids[2].batchId} until {ids[5].batchId}: got {got}, want {payloads[2:6]}"
         )
     finally:
         bounded.close()

@@ -80,16 +80,9 @@ def test_delete_ignore_non_exist(hstream, unique):
 
 
 @pytest.mark.conformance("api.streams.delete-with-subscription")
-def test_delete_with_subscription_needs_force(hstream, make_stream, unique):
+def test_delete_with_subscription_needs_force(hstream, make_stream, subscribe):
     stream = make_stream()
-    hstream.CreateSubscription(
-        api.Subscription(
-            subscriptionId=unique("sub"),
-            streamName=stream.streamName,
-            ackTimeoutSeconds=10,
-            maxUnackedRecords=100,
-        )
-    )
+    subscribe(stream.streamName)
     expect_error(
         lambda: hstream.DeleteStream(api.DeleteStreamRequest(streamName=stream.streamName)),
         grpc.StatusCode.FAILED_PRECONDITION,

@@ -14,43 +14,10 @@ from HStream.Server import HStreamApi_pb2 as api
 
 from harness import wire
 
-from .conftest import append, expect_error, shards_of
+from .conftest import append, expect_error, owner_stub, shards_of
 
 EARLIEST = api.SpecialOffset.EARLIEST
 LATEST = api.SpecialOffset.LATEST
-
-
-def owner_stub(hstream, sub_id: str):
-    owner = hstream.LookupSubscription(api.LookupSubscriptionRequest(subscriptionId=sub_id))
-    return wire.stub(wire.endpoint_of(owner.serverNode))
-
-
-@pytest.fixture
-def subscribe(hstream, unique) -> Iterator[Callable[..., str]]:
-    created: list[str] = []
-
-    def make(stream: str, ack_timeout: int = 30, max_unacked: int = 10_000, offset=EARLIEST):
-        sub_id = unique("sub")
-        hstream.CreateSubscription(
-            api.Subscription(
-                subscriptionId=sub_id,
-                streamName=stream,
-                ackTimeoutSeconds=ack_timeout,
-                maxUnackedRecords=max_unacked,
-                offset=offset,
-            )
-        )
-        created.append(sub_id)
-        return sub_id
-
-    yield make
-    for sub_id in created:
-        try:
-            owner_stub(hstream, sub_id).DeleteSubscription(
-                api.DeleteSubscriptionRequest(subscriptionId=sub_id, force=True)
-            )
-        except grpc.RpcError:
-            pass
 
 
 @pytest.fixture

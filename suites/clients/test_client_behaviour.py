@@ -50,6 +50,7 @@ FAULTED = {"kill": "killed", "pause": "paused"}
 
 ACK_TIMEOUT_S = 3
 
+
 @pytest.fixture
 def stream(baseline: ClientDriver) -> str:
     name = unique("cb")
@@ -299,7 +300,8 @@ def test_consumer_fails_over(client, client_name, baseline, stream, cluster, his
         history,
         select=lambda op: (
             not isinstance(op.value, dict)
-            or op.value.get("subscription", sub) == sub and op.value.get("stream", stream) == stream
+            or op.value.get("subscription", sub) == sub
+            and op.value.get("stream", stream) == stream
         ),
     )
     evidence.result("subscription", result)

@@ -57,9 +57,8 @@ def test_written_by_one_read_by_other(
         json_payload(f"{tag}-json-{i}", n=i, name=f"row {i}", ok=bool(i % 2)) for i in range(3)
     ]
     key = "interop-ключ"
+    # A writer that cannot produce this combination skips (the drivers' UNSUPPORTED hook).
     written = writer.append(stream, records, key=key, compression=compression)
-    if written.unsupported:
-        pytest.skip(f"{writer_name} cannot write this: {written.error}")
     assert written.ok, f"{writer_name} append failed: {written.error}"
     shard_id = written.value["record_ids"][0][0]
     read = reader.read_shard(stream, shard_id)

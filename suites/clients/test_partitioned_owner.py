@@ -39,6 +39,7 @@ def docker_engine() -> None:
     except images.DockerUnavailable as reason:
         pytest.skip(str(reason))
 
+
 # Client ports inside containers do not clash; the Toxiproxy API published on the host does.
 DOCKER_BASE_PORT = 41500
 
