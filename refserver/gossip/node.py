@@ -18,10 +18,12 @@ Failure detection (where the real server cuts corners, this follows SWIM):
 - dead members are tried again every reconnect_interval (SendReconnect, then a Ping that
   carries their Confirm): a member that was only cut off refutes and rejoins the views.
 
-Incarnations start at the node's start time in seconds since 2024-01-01, so a restarted
-node outbids the incarnation the cluster remembers for its previous life; should it
-restart within the same second, the seed that accepts its join assigns known + 1 and
-says so in the JoinResp.
+Incarnations start at the node's start time in quarter seconds since 2026-01-01, rounded
+up, and a node does not start before that moment has passed: so every later life of
+the node starts with a larger incarnation and outbids the one the cluster remembers for
+the previous life, seeds included (which have nobody to assign them a new one). The
+seed that accepts a non-seed's rejoin also assigns at least known + 1 and says so in
+the JoinResp.
 
 Bootstrap (as the real server, simplified where noted):
 - a node whose gossip address is its only seed is a one-node cluster, ready at once;
@@ -63,7 +65,10 @@ from refserver.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc, HStreamI
 
 log = logging.getLogger("refserver.gossip")
 
-INCARNATION_EPOCH = 1704067200  # 2024-01-01T00:00:00Z; keeps incarnations within int32
+# Incarnations travel in Listener.port (int32) in views: quarter seconds since 2026-01-01
+# stay below 2^31 until 2043.
+INCARNATION_EPOCH = 1767225600  # 2026-01-01T00:00:00Z
+INCARNATION_TICKS_PER_SECOND = 4
 SEEN_EVENTS_KEPT = 1024
 # A killed peer's channel must come back quickly once it restarts (gRPC's default
 # reconnect backoff grows to two minutes, far beyond any probe period).
@@ -80,7 +85,16 @@ class JoinFailed(RuntimeError):
 
 
 def initial_incarnation() -> int:
-    return max(1, int(time.time()) - INCARNATION_EPOCH)
+    """The next clock tick after now; returns only once that tick has passed.
+
+    Waiting (at most a quarter second, once per process) is what makes incarnations grow
+    across restarts: a life that announced incarnation i was already past tick i, so the
+    next life starts past it too and takes at least i + 1.
+    """
+    now = time.time()
+    incarnation = max(1, int((now - INCARNATION_EPOCH) * INCARNATION_TICKS_PER_SECOND) + 1)
+    time.sleep(max(0.0, INCARNATION_EPOCH + incarnation / INCARNATION_TICKS_PER_SECOND - now))
+    return incarnation
 
 
 def _incarnation_of(server_node: HStreamInternal_pb2.ServerNode) -> int | None:

@@ -15,6 +15,7 @@ from refcluster_launcher import STORE_HOST, Proc, free_port, store_proc
 
 from refserver.protos import Store_pb2 as pb
 from refserver.protos import Store_pb2_grpc as pb_grpc
+from refserver.store.engine import StoreEngine, StoreStats
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +137,43 @@ def test_non_durable_appends_are_lost_on_kill_9(tmp_path: Path) -> None:
         proc.kill()
 
 
-def test_group_commit_batches_concurrent_appends(store: Proc) -> None:
+def test_group_commit_takes_every_queued_append_in_one_commit(tmp_path: Path) -> None:
+    # In-process, so the interleaving is fixed: all appends are queued before the writer
+    # task runs, and the engine must commit them together, not one fsync each.
+    count = 400
+
+    async def run() -> tuple[StoreStats, list[int]]:
+        engine = StoreEngine(tmp_path)
+        engine.open()
+        engine.start()
+        try:
+            entries = await asyncio.gather(
+                *(engine.append(1 + i % 4, b"x" * 100, durable=True) for i in range(count))
+            )
+            assert sorted(e.lsn for e in entries) == sorted(
+                lsn for _ in range(4) for lsn in range(1, count // 4 + 1)
+            )
+        finally:
+            await engine.close()
+        # what that commit wrote is on disk: a fresh engine on the same files reads it
+        reopened = StoreEngine(tmp_path)
+        reopened.open()
+        reopened.start()
+        try:
+            found = [
+                len((await reopened.read(log_id, 1, 0, 1000)).entries) for log_id in range(1, 5)
+            ]
+        finally:
+            await reopened.close()
+        return engine.stats, found
+
+    stats, found = asyncio.run(run())
+    assert stats.appends == count
+    assert (stats.commits, stats.largest_commit) == (1, count), stats
+    assert found == [count // 4] * 4
+
+
+def test_group_commit_batches_concurrent_appends_over_the_wire(store: Proc) -> None:
     count = 400
 
     async def run() -> float:
@@ -164,8 +201,10 @@ def test_group_commit_batches_concurrent_appends(store: Proc) -> None:
         f"{appends / elapsed:.0f} appends/s"
     )
     assert appends == count
-    # One fsync per append would be `count` commits; batching must cut that several-fold.
-    assert commits <= count // 4, f"{commits} commits for {count} concurrent appends"
+    # How many requests arrive during one fsync depends on the machine's load (the ratio
+    # is a benchmark figure); that appends arriving during a commit share the next one
+    # does not: one commit per append would mean no group commit at all.
+    assert largest > 1 and commits < appends, f"{commits} commits for {count} appends"
 
 
 def test_lsns_trim_find_time_and_metadata_cas(store: Proc) -> None:
