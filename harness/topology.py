@@ -4,7 +4,8 @@ A spec comes from pytest options, CLI flags or a TOML file (fixtures/topologies/
 File format (every section and key optional; unknown ones are errors, so typos surface):
 
     [cluster]
-    nodes = 3                  # 1..200
+    nodes = 3                  # 1..200: the nodes started (and initialised) at bring-up
+    late_nodes = 0             # more node ids, laid out but started only by cluster.join(n)
     target = "reference"       # or "hstream:<image>", e.g. "hstream:hstreamdb/hstream:v0.20.0"
     backend = "local"          # or "docker"
     seed = 42                  # drives every random choice of the run (faults, workloads)
@@ -80,6 +81,10 @@ class ClusterSpec:
     """Everything needed to start one cluster. Immutable; derive variants with `.with_()`."""
 
     nodes: int = 3
+    # Node ids nodes+1 .. nodes+late_nodes get addresses, ports and proxies at bring-up but
+    # are not started; `Cluster.join(n)` starts one later, joining through the seeds (the
+    # first `nodes` nodes), as a brand-new server added to a running cluster.
+    late_nodes: int = 0
     target: str = REFERENCE_TARGET
     backend: str = "local"
     toxiproxy: bool = True
@@ -110,7 +115,17 @@ class ClusterSpec:
 
     @property
     def node_ids(self) -> list[int]:
+        """The nodes started at bring-up; they are the seeds."""
         return list(range(1, self.nodes + 1))
+
+    @property
+    def late_node_ids(self) -> list[int]:
+        """The nodes laid out but started only on `Cluster.join(n)`."""
+        return list(range(self.nodes + 1, self.nodes + self.late_nodes + 1))
+
+    @property
+    def all_node_ids(self) -> list[int]:
+        return [*self.node_ids, *self.late_node_ids]
 
     @property
     def target_kind(self) -> str:
@@ -146,6 +161,7 @@ class ClusterSpec:
     def to_json(self) -> dict[str, Any]:
         return {
             "nodes": self.nodes,
+            "late_nodes": self.late_nodes,
             "target": self.target,
             "backend": self.backend,
             "toxiproxy": self.toxiproxy,
@@ -163,6 +179,7 @@ class ClusterSpec:
     def from_json(cls, data: Mapping[str, Any]) -> ClusterSpec:
         return cls(
             nodes=data["nodes"],
+            late_nodes=data.get("late_nodes", 0),
             target=data["target"],
             backend=data["backend"],
             toxiproxy=data["toxiproxy"],
@@ -185,6 +202,14 @@ def _check_spec(spec: ClusterSpec, source: str) -> None:
         1 <= spec.nodes <= MAX_NODES
     ):
         raise bad("nodes", f"must be an integer in 1..{MAX_NODES}, got {spec.nodes!r}")
+    if not isinstance(spec.late_nodes, int) or isinstance(spec.late_nodes, bool) or not (
+        0 <= spec.late_nodes <= MAX_NODES - spec.nodes
+    ):
+        raise bad(
+            "late_nodes",
+            f"must be an integer in 0..{MAX_NODES - spec.nodes} (at most {MAX_NODES} nodes in "
+            f"all), got {spec.late_nodes!r}",
+        )
     if not isinstance(spec.target, str) or not (
         spec.target == REFERENCE_TARGET
         or (spec.target.startswith(HSTREAM_TARGET_PREFIX) and len(spec.target) > 8)
@@ -226,6 +251,7 @@ def _check_spec(spec: ClusterSpec, source: str) -> None:
 _TOML_KEYS: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
     "cluster": {
         "nodes": ("nodes", int),
+        "late_nodes": ("late_nodes", int),
         "target": ("target", str),
         "backend": ("backend", str),
         "seed": ("seed", int),

@@ -22,6 +22,12 @@ DEFECTS: dict[str, str] = {
         "falsely suspected node is confirmed dead (breaks: no false confirmation of a "
         "live node, recovery after a pause)."
     ),
+    "no-new-members": (
+        "Gossip about a member a node has never heard of is dropped: members are learnt "
+        "only at bootstrap and from a join's answer, so a node that joins a running cluster "
+        "later stays unknown to the members already there (breaks: a new node joins and "
+        "every view converges)."
+    ),
     "stale-owner": (
         "Lookups hash over the configured seed set instead of the alive members, so "
         "resources stay owned by dead nodes (breaks: lookups move off dead owners)."

@@ -68,7 +68,8 @@ class NodeHandle:
     log_path: Path | None = None
     pid: int | None = None  # local backend
     container_id: str | None = None  # docker backend
-    state: str = "running"  # "running" | "killed" | "paused"
+    # "running" | "killed" | "paused" | "stopped" | "pending" (a late node not yet joined)
+    state: str = "running"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -144,7 +145,21 @@ class Cluster(abc.ABC):
         return f"hstream://{self.nodes[0].client}"
 
     def client_urls(self) -> list[str]:
-        return [f"hstream://{node.client}" for node in self.nodes]
+        """Every node's URL, except late nodes that have not joined yet."""
+        return [f"hstream://{node.client}" for node in self.nodes if node.state != "pending"]
+
+    def join(self, n: int) -> None:
+        """Start late node n (`ClusterSpec.late_nodes`) for the first time: a brand-new
+        server that joins the running cluster through its seeds. Returns once it is ready.
+        """
+        node = self.node(n)
+        if node.state != "pending":
+            raise HarnessError(
+                f"node {n} is not a late node waiting to join (state {node.state}); late "
+                f"nodes of this cluster: {', '.join(map(str, self.spec.late_node_ids)) or 'none'}"
+            )
+        self.progress(f"node {n} joins the running cluster")
+        self.restart(n)
 
     def proxy(self, n: int, port_name: str = "client") -> ProxyInfo:
         """The Toxiproxy proxy in front of node n's `port_name` ("client" or "gossip")."""
@@ -185,7 +200,7 @@ class Cluster(abc.ABC):
                     direct_client=at.direct(proc.ports["client"]),
                     direct_gossip=at.direct(proc.ports["gossip"]),
                     log_path=log_path_of(proc.name),
-                    state="stopped",
+                    state="pending" if proc.deferred else "stopped",
                 )
             )
 
@@ -243,7 +258,8 @@ class Cluster(abc.ABC):
     def restart(self, n: int) -> None:
         """(Re)start node n with the same id, ports and flags; kills it first if running.
 
-        Returns once its readiness log line appears again.
+        Returns once its readiness log line appears again. On a late node not started yet
+        it starts it the first time (what `join` does).
         """
 
     @abc.abstractmethod

@@ -269,7 +269,7 @@ class DockerCluster(Cluster):
         self._add_node_handles(specs, placements, lambda name: self.containers[name].log_path)
         # Processes of one role start together (the nodes wait for each other anyway);
         # roles start in layout order, each group ready before the next begins.
-        for group in _consecutive_roles(specs):
+        for group in _consecutive_roles([p for p in specs if not p.deferred]):
             # Creating a container is a few hundred ms of daemon work: a large group starts
             # in parallel (bounded, the daemon serialises much of it anyway).
             with ThreadPoolExecutor(max_workers=min(8, len(group))) as pool:
@@ -583,11 +583,14 @@ class DockerCluster(Cluster):
         self._write_status()
 
     def _restart(self, box: _Container) -> None:
-        self._kill(box)
-        self.progress(f"restarting {box.spec.name} (same container, same address)")
-        box.container.start()
-        box.state = "running"
-        self._sync_node_handle(box)
+        if box.tc is None:  # a late node's first start: its container does not exist yet
+            self._create_and_start(box)
+        else:
+            self._kill(box)
+            self.progress(f"restarting {box.spec.name} (same container, same address)")
+            box.container.start()
+            box.state = "running"
+            self._sync_node_handle(box)
         # The restart made a fresh network namespace: the grudge in force must be reloaded
         # before the node talks to anyone.
         node_id = box.spec.node_id
@@ -702,6 +705,9 @@ class DockerCluster(Cluster):
         live = []
         for node in self.nodes:
             box = self.containers[node.name]
+            if box.tc is None:  # a late node not started yet: rules load when it joins
+                self._partition.pending.add(node.id)
+                continue
             box.container.reload()
             if box.container.status in ("running", "paused"):
                 live.append(node.id)
@@ -728,6 +734,8 @@ class DockerCluster(Cluster):
         live = []
         for node in self.nodes:
             box = self.containers[node.name]
+            if box.tc is None:
+                continue  # a late node not started yet has no rules
             box.container.reload()
             if box.container.status in ("running", "paused"):
                 live.append(node.id)

@@ -179,6 +179,8 @@ class LocalCluster(Cluster):
             self.processes[proc.name] = _Process(proc, self.log_dir / f"{proc.name}.log")
         self._add_node_handles(specs, placements, lambda name: self.processes[name].log_path)
         for proc in specs:
+            if proc.deferred:
+                continue  # a late node: started by join(n)
             self._launch(self.processes[proc.name], first=True)
             self._await_ready(self.processes[proc.name])
         for step in target.init_steps(spec, placements):
@@ -372,7 +374,7 @@ class LocalCluster(Cluster):
     def _restart(self, proc: _Process) -> None:
         if proc.running():
             self._kill(proc)
-        self._launch(proc)
+        self._launch(proc, first=proc.popen is None)
         self._await_ready(proc)
         self._write_status()
 

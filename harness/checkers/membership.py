@@ -8,8 +8,10 @@ Inputs (shapes in harness.history):
   confirmed-dead members); pass ``absent="suspect"`` for probes of HServer's
   DescribeCluster, whose suspects are in neither list.
 * the truth, from nemesis completions: their value's ``"down"`` and ``"up"`` lists of ids
-  (what the fault made unreachable or brought back; see harness.faults.nemesis). Everything
-  else is alive from the start.
+  (what the fault made unreachable or brought back; see harness.faults.nemesis). A member
+  whose first appearance in the truth is coming *up* (never having gone down) **joins**
+  then (a brand-new node, the nemesis' ``join``): before that it is no member, and a
+  correct view lists it as dead or not at all. Everything else is alive from the start.
 
 The run splits into *epochs* at every change of the truth. An epoch **agrees at t** when
 every observer that is up has a view (taken after it last came up) in which every up member
@@ -156,9 +158,18 @@ def check(
         return result
     member_list = sorted(members)
 
-    down: set[str] = set()
+    # Members that join: they come up before anything ever took them down.
+    not_joined: set[str] = set()
+    in_truth: set[str] = set()
+    for op in ops:
+        if op.process == "nemesis" and op.type != "invoke" and isinstance(op.value, dict):
+            in_truth.update(str(m) for m in op.value.get("down") or ())
+            not_joined.update(str(m) for m in op.value.get("up") or () if str(m) not in in_truth)
+            in_truth.update(not_joined)
+
+    down: set[str] = set(not_joined)
     latest: dict[str, dict[str, str]] = {}
-    bad: set[str] = set(member_list)  # up observers without a correct view
+    bad: set[str] = set(member_list) - down  # up observers without a correct view
     since: int | None = None  # start of the current stretch of agreement
     first_agreement: int | None = None
     lost_at = start  # when agreement was last lost (or the epoch began without it)
@@ -178,6 +189,10 @@ def check(
         wrong = 0
         for m in member_list:
             if m == observer:
+                continue
+            if m in not_joined:
+                # no member yet: "absent" says nothing was learnt about it, which is right
+                wrong += view.get(m, "dead") != "dead"
                 continue
             st = view.get(m, absent)
             if (st != "alive") if m not in down else (st != "dead"):
@@ -235,7 +250,9 @@ def check(
             for m in came_up:
                 down.discard(m)
                 open_down.pop(m, None)
-                episodes.append({"node": m, "event": "up", "fault": op.f, "at_s": _rel(t, start)})
+                event = "join" if m in not_joined else "up"
+                not_joined.discard(m)
+                episodes.append({"node": m, "event": event, "fault": op.f, "at_s": _rel(t, start)})
             bad = {
                 o
                 for o in member_list

@@ -15,7 +15,8 @@ Three layers, the first two pure data (JSON round-trip, no cluster needed):
 (harness.backends.base) and Toxiproxy (harness.faults.toxiproxy) and records each action as
 a nemesis op pair in the history: ``process="nemesis"``, ``f`` = the fault's name, value =
 the instance's JSON plus ``"action"`` (start/stop/heal); the completion adds ``"down"`` and
-``"up"``. `teardown()` always heals everything it broke, also after errors.
+``"up"``. `join(n)` starts a late node (a brand-new member) and is recorded the same way.
+`teardown()` always heals everything it broke, also after errors.
 """
 
 from __future__ import annotations
@@ -520,7 +521,10 @@ class Nemesis:
         self._toxics: dict[str, list[tuple[str, str | None]]] = {}  # fault name -> (proxy, toxic)
         self._partitioned = False
         self._store_killed = False
-        self._down: set[int] = set()
+        # Late nodes not started yet are down until they join.
+        self._down: set[int] = {
+            node.id for node in getattr(cluster, "nodes", ()) if node.state == "pending"
+        }
 
     @classmethod
     def setup(cls, cluster: Cluster, history: History | None = None) -> Nemesis:
@@ -543,6 +547,18 @@ class Nemesis:
                 instance.name, {**value, "phase": "start"}, lambda: self._bounce(nodes, 1)
             )
         return self._record(instance.name, value, lambda: self._apply(instance, action))
+
+    def join(self, n: int) -> Op | None:
+        """Start late node n (`ClusterSpec.late_nodes`), a brand-new server joining the
+        running cluster; recorded as a `join` op whose completion has n in `up`. A node that
+        comes up without having gone down is what the membership checker reads as a join.
+        """
+
+        def start() -> tuple[set[int], set[int]]:
+            self.cluster.join(n)
+            return set(), {n}
+
+        return self._record("join", {"action": "start", "nodes": [n]}, start)
 
     def heal(self) -> Op | None:
         """Undo everything this nemesis broke; recorded as one `heal` op."""

@@ -26,6 +26,10 @@ TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
         ("suites/membership/test_membership.py",),
         "test_failure_detected_within_bound and pause-one and n3",
     ),
+    "no-new-members": (
+        ("suites/membership/test_membership.py",),
+        "test_new_node_joins_within_bound and n3",
+    ),
     "stale-owner": (
         ("suites/clients/test_client_behaviour.py",),
         "test_append_continues_after_owner_fails and raw and kill",

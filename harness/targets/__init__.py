@@ -12,7 +12,9 @@ Starting a cluster is a three-step conversation between a target and a backend:
    process is ready (e.g. `server init`), each retried until its output matches.
 
 The backend starts the ProcessSpecs in order, waits for each one's readiness log line, then
-runs the InitSteps. Backends never look inside argv; targets never look at pids or containers.
+runs the InitSteps. A `deferred` process (a late node, `ClusterSpec.late_nodes`) is placed,
+proxied and port-checked like the others but started only when `Cluster.join(n)` asks.
+Backends never look inside argv; targets never look at pids or containers.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class ProcessLayout:
     # processes is one shared volume (ld-dev-cluster writes logdevice.conf that servers read).
     volumes: Mapping[str, str] = field(default_factory=dict)
     node_id: int | None = None  # HServer id for role "node"
+    deferred: bool = False  # a late node: not started at bring-up
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class ProcessSpec:
     proxied: tuple[str, ...] = ()
     node_id: int | None = None
     ready_timeout_s: float = 30.0
+    deferred: bool = False  # a late node: started by Cluster.join(n), not at bring-up
 
     @property
     def waiting_for(self) -> str:

@@ -1,8 +1,9 @@
 """The `hstream:<image>` target: real HStreamDB, as the known-good dev setups run it.
 
-ZooKeeper (metastore) + one `ld-dev-cluster` store + N `hstream-server` nodes, all from
-`<image>` except ZooKeeper; then `hadmin server --host <node-1> init` once and
-`hadmin server --host <node> status` until every node reports N servers Running.
+ZooKeeper (metastore) + one `ld-dev-cluster` store + N `hstream-server` nodes (plus any
+late nodes, started later with the same seed list), all from `<image>` except ZooKeeper;
+then `hadmin server --host <node-1> init` once and `hadmin server --host <node> status`
+until every node reports N servers Running.
 Mirrors the HStreamDB quick-start compose, the hstreamdb_erl CI compose and
 hstreamdb/integration-tests. Needs the image locally (the docker backend checks and raises
 `ImageMissing` before starting anything).
@@ -72,8 +73,9 @@ class HStreamTarget:
                 proxied=("client", "gossip"),
                 volumes={"store-data": STORE_ROOT},
                 node_id=i,
+                deferred=i in spec.late_node_ids,
             )
-            for i in spec.node_ids
+            for i in spec.all_node_ids
         ]
         return [zookeeper, store, *nodes]
 
@@ -115,9 +117,10 @@ class HStreamTarget:
             for i in spec.node_ids
         )
         metastore = f"zk://{zk_at.host}:{ZK_PORT}"
+        # Late nodes get the same seed list and join through it when they are started.
         nodes = [
             self._server(spec, i, placements, seeds, metastore, store_at.host)
-            for i in spec.node_ids
+            for i in spec.all_node_ids
         ]
         return [zookeeper, store, *nodes]
 
@@ -197,6 +200,7 @@ class HStreamTarget:
             proxied=("client", "gossip"),
             node_id=node_id,
             ready_timeout_s=120.0,
+            deferred=node_id in spec.late_node_ids,
         )
 
     def init_steps(

@@ -2,8 +2,10 @@
 
 Flags mirror hstream-server (`--server-id --port --internal-port --bind-address
 --advertised-address --seed-nodes ...`), so the topology code is the same for both targets.
-Every node is a seed, as in the known-good HStreamDB setups, so the cluster waits for
-`server init` (sent to node 1) before it serves.
+Every node started at bring-up is a seed, as in the known-good HStreamDB setups, so the
+cluster waits for `server init` (sent to node 1) before it serves. Late nodes
+(`ClusterSpec.late_nodes`) get the same seed list but are not seeds themselves: started
+later, they join the running cluster through it.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ class ReferenceTarget:
                 ports={"client": spec.client_port, "gossip": spec.gossip_port},
                 proxied=("client", "gossip"),
                 node_id=i,
+                deferred=i in spec.late_node_ids,
             )
-            for i in spec.node_ids
+            for i in spec.all_node_ids
         ]
         return [store, *nodes]
 
@@ -96,8 +99,9 @@ class ReferenceTarget:
                 env=_python_env(),
                 proxied=("client", "gossip"),
                 node_id=i,
+                deferred=i in spec.late_node_ids,
             )
-            for i in spec.node_ids
+            for i in spec.all_node_ids
         ]
         return [store, *nodes]
 

@@ -324,6 +324,8 @@ class GossipNode:
                 self._learn_reporter(report.reporter)
                 if report.HasField("reportee"):
                     reportee = wire.from_server_node(report.reportee)
+                    if self._drops_newcomer(reportee.id):
+                        continue
                     self._apply_state(kind, report.incarnation, reportee, message)
             elif content == "event":
                 self._apply_event(message.event)
@@ -333,9 +335,20 @@ class GossipNode:
         # 0 loses to any real incarnation, so it only fills gaps (e.g. after a restart).
         if reporter.id == self._self.id or reporter.id in self._table or not reporter.gossipPort:
             return
+        if self._drops_newcomer(reporter.id):
+            return
         record = self._table.apply_alive(wire.from_server_node(reporter), 0)
         if record is not None:
             self._changed(record)
+
+    def _drops_newcomer(self, member_id: int) -> bool:
+        """Defect no-new-members: gossip about a member this node has never heard of is
+        dropped, so the member list is frozen once bootstrap (INIT) or the join is over."""
+        return (
+            "no-new-members" in self.config.defects
+            and member_id != self._self.id
+            and member_id not in self._table
+        )
 
     def _apply_state(
         self,

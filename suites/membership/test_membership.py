@@ -14,8 +14,14 @@ gossip settings:
     agreement bound            = detection + suspicion + dissemination + one sample
 
 so a failure is seen, confirmed and agreed on by every survivor within the bound, or the
-suite fails with the measured times. The same suites run against any target whose views a
-probe can read.
+suite fails with the measured times. A brand-new node has nothing to detect: it gets the
+member list from the seed that accepts its join, and the seed's Alive(new node) spreads by
+gossip, so
+
+    join bound                 = dissemination(n+1) + T + one sample
+
+(the T covers the new node's first round of pings, which announce it directly). The same
+suites run against any target whose views a probe can read.
 """
 
 from __future__ import annotations
@@ -110,6 +116,18 @@ def settle(history: History, cluster, within_s: float) -> None:
         time.sleep(SAMPLE_S)
 
 
+def join_bound_s(n: int) -> float:
+    """The join bound of the module docstring: n nodes running, one joining."""
+    bounds = membership.swim_bounds(
+        PROBE_MS / 1000,
+        n + 1,
+        gossip_interval_s=GOSSIP_MS / 1000,
+        retransmit_mult=RETRANSMIT_MULT,
+        sample_interval_s=SAMPLE_S,
+    )
+    return round(bounds["dissemination_bound_s"] + PROBE_MS / 1000 + SAMPLE_S, 3)
+
+
 def judge(observed: Observed, evidence, **options) -> membership.Result:
     settle(observed.history, observed.cluster, observed.bound_s)
     ids = [node.id for node in observed.cluster.nodes]
@@ -139,6 +157,35 @@ def test_bootstrap_converges(observed, evidence):
     result = judge(observed, evidence, false_suspicions_fail=True)
     assert result.valid is True, verdict(result, observed)
     assert result.counts["views"] > 0
+
+
+@pytest.mark.parametrize("n", [3, 5], ids=["n3", "n5"])
+def test_new_node_joins_within_bound(request, cluster_factory, evidence, n):
+    """A brand-new node (an id no member has seen) started against the running cluster's
+    seeds: within the join bound every node, the newcomer included, sees all n+1 alive,
+    with no suspicion of anyone on the way."""
+    cluster = cluster_factory(nodes=n, late_nodes=1, gossip=TIMINGS)
+    newcomer = n + 1
+    path = history_path(request.node.nodeid)
+    evidence.history(path)
+    observed = None
+    with History(path) as history, ViewSampler(cluster, history, CliClusterProbe(), SAMPLE_S):
+        nemesis = Nemesis(cluster, history)
+        observed = Observed(cluster, history, nemesis, join_bound_s(n))
+        try:
+            wait(1)
+            nemesis.join(newcomer)
+            wait(observed.bound_s + 1)
+        finally:
+            nemesis.teardown()
+        settle(history, cluster, observed.bound_s)
+    result = judge(observed, evidence, false_suspicions_fail=True)
+    assert result.valid is True, verdict(result, observed)
+    joins = [ep for ep in result.figures["episodes"] if ep["event"] == "join"]
+    assert [ep["node"] for ep in joins] == [str(newcomer)], verdict(result, observed)
+    after_join = result.figures["epochs"][-1]
+    assert after_join["down"] == [] and after_join["observers"] == n + 1, after_join
+    assert after_join["agreement_s"] is not None, verdict(result, observed)
 
 
 @pytest.mark.parametrize("fault", ["kill-one", "pause-one"])

@@ -178,3 +178,82 @@ def test_absent_can_mean_suspect_for_describe_cluster_probes(hb):
     assert r.figures["epochs"][1]["agreement_s"] == 2.0
     with pytest.raises(ValueError, match="absent must be"):
         membership.check(hb.ops, absent="gone")
+
+
+# -- a brand-new node joins (the nemesis' `join`: "up" for a node never down before)
+
+FOUR_ALIVE = {**ALL_ALIVE, "4": "alive"}
+
+
+def _join_history(hb, views_after_join):
+    hb.at(0)
+    _sample_all(hb, ALL_ALIVE)  # node 4 is nowhere yet, which is right
+    hb.at(5)
+    _sample_all(hb, {**ALL_ALIVE, "4": "dead"})  # listed dead before it joins: also right
+    hb.at(10).nemesis("join", up=[4])
+    for t, view_of in views_after_join:
+        hb.at(t)
+        for observer, view in view_of.items():
+            hb.view(observer, view)
+
+
+def test_join_of_a_new_node_converges(hb):
+    _join_history(
+        hb,
+        [
+            (10.5, {"4": FOUR_ALIVE, "1": ALL_ALIVE, "2": FOUR_ALIVE, "3": FOUR_ALIVE}),
+            (11.5, {o: FOUR_ALIVE for o in "1234"}),
+            (20, {o: FOUR_ALIVE for o in "1234"}),
+        ],
+    )
+    r = membership.check(hb.ops, bound_s=5, nodes=[1, 2, 3, 4], false_suspicions_fail=True)
+    assert r.valid is True, r.summary()
+    assert [e["agreement_s"] for e in r.figures["epochs"]] == [0.0, 1.5]
+    assert r.figures["epochs"][0]["down"] == ["4"] and r.figures["epochs"][1]["down"] == []
+    assert [(e["node"], e["event"]) for e in r.figures["episodes"]] == [("4", "join")]
+    assert r.counts["false_suspicion"] == 0 and r.counts["flaps"] == 0
+
+
+def test_join_never_learnt_by_one_member_is_not_converged(hb):
+    _join_history(
+        hb,
+        [(t, {"1": ALL_ALIVE, "2": FOUR_ALIVE, "3": FOUR_ALIVE, "4": FOUR_ALIVE})
+         for t in range(11, 25)],
+    )
+    r = membership.check(hb.ops, bound_s=5, nodes=[1, 2, 3, 4])
+    assert r.valid is False
+    assert r.counts["not_converged"] == 1 and r.counts["slow_convergence"] == 0
+
+
+def test_join_learnt_late_is_slow_convergence(hb):
+    _join_history(
+        hb,
+        [
+            (11, {"1": ALL_ALIVE, "2": FOUR_ALIVE, "3": FOUR_ALIVE, "4": FOUR_ALIVE}),
+            (18, {o: FOUR_ALIVE for o in "1234"}),
+        ],
+    )
+    r = membership.check(hb.ops, bound_s=5, nodes=[1, 2, 3, 4])
+    assert r.valid is False
+    assert r.anomalies["slow_convergence"][0]["agreement_s"] == 8.0
+
+
+def test_a_member_listed_alive_before_it_joined_is_wrong(hb):
+    hb.at(0)
+    _sample_all(hb, ALL_ALIVE)
+    for t in range(1, 10):
+        hb.at(t)
+        _sample_all(hb, FOUR_ALIVE)  # a phantom: node 4 runs nowhere yet
+    hb.at(10).nemesis("join", up=[4])
+    hb.at(11)
+    _sample_all(hb, FOUR_ALIVE, "1234")
+    r = membership.check(hb.ops, bound_s=5, nodes=[1, 2, 3, 4])
+    assert r.valid is False
+    assert r.anomalies["not_converged"][0]["down"] == ["4"]
+
+
+def test_a_joiner_absent_from_describe_cluster_views_before_joining_is_right(hb):
+    _join_history(hb, [(11, {o: FOUR_ALIVE for o in "1234"})])
+    r = membership.check(hb.ops, bound_s=5, nodes=[1, 2, 3, 4], absent="suspect")
+    assert r.valid is True, r.summary()
+    assert [e["agreement_s"] for e in r.figures["epochs"]] == [0.0, 1.0]

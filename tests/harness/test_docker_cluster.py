@@ -202,3 +202,21 @@ def test_logs_are_copied_per_container(cluster: DockerCluster) -> None:
         assert "Server is started on port" in logs[name].read_text(), name
     assert all(path.parent.name == cluster.spec.name for path in logs.values())
     assert all(cluster.spec.session in str(path) for path in logs.values())
+
+
+def test_late_node_gets_its_container_when_it_joins(
+    cluster_factory: Callable[..., DockerCluster],
+) -> None:
+    grown = cluster_factory(nodes=2, late_nodes=1)
+    assert grown.node(3).state == "pending" and grown.containers["node-3"].tc is None
+    # a grudge naming the late node waits for its container, then applies at the join
+    grown.partition({3: frozenset({1})})
+    try:
+        grown.join(3)
+        assert grown.node(3).container_id is not None
+        rules = grown.partition_rules(3)
+        assert any(grown.containers["node-1"].ip in rule for rule in rules), rules
+    finally:
+        grown.heal()
+    wait_until("every node lists the newcomer", lambda: all(
+        alive_ids(grown, n) == [1, 2, 3] for n in (1, 2, 3)), 60)

@@ -15,6 +15,7 @@ import requests
 from cluster_probes import call_echo, describe_cluster
 from HStream.Server import HStreamApi_pb2, HStreamApi_pb2_grpc
 
+from harness import HarnessError
 from harness.backends.base import Cluster, UnsupportedFault
 from harness.faults.partition import isolate
 
@@ -134,3 +135,30 @@ def test_token_cluster_initialises_and_refuses_anonymous_calls(
             metadata=(("authorization", "Basic hstream:hstream"),),
         )
     assert reply.msg == "ping"
+
+
+def test_late_node_waits_then_joins_the_running_cluster(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    grown = cluster_factory(nodes=2, late_nodes=1, base_port=19090)
+    late = grown.node(3)
+    # laid out, proxied and reserved, but not started: no client URL, nothing running
+    assert late.state == "pending" and late.pid is None
+    assert grown.client_urls() == [grown.client_url(1), grown.client_url(2)]
+    assert ("node-3", "client") in grown.proxies
+    assert echo_fails(grown.client_url(3)) is not None
+    assert {n.id for n in describe_cluster(grown.client_url(1)).serverNodes} == {1, 2}
+
+    grown.join(3)
+    assert late.state == "running" and late.pid is not None
+    assert call_echo(grown.client_url(3)) == "ping"
+    for n in (1, 2, 3):
+        wait_until(
+            f"node {n} lists all three servers",
+            lambda n=n: {m.id for m in describe_cluster(grown.client_url(n)).serverNodes}
+            == {1, 2, 3},
+        )
+    with pytest.raises(HarnessError, match="node 3 is not a late node waiting to join"):
+        grown.join(3)
+    with pytest.raises(HarnessError, match="node 1 is not a late node"):
+        grown.join(1)

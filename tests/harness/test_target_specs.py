@@ -176,6 +176,31 @@ def test_reference_node_flags() -> None:
     assert [s.argv[-1] for s in steps[1:]] == ["server ready", "server ready"]
 
 
+def test_late_nodes_are_deferred_and_join_through_the_first_nodes() -> None:
+    for spec in (
+        ClusterSpec(nodes=2, late_nodes=2, base_port=19000),
+        ClusterSpec(nodes=2, late_nodes=2, target=f"hstream:{IMAGE}", backend="docker"),
+    ):
+        target = target_for(spec)
+        placements = docker_like_placements(spec, proxied=True)
+        nodes = [p for p in target.processes(spec, placements) if p.role == "node"]
+        assert [(p.node_id, p.deferred) for p in nodes] == [
+            (1, False), (2, False), (3, True), (4, True)
+        ]
+        assert [layout.deferred for layout in target.layout(spec) if layout.role == "node"] == [
+            False, False, True, True
+        ]
+        seeds = {str(placements[f"node-{i}"].advertised["gossip"]) for i in (1, 2)}
+        for proc in nodes:
+            argv = list(proc.argv) if spec.target == "reference" else shlex.split(proc.argv[2])
+            listed = next(argv[i + 1] for i, a in enumerate(argv) if a == "--seed-nodes")
+            assert set(listed.split(",")) == seeds, (proc.name, listed)
+        # bring-up initialises and waits for the first nodes only
+        steps = " ".join(" ".join(step.argv) for step in target.init_steps(spec, placements))
+        assert placements["node-2"].host in steps
+        assert placements["node-3"].host not in steps and placements["node-4"].host not in steps
+
+
 def test_unknown_defect_lists_the_known_ones() -> None:
     with pytest.raises(TargetError, match=r"unknown defect nope; .*never-confirm"):
         target_for(ClusterSpec(defects=("nope",)))

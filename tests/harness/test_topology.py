@@ -66,6 +66,8 @@ suspicion_mult = 2
         ("[cluster]\nnodes = \"three\"\n", "cluster.nodes: expected int, got str"),
         ("[cluster]\nnodes = true\n", "cluster.nodes: expected int"),
         ("[cluster]\nnodes = 0\n", "nodes: must be an integer in 1..200, got 0"),
+        ("[cluster]\nlate_nodes = -1\n", "late_nodes: must be an integer in 0..197"),
+        ("[cluster]\nnodes = 199\nlate_nodes = 2\n", "at most 200 nodes in all"),
         ("[cluster]\ntarget = \"kafka\"\n", "target: unknown target 'kafka'"),
         ("[cluster]\nbackend = \"k8s\"\n", "backend: unknown backend 'k8s'"),
         ("[cluster]\ndefects = [1]\n", "cluster.defects: expected a list of strings"),
@@ -119,3 +121,13 @@ def test_with_rejects_unknown_settings() -> None:
 def test_json_round_trip() -> None:
     spec = ClusterSpec(nodes=4, defects=("no-refute",), gossip={"probe_interval_ms": 100})
     assert ClusterSpec.from_json(spec.to_json()) == spec
+    grown = spec.with_(late_nodes=2)
+    assert ClusterSpec.from_json(grown.to_json()) == grown
+
+
+def test_late_node_ids_follow_the_initial_ones(tmp_path: Path) -> None:
+    spec = load_topology(write(tmp_path, "[cluster]\nnodes = 3\nlate_nodes = 2\n"))
+    assert (spec.node_ids, spec.late_node_ids, spec.all_node_ids) == (
+        [1, 2, 3], [4, 5], [1, 2, 3, 4, 5]
+    )
+    assert ClusterSpec().late_node_ids == []
