@@ -207,7 +207,8 @@ def test_logs_are_copied_per_container(cluster: DockerCluster) -> None:
 def test_late_node_gets_its_container_when_it_joins(
     cluster_factory: Callable[..., DockerCluster],
 ) -> None:
-    grown = cluster_factory(nodes=2, late_nodes=1)
+    grown = cluster_factory(nodes=2, late_nodes=1, backend="docker", toxiproxy=True,
+                            toxiproxy_url=None)
     assert grown.node(3).state == "pending" and grown.containers["node-3"].tc is None
     # a grudge naming the late node waits for its container, then applies at the join
     grown.partition({3: frozenset({1})})
