@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from HStream.Server import HStreamApi_pb2, HStreamApi_pb2_grpc
@@ -27,6 +30,30 @@ def pids_labelled(label: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout_s: float = 20.0) -> None:
+    """Polls `check` until it returns something true; else fails naming the last answer."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return
+        except Exception as exc:  # the probe's failure is the evidence we report
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not seen within {timeout_s}s; last probe: {last!r}")
+
+
+def echo_fails(url: str) -> grpc.StatusCode | None:
+    """The status code Echo fails with through `url`, or None when it answers."""
+    try:
+        call_echo(url, timeout_s=1.0)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return None
 
 
 def call_echo(url: str, timeout_s: float = 2.0) -> str:

@@ -7,15 +7,13 @@ which try TCP connections to the isolated node's direct and proxied gossip endpo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import docker
 import grpc
 import pytest
 import requests
-from cluster_probes import call_echo, describe_cluster
+from cluster_probes import call_echo, describe_cluster, echo_fails, wait_until
 
 from harness import images
 from harness.backends.docker import LABEL_CLUSTER, DockerCluster
@@ -40,28 +38,6 @@ def refserver_image() -> Iterator[None]:
     except images.DockerUnavailable as exc:
         pytest.skip(f"no Docker engine: {exc}")
     yield
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return
-        except Exception as exc:  # the probe's failure is the evidence we report
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not seen within {timeout_s}s; last probe: {last!r}")
-
-
-def echo_fails(url: str) -> grpc.StatusCode | None:
-    try:
-        call_echo(url, timeout_s=1.0)
-    except grpc.RpcError as exc:
-        return exc.code()
-    return None
 
 
 def alive_ids(cluster: DockerCluster, n: int) -> list[int]:

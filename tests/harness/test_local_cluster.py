@@ -6,13 +6,12 @@ client URL, with Echo and DescribeCluster.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import grpc
 import pytest
 import requests
-from cluster_probes import call_echo, describe_cluster
+from cluster_probes import call_echo, describe_cluster, echo_fails, wait_until
 from HStream.Server import HStreamApi_pb2, HStreamApi_pb2_grpc
 
 from harness import HarnessError
@@ -22,28 +21,6 @@ from harness.faults.partition import isolate
 pytestmark = [pytest.mark.slow, pytest.mark.cluster(nodes=3, base_port=19010, toxiproxy=True,
                                                     toxiproxy_url=None, backend="local",
                                                     target="reference", defects=())]
-
-
-def wait_until(what: str, check, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return
-        except Exception as exc:  # the probe's failure is the evidence we report
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not seen within {timeout_s}s; last probe: {last!r}")
-
-
-def echo_fails(url: str) -> grpc.StatusCode | None:
-    try:
-        call_echo(url, timeout_s=1.0)
-    except grpc.RpcError as exc:
-        return exc.code()
-    return None
 
 
 def test_every_node_is_behind_its_own_proxies(cluster: Cluster) -> None:

@@ -26,6 +26,8 @@ import grpc
 from google.protobuf import empty_pb2
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
+from refserver.membership import Member, MemberState, NodeAddress
+
 T = TypeVar("T")
 PORT_RANGE = range(16000, 17000)
 STORE_HOST = "127.0.0.1"
@@ -144,6 +146,43 @@ def store_proc(workdir: Path, port: int, name: str = "store") -> Proc:
         log_path=workdir / f"{name}.log",
         ready_line="Store is started on port",
     )
+
+
+@contextlib.contextmanager
+def running_store(workdir: Path) -> Iterator[str]:
+    """A store process on a free port for the duration of the block; yields its address."""
+    port = free_port(STORE_HOST)
+    proc = store_proc(workdir, port)
+    proc.start()
+    try:
+        proc.wait_ready()
+        yield f"{STORE_HOST}:{port}"
+    finally:
+        proc.kill(signal.SIGTERM)
+
+
+class SingleNodeMembership:
+    """The membership of a one-node cluster: itself, alive, ready (for tests that run one
+    service of a node in-process against a real store)."""
+
+    def __init__(self, node: NodeAddress) -> None:
+        self._node = node
+
+    @property
+    def self_node(self) -> NodeAddress:
+        return self._node
+
+    def members(self) -> dict[int, Member]:
+        return {self._node.id: Member(self._node, MemberState.ALIVE, 0)}
+
+    def alive(self) -> list[NodeAddress]:
+        return [self._node]
+
+    def is_ready(self) -> bool:
+        return True
+
+    def subscribe(self, callback: Callable[[Member], None]) -> None:
+        pass
 
 
 def node_proc(

@@ -17,8 +17,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,6 +28,7 @@ import pytest
 from google.protobuf import json_format
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
+from refcluster_launcher import SingleNodeMembership, running_store
 
 from harness.io.connectors import load_connectors
 from harness.wire import expected_ranges, key_hash
@@ -37,10 +36,9 @@ from refserver import records
 from refserver.defects import UnknownDefect, parse_defects
 from refserver.io import CatalogError, ConnectorCatalog, ConnectorService
 from refserver.io.sink_task import record_data
-from refserver.membership import Member, MemberState, NodeAddress
+from refserver.membership import NodeAddress
 from refserver.protos import Store_pb2, Store_pb2_grpc
 
-STORE_PORT = 22000
 _node_ports = itertools.count(22010)
 _ids = itertools.count(int(time.time()) % 10**6 * 1000)
 # Faker's users stream keeps an `updated_at` cursor; with always_updated it stamps every
@@ -60,28 +58,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def store_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("store")
-    log_path = data / "store.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "refserver.store", "--data-dir", str(data / "db"),
-             "--port", str(STORE_PORT)],
-            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 20
-        while b"Store is started on port" not in log_path.read_bytes():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"store did not start (exit {process.poll()}); log {log_path}:\n"
-                            + log_path.read_text(errors="replace"))
-            time.sleep(0.05)
-        yield f"127.0.0.1:{STORE_PORT}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_store(tmp_path_factory.mktemp("store")) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -117,27 +95,6 @@ def connector_pids(doc: dict[str, Any], name: str, subcommand: str) -> list[int]
         return []
     return [int(line.split()[0]) for line in path.read_text().splitlines()
             if line.split()[1:2] == [subcommand]]
-
-
-class SingleNodeMembership:
-    def __init__(self, node: NodeAddress) -> None:
-        self._node = node
-
-    @property
-    def self_node(self) -> NodeAddress:
-        return self._node
-
-    def members(self) -> dict[int, Member]:
-        return {self._node.id: Member(self._node, MemberState.ALIVE, 0)}
-
-    def alive(self) -> list[NodeAddress]:
-        return [self._node]
-
-    def is_ready(self) -> bool:
-        return True
-
-    def subscribe(self, callback: Callable[[Member], None]) -> None:
-        pass
 
 
 class SelfOwnership:

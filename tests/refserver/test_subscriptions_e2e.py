@@ -18,8 +18,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -31,15 +29,14 @@ from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 from hstreamdb.aio.client import HStreamDBClient, insecure_client
 from hstreamdb.types import Record, RecordId
 from hstreamdb.utils import encode_records
-from refcluster_launcher import RefCluster, launch
+from refcluster_launcher import RefCluster, SingleNodeMembership, launch, running_store
 
 from refserver import errors
 from refserver.api.subscriptions import SubscriptionService
 from refserver.errors import HStreamError
-from refserver.membership import Member, MemberState, NodeAddress
+from refserver.membership import NodeAddress
 from refserver.protos import Store_pb2, Store_pb2_grpc
 
-STORE_PORT = 18000
 _node_ports = itertools.count(18010)
 EARLIEST = api.SpecialOffset.Value("EARLIEST")
 LATEST = api.SpecialOffset.Value("LATEST")
@@ -54,65 +51,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def store_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("store")
-    log_path = data / "store.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "refserver.store",
-                "--data-dir",
-                str(data / "db"),
-                "--port",
-                str(STORE_PORT),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while b"Store is started on port" not in log_path.read_bytes():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"store did not start (exit {process.poll()}); log {log_path}:\n"
-                    + log_path.read_text(errors="replace")
-                )
-            time.sleep(0.05)
-        yield f"127.0.0.1:{STORE_PORT}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_store(tmp_path_factory.mktemp("store")) as address:
+        yield address
 
 
 # A single-node server around the service ---------------------------------------------------
-
-
-class SingleNodeMembership:
-    """The membership of a one-node cluster: itself, alive, ready."""
-
-    def __init__(self, node: NodeAddress) -> None:
-        self._node = node
-
-    @property
-    def self_node(self) -> NodeAddress:
-        return self._node
-
-    def members(self) -> dict[int, Member]:
-        return {self._node.id: Member(self._node, MemberState.ALIVE, 0)}
-
-    def alive(self) -> list[NodeAddress]:
-        return [self._node]
-
-    def is_ready(self) -> bool:
-        return True
-
-    def subscribe(self, callback: Callable[[Member], None]) -> None:
-        pass
 
 
 class FixedOwnership:
