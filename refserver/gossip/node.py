@@ -453,23 +453,25 @@ class GossipNode:
         self._seen_events.append(key)
         self._broadcasts.queue(("event", *key), HStreamGossip_pb2.Message(event=event))
         if event.name == wire.EVENT_INIT:
-            self._on_init_event(event.payload)
+            self._on_init_event(event)
         elif event.name == wire.EVENT_INITED:
             self._on_inited_event(event.payload)
 
-    def broadcast_event(self, name: str, payload: bytes) -> None:
+    def broadcast_event(self, name: str, payload: bytes) -> HStreamGossip_pb2.EventMessage:
         self._lamport += 1
-        self._apply_event(
-            HStreamGossip_pb2.EventMessage(name=name, lamportTime=self._lamport, payload=payload)
+        event = HStreamGossip_pb2.EventMessage(
+            name=name, lamportTime=self._lamport, payload=payload
         )
+        self._apply_event(event)
+        return event
 
     def seen_events(self) -> list[tuple[str, bytes]]:
         return [(name, payload) for name, _, payload in self._seen_events]
 
-    def _on_init_event(self, payload: bytes) -> None:
+    def _on_init_event(self, init: HStreamGossip_pb2.EventMessage) -> None:
         if not self._is_seed or self._joined_running or self._inited:
             return
-        nodes = HStreamGossip_pb2.ServerList.FromString(payload).nodes
+        nodes = HStreamGossip_pb2.ServerList.FromString(init.payload).nodes
         for server_node in nodes:
             node = wire.from_server_node(server_node)
             if node.id != self._self.id:
@@ -477,9 +479,28 @@ class GossipNode:
         self._inited = True
         self._announce_self()
         log.info("node %d: initialised by INIT with %d seeds", self._self.id, len(nodes))
-        self.broadcast_event(wire.EVENT_INITED, self._self_described().SerializeToString())
+        inited = self.broadcast_event(
+            wire.EVENT_INITED, self._self_described().SerializeToString()
+        )
         if not self._ready:
+            self._spawn(self._repeat_until_ready(init, inited)).set_name("repeat-init")
             self._spawn(self._catch_up_inited()).set_name("catch-up-inited")
+
+    async def _repeat_until_ready(self, *events: HStreamGossip_pb2.EventMessage) -> None:
+        """Queue INIT and this seed's INITED again every probe period until ready.
+
+        An event is piggybacked a bounded number of times, so a seed can miss INIT (then it
+        never sends INITED and no seed ever becomes ready) or everyone can miss one seed's
+        INITED. Sending both again until this seed is ready closes both gaps; receivers
+        drop what they have seen, so the cost is a few bytes per message meanwhile.
+        """
+        while not self._stopped and not self._ready:
+            await asyncio.sleep(self.config.probe_interval)
+            if self._ready:
+                return
+            for event in events:
+                key = ("event", event.name, event.lamportTime, bytes(event.payload))
+                self._broadcasts.queue(key, HStreamGossip_pb2.Message(event=event))
 
     async def _catch_up_inited(self) -> None:
         """Become ready even if an INITED event never arrives.

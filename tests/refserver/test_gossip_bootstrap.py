@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from refserver.gossip import GossipConfig, GossipNode, JoinFailed, decode_view
+from refserver.gossip.wire import EVENT_INIT
 from refserver.membership import MemberState, NodeAddress
 from refserver.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc
 from refserver.routing import owner
@@ -238,5 +239,40 @@ def test_a_seed_named_by_host_name_recognises_itself() -> None:
             assert nodes[0].is_ready(), "the only seed should be ready at once"
             await nodes[1].start()
             await wait_until(lambda: all_alive(nodes), 10, lambda: str(views(nodes)))
+
+    run(scenario())
+
+
+def test_a_seed_that_misses_every_init_send_still_gets_the_cluster_ready() -> None:
+    # INIT is piggybacked a bounded number of times; a seed that misses all of them never
+    # sends INITED, and then no seed could ever become ready. Node 3 here loses every INIT
+    # for longer than those sends last: the seeds must repeat INIT until they are ready.
+    base = 17140
+    seeds = [(f"127.0.0.{i}", base) for i in range(1, 4)]
+    configs = [fast(address(i, base), seeds) for i in range(1, 4)]
+    lost_for = 3.0
+
+    async def scenario() -> None:
+        async with cluster(configs) as nodes:
+            await asyncio.gather(*(n.start() for n in nodes))
+            deaf = nodes[2]
+            receive = deaf._apply_event
+            until = time.monotonic() + lost_for
+            dropped = []
+
+            def lossy(event: HStreamGossip_pb2.EventMessage) -> None:
+                if event.name == EVENT_INIT and time.monotonic() < until:
+                    dropped.append(event.lamportTime)
+                    return
+                receive(event)
+
+            deaf._apply_event = lossy  # type: ignore[method-assign]
+            await nodes[0].admin("server init")
+            took = await wait_until(
+                lambda: all(n.is_ready() for n in nodes),
+                lost_for + 10,
+                lambda: f"ready: {[n.is_ready() for n in nodes]}; INIT dropped {len(dropped)}x",
+            )
+            assert dropped and took > lost_for
 
     run(scenario())
