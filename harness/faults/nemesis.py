@@ -522,9 +522,7 @@ class Nemesis:
         self._partitioned = False
         self._store_killed = False
         # Late nodes not started yet are down until they join.
-        self._down: set[int] = {
-            node.id for node in getattr(cluster, "nodes", ()) if node.state == "pending"
-        }
+        self._down: set[int] = self._pending_late_nodes()
 
     @classmethod
     def setup(cls, cluster: Cluster, history: History | None = None) -> Nemesis:
@@ -547,6 +545,9 @@ class Nemesis:
                 instance.name, {**value, "phase": "start"}, lambda: self._bounce(nodes, 1)
             )
         return self._record(instance.name, value, lambda: self._apply(instance, action))
+
+    def _pending_late_nodes(self) -> set[int]:
+        return {n.id for n in getattr(self.cluster, "nodes", ()) if n.state == "pending"}
 
     def join(self, n: int) -> Op | None:
         """Start late node n (`ClusterSpec.late_nodes`), a brand-new server joining the
@@ -764,7 +765,8 @@ class Nemesis:
         if self._store_killed:
             attempt("restart the store", c.restart_store)
             self._store_killed = False
-        up = set(self._down)
+        # A late node that never joined stays down: healing does not start it.
+        up = self._down - self._pending_late_nodes()
         if errors:
             raise NemesisError("healing the cluster failed: " + "; ".join(errors))
         return set(), up

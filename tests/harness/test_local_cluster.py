@@ -7,6 +7,7 @@ client URL, with Echo and DescribeCluster.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,7 +17,9 @@ from HStream.Server import HStreamApi_pb2, HStreamApi_pb2_grpc
 
 from harness import HarnessError
 from harness.backends.base import Cluster, UnsupportedFault
+from harness.faults.nemesis import Nemesis
 from harness.faults.partition import isolate
+from harness.history import History
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster(nodes=3, base_port=19010, toxiproxy=True,
                                                     toxiproxy_url=None, backend="local",
@@ -115,7 +118,7 @@ def test_token_cluster_initialises_and_refuses_anonymous_calls(
 
 
 def test_late_node_waits_then_joins_the_running_cluster(
-    cluster_factory: Callable[..., Cluster],
+    cluster_factory: Callable[..., Cluster], tmp_path: Path
 ) -> None:
     grown = cluster_factory(nodes=2, late_nodes=1, base_port=19090)
     late = grown.node(3)
@@ -126,7 +129,13 @@ def test_late_node_waits_then_joins_the_running_cluster(
     assert echo_fails(grown.client_url(3)) is not None
     assert {n.id for n in describe_cluster(grown.client_url(1)).serverNodes} == {1, 2}
 
-    grown.join(3)
+    history = History(tmp_path / "history.jsonl")
+    nemesis = Nemesis(grown, history)
+    healed = nemesis.heal()  # healing does not start (or count as up) a node never joined
+    assert healed is not None and healed.value["up"] == [] and late.state == "pending"
+    joined = nemesis.join(3)
+    assert joined is not None and (joined.f, joined.value["up"]) == ("join", [3])
+    history.close()
     assert late.state == "running" and late.pid is not None
     assert call_echo(grown.client_url(3)) == "ping"
     for n in (1, 2, 3):
