@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from harness import HarnessError
-from harness.backends.base import backend_for
+from harness.cluster import backend_for
 from harness.topology import ClusterSpec
 
 # A port block of its own, away from the harness tests' clusters (local backend only).

@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from harness.backends.base import backend_for
+from harness.cluster import backend_for
 from harness.clients.driver import ClientDriver, raw_payload
 from harness.history import History
 from harness.topology import ClusterSpec

@@ -85,7 +85,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
 
 
 def _cluster_up(args: argparse.Namespace) -> int:
-    from harness.backends.base import backend_for
+    from harness.cluster import backend_for
     from harness.targets import target_for
     from harness.topology import build_spec
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from harness import HarnessError
-from harness.backends.base import Cluster, backend_for
+from harness.cluster import Cluster, backend_for
 from harness.cleanup import install_signal_teardown, sweep
 from harness.targets import target_for
 from harness.topology import ClusterSpec, build_spec

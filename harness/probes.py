@@ -30,7 +30,7 @@ from google.protobuf.empty_pb2 import Empty
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
-from harness.backends.base import Cluster, NodeHandle
+from harness.cluster import Cluster, NodeHandle
 from harness.history import History
 
 # HStreamDB's gossip wire format; its .proto files are kept with the reference server.

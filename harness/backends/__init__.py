@@ -1,5 +1,5 @@
 """Backends: where a cluster runs — `local` (subprocesses on loopback) or `docker`."""
 
-from harness.backends.base import Backend, Cluster, ClusterStartError, NodeHandle, backend_for
+from harness.cluster import Backend, Cluster, ClusterStartError, NodeHandle, backend_for
 
 __all__ = ["Backend", "Cluster", "ClusterStartError", "NodeHandle", "backend_for"]

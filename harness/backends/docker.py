@@ -43,7 +43,7 @@ from docker.models.containers import Container
 from docker.types import EndpointConfig
 
 from harness import HarnessError
-from harness.backends.base import (
+from harness.cluster import (
     Backend,
     Cluster,
     ClusterStartError,

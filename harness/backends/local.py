@@ -27,7 +27,7 @@ from pathlib import Path
 import requests
 
 from harness import HarnessError
-from harness.backends.base import (
+from harness.cluster import (
     Backend,
     Cluster,
     ClusterStartError,
@@ -403,6 +403,9 @@ class LocalCluster(Cluster):
 
     def restart_store(self) -> None:
         self._restart(self.processes["store"])
+
+    def _runtime_refusal(self, means: str) -> str | None:
+        return LOCAL_PARTITION_REFUSAL if means == "partition" else None
 
     def partition(self, grudge: Grudge) -> None:
         raise UnsupportedFault(LOCAL_PARTITION_REFUSAL)

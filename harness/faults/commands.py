@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.backends.base import backend_for
+    from harness.cluster import backend_for
     from harness.faults.schedule_runner import Program, replay
     from harness.history import History
     from harness.topology import build_spec

@@ -12,7 +12,7 @@ Three layers, the first two pure data (JSON round-trip, no cluster needed):
   the same schedule for the same seed.
 
 `Nemesis(cluster, history)` applies instances through the `Cluster` handle
-(harness.backends.base) and Toxiproxy (harness.faults.toxiproxy) and records each action as
+(harness.cluster) and Toxiproxy (harness.faults.toxiproxy) and records each action as
 a nemesis op pair in the history: ``process="nemesis"``, ``f`` = the fault's name, value =
 the instance's JSON plus ``"action"`` (start/stop/heal); the completion adds ``"down"`` and
 ``"up"``. `join(n)` starts a late node (a brand-new member) and is recorded the same way.
@@ -34,7 +34,7 @@ from harness import HarnessError
 from harness.faults import partition as grudges
 
 if TYPE_CHECKING:
-    from harness.backends.base import Cluster
+    from harness.cluster import Cluster
     from harness.faults.toxiproxy import ToxiproxyHandle
     from harness.history import History, Op
 
@@ -577,7 +577,7 @@ class Nemesis:
             down, up = effect()
         except Exception as exc:
             if self.history is not None and inv is not None:
-                from harness.backends.base import UnsupportedFault
+                from harness.cluster import UnsupportedFault
                 from harness.history import describe_error
 
                 # Refusals come before any effect: definitely not applied. Anything else may

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from harness import HarnessError
 
 if TYPE_CHECKING:
-    from harness.backends.base import Cluster
+    from harness.cluster import Cluster
 
 ProcessFaultKind = Literal["kill", "pause", "resume", "restart", "kill-store", "restart-store"]
 NODE_FAULTS = ("kill", "pause", "resume", "restart")

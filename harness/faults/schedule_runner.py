@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import HarnessError
-from harness.backends.base import Cluster
+from harness.cluster import Cluster
 from harness.checkers import stream_set
 from harness.checkers.result import Result
 from harness.clients.driver import ClientDriver, Reply, raw_payload

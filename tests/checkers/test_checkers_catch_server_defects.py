@@ -16,7 +16,7 @@ import pytest
 from HStream.Server import HStreamApi_pb2 as api
 
 from harness import wire
-from harness.backends.base import Cluster
+from harness.cluster import Cluster
 from harness.checkers import CheckOptions, check_all
 from harness.history import History, history_path
 

@@ -18,7 +18,7 @@ import requests
 from google.protobuf import empty_pb2
 from HStream.Server import HStreamApi_pb2, HStreamApi_pb2_grpc
 
-from harness.backends.base import Cluster, UnsupportedFault
+from harness.cluster import Cluster, UnsupportedFault
 from harness.checkers import membership
 from harness.faults.nemesis import FAULTS, Nemesis, Schedule, Step
 from harness.history import History, history_path

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cluster_probes import subprocess_env
 
-from harness.backends.base import ClusterStartError, PortInUse
+from harness.cluster import ClusterStartError, PortInUse
 from harness.backends.local import LocalBackend
 from harness.cleanup import all_records
 from harness.targets import TargetError

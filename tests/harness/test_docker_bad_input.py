@@ -16,7 +16,7 @@ import pytest
 from cluster_probes import subprocess_env
 
 from harness import HarnessError, images
-from harness.backends.base import ClusterStartError
+from harness.cluster import ClusterStartError
 from harness.backends.docker import LABEL_CLUSTER, LABEL_SESSION, DockerBackend
 from harness.cleanup import sweep
 from harness.targets import ImageMissing

@@ -16,7 +16,7 @@ from cluster_probes import call_echo, describe_cluster, echo_fails, wait_until
 from HStream.Server import HStreamApi_pb2, HStreamApi_pb2_grpc
 
 from harness import HarnessError
-from harness.backends.base import Cluster, UnsupportedFault
+from harness.cluster import Cluster, UnsupportedFault
 from harness.faults.nemesis import Nemesis
 from harness.faults.partition import isolate
 from harness.history import History

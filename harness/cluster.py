@@ -241,6 +241,33 @@ class Cluster(abc.ABC):
             return 1, "(timed out)"
         return done.returncode, (done.stdout + done.stderr).strip()
 
+    # -- what this cluster's runtime can do ---------------------------------------
+    # Means a fault may need: "signal" (kill/restart a process), "pause" (SIGSTOP/SIGCONT),
+    # "store" (kill/restart the store), "partition" (cut links between nodes),
+    # "toxiproxy" (proxies in front of ports), "join" (late nodes to start).
+    MEANS = ("signal", "pause", "store", "partition", "toxiproxy", "join")
+
+    def refusal(self, means: str) -> str | None:
+        """Why this cluster cannot provide `means` (one line saying what to do), or None."""
+        if means not in self.MEANS:
+            return f"unknown means {means!r}; known: {', '.join(self.MEANS)}"
+        if means == "toxiproxy" and not self.toxiproxy_url:
+            return (
+                "this cluster runs without Toxiproxy (--no-toxiproxy); start it with proxies "
+                "to inject link faults"
+            )
+        if means == "store" and not any(layout == "store" for layout in self._roles()):
+            return "this cluster has no store process of ours (the target manages its own)"
+        if means == "join" and not self.spec.late_node_ids:
+            return "this cluster has no late nodes; set late_nodes in its spec"
+        return self._runtime_refusal(means)
+
+    def _roles(self) -> list[str]:
+        return ["store"]
+
+    def _runtime_refusal(self, means: str) -> str | None:
+        return None
+
     # -- process faults -------------------------------------------------------------
     @abc.abstractmethod
     def kill(self, n: int) -> None:
