@@ -1,20 +1,26 @@
-"""Generates the gossip and store stubs from refserver/protos/*.proto at build time."""
+"""Generates the gRPC stubs of harness/protos (HStreamDB's gossip wire format) and
+refserver/protos (the reference store) from their .proto files at build time."""
+
+import importlib
+import sys
+from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
+ROOT = Path(__file__).resolve().parent
+
 
 class BuildWithStubs(build_py):
     def run(self) -> None:
-        import importlib.util
-        from pathlib import Path
-
-        spec = importlib.util.spec_from_file_location(
-            "refserver_protos", Path(__file__).parent / "refserver" / "protos" / "__init__.py"
-        )
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)  # importing it regenerates stale stubs
+        # An isolated build does not put the source tree on sys.path; the stub packages
+        # import only each other and the light `harness`/`refserver` package roots.
+        sys.path.insert(0, str(ROOT))
+        try:
+            for package in ("harness.protos", "refserver.protos"):
+                importlib.import_module(package)  # importing it regenerates stale stubs
+        finally:
+            sys.path.remove(str(ROOT))
         super().run()
 
 

@@ -32,9 +32,7 @@ from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
 from harness.cluster import Cluster, NodeHandle
 from harness.history import History
-
-# HStreamDB's gossip wire format; its .proto files are kept with the reference server.
-from refserver.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc
+from harness.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc
 
 STATE_LISTENER = "gossip-state"
 NODE_STATES = {0: "suspect", 1: "alive", 2: "suspect", 3: "dead"}

@@ -4,6 +4,7 @@
         --bind-address 127.0.0.1 --seed-nodes 127.0.0.1:6571 --store 127.0.0.1:6440
 
 Logs "Server is started on port N" once it serves; SIGTERM/SIGINT stop it cleanly.
+`python -m refserver --list-defects` prints the names `--defect` accepts, one a line.
 Bad input (unknown flag, port in use, store unreachable, a seed list nobody answers
 within the join timeout) → one line on stderr and a non-zero exit code (2).
 """
@@ -17,7 +18,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from refserver.auth import parse_tokens
 from refserver.defects import DEFECTS, UnknownDefect, parse_defects
@@ -34,6 +35,27 @@ WILDCARDS = ("0.0.0.0", "::", "")
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise StartupError(f"{message} (see `python -m {PROG} --help`)")
+
+
+class _ListDefects(argparse.Action):
+    """Print the defect names and exit, like --version: the required flags do not apply.
+
+    Clients (the harness's reference target) learn the accepted names from here rather than
+    from this package's internals, so the server stays a black box to them.
+    """
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print("\n".join(sorted(DEFECTS)))
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME",
         help=f"switch on a seeded defect (repeatable): {', '.join(sorted(DEFECTS))}",
+    )
+    parser.add_argument(
+        "--list-defects",
+        action=_ListDefects,
+        help="print the names --defect accepts, one a line, and exit",
     )
     parser.add_argument(
         "--max-record-size",

@@ -10,6 +10,8 @@ later, they join the running cluster through it.
 
 from __future__ import annotations
 
+import functools
+import subprocess
 import sys
 from collections.abc import Mapping
 
@@ -23,20 +25,44 @@ def node_name(node_id: int) -> str:
     return f"node-{node_id}"
 
 
-def _known_defects() -> Mapping[str, str]:
-    # The defect catalogue is the reference server's published list of switches (what its
-    # `--defect` accepts), not an internal: reading it lets a typo fail before anything starts.
-    from refserver.defects import DEFECTS
+# Generous: it is one interpreter start and a few imports, but the machine may be busy.
+LIST_DEFECTS_TIMEOUT = 60.0
 
-    return DEFECTS
+
+@functools.cache
+def _known_defects() -> frozenset[str]:
+    """The names the reference server's `--defect` accepts, as the server itself lists them.
+
+    The harness treats every target as a black box, so it asks the server (in the
+    interpreter that runs it on the local backend) instead of importing its catalogue;
+    asking once per process keeps pytest_configure fast. A typo then fails before anything
+    starts.
+    """
+    argv = [python_executable(), "-m", "refserver", "--list-defects"]
+    try:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=LIST_DEFECTS_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise TargetError(
+            f"cannot ask the reference server which defects it knows ({' '.join(argv)}): {error}"
+        ) from None
+    if result.returncode != 0:
+        last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TargetError(
+            f"cannot ask the reference server which defects it knows: `{' '.join(argv)}` "
+            f"exited {result.returncode}: {last_line}"
+        )
+    return frozenset(result.stdout.split())
 
 
 class ReferenceTarget:
     name = "reference"
 
     def __init__(self, spec: ClusterSpec) -> None:
-        known = _known_defects()
-        unknown = sorted(set(spec.defects) - set(known))
+        # Only a spec naming defects pays for the subprocess.
+        known = _known_defects() if spec.defects else frozenset()
+        unknown = sorted(set(spec.defects) - known)
         if unknown:
             raise TargetError(
                 f"unknown defect {', '.join(unknown)}; the reference server knows: "

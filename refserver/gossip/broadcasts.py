@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from refserver.protos import HStreamGossip_pb2
+from harness.protos import HStreamGossip_pb2
 
 # Bounds the size of one Ping/Ack; the rest wait for the next message.
 MAX_PIGGYBACK = 32

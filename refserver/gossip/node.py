@@ -56,12 +56,12 @@ from typing import Any
 
 import grpc
 
+from harness.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc, HStreamInternal_pb2
 from refserver.gossip import wire
 from refserver.gossip.broadcasts import BroadcastQueue
 from refserver.gossip.config import GossipConfig
 from refserver.gossip.members import MemberRecord, MemberTable
 from refserver.membership import Member, MemberState, NodeAddress
-from refserver.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc, HStreamInternal_pb2
 
 log = logging.getLogger("refserver.gossip")
 

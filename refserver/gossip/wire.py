@@ -13,8 +13,8 @@ ordered by id. `decode_view` reads that back as {id: (state, incarnation)}.
 
 from __future__ import annotations
 
+from harness.protos import HStreamGossip_pb2, HStreamInternal_pb2
 from refserver.membership import MemberState, NodeAddress
-from refserver.protos import HStreamGossip_pb2, HStreamInternal_pb2
 
 STATE_LISTENER_KEY = "gossip-state"
 

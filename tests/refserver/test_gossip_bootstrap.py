@@ -16,10 +16,10 @@ from typing import Any
 import grpc
 import pytest
 
+from harness.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc
 from refserver.gossip import GossipConfig, GossipNode, JoinFailed, decode_view
 from refserver.gossip.wire import EVENT_INIT
 from refserver.membership import MemberState, NodeAddress
-from refserver.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc
 from refserver.routing import owner
 
 GOSSIP_INTERVAL = 0.2

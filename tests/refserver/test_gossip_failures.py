@@ -20,9 +20,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from harness.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc
 from refserver.gossip import GossipConfig, decode_view
 from refserver.membership import MemberState, NodeAddress
-from refserver.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc
 
 pytestmark = pytest.mark.slow
 

@@ -6,13 +6,13 @@ import argparse
 
 import pytest
 
+from harness.protos import HStreamGossip_pb2, HStreamInternal_pb2
 from refserver.gossip import GossipConfig, decode_view, parse_seeds
 from refserver.gossip.broadcasts import BroadcastQueue
 from refserver.gossip.config import BadSeedList
 from refserver.gossip.members import MemberTable
 from refserver.gossip.wire import event_message, with_state
 from refserver.membership import MemberState, NodeAddress
-from refserver.protos import HStreamGossip_pb2, HStreamInternal_pb2
 
 A = NodeAddress(2, "127.0.0.2", 6570, "127.0.0.2", 6571)
 A_MOVED = NodeAddress(2, "127.0.0.9", 6570, "127.0.0.9", 6571)
