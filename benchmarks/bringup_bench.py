@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from harness import HarnessError
-from harness.cluster import backend_for
+from harness.cluster import start_cluster
 from harness.topology import ClusterSpec
 
 # A port block of its own, away from the harness tests' clusters (local backend only).
@@ -33,7 +33,7 @@ def bring_up_once(backend: str, nodes: int, toxiproxy: bool, run: int) -> tuple[
         nodes=nodes, backend=backend, toxiproxy=toxiproxy, base_port=BASE_PORT, session=session
     )
     began = time.monotonic()
-    cluster = backend_for(spec, progress=lambda line: None).start(spec)
+    cluster = start_cluster(spec, progress=lambda line: None)
     up = time.monotonic() - began
     began = time.monotonic()
     cluster.stop()

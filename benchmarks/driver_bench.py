@@ -21,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
-from harness.cluster import backend_for
+from harness.cluster import start_cluster
 from harness.clients.driver import ClientDriver, raw_payload
 from harness.history import History
 from harness.topology import ClusterSpec
@@ -55,7 +55,7 @@ def main() -> int:
     args = parser.parse_args()
     spec = ClusterSpec(nodes=3, base_port=BASE_PORT, session=f"bench-drivers-{os.getpid()}")
     figures: dict[str, dict[str, float]] = {}
-    with backend_for(spec).start(spec) as cluster, tempfile.TemporaryDirectory() as tmp:
+    with start_cluster(spec) as cluster, tempfile.TemporaryDirectory() as tmp:
         endpoints = [str(n.client) for n in cluster.nodes]
         for client in ("raw", "python"):
             history = History(Path(tmp) / f"{client}.jsonl")

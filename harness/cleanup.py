@@ -24,11 +24,12 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness import HarnessError
 from harness.topology import SESSION_ENV
 
 REPORTS_ENV = "HSTREAM_CONFORMANCE_REPORTS"
@@ -232,19 +233,6 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-# Called with the labels of the clusters being swept (their owners are gone, or `down`).
-Sweeper = Callable[[list[str]], None]
-
-
-_SWEEPERS: list[Sweeper] = []
-
-
-def register_sweeper(sweeper: Sweeper) -> None:
-    """Add a sweep for resources the pid registry cannot remove (containers, networks)."""
-    if sweeper not in _SWEEPERS:
-        _SWEEPERS.append(sweeper)
-
-
 @dataclass
 class SweepResult:
     clusters: list[str]
@@ -285,13 +273,28 @@ def sweep(
             continue
         stale.append(record)
     labels = [r.label for r in stale]
+    by_runtime: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for record in stale:
+        meta = record.meta()
+        by_runtime.setdefault(str(meta.get("backend") or "local"), []).append((record.label, meta))
     killed: list[int] = []
     for record in stale:
         killed += teardown_record(record)
-    if labels:
-        for sweeper in list(_SWEEPERS):
-            sweeper(labels)
+    # What the pid registry cannot remove (containers, networks, processes on other hosts)
+    # is removed by the runtime that made it.
+    for name, found in by_runtime.items():
+        _runtime_sweep(name, [label for label, _ in found], [meta for _, meta in found])
     return SweepResult(clusters=labels, killed_pids=killed)
+
+
+def _runtime_sweep(runtime: str, labels: list[str], metas: list[dict[str, Any]]) -> None:
+    from harness.runtimes import runtime_class
+
+    try:
+        cls = runtime_class(runtime)
+    except HarnessError:
+        return  # a runtime no longer installed: its pid-registry part is swept already
+    cls.sweep(labels, metas)
 
 
 # -- teardown on exit and on SIGTERM/SIGHUP ----------------------------------------------

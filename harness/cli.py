@@ -85,7 +85,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
 
 
 def _cluster_up(args: argparse.Namespace) -> int:
-    from harness.cluster import backend_for
+    from harness.cluster import start_cluster
     from harness.targets import target_for
     from harness.topology import build_spec
 
@@ -101,7 +101,7 @@ def _cluster_up(args: argparse.Namespace) -> int:
         base_port=args.base_port,
     )
     target_for(spec)
-    cluster = backend_for(spec, progress=_print_progress, detached=True).start(spec)
+    cluster = start_cluster(spec, progress=_print_progress, detached=True)
     status = cluster.status()
     if args.json:
         print(json.dumps(status, indent=2))
@@ -163,10 +163,6 @@ def _cluster_status(args: argparse.Namespace) -> int:
 def _cluster_down(args: argparse.Namespace) -> int:
     from harness.cleanup import all_records, sweep
 
-    try:  # the docker backend registers its container sweeper on import
-        importlib.import_module("harness.backends.docker")
-    except ImportError:
-        pass
     if args.label and args.label not in {r.label for r in all_records()}:
         raise HarnessError(f"no cluster labelled {args.label!r}; see `hstream-conformance "
                            "cluster status`")

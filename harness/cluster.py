@@ -1,54 +1,61 @@
-"""Backend and Cluster: *where* a cluster runs, behind one small interface (Jepsen's `db`).
+"""The cluster orchestration, written once over a Runtime's Hosts (Jepsen's `db`).
 
-`Backend.start(spec) -> Cluster` starts every process of the spec's target (see
-harness.targets for the layout/placement/process conversation), waits until each is ready,
-runs the target's init steps and returns a `Cluster` handle. Faults and clients only use the
-handle, so a suite runs unchanged on the local and the docker backend.
+`start_cluster(spec)` asks the target for its layout, the runtime (`spec.backend`, see
+harness.runtimes) for hosts and addresses, starts Toxiproxy and its proxies, starts every
+process in layout order (processes of one role together), waits for each readiness line,
+runs the target's init steps and returns a `Cluster`. Faults and clients only use that
+handle, so a suite runs unchanged on every runtime; faults reach it through the nemesis
+(harness.nemesis), which asks `refusal(means)` first.
 
-A backend implementation provides `Backend.start` and the `Cluster` primitives marked
-abstract; node numbers `n` are HServer ids (1..spec.nodes).
+Node numbers `n` are HServer ids (1..spec.nodes, then late nodes).
 """
 
 from __future__ import annotations
 
-import abc
-import os
+import contextlib
 import re
-import subprocess
+import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness import HarnessError
-from harness.targets import Endpoint, InitStep, Placement, ProcessSpec
+from harness.cleanup import ClusterRecord, reports_root, track, untrack
+from harness.faults.partition import Grudge, normalize
+from harness.runtimes import (
+    ClusterStartError,
+    Host,
+    PortInUse,
+    ProcHandle,
+    Progress,
+    Provision,
+    Runtime,
+    runtime_for,
+)
+from harness.targets import Endpoint, InitStep, Placement, ProcessSpec, target_for
 from harness.topology import SESSION_ENV, ClusterSpec
 
-if TYPE_CHECKING:
-    from harness.faults.partition import Grudge
+__all__ = [
+    "Cluster",
+    "ClusterStartError",
+    "NodeHandle",
+    "PortInUse",
+    "ProxyInfo",
+    "UnknownNode",
+    "UnsupportedFault",
+    "start_cluster",
+]
 
-
-class ClusterStartError(HarnessError):
-    """A cluster failed to start; the message names the process, what it waited for, and logs.
-
-    Everything started before the failure has been stopped when this is raised.
-    """
-
-
-class PortInUse(ClusterStartError):
-    def __init__(self, endpoint: Endpoint, owner: str) -> None:
-        self.endpoint = endpoint
-        super().__init__(
-            f"port {endpoint} ({owner}) is already in use; stop what holds it "
-            "(`hstream-conformance cluster down`, or find it with `ss -ltnp`) or choose "
-            "another base port (--base-port / [cluster] base_port)"
-        )
+KILL_WAIT_S = 10.0  # how long a SIGKILLed process may take to be reaped
+STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long
 
 
 class UnsupportedFault(HarnessError):
-    """The backend cannot apply this fault truthfully; the message says which backend can."""
+    """The runtime cannot apply this fault truthfully; the message says which one can."""
 
 
 class UnknownNode(HarnessError):
@@ -65,9 +72,10 @@ class NodeHandle:
     gossip: Endpoint  # advertised gossip endpoint (through the proxy when proxied)
     direct_client: Endpoint  # the server's own listener, bypassing any proxy
     direct_gossip: Endpoint
+    host: str = ""  # the runtime Host it runs on
     log_path: Path | None = None
-    pid: int | None = None  # local backend
-    container_id: str | None = None  # docker backend
+    pid: int | None = None  # when the host knows it by pid (local, ssh)
+    container_id: str | None = None  # when it runs in a container of its own (docker)
     # "running" | "killed" | "paused" | "stopped" | "pending" (a late node not yet joined)
     state: str = "running"
 
@@ -80,6 +88,7 @@ class NodeHandle:
             "gossip": str(self.gossip),
             "direct_client": str(self.direct_client),
             "direct_gossip": str(self.direct_gossip),
+            "host": self.host,
             "log": str(self.log_path) if self.log_path else None,
             "pid": self.pid,
             "container_id": self.container_id,
@@ -92,39 +101,53 @@ class ProxyInfo:
     """A Toxiproxy proxy in front of one port of one process."""
 
     name: str  # Toxiproxy proxy name, e.g. "c0-node-1-client"
-    listen: Endpoint
+    listen: Endpoint  # where clients and peers reach it
     upstream: Endpoint
     api_url: str  # the Toxiproxy REST API that owns it
 
-    def handle(self) -> Any:
-        """The `toxiproxy-python` Proxy object (add_toxic / disable / enable / destroy_toxic)."""
-        from toxiproxy.server import Toxiproxy
 
-        api = self.api_url.rstrip("/").rsplit("/", 1)[-1]
-        host, _, port = api.rpartition(":")
-        server = Toxiproxy()
-        server.update_api_consumer(host, int(port))
-        proxy = server.get_proxy(self.name)
-        if proxy is None:
-            raise HarnessError(f"proxy {self.name} no longer exists on {self.api_url}")
-        return proxy
+@dataclass
+class _Process:
+    """One process of the cluster: its spec, its host, and its current incarnation."""
+
+    spec: ProcessSpec
+    host: Host
+    log_path: Path
+    handle: ProcHandle | None = None
+    state: str = "stopped"
+    # Readiness after a restart must not match an earlier incarnation's line: the log keeps
+    # every incarnation, so we wait for one more ready line than it held at the spawn.
+    ready_lines: int = 0
+    env: dict[str, str] = field(default_factory=dict)
 
 
-class Cluster(abc.ABC):
+class Cluster:
     """A running cluster. `stop()` is idempotent and is also run on Ctrl-C / SIGTERM."""
 
-    spec: ClusterSpec
-    nodes: list[NodeHandle]
-    toxiproxy_url: str | None
-    proxies: dict[tuple[str, str], ProxyInfo]  # (process name, port name) -> proxy
-    extra: dict[str, Any]  # backend-specific facts for status output (store pid, network...)
+    # Means a fault may need: "signal" (kill/restart a process), "pause" (SIGSTOP/SIGCONT),
+    # "store" (kill/restart the store), "partition" (cut links between nodes),
+    # "toxiproxy" (proxies in front of ports), "join" (late nodes to start).
+    MEANS = ("signal", "pause", "store", "partition", "toxiproxy", "join")
 
-    def __init__(self, spec: ClusterSpec) -> None:
+    def __init__(self, spec: ClusterSpec, progress: Progress | None = None,
+                 detached: bool = False) -> None:
         self.spec = spec
-        self.nodes = []
-        self.toxiproxy_url = None
-        self.proxies = {}
-        self.extra = {}
+        self.progress: Progress = progress or _stderr_progress
+        self.nodes: list[NodeHandle] = []
+        self.toxiproxy_url: str | None = None
+        self.proxies: dict[tuple[str, str], ProxyInfo] = {}  # (process, port name) -> proxy
+        self.extra: dict[str, Any] = {}  # runtime facts for status output
+        self.log_dir = reports_root() / spec.session / "logs" / spec.name
+        self.record = ClusterRecord.create(spec.label, spec.session, spec.backend,
+                                           detached=detached)
+        self.runtime: Runtime = runtime_for(spec, self.progress, self.record)
+        self.processes: dict[str, _Process] = {}
+        self.provision: Provision | None = None
+        self._toxiproxy: _Process | None = None
+        self._partition: dict[str, Any] | None = None
+        self._stopped = False
+        if not detached:
+            track(self)
 
     # -- addressing ---------------------------------------------------------------
     def node(self, n: int) -> NodeHandle:
@@ -148,19 +171,6 @@ class Cluster(abc.ABC):
         """Every node's URL, except late nodes that have not joined yet."""
         return [f"hstream://{node.client}" for node in self.nodes if node.state != "pending"]
 
-    def join(self, n: int) -> None:
-        """Start late node n (`ClusterSpec.late_nodes`) for the first time: a brand-new
-        server that joins the running cluster through its seeds. Returns once it is ready.
-        """
-        node = self.node(n)
-        if node.state != "pending":
-            raise HarnessError(
-                f"node {n} is not a late node waiting to join (state {node.state}); late "
-                f"nodes of this cluster: {', '.join(map(str, self.spec.late_node_ids)) or 'none'}"
-            )
-        self.progress(f"node {n} joins the running cluster")
-        self.restart(n)
-
     def proxy(self, n: int, port_name: str = "client") -> ProxyInfo:
         """The Toxiproxy proxy in front of node n's `port_name` ("client" or "gossip")."""
         name = self.node(n).name
@@ -176,33 +186,128 @@ class Cluster(abc.ABC):
                 f"no proxy for {name} port {port_name!r}; proxied ports: {', '.join(ports)}"
             ) from None
 
-    # -- what every backend does the same way ---------------------------------------
-    progress: Callable[[str], None]
-    log_dir: Path
+    # -- what this cluster can do -------------------------------------------------
+    def refusal(self, means: str) -> str | None:
+        """Why this cluster cannot provide `means` (one line saying what to do), or None."""
+        if means not in self.MEANS:
+            return f"unknown means {means!r}; known: {', '.join(self.MEANS)}"
+        if means == "toxiproxy" and not self.toxiproxy_url:
+            return ("this cluster runs without Toxiproxy (--no-toxiproxy); start it with "
+                    "proxies to inject link faults")
+        if means == "store" and self._store() is None:
+            return "this cluster has no store process of ours (the target manages its own)"
+        if means == "join" and not self.spec.late_node_ids:
+            return "this cluster has no late nodes; set late_nodes in its spec"
+        if means == "partition" and (self.provision is None or self.provision.net is None):
+            return self.runtime.refusal("partition") or (
+                f"the {self.spec.backend} runtime has no means to cut links")
+        return self.runtime.refusal(means)
 
-    def _add_node_handles(
-        self,
-        specs: Sequence[ProcessSpec],
-        placements: Mapping[str, Placement],
-        log_path_of: Callable[[str], Path],
-    ) -> None:
+    def _require(self, means: str) -> None:
+        reason = self.refusal(means)
+        if reason is not None:
+            raise UnsupportedFault(reason)
+
+    # -- start ---------------------------------------------------------------------
+    def _start(self) -> None:
+        spec = self.spec
+        target = target_for(spec)
+        layouts = target.layout(spec)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.record.update_meta(spec=spec.to_json())
+        self.provision = provision = self.runtime.provision(layouts)
+        self.extra.update(provision.facts)
+        specs = target.processes(spec, provision.placements)
+        steps = target.init_steps(spec, provision.placements)
+        self.runtime.check(specs, steps)
+        if spec.toxiproxy and provision.toxiproxy is not None:
+            self._start_toxiproxy()
+            self._create_proxies(layouts, provision.placements)
+        for proc in specs:
+            self.processes[proc.name] = _Process(
+                proc, provision.hosts[proc.name], self.log_dir / f"{proc.name}.log",
+                env={**proc.env, SESSION_ENV: spec.session,
+                     "HSTREAM_CONFORMANCE_CLUSTER": spec.label},
+            )
+        self._add_node_handles(specs, provision.placements)
+        # Processes of one role start together (the nodes wait for each other anyway);
+        # roles start in layout order, each group ready before the next begins.
+        for group in _consecutive_roles([p for p in specs if not p.deferred]):
+            boxes = [self.processes[p.name] for p in group]
+            with ThreadPoolExecutor(max_workers=min(8, len(boxes))) as pool:
+                list(pool.map(self._spawn, boxes))
+            for box in boxes:
+                self._await_ready(box)
+        for step in steps:
+            self._run_init_step(step)
+        self._write_status()
+        self.progress(f"cluster {spec.label} ready on {spec.backend}: "
+                      + ", ".join(self.client_urls()))
+
+    def _add_node_handles(self, specs: Sequence[ProcessSpec],
+                          placements: Mapping[str, Placement]) -> None:
         """A NodeHandle for every server process, addressed as its placement advertises it."""
         for proc in specs:
             if proc.role != "node" or proc.node_id is None:
                 continue
             at = placements[proc.name]
-            self.nodes.append(
-                NodeHandle(
-                    id=proc.node_id,
-                    name=proc.name,
-                    client=at.advertised["client"],
-                    gossip=at.advertised["gossip"],
-                    direct_client=at.direct(proc.ports["client"]),
-                    direct_gossip=at.direct(proc.ports["gossip"]),
-                    log_path=log_path_of(proc.name),
-                    state="pending" if proc.deferred else "stopped",
-                )
-            )
+            self.nodes.append(NodeHandle(
+                id=proc.node_id,
+                name=proc.name,
+                client=at.advertised["client"],
+                gossip=at.advertised["gossip"],
+                direct_client=at.direct(proc.ports["client"]),
+                direct_gossip=at.direct(proc.ports["gossip"]),
+                host=self.processes[proc.name].host.name,
+                log_path=self.processes[proc.name].log_path,
+                state="pending" if proc.deferred else "stopped",
+            ))
+
+    def _spawn(self, box: _Process) -> None:
+        box.ready_lines = len(re.findall(box.spec.ready_log, self._log_text(box))) \
+            if box.handle is not None and box.spec.ready_log else 0
+        try:
+            box.handle = box.host.spawn(box.spec, box.env, box.log_path)
+        except HarnessError as exc:
+            raise ClusterStartError(f"cannot start {box.spec.name} on {box.host.name}: {exc}") \
+                from None
+        box.state = "running"
+        self._sync_node_handle(box)
+
+    def _log_text(self, box: _Process) -> str:
+        if box.handle is None:
+            return ""
+        try:
+            return box.host.read_log(box.handle)
+        except HarnessError:
+            return box.log_path.read_text(errors="replace") if box.log_path.exists() else ""
+
+    def _await_ready(self, box: _Process) -> None:
+        spec = box.spec
+        assert box.handle is not None
+        self.progress(f"starting {spec.name} on {box.host.name} ... waiting for "
+                      f"'{spec.waiting_for}'")
+        pattern = re.compile(spec.ready_log)
+        began = time.monotonic()
+        deadline = began + spec.ready_timeout_s
+        while True:
+            text = self._log_text(box)
+            if len(pattern.findall(text)) > box.ready_lines:
+                self.progress(f"  {spec.name} ready in {time.monotonic() - began:.1f}s "
+                              f"({box.host.name}, log {box.log_path})")
+                return
+            code = box.host.exit_status(box.handle)
+            if code is not None:
+                raise ClusterStartError(
+                    f"{spec.name} exited with status {code} before logging "
+                    f"{spec.waiting_for!r} (host {box.host.name}); last log lines:\n{_tail(text)}\n"
+                    f"full log: {box.log_path}")
+            if time.monotonic() > deadline:
+                raise ClusterStartError(
+                    f"{spec.name} did not log {spec.waiting_for!r} within "
+                    f"{spec.ready_timeout_s:.0f}s (host {box.host.name}); last log lines:\n{_tail(text)}\n"
+                    f"full log: {box.log_path}")
+            time.sleep(0.05)
 
     def _run_init_step(self, step: InitStep) -> None:
         """Run a target's init step until its output matches, within the step's deadline."""
@@ -212,7 +317,7 @@ class Cluster(abc.ABC):
         attempts = 0
         while True:
             attempts += 1
-            code, output = self._run_init_once(step, max(1.0, deadline - time.monotonic()))
+            code, output = self.runtime.run_init(step, max(1.0, deadline - time.monotonic()))
             if code == 0 and (pattern is None or pattern.search(output)):
                 return
             if time.monotonic() + step.retry_interval_s > deadline:
@@ -220,100 +325,242 @@ class Cluster(abc.ABC):
                     f"init step '{step.description}' did not succeed within "
                     f"{step.timeout_s:.0f}s ({attempts} attempts); expected output matching "
                     f"{step.expect!r}, last output: {output!r}; command: "
-                    f"{' '.join(step.argv)}; node logs: {self.log_dir}"
-                )
+                    f"{' '.join(step.argv)}; node logs: {self.log_dir}")
             time.sleep(step.retry_interval_s)
 
-    def _run_init_once(self, step: InitStep, timeout_s: float) -> tuple[int, str]:
-        """One attempt, on the host with the harness's own Python: (exit code, output)."""
-        argv = list(step.argv)
-        if argv and argv[0] == "python":
-            argv[0] = sys.executable
-        try:
-            done = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                env={**os.environ, SESSION_ENV: self.spec.session},
-            )
-        except subprocess.TimeoutExpired:
-            return 1, "(timed out)"
-        return done.returncode, (done.stdout + done.stderr).strip()
+    # -- Toxiproxy -------------------------------------------------------------------
+    def _start_toxiproxy(self) -> None:
+        from harness.faults.toxiproxy import ToxiproxyError, connect_toxiproxy
 
-    # -- what this cluster's runtime can do ---------------------------------------
-    # Means a fault may need: "signal" (kill/restart a process), "pause" (SIGSTOP/SIGCONT),
-    # "store" (kill/restart the store), "partition" (cut links between nodes),
-    # "toxiproxy" (proxies in front of ports), "join" (late nodes to start).
-    MEANS = ("signal", "pause", "store", "partition", "toxiproxy", "join")
+        assert self.provision is not None and self.provision.toxiproxy is not None
+        site = self.provision.toxiproxy
+        self.toxiproxy_url = site.api_url.rstrip("/")
+        if site.host is not None and site.spec is not None:
+            box = _Process(site.spec, site.host, self.log_dir / "toxiproxy.log",
+                           env={SESSION_ENV: self.spec.session,
+                                "HSTREAM_CONFORMANCE_CLUSTER": self.spec.label})
+            self._toxiproxy = box
+            self._spawn(box)
+            what = f"toxiproxy on {site.host.name}"
+        else:
+            what = "the given Toxiproxy (--toxiproxy-url)"
+        self.progress(f"  waiting for {what} to answer {self.toxiproxy_url}/version")
+        deadline = time.monotonic() + 20.0
+        last = ""
+        while time.monotonic() < deadline:
+            if self._toxiproxy is not None:
+                assert self._toxiproxy.handle is not None
+                code = self._toxiproxy.host.exit_status(self._toxiproxy.handle)
+                if code is not None:
+                    raise ClusterStartError(
+                        f"{what} exited with status {code}; last log lines:\n"
+                        f"{_tail(self._log_text(self._toxiproxy))}\n"
+                        f"full log: {self._toxiproxy.log_path}")
+            try:
+                handle = connect_toxiproxy(self.toxiproxy_url)
+            except ToxiproxyError as exc:
+                last = str(exc)
+                time.sleep(0.1)
+                continue
+            self.extra["toxiproxy"] = {"kind": handle.kind, "version": handle.version,
+                                       "api_url": self.toxiproxy_url,
+                                       "host": site.host.name if site.host else "external"}
+            return
+        raise ClusterStartError(f"{what} did not answer {self.toxiproxy_url}/version within "
+                                f"20s ({last})")
 
-    def refusal(self, means: str) -> str | None:
-        """Why this cluster cannot provide `means` (one line saying what to do), or None."""
-        if means not in self.MEANS:
-            return f"unknown means {means!r}; known: {', '.join(self.MEANS)}"
-        if means == "toxiproxy" and not self.toxiproxy_url:
-            return (
-                "this cluster runs without Toxiproxy (--no-toxiproxy); start it with proxies "
-                "to inject link faults"
-            )
-        if means == "store" and not any(layout == "store" for layout in self._roles()):
-            return "this cluster has no store process of ours (the target manages its own)"
-        if means == "join" and not self.spec.late_node_ids:
-            return "this cluster has no late nodes; set late_nodes in its spec"
-        return self._runtime_refusal(means)
+    def _create_proxies(self, layouts: Sequence[Any],
+                        placements: Mapping[str, Placement]) -> None:
+        from harness.faults.toxiproxy import connect_toxiproxy
 
-    def _roles(self) -> list[str]:
-        return ["store"]
+        assert self.toxiproxy_url and self.provision and self.provision.toxiproxy
+        site = self.provision.toxiproxy
+        handle = connect_toxiproxy(self.toxiproxy_url)
+        external = site.host is None
+        for layout in layouts:
+            at = placements[layout.name]
+            for port_name in layout.proxied:
+                name = f"{self.spec.label}-{layout.name}-{port_name}"
+                upstream = at.direct(layout.ports[port_name])
+                handle.create_proxy(name, str(site.listen[(layout.name, port_name)]),
+                                    str(upstream))
+                self.proxies[(layout.name, port_name)] = ProxyInfo(
+                    name, at.advertised[port_name], upstream, self.toxiproxy_url)
+        if external:
+            self.record.update_meta(external_proxies=[
+                {"api_url": self.toxiproxy_url, "name": p.name} for p in self.proxies.values()])
 
-    def _runtime_refusal(self, means: str) -> str | None:
+    # -- handles -------------------------------------------------------------------
+    def _sync_node_handle(self, box: _Process) -> None:
+        for node in self.nodes:
+            if node.name == box.spec.name:
+                node.state = box.state
+                facts = box.handle.facts if box.handle else {}
+                node.pid = facts.get("pid")
+                node.container_id = facts.get("container_id")
+
+    def _node_process(self, n: int) -> _Process:
+        return self.processes[self.node(n).name]
+
+    def _store(self) -> _Process | None:
+        for box in self.processes.values():
+            if box.spec.role == "store":
+                return box
         return None
 
-    # -- process faults -------------------------------------------------------------
-    @abc.abstractmethod
+    def _write_status(self) -> None:
+        self.extra["logs_dir"] = str(self.log_dir)
+        self.extra["processes"] = {
+            name: {"host": box.host.name, "state": box.state,
+                   **(box.handle.facts if box.handle else {})}
+            for name, box in self.processes.items()
+        }
+        self.record.update_meta(status=self.status())
+
+    # -- process control (the nemesis' means; suites go through the nemesis) -----------
+    def _kill(self, box: _Process) -> None:
+        if box.handle is not None and box.host.exit_status(box.handle) is None:
+            box.host.signal(box.handle, signal.SIGKILL)
+            deadline = time.monotonic() + KILL_WAIT_S
+            while box.host.exit_status(box.handle) is None:
+                if time.monotonic() > deadline:
+                    raise HarnessError(f"{box.spec.name} on {box.host.name} did not die within "
+                                       f"{KILL_WAIT_S:.0f}s of SIGKILL")
+                time.sleep(0.05)
+        box.state = "killed"
+        self._sync_node_handle(box)
+        self._write_status()
+
+    def _restart(self, box: _Process) -> None:
+        if box.handle is not None:
+            self._kill(box)
+            self.progress(f"restarting {box.spec.name} (same host, same address)")
+        self._spawn(box)
+        # A fresh network namespace (a restarted container) has no rules: the grudge in
+        # force must be reloaded before the node talks to anyone.
+        net = self.provision.net if self.provision else None
+        if net is not None and box.spec.node_id is not None and self._partition:
+            net.reload(box.spec.node_id)
+        self._await_ready(box)
+        self._write_status()
+
+    def _signal_running(self, box: _Process, sig: signal.Signals, state: str) -> None:
+        if box.handle is None or box.host.exit_status(box.handle) is not None:
+            raise HarnessError(f"{box.spec.name} is not running (state {box.state})")
+        box.host.signal(box.handle, sig)
+        box.state = state
+        self._sync_node_handle(box)
+        self._write_status()
+
     def kill(self, n: int) -> None:
         """SIGKILL node n (no graceful shutdown)."""
+        self._require("signal")
+        self._kill(self._node_process(n))
 
-    @abc.abstractmethod
     def pause(self, n: int) -> None:
         """SIGSTOP node n: its sockets stay open but it answers nothing."""
+        self._require("pause")
+        self._signal_running(self._node_process(n), signal.SIGSTOP, "paused")
 
-    @abc.abstractmethod
     def resume(self, n: int) -> None:
         """SIGCONT a paused node."""
+        self._require("pause")
+        self._signal_running(self._node_process(n), signal.SIGCONT, "running")
 
-    @abc.abstractmethod
     def restart(self, n: int) -> None:
         """(Re)start node n with the same id, ports and flags; kills it first if running.
 
-        Returns once its readiness log line appears again. On a late node not started yet
+        Returns once its readiness log line appears again; on a late node not started yet
         it starts it the first time (what `join` does).
         """
+        self._require("signal")
+        self._restart(self._node_process(n))
 
-    @abc.abstractmethod
+    def join(self, n: int) -> None:
+        """Start late node n (`ClusterSpec.late_nodes`) for the first time: a brand-new
+        server that joins the running cluster through its seeds. Returns once it is ready.
+        """
+        node = self.node(n)
+        if node.state != "pending":
+            raise HarnessError(
+                f"node {n} is not a late node waiting to join (state {node.state}); late "
+                f"nodes of this cluster: {', '.join(map(str, self.spec.late_node_ids)) or 'none'}"
+            )
+        self.progress(f"node {n} joins the running cluster")
+        self._restart(self._node_process(n))
+
     def kill_store(self) -> None:
         """SIGKILL the store process."""
+        self._require("store")
+        store = self._store()
+        assert store is not None
+        self._kill(store)
 
-    @abc.abstractmethod
     def restart_store(self) -> None:
         """(Re)start the store with the same data directory; returns when it is ready."""
+        self._require("store")
+        store = self._store()
+        assert store is not None
+        self._restart(store)
 
-    # -- network faults --------------------------------------------------------------
-    @abc.abstractmethod
     def partition(self, grudge: Grudge) -> None:
-        """Apply a grudge (node -> nodes whose traffic it drops), replacing any earlier one."""
+        """Apply a grudge (node -> nodes whose traffic it drops), replacing any earlier one.
 
-    @abc.abstractmethod
+        A node whose host cannot run anything now (a killed container) gets it on restart.
+        """
+        self._require("partition")
+        assert self.provision is not None and self.provision.net is not None
+        normalized = normalize(grudge, [node.id for node in self.nodes])
+        self._partition = self.provision.net.partition(normalized)
+        self.extra["partition"] = self._partition
+        self.progress(f"partition: {self._partition['grudge']}")
+        self._write_status()
+
     def heal(self) -> None:
-        """Undo every partition (and re-enable every proxy)."""
+        """Undo every partition and put every proxy of this cluster back to normal."""
+        if self._stopped:
+            return
+        net = self.provision.net if self.provision else None
+        if net is not None:
+            net.heal()
+        self._partition = None
+        self.extra.pop("partition", None)
+        if self.toxiproxy_url and self.proxies:
+            from harness.faults.toxiproxy import ToxiproxyError, connect_toxiproxy
+
+            with contextlib.suppress(ToxiproxyError):
+                handle = connect_toxiproxy(self.toxiproxy_url)
+                for info in self.proxies.values():
+                    handle.set_enabled(info.name, True)
+                    for toxic in handle.proxy(info.name).get("toxics") or []:
+                        handle.remove_toxic(info.name, toxic["name"])
+        self._write_status()
+
+    def partition_rules(self, n: int) -> list[str]:
+        """The iptables rules now in node n's chains (evidence for reports)."""
+        net = self.provision.net if self.provision else None
+        rules_in = getattr(net, "rules_in", None)
+        if rules_in is None:
+            raise UnsupportedFault(self.refusal("partition") or "no partition means")
+        return list(rules_in(n))
+
+    def exec(self, name: str, argv: Sequence[str], timeout_s: float = 30.0) -> tuple[int, str]:
+        """Runs argv on the host of process `name` ("node-1", "store", "toxiproxy")."""
+        box = self.processes.get(name) or (self._toxiproxy if name == "toxiproxy" else None)
+        if box is None:
+            raise HarnessError(f"no process {name!r}; processes: {', '.join(self.processes)}")
+        return box.host.exec(argv, timeout_s)
 
     # -- evidence and teardown -------------------------------------------------------
-    @abc.abstractmethod
-    def logs(self) -> Mapping[str, Path]:
-        """Process name -> path of its log file (containers' logs are copied to files)."""
-
-    @abc.abstractmethod
-    def stop(self) -> None:
-        """Stop and remove everything this cluster started. Idempotent."""
+    def logs(self) -> dict[str, Path]:
+        """Process name -> path of its log file, copied from its host now."""
+        found: dict[str, Path] = {}
+        boxes = [*self.processes.values(), *([self._toxiproxy] if self._toxiproxy else [])]
+        for box in boxes:
+            if box.handle is not None:
+                self._log_text(box)
+                found[box.spec.name] = box.log_path
+        return found
 
     def status(self) -> dict[str, Any]:
         """JSON-ready description (what `cluster status --json` prints)."""
@@ -328,6 +575,31 @@ class Cluster(abc.ABC):
             **self.extra,
         }
 
+    def stop(self) -> None:
+        """Stop and remove everything this cluster started. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        untrack(self)
+        with contextlib.suppress(Exception):
+            self.logs()
+        if self.toxiproxy_url and self._toxiproxy is None and self.proxies:
+            from harness.faults.toxiproxy import ToxiproxyError, connect_toxiproxy
+
+            with contextlib.suppress(ToxiproxyError):
+                handle = connect_toxiproxy(self.toxiproxy_url)
+                for info in self.proxies.values():
+                    with contextlib.suppress(ToxiproxyError):
+                        handle.delete_proxy(info.name)
+        try:
+            self.runtime.teardown()
+        finally:
+            for box in self.processes.values():
+                if box.state != "pending":
+                    box.state = "stopped"
+                self._sync_node_handle(box)
+            self.record.remove()
+
     def __enter__(self) -> Cluster:
         return self
 
@@ -335,40 +607,38 @@ class Cluster(abc.ABC):
         self.stop()
 
 
-class Backend(abc.ABC):
-    """Starts clusters of a ClusterSpec on one kind of infrastructure.
+def start_cluster(spec: ClusterSpec, progress: Progress | None = None,
+                  detached: bool = False) -> Cluster:
+    """Start the spec's cluster and return once it is ready and initialised.
 
-    Constructor contract (so `backend_for` can build any backend):
-    `Backend(progress: Callable[[str], None] | None = None, detached: bool = False)`.
-    `progress` receives one line per step ("starting node-2 ... waiting for '...'"); None
-    prints to stderr. `detached=True` (the `cluster up` command) leaves the cluster running
-    after this process exits: no exit/signal teardown, and the cluster's ClusterRecord
-    (harness.cleanup) is marked detached so only `cluster down` removes it.
+    `detached=True` (the `cluster up` command) leaves it running after this process exits:
+    only `cluster down` removes it. Raises ClusterStartError (PortInUse, ImageMissing, ...)
+    with nothing left running.
     """
-
-    name: str = ""
-
-    @abc.abstractmethod
-    def start(self, spec: ClusterSpec) -> Cluster:
-        """Start the spec's cluster and return once it is ready and initialised.
-
-        Raises ClusterStartError (PortInUse, ImageMissing from harness.targets, ...) with
-        nothing left running.
-        """
+    cluster = Cluster(spec, progress, detached)
+    try:
+        cluster._start()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
 
 
-def backend_for(
-    spec: ClusterSpec, progress: Callable[[str], None] | None = None, detached: bool = False
-) -> Backend:
-    """The Backend implementation named by `spec.backend`."""
-    if spec.backend == "local":
-        from harness.backends.local import LocalBackend
+def _stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
-        return LocalBackend(progress=progress, detached=detached)
-    if spec.backend == "docker":
-        try:
-            from harness.backends.docker import DockerBackend
-        except ImportError as exc:
-            raise HarnessError(f"the docker backend is not available: {exc}") from None
-        return DockerBackend(progress=progress, detached=detached)  # type: ignore[call-arg]
-    raise HarnessError(f"unknown backend {spec.backend!r}; use local or docker")
+
+def _consecutive_roles(specs: list[ProcessSpec]) -> list[list[ProcessSpec]]:
+    groups: list[list[ProcessSpec]] = []
+    for proc in specs:
+        if groups and groups[-1][0].role == proc.role:
+            groups[-1].append(proc)
+        else:
+            groups.append([proc])
+    return groups
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    found = text.splitlines()[-lines:]
+    return "\n".join(f"    {line}" for line in found) or "    (empty)"
+

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from harness import HarnessError
-from harness.cluster import Cluster, backend_for
+from harness.cluster import Cluster, start_cluster
 from harness.cleanup import install_signal_teardown, sweep
 from harness.targets import target_for
 from harness.topology import ClusterSpec, build_spec
@@ -138,7 +138,7 @@ def _start(config: pytest.Config, spec: ClusterSpec, port_given: bool = False) -
     if not port_given:
         spec = spec.with_(base_port=spec.base_port + PORT_BLOCK * (index % 50))
     try:
-        cluster = backend_for(spec).start(spec)
+        cluster = start_cluster(spec)
     except HarnessError as exc:
         pytest.fail(f"cluster did not start: {exc}", pytrace=False)
     config.stash[_CLUSTERS_KEY].append(cluster)

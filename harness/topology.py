@@ -37,7 +37,6 @@ from typing import Any
 
 from harness import HarnessError
 
-BACKENDS = ("local", "docker")
 REFERENCE_TARGET = "reference"
 HSTREAM_TARGET_PREFIX = "hstream:"
 MAX_NODES = 200
@@ -219,8 +218,11 @@ def _check_spec(spec: ClusterSpec, source: str) -> None:
             f"unknown target {spec.target!r}; use 'reference' or 'hstream:<image>' "
             "(e.g. hstream:hstreamdb/hstream:v0.20.0)",
         )
-    if spec.backend not in BACKENDS:
-        raise bad("backend", f"unknown backend {spec.backend!r}; use one of {', '.join(BACKENDS)}")
+    from harness.runtimes import runtime_names  # registered runtimes (entry points)
+
+    if spec.backend not in runtime_names():
+        known = ", ".join(runtime_names()) or "none: install the package (pip install -e .)"
+        raise bad("backend", f"unknown backend {spec.backend!r}; registered runtimes: {known}")
     if not isinstance(spec.seed, int) or isinstance(spec.seed, bool):
         raise bad("seed", f"must be an integer, got {spec.seed!r}")
     if not isinstance(spec.base_port, int) or not (1024 <= spec.base_port <= 65533):

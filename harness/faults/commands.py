@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.cluster import backend_for
+    from harness.cluster import start_cluster
     from harness.faults.schedule_runner import Program, replay
     from harness.history import History
     from harness.topology import build_spec
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             f"replaying {len(program.steps)} steps of {args.schedule} on {spec.nodes} "
             f"{spec.backend} nodes, defects: {', '.join(spec.defects) or 'none'}"
         )
-        with backend_for(spec).start(spec) as cluster, History(history_path) as history:
+        with start_cluster(spec) as cluster, History(history_path) as history:
             result = replay(program, cluster, history)
     except HarnessError as error:
         print(f"hstream-conformance replay: {error}", file=sys.stderr)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from harness import HarnessError
 
@@ -120,6 +121,79 @@ def read_rules(exec_in: Exec, where: str) -> list[str]:
     if status != 0:
         raise IptablesError(f"reading partition rules in {where} failed: {output.strip()}")
     return [line for line in output.splitlines() if line.startswith("-A ")]
+
+
+class IptablesNet:
+    """Partitions by iptables over each node's host (`Host.exec`): the `Net` of every
+    runtime whose hosts have iptables and the right to use it (docker with NET_ADMIN, ssh
+    hosts as root).
+
+    A host that cannot run anything now (a stopped container: `HostDown`) gets the grudge
+    in force when it comes back (`reload`). The grudge replaces the previous one on every
+    node, including nodes it no longer names.
+    """
+
+    def __init__(
+        self,
+        hosts: Mapping[int, Any],
+        addresses: Mapping[int, NodeAddress],
+        proxy_ip: str | None,
+    ) -> None:
+        self.hosts = dict(hosts)  # node id -> Host
+        self.addresses = dict(addresses)
+        self.proxy_ip = proxy_ip
+        self.state = PartitionState()
+
+    def _exec(self, node_id: int) -> Exec:
+        host = self.hosts[node_id]
+        return lambda argv: host.exec(argv, 30.0)
+
+    def _load(self, node_id: int, ruleset: Ruleset) -> bool:
+        from harness.runtimes import HostDown
+
+        try:
+            apply(self._exec(node_id), self.hosts[node_id].name, ruleset)
+        except HostDown:
+            return False
+        return True
+
+    def _rules(self) -> dict[int, Ruleset]:
+        return grudge_rules(self.state.grudge, self.addresses, self.proxy_ip)
+
+    def partition(self, grudge: Mapping[int, frozenset[int]]) -> dict[str, Any]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.state = PartitionState(dict(grudge), set())
+        rules = self._rules()
+        nodes = sorted(self.addresses)
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(nodes)))) as pool:
+            loaded = dict(zip(nodes, pool.map(lambda n: self._load(n, rules[n]), nodes)))
+        self.state.pending = {n for n, ok in loaded.items() if not ok}
+        return {
+            "grudge": {str(k): sorted(v) for k, v in sorted(grudge.items())},
+            "rules": {
+                str(n): {"in": list(r.inbound), "out": list(r.outbound)}
+                for n, r in sorted(rules.items())
+                if r.inbound or r.outbound
+            },
+        }
+
+    def reload(self, node_id: int) -> None:
+        if self.state.grudge and node_id in self.addresses:
+            if self._load(node_id, self._rules()[node_id]):
+                self.state.pending.discard(node_id)
+
+    def heal(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.state = PartitionState()
+        nodes = sorted(self.addresses)
+        with ThreadPoolExecutor(max_workers=min(8, max(1, len(nodes)))) as pool:
+            list(pool.map(lambda n: self._load(n, Ruleset()), nodes))
+
+    def rules_in(self, node_id: int) -> list[str]:
+        """The rules now in node n's chains (evidence for reports)."""
+        return read_rules(self._exec(node_id), self.hosts[node_id].name)
 
 
 @dataclass

@@ -42,10 +42,10 @@ def search_cluster(request):
     from harness.plugin import spec_of
 
     spec = spec_of(request.config)
-    from harness.cluster import backend_for
+    from harness.cluster import start_cluster
 
     spec = spec.with_(name="search", backend="local", gossip=GOSSIP, base_port=spec.base_port + 900)
-    cluster = backend_for(spec).start(spec)
+    cluster = start_cluster(spec)
     yield cluster
     cluster.stop()
 

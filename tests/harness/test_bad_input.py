@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from cluster_probes import subprocess_env
 
-from harness.cluster import ClusterStartError, PortInUse
-from harness.backends.local import LocalBackend
+from harness.cluster import ClusterStartError, PortInUse, start_cluster
 from harness.cleanup import all_records
 from harness.targets import TargetError
 from harness.topology import ClusterSpec
@@ -70,10 +69,10 @@ def test_unknown_names_on_the_command_line(
 
 def test_unknown_defect_and_target_in_the_api(isolated_reports: Path) -> None:
     with pytest.raises(TargetError, match="unknown defect nope"):
-        LocalBackend(progress=lambda _: None).start(
+        start_cluster(
             ClusterSpec(nodes=1, base_port=19200, defects=("nope",)))
     with pytest.raises(TargetError, match="cannot run on the local backend; use --backend docker"):
-        LocalBackend(progress=lambda _: None).start(
+        start_cluster(
             ClusterSpec(nodes=1, target="hstream:hstreamdb/hstream:v0.20.0"))
     assert all_records(isolated_reports / ".sessions") == []
 
@@ -85,7 +84,7 @@ def test_port_in_use_names_the_port_and_starts_nothing(
     spec = ClusterSpec(nodes=2, base_port=19210)
     with socket.create_server(("127.0.0.12", 19210)):
         with pytest.raises(PortInUse) as caught:
-            LocalBackend(progress=lambda _: None).start(spec)
+            start_cluster(spec, progress=lambda _: None)
     message = str(caught.value)
     assert "port 127.0.0.12:19210 (node-2 client) is already in use" in message
     assert "--base-port" in message
@@ -103,11 +102,11 @@ def test_node_failing_at_start_is_named_and_everything_is_stopped(
                        gossip={"probe_interval_ms": 100, "roundtrip_timeout_ms": 500})
     lines: list[str] = []
     with pytest.raises(ClusterStartError) as caught:
-        LocalBackend(progress=lines.append).start(spec)
+        start_cluster(spec, progress=lines.append)
     message = str(caught.value)
     assert "node-1 exited with status" in message, message
     assert "Server is started on port 19220" in message, message
     assert "node-1.log" in message, message
-    assert any(line.startswith("starting node-1 ... waiting for") for line in lines), lines
+    assert any(line.startswith("starting node-1 on localhost ... waiting for") for line in lines), lines
     assert labelled(spec.session) == []
     assert all_records(isolated_reports / ".sessions") == []

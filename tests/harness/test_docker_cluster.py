@@ -15,6 +15,7 @@ import pytest
 import requests
 from cluster_probes import call_echo, describe_cluster, echo_fails, wait_until
 
+from harness.faults.toxiproxy import connect_toxiproxy
 from harness import images
 from harness.backends.docker import LABEL_CLUSTER, DockerCluster
 from harness.faults.partition import isolate
@@ -162,7 +163,7 @@ def test_partition_reaches_a_paused_node(cluster: DockerCluster) -> None:
 
 def test_heal_reenables_a_disabled_proxy(cluster: DockerCluster) -> None:
     url = cluster.client_url(1)
-    cluster.proxy(1, "client").handle().disable()
+    connect_toxiproxy(cluster.toxiproxy_url or "").set_enabled(cluster.proxy(1, "client").name, False)
     try:
         assert echo_fails(url) == grpc.StatusCode.UNAVAILABLE
         assert call_echo(str(cluster.node(1).direct_client)) == "ping"

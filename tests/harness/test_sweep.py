@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 RUN = """
 import sys, time
-from harness.backends.local import LocalBackend
+from harness.cluster import start_cluster
 from harness.topology import ClusterSpec
 spec = ClusterSpec(nodes=2, base_port=int(sys.argv[1]), session=sys.argv[2])
-LocalBackend(progress=lambda line: None).start(spec)
+start_cluster(spec, progress=lambda line: None)
 print("READY", flush=True)
 time.sleep(300)
 """
