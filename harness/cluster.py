@@ -305,7 +305,8 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise ClusterStartError(
                     f"{spec.name} did not log {spec.waiting_for!r} within "
-                    f"{spec.ready_timeout_s:.0f}s (host {box.host.name}); last log lines:\n{_tail(text)}\n"
+                    f"{spec.ready_timeout_s:.0f}s (host {box.host.name}); last log lines:\n"
+                    f"{_tail(text)}\n"
                     f"full log: {box.log_path}")
             time.sleep(0.05)
 

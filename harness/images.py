@@ -55,6 +55,8 @@ BASE_PACKAGES = (
     "iptables",
     "procps",
     "ca-certificates",
+    # the ssh runtime's test hosts (`hstream-conformance hosts up`) run sshd from this base
+    "openssh-server",
 )
 # Bump when the way the base is made changes in a way its inputs above don't show.
 BASE_RECIPE_VERSION = "1"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from cluster_probes import subprocess_env
 
-from harness.cluster import ClusterStartError, PortInUse, start_cluster
 from harness.cleanup import all_records
+from harness.cluster import ClusterStartError, PortInUse, start_cluster
 from harness.targets import TargetError
 from harness.topology import ClusterSpec
 
@@ -107,6 +107,7 @@ def test_node_failing_at_start_is_named_and_everything_is_stopped(
     assert "node-1 exited with status" in message, message
     assert "Server is started on port 19220" in message, message
     assert "node-1.log" in message, message
-    assert any(line.startswith("starting node-1 on localhost ... waiting for") for line in lines), lines
+    waiting = "starting node-1 on localhost ... waiting for"
+    assert any(line.startswith(waiting) for line in lines), lines
     assert labelled(spec.session) == []
     assert all_records(isolated_reports / ".sessions") == []

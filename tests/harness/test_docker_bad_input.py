@@ -16,9 +16,9 @@ import pytest
 from cluster_probes import subprocess_env
 
 from harness import HarnessError, images
-from harness.cluster import ClusterStartError
-from harness.backends.docker import LABEL_CLUSTER, LABEL_SESSION, DockerBackend
 from harness.cleanup import sweep
+from harness.cluster import ClusterStartError, start_cluster
+from harness.runtimes.docker import IMAGE_ENV, LABEL_CLUSTER, LABEL_SESSION
 from harness.targets import ImageMissing
 from harness.topology import ClusterSpec
 
@@ -54,7 +54,7 @@ def test_no_engine_is_one_message_saying_how_to_fix(
     monkeypatch.setenv("DOCKER_HOST", host)
     spec = ClusterSpec(nodes=1, backend="docker", session="no-engine")
     with pytest.raises(images.DockerUnavailable) as caught:
-        DockerBackend(progress=lambda line: None).start(spec)
+        start_cluster(spec, progress=lambda line: None)
     message = str(caught.value)
     assert problem in message and "DOCKER_HOST" in message, message
     assert "\n" not in message, message
@@ -71,13 +71,13 @@ def test_cli_without_engine_prints_one_line(tmp_path: Path) -> None:
 
 
 def test_unknown_image_fails_fast_naming_it_and_its_build(
-    engine: docker.DockerClient, isolated_reports: Path
+    engine: docker.DockerClient, isolated_reports: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     session = f"bad-image-{os.getpid()}"
     spec = ClusterSpec(nodes=3, backend="docker", session=session)
-    backend = DockerBackend(progress=lambda line: None, image="hstream-conformance/nope:absent")
+    monkeypatch.setenv(IMAGE_ENV, "hstream-conformance/nope:absent")
     with pytest.raises(ImageMissing) as caught:
-        backend.start(spec)
+        start_cluster(spec, progress=lambda line: None)
     assert "hstream-conformance/nope:absent" in str(caught.value)
     assert "python -m harness.images build" in str(caught.value)
     assert leftovers(engine, session) == []
@@ -97,7 +97,7 @@ def test_external_toxiproxy_url_is_refused(engine: docker.DockerClient,
     spec = ClusterSpec(nodes=1, backend="docker", session=session,
                        toxiproxy_url="http://127.0.0.1:8474")
     with pytest.raises(ClusterStartError, match="drop toxiproxy_url"):
-        DockerBackend(progress=lambda line: None).start(spec)
+        start_cluster(spec, progress=lambda line: None)
     assert leftovers(engine, session) == []
 
 
@@ -106,16 +106,16 @@ def test_unknown_defect_starts_nothing(engine: docker.DockerClient,
     session = f"bad-defect-{os.getpid()}"
     spec = ClusterSpec(nodes=1, backend="docker", session=session, defects=("no-such-defect",))
     with pytest.raises(HarnessError, match="no-such-defect"):
-        DockerBackend(progress=lambda line: None).start(spec)
+        start_cluster(spec, progress=lambda line: None)
     assert leftovers(engine, session) == []
 
 
 RUN = """
 import sys, time
-from harness.backends.docker import DockerBackend
+from harness.cluster import start_cluster
 from harness.topology import ClusterSpec
 spec = ClusterSpec(nodes=1, backend="docker", session=sys.argv[1])
-DockerBackend(progress=lambda line: None).start(spec)
+start_cluster(spec, progress=lambda line: None)
 print("READY", flush=True)
 time.sleep(300)
 """

@@ -15,10 +15,11 @@ import pytest
 import requests
 from cluster_probes import call_echo, describe_cluster, echo_fails, wait_until
 
-from harness.faults.toxiproxy import connect_toxiproxy
 from harness import images
-from harness.backends.docker import LABEL_CLUSTER, DockerCluster
+from harness.cluster import Cluster
 from harness.faults.partition import isolate
+from harness.faults.toxiproxy import connect_toxiproxy
+from harness.runtimes.docker import LABEL_CLUSTER
 from harness.targets import Endpoint
 
 pytestmark = [
@@ -41,11 +42,11 @@ def refserver_image() -> Iterator[None]:
     yield
 
 
-def alive_ids(cluster: DockerCluster, n: int) -> list[int]:
+def alive_ids(cluster: Cluster, n: int) -> list[int]:
     return sorted(node.id for node in describe_cluster(cluster.client_url(n)).serverNodes)
 
 
-def tcp_from(cluster: DockerCluster, source: str, endpoint: Endpoint) -> str:
+def tcp_from(cluster: Cluster, source: str, endpoint: Endpoint) -> str:
     """Tries a TCP connect from inside `source`'s container: 'ok' or the error's name."""
     code, out = cluster.exec(source, [
         "python", "-c",
@@ -61,14 +62,15 @@ def tcp_from(cluster: DockerCluster, source: str, endpoint: Endpoint) -> str:
 
 
 def test_nodes_run_in_labelled_containers_behind_the_proxy_container(
-    cluster: DockerCluster,
+    cluster: Cluster,
 ) -> None:
     engine = docker.from_env()
     containers = engine.containers.list(filters={"label": f"{LABEL_CLUSTER}={cluster.spec.label}"})
     names = sorted(c.labels["org.hstream-conformance.process"] for c in containers)
     assert names == ["node-1", "node-2", "node-3", "store", "toxiproxy"], names
-    proxy_ip = cluster.extra["toxiproxy"]["address"]
-    assert cluster.toxiproxy_url and cluster.toxiproxy_url.startswith("http://127.0.0.1:")
+    # The harness reaches the Toxiproxy container by its address on the cluster's network.
+    assert cluster.toxiproxy_url and cluster.toxiproxy_url.endswith(":8474")
+    proxy_ip = cluster.toxiproxy_url.split("//", 1)[1].rsplit(":", 1)[0]
     proxies = requests.get(f"{cluster.toxiproxy_url}/proxies", timeout=5).json()
     for node in cluster.nodes:
         assert node.client.host == proxy_ip and node.direct_client.host != proxy_ip, node
@@ -81,7 +83,7 @@ def test_nodes_run_in_labelled_containers_behind_the_proxy_container(
     assert hosts == {proxy_ip}, f"nodes must advertise their proxies, saw {hosts}"
 
 
-def test_kill_then_restart_keeps_container_and_address(cluster: DockerCluster) -> None:
+def test_kill_then_restart_keeps_container_and_address(cluster: Cluster) -> None:
     url = cluster.client_url(2)
     before = cluster.node(2).container_id
     cluster.kill(2)
@@ -95,7 +97,7 @@ def test_kill_then_restart_keeps_container_and_address(cluster: DockerCluster) -
     wait_until("node 2 back in node 1's view", lambda: 2 in alive_ids(cluster, 1), 30)
 
 
-def test_pause_then_resume(cluster: DockerCluster) -> None:
+def test_pause_then_resume(cluster: Cluster) -> None:
     url = cluster.client_url(3)
     cluster.pause(3)
     try:
@@ -106,7 +108,7 @@ def test_pause_then_resume(cluster: DockerCluster) -> None:
     wait_until("node 3 answers Echo after resume", lambda: call_echo(url) == "ping", 10)
 
 
-def test_isolated_node_is_unreachable_by_its_peers_until_heal(cluster: DockerCluster) -> None:
+def test_isolated_node_is_unreachable_by_its_peers_until_heal(cluster: Cluster) -> None:
     wait_until("a converged cluster before the partition",
                lambda: alive_ids(cluster, 2) == [1, 2, 3], 30)
     one = cluster.node(1)
@@ -133,7 +135,7 @@ def test_isolated_node_is_unreachable_by_its_peers_until_heal(cluster: DockerClu
                lambda: alive_ids(cluster, 2) == [1, 2, 3], 60)
 
 
-def test_partition_of_a_killed_node_is_loaded_when_it_restarts(cluster: DockerCluster) -> None:
+def test_partition_of_a_killed_node_is_loaded_when_it_restarts(cluster: Cluster) -> None:
     cluster.kill(3)
     cluster.partition({3: frozenset({1})})
     try:
@@ -145,7 +147,7 @@ def test_partition_of_a_killed_node_is_loaded_when_it_restarts(cluster: DockerCl
     assert cluster.partition_rules(3) == []
 
 
-def test_partition_reaches_a_paused_node(cluster: DockerCluster) -> None:
+def test_partition_reaches_a_paused_node(cluster: Cluster) -> None:
     # A paused container cannot exec; the rules go in through its network namespace.
     cluster.pause(3)
     try:
@@ -161,9 +163,10 @@ def test_partition_reaches_a_paused_node(cluster: DockerCluster) -> None:
     assert tcp_from(cluster, "node-2", cluster.node(3).direct_gossip) == "ok"
 
 
-def test_heal_reenables_a_disabled_proxy(cluster: DockerCluster) -> None:
+def test_heal_reenables_a_disabled_proxy(cluster: Cluster) -> None:
     url = cluster.client_url(1)
-    connect_toxiproxy(cluster.toxiproxy_url or "").set_enabled(cluster.proxy(1, "client").name, False)
+    client_proxy = cluster.proxy(1, "client").name
+    connect_toxiproxy(cluster.toxiproxy_url or "").set_enabled(client_proxy, False)
     try:
         assert echo_fails(url) == grpc.StatusCode.UNAVAILABLE
         assert call_echo(str(cluster.node(1).direct_client)) == "ping"
@@ -172,7 +175,7 @@ def test_heal_reenables_a_disabled_proxy(cluster: DockerCluster) -> None:
     wait_until("node 1 answers through its proxy after heal", lambda: call_echo(url) == "ping")
 
 
-def test_logs_are_copied_per_container(cluster: DockerCluster) -> None:
+def test_logs_are_copied_per_container(cluster: Cluster) -> None:
     logs = cluster.logs()
     assert {"store", "node-1", "node-2", "node-3", "toxiproxy"} <= set(logs)
     for name in ("node-1", "node-2", "node-3"):
@@ -182,7 +185,7 @@ def test_logs_are_copied_per_container(cluster: DockerCluster) -> None:
 
 
 def test_late_node_gets_its_container_when_it_joins(
-    cluster_factory: Callable[..., DockerCluster],
+    cluster_factory: Callable[..., Cluster],
 ) -> None:
     grown = cluster_factory(nodes=2, late_nodes=1, backend="docker", toxiproxy=True,
                             toxiproxy_url=None)

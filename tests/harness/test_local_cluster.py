@@ -15,11 +15,11 @@ import requests
 from cluster_probes import call_echo, describe_cluster, echo_fails, wait_until
 from HStream.Server import HStreamApi_pb2, HStreamApi_pb2_grpc
 
-from harness.faults.toxiproxy import connect_toxiproxy
 from harness import HarnessError
 from harness.cluster import Cluster, UnsupportedFault
 from harness.faults.nemesis import Nemesis
 from harness.faults.partition import isolate
+from harness.faults.toxiproxy import connect_toxiproxy
 from harness.history import History
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster(nodes=3, base_port=19010, toxiproxy=True,
@@ -72,7 +72,8 @@ def test_pause_then_resume_is_seen_through_the_url(cluster: Cluster) -> None:
 
 def test_disabled_client_proxy_cuts_the_node_off(cluster: Cluster) -> None:
     url = cluster.client_url(1)
-    connect_toxiproxy(cluster.toxiproxy_url or "").set_enabled(cluster.proxy(1, "client").name, False)
+    client_proxy = cluster.proxy(1, "client").name
+    connect_toxiproxy(cluster.toxiproxy_url or "").set_enabled(client_proxy, False)
     try:
         assert echo_fails(url) == grpc.StatusCode.UNAVAILABLE
         assert call_echo(cluster.nodes[0].direct_client.host + ":"

@@ -1,0 +1,377 @@
+"""The docker runtime: every process in a container of its own on a private network.
+
+- One user-defined bridge network per cluster, a /24 of 172.28.0.0/16 chosen free at start;
+  fixed addresses (Toxiproxy .2, processes .10, .11, ... in layout order), so every address
+  is known before anything starts and a restarted container keeps its address.
+- A process's Host is its container: spawning it again starts the same container (same
+  address, same volumes, one log across incarnations); SIGSTOP/SIGCONT are `docker pause`/
+  `unpause`, which freeze every process in it. NET_ADMIN lets partitions be iptables rules
+  inside it (harness.faults.iptables over `exec`).
+- Toxiproxy runs in one more container (the real `ghcr.io/shopify/toxiproxy` image when
+  present locally, else the embedded server from the refserver image); proxies listen on
+  its address at 20000+k and processes advertise them, so clients and peers cross them.
+Clients and the harness reach containers by address (Linux routes to bridge networks).
+Everything carries the session and cluster labels and its owner (host, pid, start time);
+Ryuk cannot be pulled here, so cleanup is by label, and a start sweeps dead runs' leftovers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import signal
+import socket
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
+import requests
+from docker.types import EndpointConfig
+
+from harness.cleanup import ClusterRecord, is_same_process, process_start_time
+from harness.faults.iptables import IptablesNet, NodeAddress
+from harness.images import REFSERVER_IMAGE, build_hint, connect
+from harness.runtimes import (
+    ClusterStartError,
+    HostDown,
+    ProcHandle,
+    Progress,
+    Provision,
+    ToxiproxySite,
+    run_here,
+)
+from harness.targets import Endpoint, ImageMissing, InitStep, Placement, ProcessLayout, ProcessSpec
+from harness.topology import ClusterSpec
+
+LABEL_PREFIX = "org.hstream-conformance"
+LABEL_SESSION = f"{LABEL_PREFIX}.session"
+LABEL_CLUSTER = f"{LABEL_PREFIX}.cluster"
+LABEL_PROCESS = f"{LABEL_PREFIX}.process"
+LABEL_OWNER = f"{LABEL_PREFIX}.owner"  # "<hostname>:<pid>:<process start time>"
+
+SUBNET_POOL = ipaddress.IPv4Network("172.28.0.0/16")
+TOXIPROXY_API_PORT = 8474
+PROXY_LISTEN_BASE = 20000
+REAL_TOXIPROXY_IMAGE = "ghcr.io/shopify/toxiproxy"
+IMAGE_ENV = "HSTREAM_CONFORMANCE_REFSERVER_IMAGE"
+
+
+def owner_label() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{process_start_time(pid)}"
+
+
+class DockerHost:
+    """One process's container."""
+
+    def __init__(self, runtime: DockerRuntime, process: str, ip: str, image: str) -> None:
+        self.runtime = runtime
+        self.name = f"{runtime.spec.label}-{process}"
+        self.process = process
+        self.ip = ip
+        self.image = image
+        self.container: Any = None
+
+    def spawn(self, spec: ProcessSpec, env: Mapping[str, str], log_path: Path) -> ProcHandle:
+        rt = self.runtime
+        if self.container is None:
+            mounts = {rt.volume(v): {"bind": path, "mode": "rw"}
+                      for v, path in spec.volumes.items()}
+            try:
+                self.container = rt.client.containers.create(
+                    self.image, list(spec.argv) or None, name=self.name, hostname=self.process,
+                    environment=dict(env), volumes=mounts, labels=rt.labels(self.process),
+                    cap_add=["NET_ADMIN"], network=rt.network.name,
+                    networking_config={rt.network.name: EndpointConfig(
+                        rt.client.api._version, aliases=[self.process], ipv4_address=self.ip)},
+                )
+            except docker.errors.APIError as exc:
+                raise ClusterStartError(f"cannot create the container of {spec.name}: {exc}") \
+                    from None
+        try:
+            self.container.start()
+        except docker.errors.APIError as exc:
+            raise ClusterStartError(f"cannot start the container of {spec.name}: {exc}") from None
+        return ProcHandle(spec.name, self.name, self.container.id, log_path,
+                          {"container_id": self.container.id, "ip": self.ip})
+
+    def _status(self) -> str:
+        try:
+            self.container.reload()
+        except docker.errors.NotFound:
+            return "removed"
+        return str(self.container.status)
+
+    def signal(self, handle: ProcHandle, sig: signal.Signals) -> None:
+        # docker pause freezes the whole container (cgroup freezer), like SIGSTOP to a group.
+        if sig == signal.SIGSTOP:
+            self.container.pause()
+        elif sig == signal.SIGCONT:
+            self.container.unpause()
+        else:
+            if self._status() == "paused" and sig == signal.SIGKILL:
+                self.container.unpause()
+            with contextlib.suppress(docker.errors.APIError):  # already exited
+                self.container.kill(signal=sig.name)
+
+    def exit_status(self, handle: ProcHandle) -> int | None:
+        status = self._status()
+        if status in ("exited", "dead", "removed", "created"):
+            code = (self.container.attrs.get("State") or {}).get("ExitCode")
+            return -1 if code is None else int(code)
+        return None
+
+    def exec(self, argv: Sequence[str], timeout_s: float = 30.0) -> tuple[int, str]:
+        """Runs argv in the container's network namespace. A paused container cannot exec,
+        and other images may lack iptables: then a throwaway container of the refserver
+        image joins its namespace (`--network container:<id>`)."""
+        status = self._status() if self.container is not None else "absent"
+        if status not in ("running", "paused"):
+            raise HostDown(f"{self.name} is {status}")
+        argv = ["timeout", str(int(max(1, timeout_s))), *argv]
+        if status == "running" and self.image == self.runtime.image:
+            result = self.container.exec_run(argv)
+            return int(result.exit_code), result.output.decode(errors="replace")
+        helper = self.runtime.client.containers.run(
+            self.runtime.image, argv, detach=True, cap_add=["NET_ADMIN"],
+            network_mode=f"container:{self.container.id}", labels=self.runtime.labels("exec"))
+        try:
+            done = helper.wait(timeout=timeout_s + 10)
+            return int(done.get("StatusCode", 1)), helper.logs().decode(errors="replace")
+        finally:
+            with contextlib.suppress(docker.errors.APIError):
+                helper.remove(force=True)
+
+    def read_log(self, handle: ProcHandle) -> str:
+        try:
+            text = self.container.logs(stdout=True, stderr=True).decode(errors="replace")
+        except docker.errors.NotFound:
+            return handle.log_path.read_text(errors="replace") if handle.log_path.exists() else ""
+        handle.log_path.parent.mkdir(parents=True, exist_ok=True)
+        handle.log_path.write_text(text)
+        return text
+
+    def put(self, local: Path, remote: str) -> None:
+        import io
+        import tarfile
+
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w") as tar:
+            tar.add(local, arcname=os.path.basename(remote))
+        self.container.put_archive(os.path.dirname(remote) or "/", data.getvalue())
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(self, spec: ClusterSpec, progress: Progress, record: ClusterRecord) -> None:
+        self.spec = spec
+        self.progress = progress
+        self.record = record
+        # The image our own processes (reference server, embedded Toxiproxy) run in.
+        self.image = os.environ.get(IMAGE_ENV) or REFSERVER_IMAGE
+        self.client: Any = None
+        self.network: Any = None
+        self._owner = owner_label()
+        self._volumes: list[str] = []
+        self._lock = threading.Lock()
+
+    def labels(self, process: str) -> dict[str, str]:
+        return {LABEL_SESSION: self.spec.session, LABEL_CLUSTER: self.spec.label,
+                LABEL_OWNER: self._owner, LABEL_PROCESS: process}
+
+    def volume(self, name: str) -> str:
+        full = f"{self.spec.label}-{name}"
+        with self._lock:  # processes of one group may share a volume
+            if full not in self._volumes:
+                self.client.volumes.create(full, labels=self.labels(name))
+                self._volumes.append(full)
+        return full
+
+    def provision(self, layouts: Sequence[ProcessLayout]) -> Provision:
+        spec = self.spec
+        if spec.toxiproxy_url:
+            raise ClusterStartError(
+                "the docker backend runs Toxiproxy inside the cluster's network (nodes must "
+                "reach the proxies); drop toxiproxy_url / --toxiproxy-url, which is for the "
+                "local backend")
+        self.client = connect()
+        sweep_orphans(self.client, self.progress)
+        self._require(self.image, "the reference target's processes")
+        subnet = self._create_network()
+        hosts_ips = list(subnet.hosts())
+        ips = {layout.name: str(hosts_ips[9 + i]) for i, layout in enumerate(layouts)}
+        toxiproxy_ip = str(hosts_ips[1])
+        listen_ports: dict[tuple[str, str], int] = {}
+        for layout in layouts:
+            for port_name in layout.proxied if spec.toxiproxy else ():
+                listen_ports[(layout.name, port_name)] = PROXY_LISTEN_BASE + len(listen_ports)
+        placements: dict[str, Placement] = {}
+        hosts: dict[str, DockerHost] = {}
+        for layout in layouts:
+            advertised = {
+                port_name: Endpoint(toxiproxy_ip, listen_ports[(layout.name, port_name)])
+                if (layout.name, port_name) in listen_ports else Endpoint(ips[layout.name], port)
+                for port_name, port in layout.ports.items()
+            }
+            placements[layout.name] = Placement("0.0.0.0", ips[layout.name], advertised,
+                                                dict(layout.volumes))
+            hosts[layout.name] = DockerHost(self, layout.name, ips[layout.name], self.image)
+        site = self._toxiproxy_site(toxiproxy_ip, listen_ports) if spec.toxiproxy else None
+        nodes = {layout.node_id: layout.name for layout in layouts if layout.node_id is not None}
+        addresses = {n: NodeAddress(ips[name], tuple(port for (proc, _), port
+                                                      in listen_ports.items() if proc == name))
+                     for n, name in nodes.items()}
+        net = IptablesNet({n: hosts[name] for n, name in nodes.items()}, addresses,
+                          toxiproxy_ip if site else None)
+        facts = {"network": {"name": spec.label, "subnet": str(subnet)}}
+        return Provision(placements, dict(hosts), site, net, facts)
+
+    def _toxiproxy_site(self, ip: str, listen_ports: Mapping[tuple[str, str], int]
+                        ) -> ToxiproxySite:
+        real = _local_image(self.client, REAL_TOXIPROXY_IMAGE)
+        image = real or self.image
+        argv = ["-host", "0.0.0.0", "-port", str(TOXIPROXY_API_PORT)] if real else [
+            "python", "-m", "harness.faults.toxiproxy", "--host", "0.0.0.0",
+            "--port", str(TOXIPROXY_API_PORT)]
+        server = ProcessSpec(name="toxiproxy", role="store", argv=tuple(argv),
+                             ports={"api": TOXIPROXY_API_PORT}, ready_log="")
+        listen = {key: Endpoint("0.0.0.0", port) for key, port in listen_ports.items()}
+        return ToxiproxySite(f"http://{ip}:{TOXIPROXY_API_PORT}", listen,
+                             DockerHost(self, "toxiproxy", ip, image), server)
+
+    def _create_network(self) -> ipaddress.IPv4Network:
+        used = []
+        for network in self.client.networks.list():
+            for config in (network.attrs.get("IPAM") or {}).get("Config") or []:
+                with contextlib.suppress(ValueError, KeyError):
+                    used.append(ipaddress.ip_network(config["Subnet"], strict=False))
+        last_error = ""
+        for subnet in SUBNET_POOL.subnets(new_prefix=24):
+            if any(subnet.overlaps(other) for other in used):
+                continue
+            pool = docker.types.IPAMPool(subnet=str(subnet), gateway=str(next(subnet.hosts())))
+            try:
+                self.network = self.client.networks.create(
+                    self.spec.label, driver="bridge", ipam=docker.types.IPAMConfig(
+                        pool_configs=[pool]), labels=self.labels("network"), check_duplicate=True)
+            except docker.errors.APIError as exc:
+                # Another run took the subnet between our listing and the create: next one.
+                last_error = str(exc)
+                if "overlap" in last_error.lower():
+                    continue
+                raise ClusterStartError(f"cannot create docker network {self.spec.label}: {exc}") \
+                    from None
+            self.progress(f"network {self.spec.label} on {subnet}")
+            return subnet
+        raise ClusterStartError(
+            f"no free /24 left in {SUBNET_POOL} for the cluster network ({last_error}); "
+            "remove stale networks with `docker network prune`")
+
+    def _require(self, image: str, needed_by: str) -> None:
+        try:
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise ImageMissing(image, needed_by, build_hint(image)) from None
+
+    def check(self, specs: Sequence[ProcessSpec], steps: Sequence[InitStep]) -> None:
+        for proc in specs:
+            self._require(proc.image or self.image, proc.name)
+        for step in steps:
+            if step.image is not None:
+                self._require(step.image, step.description)
+
+    def run_init(self, step: InitStep, timeout_s: float) -> tuple[int, str]:
+        if step.image is None:
+            # On the host, like the clients: it reaches the containers' addresses directly.
+            return run_here(step, timeout_s, self.spec.session)
+        container = self.client.containers.run(step.image, list(step.argv), detach=True,
+                                               network=self.network.name,
+                                               labels=self.labels("init"))
+        try:
+            result = container.wait(timeout=timeout_s)
+            return int(result.get("StatusCode", 1)), container.logs().decode(errors="replace")
+        except requests.RequestException:
+            return 1, "(timed out)"
+        finally:
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+
+    def refusal(self, means: str) -> str | None:
+        return None
+
+    def teardown(self) -> None:
+        if self.client is not None:
+            remove_clusters([self.spec.label], self.client)
+
+    @staticmethod
+    def sweep(labels: list[str], metas: list[dict[str, Any]]) -> None:
+        remove_clusters(labels)
+
+
+def remove_clusters(labels: list[str], client: Any = None) -> None:
+    """Removes every container, network and volume labelled with one of these clusters."""
+    try:
+        client = client or connect()
+    except Exception:
+        return
+    for label in labels:
+        selector = {"label": f"{LABEL_CLUSTER}={label}"}
+        for container in client.containers.list(all=True, filters=selector, ignore_removed=True):
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True, v=True)
+        for network in client.networks.list(filters=selector):
+            with contextlib.suppress(docker.errors.APIError):
+                network.remove()
+        for volume in client.volumes.list(filters=selector):
+            with contextlib.suppress(docker.errors.APIError):
+                volume.remove(force=True)
+
+
+def _owner_alive(owner: str | None) -> bool:
+    """Whether the run that made an object still runs (objects of other hosts: assume so)."""
+    host, _, rest = (owner or "").partition(":")
+    if not owner:
+        return False
+    if host != socket.gethostname():
+        return True
+    pid, _, start = rest.partition(":")
+    try:
+        return is_same_process(int(pid), int(start) if start not in ("", "None") else None)
+    except ValueError:
+        return False
+
+
+def sweep_orphans(client: Any, progress: Progress | None = None) -> list[str]:
+    """Removes clusters whose owner is gone and that have no record to say otherwise (the
+    records' own sweep, harness.cleanup, keeps detached clusters); catches e.g. a reports
+    folder deleted under a crashed run."""
+    owners: dict[str, str] = {}
+    selector = {"label": LABEL_CLUSTER}
+    # Another run may remove its containers between the listing and their inspection.
+    for obj in [*client.containers.list(all=True, filters=selector, ignore_removed=True),
+                *client.networks.list(filters=selector), *client.volumes.list(filters=selector)]:
+        labels = obj.attrs.get("Labels") or (obj.attrs.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_CLUSTER):
+            owners.setdefault(labels[LABEL_CLUSTER], labels.get(LABEL_OWNER, ""))
+    stale = [label for label, owner in sorted(owners.items())
+             if not ClusterRecord(label).exists() and not _owner_alive(owner)]
+    if stale:
+        if progress:
+            progress(f"sweeping docker leftovers of dead runs: {', '.join(stale)}")
+        remove_clusters(stale, client)
+    return stale
+
+
+def _local_image(client: Any, repository: str) -> str | None:
+    """A locally present tag of `repository`, or None (nothing is ever pulled)."""
+    with contextlib.suppress(docker.errors.APIError):
+        for image in client.images.list(name=repository):
+            if image.tags:
+                return str(image.tags[0])
+    return None
