@@ -48,7 +48,7 @@ Op conventions (the checkers read exactly these; producers must write them):
     accepted too); member ids are HServer ids as strings.
 nemesis ops
     ``process="nemesis"``, ``f`` = the fault's name, value = the fault as data (see
-    harness.faults.nemesis); the completion adds ``"down"``/``"up"``: the HServer ids the
+    harness.nemesis); the completion adds ``"down"``/``"up"``: the HServer ids the
     fault made unreachable or brought back, which is the truth membership is judged against.
 """
 

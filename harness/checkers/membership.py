@@ -8,7 +8,7 @@ Inputs (shapes in harness.history):
   confirmed-dead members); pass ``absent="suspect"`` for probes of HServer's
   DescribeCluster, whose suspects are in neither list.
 * the truth, from nemesis completions: their value's ``"down"`` and ``"up"`` lists of ids
-  (what the fault made unreachable or brought back; see harness.faults.nemesis). A member
+  (what the fault made unreachable or brought back; see harness.nemesis). A member
   whose first appearance in the truth is coming *up* (never having gone down) **joins**
   then (a brand-new node, the nemesis' ``join``): before that it is no member, and a
   correct view lists it as dead or not at all. Everything else is alive from the start.

@@ -11,7 +11,7 @@ from harness.cli import register_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("schedule", type=Path, help="a step program saved by the search")
+    parser.add_argument("schedule", type=Path, help="a schedule saved by the fault search")
     parser.add_argument(
         "--defect",
         action="append",
@@ -35,13 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness.cluster import start_cluster
-    from harness.faults.schedule_runner import Program, replay
+    from harness.faults.schedule_runner import replay
     from harness.history import History
+    from harness.nemesis import Schedule
     from harness.topology import build_spec
 
     try:
-        program = Program.load(args.schedule)
-        settings = program.cluster
+        schedule = Schedule.load(args.schedule)
+        settings = schedule.cluster
         spec = build_spec(
             None,
             nodes=settings.get("nodes", 3),
@@ -56,11 +57,11 @@ def run(args: argparse.Namespace) -> int:
             args.schedule.stem + ".history.jsonl"
         )
         print(
-            f"replaying {len(program.steps)} steps of {args.schedule} on {spec.nodes} "
+            f"replaying {len(schedule.steps)} steps of {args.schedule} on {spec.nodes} "
             f"{spec.backend} nodes, defects: {', '.join(spec.defects) or 'none'}"
         )
         with start_cluster(spec) as cluster, History(history_path) as history:
-            result = replay(program, cluster, history)
+            result = replay(schedule, cluster, history)
     except HarnessError as error:
         print(f"hstream-conformance replay: {error}", file=sys.stderr)
         return 2

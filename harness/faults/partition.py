@@ -94,6 +94,53 @@ def bridge(nodes: Sequence[int]) -> dict[int, frozenset[int]]:
     return {node: dropped - {hub} for node, dropped in grudge.items()}
 
 
+GRUDGES = ("halves", "isolate-one", "majorities-ring", "bridge")
+
+
+def named(kind: str, nodes: Sequence[int], rng: random.Random) -> dict[int, frozenset[int]]:
+    """The grudge called `kind` (one of GRUDGES) over `nodes`, its choices drawn from `rng`."""
+    if kind == "halves":
+        return halves(nodes, rng)
+    if kind == "isolate-one":
+        return isolate(rng.choice(list(nodes)), nodes)
+    if kind == "majorities-ring":
+        return majorities_ring(nodes, rng)
+    if kind == "bridge":
+        order = list(nodes)
+        rng.shuffle(order)
+        return bridge(order)
+    raise GrudgeError(f"unknown grudge {kind!r}; known: {', '.join(GRUDGES)}")
+
+
+def cut_off(grudge: Grudge, nodes: Sequence[int]) -> list[int]:
+    """Nodes not connected (over links open both ways, transitively) to the largest group.
+
+    Transitive on purpose: in a majorities ring or a bridge every node still reaches every
+    other through some peer, and SWIM's indirect probes exist to keep such nodes alive. Of
+    two equal groups the one holding the lowest id counts as the main one.
+    """
+    adjacent: dict[int, set[int]] = {n: set() for n in nodes}
+    for a in nodes:
+        for b in nodes:
+            if a < b and b not in grudge.get(a, ()) and a not in grudge.get(b, ()):
+                adjacent[a].add(b)
+                adjacent[b].add(a)
+    groups: list[set[int]] = []
+    left = set(nodes)
+    while left:
+        start = min(left)
+        group, frontier = {start}, [start]
+        while frontier:
+            for neighbour in adjacent[frontier.pop()]:
+                if neighbour not in group:
+                    group.add(neighbour)
+                    frontier.append(neighbour)
+        groups.append(group)
+        left -= group
+    main = max(groups, key=lambda g: (len(g), -min(g)))
+    return sorted(set(nodes) - main)
+
+
 def normalize(grudge: Grudge, nodes: Iterable[int]) -> dict[int, frozenset[int]]:
     """Check a hand-written grudge against the cluster's node ids and drop empty entries."""
     known = set(nodes)

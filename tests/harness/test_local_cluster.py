@@ -17,10 +17,10 @@ from HStream.Server import HStreamApi_pb2, HStreamApi_pb2_grpc
 
 from harness import HarnessError
 from harness.cluster import Cluster, UnsupportedFault
-from harness.faults.nemesis import Nemesis
 from harness.faults.partition import isolate
 from harness.faults.toxiproxy import connect_toxiproxy
 from harness.history import History
+from harness.nemesis import Nemesis
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster(nodes=3, base_port=19010, toxiproxy=True,
                                                     toxiproxy_url=None, backend="local",

@@ -8,7 +8,7 @@ import random
 import pytest
 from hypothesis import given, settings
 
-from harness.faults.nemesis import (
+from harness.nemesis import (
     FAULTS,
     PACKAGES,
     Fault,

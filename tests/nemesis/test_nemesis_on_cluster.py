@@ -18,10 +18,10 @@ import requests
 from google.protobuf import empty_pb2
 from HStream.Server import HStreamApi_pb2, HStreamApi_pb2_grpc
 
-from harness.cluster import Cluster, UnsupportedFault
 from harness.checkers import membership
-from harness.faults.nemesis import FAULTS, Nemesis, Schedule, Step
+from harness.cluster import Cluster, UnsupportedFault
 from harness.history import History, history_path
+from harness.nemesis import FAULTS, Nemesis, Schedule, Step
 
 PROBE_INTERVAL_MS = 500
 GOSSIP_INTERVAL_MS = 250
