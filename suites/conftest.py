@@ -1,15 +1,40 @@
-"""What every suite shares: the endpoints of the cluster under test.
+"""What every suite shares: the endpoints of the cluster under test, and the nemesis audit.
 
 Suites are target-agnostic: they reach the cluster only through its client URLs, which come
 from the harness's `cluster` fixture (any target, any backend) or, with `--cluster-url`,
-from a cluster someone already runs.
+from a cluster someone already runs. Every fault goes through the nemesis into the test's
+history; after each test the audit checks that the history holds every fault asked for.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 
 import pytest
+
+from harness.nemesis.audit import Ledger
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "nemesis: a fault test: it injects faults, all through the nemesis, and its history "
+        "must hold every one (audited after the test)",
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """Fail a test whose history lacks a fault it asked the nemesis for, and a fault test
+    (marked `nemesis`) that asked for none. A test that failed already is left as it is."""
+    with Ledger() as ledger:
+        result = yield
+    problems = ledger.problems(fault_test=item.get_closest_marker("nemesis") is not None)
+    if problems:
+        # Not an AssertionError: a strict xfail of a client deviation must not swallow it.
+        pytest.fail("nemesis audit: " + "; ".join(problems), pytrace=False)
+    return result
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

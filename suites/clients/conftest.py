@@ -16,6 +16,7 @@ import pytest
 
 from harness.clients.driver import CLIENTS, ClientDriver, DriverUnavailable, driver_command
 from harness.history import History, history_path
+from harness.nemesis import Nemesis
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -55,6 +56,16 @@ def history(request: pytest.FixtureRequest) -> Iterator[History]:
     with History(path) as recorded:
         yield recorded
     request.node.user_properties.append(("history", str(path)))
+
+
+@pytest.fixture
+def nemesis(cluster, history: History) -> Iterator[Nemesis]:
+    """Faults on the module's cluster, recorded in the test's history; healed after it."""
+    injector = Nemesis(cluster, history)
+    try:
+        yield injector
+    finally:
+        injector.teardown()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 from harness import wire
 from harness.checkers import subscription
 from harness.clients.driver import ClientDriver, Reply
+from harness.nemesis import FAULTS, Fault
 
 from .findings import (
     ERLANG_INTERNAL_ERROR_WHEN_DOWN,
@@ -70,6 +71,7 @@ def test_bootstrap_skips_dead_urls(client_name, drivers, endpoints):
     assert created.ok, f"after bootstrap, create_stream failed: {created.error}"
 
 
+@pytest.mark.nemesis
 @pytest.mark.client_deviation("python", PYTHON_STALE_LOOKUP)
 @pytest.mark.parametrize(
     "fault",
@@ -81,7 +83,7 @@ def test_bootstrap_skips_dead_urls(client_name, drivers, endpoints):
     ],
 )
 def test_append_continues_after_owner_fails(
-    fault, client, client_name, baseline, stream, cluster, history, evidence
+    fault, client, client_name, baseline, stream, cluster, nemesis, history, evidence
 ):
     """After the shard owner is killed or paused, appends resume on the new owner once
     membership confirms it dead, and nothing acknowledged is lost."""
@@ -91,7 +93,8 @@ def test_append_continues_after_owner_fails(
     survivors = {n.id: str(n.client) for n in cluster.nodes if n.id != owner}
     assert baseline.connect(list(survivors.values())).ok
     watch = DeathWatch(owner, survivors, confirmation_bound_s(cluster.spec.gossip, 3))
-    getattr(cluster, fault)(owner)
+    failure = FAULTS[f"{fault}-one"].on(owner)
+    nemesis.invoke(failure, "start")
     try:
         # The client keeps appending while membership decides, so it meets the failed owner
         # (and caches whatever the lookups say in the meantime).
@@ -104,9 +107,11 @@ def test_append_continues_after_owner_fails(
         last = appends_until(client, stream, RECOVERY_BOUND_S, "after")
         read_error = final_read_error(baseline, stream)
     finally:
+        nemesis.invoke(failure, "stop")
         if fault == "pause":
-            cluster.resume(owner)
-        cluster.restart(owner)
+            # As after a kill, the next test meets a freshly started owner (the survivors
+            # confirmed this one dead while it was stopped).
+            nemesis.invoke(FAULTS["restart-one"].on(owner))
     evidence.figures(
         "owner failure",
         {"confirmed_dead_after_s": watch.confirmed_after_s, "appends_while_deciding": during},
@@ -128,6 +133,7 @@ def test_append_continues_after_owner_fails(
 TRANSPORT_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
+@pytest.mark.nemesis
 @pytest.mark.parametrize(
     "toxic",
     [
@@ -148,7 +154,9 @@ TRANSPORT_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
         ),
     ],
 )
-def test_client_path_toxics(toxic, client, client_name, baseline, stream, cluster, history):
+def test_client_path_toxics(
+    toxic, client, client_name, baseline, stream, cluster, nemesis, history
+):
     """Toxics on every node's client link: latency below the client's timeouts is invisible;
     timeouts and resets surface as indeterminate errors with the transport's gRPC status
     (never as acknowledgements); once the toxic is gone appends succeed again and nothing
@@ -158,16 +166,13 @@ def test_client_path_toxics(toxic, client, client_name, baseline, stream, cluste
         "timeout": {"timeout": 2000},
         "reset_peer": {"timeout": 0},
     }[toxic]
-    proxies = [cluster.proxy(node.id, "client").handle() for node in cluster.nodes]
-    for proxy in proxies:
-        proxy.add_toxic(
-            name=f"t-{toxic}", type=toxic, stream="downstream", toxicity=1.0, attributes=attributes
-        )
+    every_link = Fault("toxic", target="all", link="client", toxic=toxic, attributes=attributes)
+    instance = every_link.on(*(node.id for node in cluster.nodes))
+    nemesis.invoke(instance, "start")
     try:
         under = [client.append(stream, batch_of(2, f"under-{toxic}")) for _ in range(3)]
     finally:
-        for proxy in proxies:
-            proxy.destroy_toxic(f"t-{toxic}")
+        nemesis.invoke(instance, "stop")
     if toxic == "latency":
         assert all(r.ok for r in under), (
             f"300 ms latency failed appends: {[r.error for r in under if not r.ok]}"
@@ -189,13 +194,16 @@ def test_client_path_toxics(toxic, client, client_name, baseline, stream, cluste
         )
 
 
+@pytest.mark.nemesis
 @pytest.mark.client_deviation("erlang", ERLANG_INTERNAL_ERROR_WHEN_DOWN)
-def test_recovery_after_proxies_return(client, client_name, baseline, stream, cluster, history):
+def test_recovery_after_proxies_return(
+    client, client_name, baseline, stream, cluster, nemesis, history
+):
     """All client links down: appends fail or are indeterminate; back up: they succeed."""
     assert client.append(stream, batch_of(2, "up")).ok
-    proxies = [cluster.proxy(node.id, "client").handle() for node in cluster.nodes]
-    for proxy in proxies:
-        proxy.disable()
+    links_down = Fault("toxic", target="all", link="client", toxic="down")
+    instance = links_down.on(*(node.id for node in cluster.nodes))
+    nemesis.invoke(instance, "start")
     try:
         down = client.append(stream, batch_of(2, "down"))
         assert down.type == "info" and down.status in TRANSPORT_STATUSES, (
@@ -204,8 +212,7 @@ def test_recovery_after_proxies_return(client, client_name, baseline, stream, cl
             f"{' or '.join(TRANSPORT_STATUSES)}"
         )
     finally:
-        for proxy in proxies:
-            proxy.enable()
+        nemesis.invoke(instance, "stop")
     back = appends_until(client, stream, RECOVERY_BOUND_S, "back")
     assert back.ok, (
         f"{client_name}: no append succeeded within {RECOVERY_BOUND_S:.0f} s after the links "
@@ -257,8 +264,11 @@ def subscription_owner(endpoint: str, subscription: str) -> str:
     return wire.endpoint_of(answer.serverNode)
 
 
+@pytest.mark.nemesis
 @pytest.mark.client_deviation("python", PYTHON_STALE_LOOKUP)
-def test_consumer_fails_over(client, client_name, baseline, stream, cluster, history, evidence):
+def test_consumer_fails_over(
+    client, client_name, baseline, stream, cluster, nemesis, history, evidence
+):
     """When the subscription's owner dies, a consumer started again gets the rest from the
     new owner once membership confirms the old one dead: every acknowledged record,
     written before or after the failure, is delivered."""
@@ -276,7 +286,8 @@ def test_consumer_fails_over(client, client_name, baseline, stream, cluster, his
     survivors = {n.id: str(n.client) for n in cluster.nodes if n.id != owner}
     assert baseline.connect(list(survivors.values())).ok
     watch = DeathWatch(owner, survivors, confirmation_bound_s(cluster.spec.gossip, 3))
-    cluster.kill(owner)
+    kill = FAULTS["kill-one"].on(owner)
+    nemesis.invoke(kill, "start")
     try:
         watch.wait()
         for _ in range(2):
@@ -295,7 +306,7 @@ def test_consumer_fails_over(client, client_name, baseline, stream, cluster, his
         )
         history.ok(drain)
     finally:
-        cluster.restart(owner)
+        nemesis.invoke(kill, "stop")
     result = subscription.check(
         history,
         select=lambda op: (

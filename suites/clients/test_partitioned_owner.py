@@ -16,6 +16,7 @@ import pytest
 
 from harness import images
 from harness.faults.partition import isolate
+from harness.nemesis import FAULTS, Nemesis
 
 from .findings import PYTHON_STALE_LOOKUP
 from .owner_failure import FAST_GOSSIP, DeathWatch, confirmation_bound_s
@@ -44,6 +45,7 @@ def docker_engine() -> None:
 DOCKER_BASE_PORT = 41500
 
 
+@pytest.mark.nemesis
 @pytest.mark.client_deviation("python", PYTHON_STALE_LOOKUP)
 def test_append_while_owner_partitioned(client_name, drivers, cluster_factory, history, evidence):
     cluster = cluster_factory(
@@ -65,10 +67,12 @@ def test_append_while_owner_partitioned(client_name, drivers, cluster_factory, h
     assert baseline.connect(list(survivors.values())).ok
     ids = [n.id for n in cluster.nodes]
     watch = DeathWatch(owner, survivors, confirmation_bound_s(dict(FAST_GOSSIP), len(ids)))
-    owner_link = cluster.proxy(owner, "client").handle()
-    cluster.partition(isolate(owner, ids))
-    owner_link.disable()
+    nemesis = Nemesis(cluster, history)
+    cut_off = FAULTS["partition-isolate-one"].against(isolate(owner, ids), ids)
+    owner_link = FAULTS["client-down"].on(owner)
     try:
+        nemesis.invoke(cut_off, "start")
+        nemesis.invoke(owner_link, "start")
         during = 0
         while not watch.confirmed():
             assert not watch.expired, watch.failure()
@@ -82,8 +86,7 @@ def test_append_while_owner_partitioned(client_name, drivers, cluster_factory, h
         )
         last = appends_until(client, stream, RECOVERY_BOUND_S, "after")
     finally:
-        owner_link.enable()
-        cluster.heal()
+        nemesis.teardown()  # the owner's link back, then the partition healed
     evidence.figures(
         "partitioned owner",
         {"confirmed_dead_after_s": watch.confirmed_after_s, "appends_while_deciding": during},

@@ -18,8 +18,9 @@ import pytest
 
 from harness.checkers import CheckOptions, check_all, order
 from harness.checkers.result import Result
-from harness.faults.nemesis import FAULTS, Nemesis
+from harness.clients.driver import ClientDriver
 from harness.history import History, history_path
+from harness.nemesis import FAULTS, Fault, Nemesis
 
 from .workload import Workload
 
@@ -80,6 +81,7 @@ def judge(history: History, evidence, workload: Workload) -> None:
     assert not failing, f"{summary}; history {history.path}"
 
 
+@pytest.mark.nemesis
 @pytest.mark.parametrize("fault", FAULT_NAMES)
 def test_no_acknowledged_record_lost(request, cluster_factory, evidence, fault):
     cluster = cluster_factory(gossip=FAST_GOSSIP)
@@ -102,27 +104,25 @@ def test_no_acknowledged_record_lost(request, cluster_factory, evidence, fault):
         judge(history, evidence, workload)
 
 
+@pytest.mark.nemesis
 def test_consumer_crash_during_delivery(request, cluster_factory, evidence):
     """The consumer process is killed mid-stream; a new one gets everything not acked."""
     cluster = cluster_factory()
     path = history_path(request.node.nodeid)
     evidence.history(path)
     with History(path) as history:
+        nemesis = Nemesis(cluster, history)
         workload = Workload([str(n.client) for n in cluster.nodes], history, duration_s=8)
 
         def crash_consumer() -> None:
             # The workload's consumer is a driver process: kill -9 it like a crashing app.
-            import os
-            import signal
+            for driver in ClientDriver.running():
+                if driver.process == "consumer":
+                    crash = Fault("crash", program="consumer", attributes={"pid": driver.pid})
+                    nemesis.invoke(crash.on(), "start")
 
-            for proc in _driver_processes("consumer"):
-                os.kill(proc, signal.SIGKILL)
-
-        workload.run(start_fault=crash_consumer, stop_fault=lambda: None, heal=lambda: None)
+        try:
+            workload.run(start_fault=crash_consumer, stop_fault=lambda: None, heal=nemesis.heal)
+        finally:
+            nemesis.teardown()
         judge(history, evidence, workload)
-
-
-def _driver_processes(process_name: str) -> list[int]:
-    from harness.clients.driver import ClientDriver
-
-    return [d.pid for d in ClientDriver.running() if d.process == process_name]

@@ -10,11 +10,15 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
+
 from harness.checkers import CheckOptions, check_all
 from harness.clients.driver import ClientDriver, raw_payload
 from harness.history import History, history_path
+from harness.nemesis import FAULTS, Nemesis
 
 
+@pytest.mark.nemesis
 def test_consumer_resumes_from_checkpoint_after_restart(request, cluster_factory, evidence):
     cluster = cluster_factory()
     endpoints = [str(n.client) for n in cluster.nodes]
@@ -40,8 +44,12 @@ def test_consumer_resumes_from_checkpoint_after_restart(request, cluster_factory
             time.sleep(1.5)  # let the acks reach the server and its checkpoint the store
             client.call("stop_consumer", subscription=sub, consumer="c1")
 
-        for node in cluster.nodes:
-            cluster.restart(node.id)
+        nemesis = Nemesis(cluster, history)
+        try:
+            for node in cluster.nodes:  # one at a time, as a rolling restart
+                nemesis.invoke(FAULTS["restart-one"].on(node.id))
+        finally:
+            nemesis.teardown()
 
         with ClientDriver("raw", history=history, process="after") as client:
             deadline = time.monotonic() + 30

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import time
 import uuid
@@ -37,10 +36,12 @@ from google.protobuf import json_format, struct_pb2
 from HStream.Server import HStreamApi_pb2 as api
 
 from harness import wire
+from harness.history import History, history_path
 from harness.io import acceptance as acc
 from harness.io import pipeline
 from harness.io.connectors import ConnectorDefinition, load_connectors
 from harness.io.install import InstallError
+from harness.nemesis import FAULTS, Fault, Nemesis
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
@@ -381,6 +382,16 @@ def wait_mid_read(p: Pipeline, catalogue: Path, before: set[int]) -> tuple[int, 
                 f"{p.logs(p.source)}", pytrace=False)
 
 
+@pytest.fixture
+def history(request: pytest.FixtureRequest, evidence: Any) -> Iterator[History]:
+    """The test's history: the faults the nemesis injects (the pipeline is judged by its
+    accounting, not by client ops)."""
+    path = history_path(request.node.nodeid)
+    evidence.history(path)
+    with History(path) as recorded:
+        yield recorded
+
+
 def test_pipeline_healthy(cluster: Any, emitted: Callable[[int], Any], evidence: Any,
                           tmp_path: Path) -> None:
     p = Pipeline(endpoints_of(cluster), "healthy", tmp_path / "out.sqlite")
@@ -394,14 +405,16 @@ def test_pipeline_healthy(cluster: Any, emitted: Callable[[int], Any], evidence:
     assert figures["stream_duplicates"] == 0 and figures["sink_duplicates"] == 0, figures
 
 
+@pytest.mark.nemesis
 def test_pipeline_connector_killed_mid_read(cluster: Any, emitted: Callable[[int], Any],
                                             evidence: Any, connector_catalogue: Path,
-                                            tmp_path: Path) -> None:
+                                            history: History, tmp_path: Path) -> None:
     before = set(recorded_pids(connector_catalogue, "source-faker", "read"))
     p = Pipeline(endpoints_of(cluster), "connkill", tmp_path / "out.sqlite", FAULT_COUNT)
     p.create()
     pid, checkpoint = wait_mid_read(p, connector_catalogue, before)
-    os.kill(pid, signal.SIGKILL)
+    crash = Fault("crash", program="connector", attributes={"pid": pid})
+    Nemesis(cluster, history).invoke(crash.on(), "start")
     facts = {"killed_pid": pid, "checkpoint_at_kill": checkpoint}
     figures, stream_copies = finish(p, emitted, evidence, "connector-sigkill", facts)
     runs = [pid for pid in recorded_pids(connector_catalogue, "source-faker", "read")
@@ -451,10 +464,11 @@ def test_pipeline_pause_and_resume(cluster: Any, emitted: Callable[[int], Any], 
     assert figures["sink_resent"] == 0, figures
 
 
+@pytest.mark.nemesis
 def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[..., Any],
                                                   emitted: Callable[[int], Any],
                                                   evidence: Any, connector_catalogue: Path,
-                                                  tmp_path: Path) -> None:
+                                                  history: History, tmp_path: Path) -> None:
     cluster = cluster_factory()
     before = set(recorded_pids(connector_catalogue, "source-faker", "read"))
     p = Pipeline(endpoints_of(cluster), "srvkill", tmp_path / "out.sqlite", FAULT_COUNT)
@@ -465,7 +479,8 @@ def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[...,
     assert victims, f"connector node {runner!r} is none of {[str(n.client) for n in cluster.nodes]}"
     victim = victims[0]
     sink_node = p.connector(p.sink).node
-    cluster.kill(victim.id)
+    # The cluster is this test's own and stops with it: the victim stays down, no teardown.
+    Nemesis(cluster, history).invoke(FAULTS["kill-one"].on(victim.id), "start")
     p.endpoints = [str(n.client) for n in cluster.nodes if n.id != victim.id]
 
     def moved() -> str:

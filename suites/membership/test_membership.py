@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import pytest
 
 from harness.checkers import membership
-from harness.faults.nemesis import FAULTS, Nemesis
 from harness.history import History, history_path
+from harness.nemesis import FAULTS, Fault, Nemesis
 from harness.probes import CliClusterProbe, DescribeClusterProbe, ViewSampler
 
 PROBE_MS = 300
@@ -159,6 +159,7 @@ def test_bootstrap_converges(observed, evidence):
     assert result.counts["views"] > 0
 
 
+@pytest.mark.nemesis
 @pytest.mark.parametrize("n", [3, 5], ids=["n3", "n5"])
 def test_new_node_joins_within_bound(request, cluster_factory, evidence, n):
     """A brand-new node (an id no member has seen) started against the running cluster's
@@ -188,6 +189,7 @@ def test_new_node_joins_within_bound(request, cluster_factory, evidence, n):
     assert after_join["agreement_s"] is not None, verdict(result, observed)
 
 
+@pytest.mark.nemesis
 @pytest.mark.parametrize("fault", ["kill-one", "pause-one"])
 def test_failure_detected_within_bound(observed, evidence, fault):
     """kill -9 or SIGSTOP one node: survivors suspect it, confirm it dead and agree within
@@ -209,34 +211,27 @@ def test_failure_detected_within_bound(observed, evidence, fault):
     )
 
 
+@pytest.mark.nemesis
 def test_latency_below_roundtrip_timeout_is_no_suspicion(observed, evidence):
     """Gossip latency at a third of the round-trip timeout must not make anyone suspect."""
-    fault = FAULTS["gossip-latency"]
-    instance = fault.resolve([n.id for n in observed.cluster.nodes], random.Random(1))
     latency = RTT_MS // 3
-    for node_id in instance.nodes or [n.id for n in observed.cluster.nodes]:
-        proxy = observed.cluster.proxy(node_id, "gossip").handle()
-        proxy.add_toxic(
-            name="slow-gossip",
-            type="latency",
-            stream="downstream",
-            toxicity=1.0,
-            attributes={"latency": latency, "jitter": 5},
-        )
+    slow_gossip = Fault(
+        "toxic", link="gossip", toxic="latency", attributes={"latency": latency, "jitter": 5}
+    )
+    instance = slow_gossip.resolve([n.id for n in observed.cluster.nodes], random.Random(1))
+    observed.nemesis.invoke(instance, "start")
     try:
         wait(max(5.0, observed.bound_s))
     finally:
-        for node in observed.cluster.nodes:
-            proxy = observed.cluster.proxy(node.id, "gossip").handle()
-            if "slow-gossip" in proxy.toxics():
-                proxy.destroy_toxic("slow-gossip")
+        observed.nemesis.invoke(instance, "stop")
     result = judge(observed, evidence, false_suspicions_fail=True)
     assert result.valid is True and result.counts.get("false_suspicion", 0) == 0, (
-        f"{latency} ms of gossip latency (timeout {RTT_MS} ms) caused suspicions: "
-        + verdict(result, observed)
+        f"{latency} ms of gossip latency on node {list(instance.nodes)} (timeout {RTT_MS} ms) "
+        "caused suspicions: " + verdict(result, observed)
     )
 
 
+@pytest.mark.nemesis
 def test_describe_cluster_follows_a_failure(request, cluster_factory, evidence):
     """The client-facing view (DescribeCluster) follows a kill -9 and the restart too.
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from harness.faults.nemesis import FAULTS, Nemesis
 from harness.history import History, history_path
+from harness.nemesis import FAULTS, Nemesis
 from harness.probes import CliClusterProbe, ViewSampler
 
 from .test_membership import SAMPLE_S, TIMINGS, agreement_bound_s, settle
@@ -28,6 +28,7 @@ def last_views(history: History) -> dict[str, dict[str, str]]:
     return views
 
 
+@pytest.mark.nemesis
 @pytest.mark.parametrize("grudge", ["partition-halves", "partition-isolate-one"])
 @pytest.mark.parametrize("n", [3, 5], ids=["n3", "n5"])
 def test_partition_then_heal(request, cluster_factory, evidence, grudge, n):
