@@ -76,9 +76,15 @@ class Ledger:
     def asked(self) -> list[tuple[str, str]]:
         return [pair for nemesis in self.nemeses for pair in nemesis.asked]
 
-    def problems(self) -> list[str]:
-        """Why the faults asked for are not all in a history file, one line each."""
+    def problems(self, *, fault_test: bool = False) -> list[str]:
+        """Why the faults asked for are not all in a history file, one line each; for a
+        `fault_test`, also that it asked for none."""
         found = []
+        if fault_test and not self.asked:
+            found.append(
+                "this fault test asked the nemesis for no fault; inject faults through a "
+                "harness.nemesis.Nemesis given the test's history"
+            )
         for nemesis in self.nemeses:
             faults = ", ".join(sorted({f"{name} {action}" for name, action in nemesis.asked}))
             history = nemesis.history
