@@ -112,13 +112,15 @@ class Nemesis:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Play `schedule` in real time (harness.nemesis.generator.play); heal at the end,
-        always."""
+        always: its final heal step, or a teardown when it ended early."""
         from harness.nemesis.generator import play
 
+        healed = False
         try:
-            play(schedule, self, client=client, stop=stop, clock=clock)
+            healed = play(schedule, self, client=client, stop=stop, clock=clock)
         finally:
-            self.teardown()
+            if not healed:
+                self.teardown()
 
     # -- applying and recording
     def _ask(self, name: str, action: str) -> None:

@@ -196,3 +196,24 @@ def test_explicit_grudges_are_checked_and_give_the_cut_off_side_as_down():
         FAULTS["kill-one"].against({1: frozenset({2})}, [1, 2])
     with pytest.raises(NemesisError, match="aimed by its grudge"):
         FAULTS["partition-halves"].on(1)
+
+
+def test_a_schedule_ends_healed_once_and_an_interrupted_one_is_torn_down():
+    import threading
+
+    from harness.nemesis import Schedule, Step
+
+    kill = FAULTS["kill-one"].on(2)
+    schedule = Schedule(0, (1, 2, 3), (Step(0, "start", kill), Step(0, "stop", kill),
+                                       Step(0, "heal")))
+    cluster = FakeCluster()
+    history = History()
+    Nemesis(cluster, history).run(schedule)
+    assert completions(history) == [
+        ("kill-one", "ok", "start"), ("kill-one", "ok", "stop"), ("heal", "ok", "heal")
+    ]
+    stopped = threading.Event()
+    stopped.set()
+    history = History()
+    Nemesis(cluster, history).run(schedule, stop=stopped)
+    assert completions(history) == [("heal", "ok", "heal")]  # nothing ran, still healed

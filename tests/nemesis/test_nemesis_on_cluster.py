@@ -29,7 +29,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.cluster(
         nodes=3,
-        base_port=19770,
         toxiproxy=True,
         toxiproxy_url=None,
         backend="local",
@@ -196,7 +195,7 @@ def test_store_faults_and_store_link_toxics_are_applied_and_undone(cluster: Clus
 def test_never_confirm_defect_fails_the_membership_check(cluster_factory, request):
     gossip = {"probe_interval_ms": PROBE_INTERVAL_MS, "roundtrip_timeout_ms": 200,
               "gossip_interval_ms": GOSSIP_INTERVAL_MS, "suspicion_mult": 2}
-    broken = cluster_factory(nodes=3, base_port=19840, toxiproxy=False, backend="local",
+    broken = cluster_factory(nodes=3, toxiproxy=False, backend="local",
                              target="reference", defects=("never-confirm",), gossip=gossip)
     path = history_path(f"checkers-{request.node.name}")
     bound = 2 * membership.swim_bounds(
