@@ -1,4 +1,5 @@
-"""Nemesis data: the fault catalogue, resolution against nodes, seeded schedules, JSON."""
+"""Nemesis data: the fault catalogue, resolution against nodes, schedules (seeded, drawn by
+Hypothesis, the search's programs, and the shapes saved before they were one type), JSON."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from harness.nemesis import (
     always_heal_last,
     generate_schedule,
     parse_faults,
+    play,
+    program_strategy,
     schedule_strategy,
 )
 
@@ -149,3 +152,112 @@ def test_hypothesis_schedules_are_well_formed(schedule):
     for step in schedule.steps[:-1]:
         assert set(step.fault.nodes) <= set(NODES)
         assert set(step.fault.down) <= set(NODES)
+
+
+# -- one type for schedules and the search's programs ------------------------------------------
+
+# Saved by the search before schedules and step programs were one type.
+OLD_STEP_PROGRAM = {
+    "cluster": {"nodes": 3, "backend": "local", "defects": ["lose-acked"], "seed": 7,
+                "gossip": {"probe_interval_ms": 300}},
+    "steps": [
+        {"op": "append", "key": "a", "records": 3},
+        {"op": "fault", "fault": "kill-one", "action": "start"},
+        {"op": "read"},
+        {"op": "heal"},
+        {"op": "fault", "fault": "kill-one", "action": "start"},
+        {"op": "wait", "seconds": 0.5},
+    ],
+}
+
+
+def test_an_old_step_program_loads_with_the_victims_its_runner_chose(tmp_path):
+    saved = tmp_path / "program.json"
+    saved.write_text(json.dumps(OLD_STEP_PROGRAM))
+    schedule = Schedule.load(saved)
+    rng = random.Random(7)  # the runner drew victims from the cluster seed, once per heal
+    first = FAULTS["kill-one"].resolve([1, 2, 3], rng)
+    second = FAULTS["kill-one"].resolve([1, 2, 3], rng)
+    assert schedule.steps == (
+        Step(None, "append", args={"key": "a", "records": 3}),
+        Step(None, "start", first),
+        Step(None, "read"),
+        Step(None, "heal"),
+        Step(None, "start", second),
+        Step(None, "wait", args={"seconds": 0.5}),
+        Step(None, "heal"),  # its runner healed before the final read
+    )
+    assert (schedule.seed, schedule.nodes) == (7, (1, 2, 3))
+    assert schedule.cluster["defects"] == ["lose-acked"]
+    assert Schedule.from_json(json.loads(schedule.dumps())) == schedule
+
+
+def test_an_old_timed_schedule_still_loads():
+    old = {"seed": 3, "nodes": [1, 2, 3], "steps": [
+        {"at_s": 1.5, "action": "start", "fault": {
+            "fault": {"kind": "partition", "target": "one", "grudge": "halves"},
+            "nodes": [1, 2, 3], "grudge": {"1": [2, 3], "2": [1], "3": [1]}, "down": [1]}},
+        {"at_s": 4.0, "action": "stop", "fault": {
+            "fault": {"kind": "partition", "target": "one", "grudge": "halves"},
+            "nodes": [1, 2, 3], "grudge": {"1": [2, 3], "2": [1], "3": [1]}, "down": [1]}},
+        {"at_s": 6.0, "action": "heal"},
+    ]}
+    schedule = Schedule.from_json(old)
+    assert schedule.steps[0].fault.grudge[1] == frozenset({2, 3})
+    assert schedule.duration_s == 6.0 and schedule.to_json() == old
+
+
+def test_a_broken_step_program_is_refused_naming_the_step():
+    bad = {"cluster": {"nodes": 3}, "steps": [{"op": "append", "records": 1}, {"op": "explode"}]}
+    with pytest.raises(NemesisError, match="step 1 .* is not one of append, read"):
+        Schedule.from_json(bad)
+    unknown = {"cluster": {}, "steps": [{"op": "fault", "fault": "kil-one"}]}
+    with pytest.raises(NemesisError, match="unknown fault 'kil-one'"):
+        Schedule.from_json(unknown)
+
+
+@settings(max_examples=50, deadline=None)
+@given(program_strategy([1, 2, 3], "kill-one,pause-one,kill-store,client-reset-peer",
+                        cluster={"nodes": 3}))
+def test_search_programs_keep_one_fault_at_a_time_and_end_healed(schedule):
+    schedule.validate()
+    assert schedule.steps[-1].action == "heal" and schedule.cluster == {"nodes": 3}
+    active = 0
+    for step in schedule.steps:
+        assert step.at_s is None
+        active += {"start": 1, "heal": -active}.get(step.action, 0)
+        assert active <= 1
+        if step.action == "append":
+            assert 1 <= step.args["records"] <= 5
+    assert Schedule.from_json(json.loads(schedule.dumps())) == schedule
+
+
+class Played:
+    """What `play` asked of the nemesis and of the client, in order."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    def invoke(self, instance, action):
+        self.log.append(f"{action} {instance.name}")
+
+    def heal(self):
+        self.log.append("heal")
+
+    def client(self, step):
+        self.log.append(f"client {step.action}")
+
+
+def test_play_hands_client_steps_to_the_client_and_faults_to_the_nemesis():
+    kill = FAULTS["kill-one"].on(1)
+    schedule = Schedule(0, (1, 2, 3), (
+        Step(None, "append", args={"key": "a", "records": 1}),
+        Step(None, "start", kill),
+        Step(None, "read"),
+        Step(None, "heal"),
+    ))
+    played = Played()
+    assert play(schedule, played, client=played.client) is True
+    assert played.log == ["client append", "start kill-one", "client read", "heal"]
+    with pytest.raises(NemesisError, match="has a client step"):
+        play(schedule, Played())
