@@ -141,7 +141,7 @@ def test_partition_of_a_killed_node_is_loaded_when_it_restarts(cluster: Cluster)
     try:
         cluster.restart(3)
         rules = cluster.partition_rules(3)
-        assert any(cluster.containers["node-1"].ip in rule for rule in rules), rules
+        assert any(cluster.node(1).direct_client.host in rule for rule in rules), rules
     finally:
         cluster.heal()
     assert cluster.partition_rules(3) == []
@@ -156,7 +156,7 @@ def test_partition_reaches_a_paused_node(cluster: Cluster) -> None:
         cluster.resume(3)
     try:
         rules = cluster.partition_rules(3)
-        assert any(cluster.containers["node-2"].ip in rule for rule in rules), rules
+        assert any(cluster.node(2).direct_client.host in rule for rule in rules), rules
         assert tcp_from(cluster, "node-2", cluster.node(3).direct_gossip) != "ok"
     finally:
         cluster.heal()
@@ -189,14 +189,14 @@ def test_late_node_gets_its_container_when_it_joins(
 ) -> None:
     grown = cluster_factory(nodes=2, late_nodes=1, backend="docker", toxiproxy=True,
                             toxiproxy_url=None)
-    assert grown.node(3).state == "pending" and grown.containers["node-3"].tc is None
+    assert grown.node(3).state == "pending" and grown.node(3).container_id is None
     # a grudge naming the late node waits for its container, then applies at the join
     grown.partition({3: frozenset({1})})
     try:
         grown.join(3)
         assert grown.node(3).container_id is not None
         rules = grown.partition_rules(3)
-        assert any(grown.containers["node-1"].ip in rule for rule in rules), rules
+        assert any(grown.node(1).direct_client.host in rule for rule in rules), rules
     finally:
         grown.heal()
     wait_until("every node lists the newcomer", lambda: all(
