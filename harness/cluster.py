@@ -36,7 +36,7 @@ from harness.runtimes import (
     Runtime,
     runtime_for,
 )
-from harness.targets import Endpoint, InitStep, Placement, ProcessSpec, target_for
+from harness.targets import Endpoint, InitStep, Placement, ProcessSpec, Target, target_for
 from harness.topology import SESSION_ENV, ClusterSpec
 
 __all__ = [
@@ -142,6 +142,7 @@ class Cluster:
                                            detached=detached)
         self.runtime: Runtime = runtime_for(spec, self.progress, self.record)
         self.processes: dict[str, _Process] = {}
+        self.target: Target | None = None
         self.provision: Provision | None = None
         self._toxiproxy: _Process | None = None
         self._partition: dict[str, Any] | None = None
@@ -211,7 +212,7 @@ class Cluster:
     # -- start ---------------------------------------------------------------------
     def _start(self) -> None:
         spec = self.spec
-        target = target_for(spec)
+        self.target = target = target_for(spec)
         layouts = target.layout(spec)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.record.update_meta(spec=spec.to_json())
@@ -432,9 +433,20 @@ class Cluster:
         self._sync_node_handle(box)
         self._write_status()
 
+    def _target_steps(self, hook: str, box: _Process) -> list[InitStep]:
+        """A target's optional steps around a node's (re)start after bring-up: `before_restart`
+        (e.g. wait until peers confirmed the old incarnation dead, or a real server refuses
+        the new one) and `after_start` (e.g. ask the node whether it is really ready)."""
+        steps = getattr(self.target, hook, None)
+        if steps is None or box.spec.node_id is None or self.provision is None:
+            return []
+        return list(steps(self.spec, self.provision.placements, box.spec.node_id))
+
     def _restart(self, box: _Process) -> None:
         if box.handle is not None:
             self._kill(box)
+            for step in self._target_steps("before_restart", box):
+                self._run_init_step(step)
             self.progress(f"restarting {box.spec.name} (same host, same address)")
         self._spawn(box)
         # A fresh network namespace (a restarted container) has no rules: the grudge in
@@ -443,6 +455,8 @@ class Cluster:
         if net is not None and box.spec.node_id is not None and self._partition:
             net.reload(box.spec.node_id)
         self._await_ready(box)
+        for step in self._target_steps("after_start", box):
+            self._run_init_step(step)
         self._write_status()
 
     def _signal_running(self, box: _Process, sig: signal.Signals, state: str) -> None:

@@ -142,6 +142,13 @@ class Target(Protocol):
         self, spec: ClusterSpec, placements: Mapping[str, Placement]
     ) -> list[InitStep]: ...
 
+    # Optional (looked up with getattr by the orchestration, harness.cluster):
+    # before_restart(spec, placements, node_id) -> list[InitStep]: run after a node was
+    #   killed and before it is started again (a real server refuses an incarnation its
+    #   peers still hold alive);
+    # after_start(spec, placements, node_id) -> list[InitStep]: run after a node started
+    #   after bring-up (restart or join) logged its ready line.
+
 
 def target_for(spec: ClusterSpec) -> Target:
     """The Target implementation for `spec.target` (validates target-specific settings)."""
