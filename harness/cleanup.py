@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -77,6 +78,27 @@ def is_same_process(pid: int, start_time: int | None) -> bool:
     if _is_zombie(pid):
         return False
     return start_time is None or current == start_time
+
+
+def owner_label() -> str:
+    """This run as "<hostname>:<pid>:<start time>": what runtimes label the objects they make
+    outside the pid registry (containers, processes on other hosts) with."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{process_start_time(pid)}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether the run an `owner_label` names still runs (another machine's run: assume so)."""
+    host, _, rest = (owner or "").partition(":")
+    if not owner:
+        return False
+    if host != socket.gethostname():
+        return True
+    pid, _, start = rest.partition(":")
+    try:
+        return is_same_process(int(pid), int(start) if start not in ("", "None") else None)
+    except ValueError:
+        return False
 
 
 def _is_zombie(pid: int) -> bool:

@@ -1,18 +1,14 @@
 """The docker runtime: every process in a container of its own on a private network.
 
-- One user-defined bridge network per cluster, a /24 of 172.28.0.0/16 chosen free at start;
-  fixed addresses (Toxiproxy .2, processes .10, .11, ... in layout order), so every address
-  is known before anything starts and a restarted container keeps its address.
+- One bridge network per cluster (a free /24 of 172.28.0.0/16), fixed addresses (Toxiproxy
+  .2, processes .10, .11, ... in layout order): a restarted container keeps its address.
 - A process's Host is its container: spawning it again starts the same container (same
-  address, same volumes, one log across incarnations); SIGSTOP/SIGCONT are `docker pause`/
-  `unpause`, which freeze every process in it. NET_ADMIN lets partitions be iptables rules
-  inside it (harness.faults.iptables over `exec`).
-- Toxiproxy runs in one more container (the real `ghcr.io/shopify/toxiproxy` image when
-  present locally, else the embedded server from the refserver image); proxies listen on
-  its address at 20000+k and processes advertise them, so clients and peers cross them.
-Clients and the harness reach containers by address (Linux routes to bridge networks).
-Everything carries the session and cluster labels and its owner (host, pid, start time);
-Ryuk cannot be pulled here, so cleanup is by label, and a start sweeps dead runs' leftovers.
+  volumes, one log across incarnations); SIGSTOP/SIGCONT are `docker pause`/`unpause`,
+  freezing every process in it; NET_ADMIN lets partitions be iptables rules inside it.
+- Toxiproxy runs in one more container (the real image when present, else our embedded
+  server); proxies listen on its address at 20000+k and processes advertise them.
+The harness reaches containers by address (Linux routes to bridge networks). Everything is
+labelled with session, cluster and owner run; cleanup is by label (Ryuk cannot be pulled).
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ import contextlib
 import ipaddress
 import os
 import signal
-import socket
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +28,7 @@ import docker.types
 import requests
 from docker.types import EndpointConfig
 
-from harness.cleanup import ClusterRecord, is_same_process, process_start_time
+from harness.cleanup import ClusterRecord, owner_alive, owner_label
 from harness.faults.iptables import IptablesNet, NodeAddress
 from harness.images import REFSERVER_IMAGE, build_hint, connect
 from harness.runtimes import (
@@ -59,11 +54,6 @@ TOXIPROXY_API_PORT = 8474
 PROXY_LISTEN_BASE = 20000
 REAL_TOXIPROXY_IMAGE = "ghcr.io/shopify/toxiproxy"
 IMAGE_ENV = "HSTREAM_CONFORMANCE_REFSERVER_IMAGE"
-
-
-def owner_label() -> str:
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{process_start_time(pid)}"
 
 
 class DockerHost:
@@ -333,20 +323,6 @@ def remove_clusters(labels: list[str], client: Any = None) -> None:
                 volume.remove(force=True)
 
 
-def _owner_alive(owner: str | None) -> bool:
-    """Whether the run that made an object still runs (objects of other hosts: assume so)."""
-    host, _, rest = (owner or "").partition(":")
-    if not owner:
-        return False
-    if host != socket.gethostname():
-        return True
-    pid, _, start = rest.partition(":")
-    try:
-        return is_same_process(int(pid), int(start) if start not in ("", "None") else None)
-    except ValueError:
-        return False
-
-
 def sweep_orphans(client: Any, progress: Progress | None = None) -> list[str]:
     """Removes clusters whose owner is gone and that have no record to say otherwise (the
     records' own sweep, harness.cleanup, keeps detached clusters); catches e.g. a reports
@@ -360,7 +336,7 @@ def sweep_orphans(client: Any, progress: Progress | None = None) -> list[str]:
         if labels.get(LABEL_CLUSTER):
             owners.setdefault(labels[LABEL_CLUSTER], labels.get(LABEL_OWNER, ""))
     stale = [label for label, owner in sorted(owners.items())
-             if not ClusterRecord(label).exists() and not _owner_alive(owner)]
+             if not ClusterRecord(label).exists() and not owner_alive(owner)]
     if stale:
         if progress:
             progress(f"sweeping docker leftovers of dead runs: {', '.join(stale)}")
