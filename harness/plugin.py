@@ -1,7 +1,8 @@
 """The pytest plugin: cluster options, `cluster_spec` / `cluster` / `cluster_factory` fixtures.
 
 Options (all optional; a `--topology` file gives defaults, options override it):
-  --target reference|hstream:<image>  --backend local|docker  --nodes N  --seed S
+  --target reference|hstream:<image>  --backend local|docker|ssh  --nodes N  --seed S
+  --inventory FILE (the ssh backend's machines)
   --toxiproxy-url URL  --no-toxiproxy  --defect NAME (repeatable)  --base-port P
   --topology NAME_OR_FILE (a path, or a name in fixtures/topologies/)
 
@@ -42,6 +43,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="reference (default) or hstream:<image>")
     group.addoption("--backend", default=None,
                     help="where nodes run: local processes (default) or docker containers")
+    group.addoption("--inventory", default=None, metavar="FILE",
+                    help="the ssh backend's machines: inventory TOML or `terraform output -json`")
     group.addoption("--nodes", type=int, default=None, help="number of server nodes (3)")
     group.addoption("--seed", type=int, default=None,
                     help="seed for every random choice of the run (default: random, printed)")
@@ -68,6 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
             getattr(opt, "topology", None),
             target=getattr(opt, "target", None),
             backend=getattr(opt, "backend", None),
+            inventory=getattr(opt, "inventory", None),
             nodes=getattr(opt, "nodes", None),
             seed=getattr(opt, "seed", None),
             toxiproxy_url=getattr(opt, "toxiproxy_url", None),

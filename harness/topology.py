@@ -7,7 +7,8 @@ File format (every section and key optional; unknown ones are errors, so typos s
     nodes = 3                  # 1..200: the nodes started (and initialised) at bring-up
     late_nodes = 0             # more node ids, laid out but started only by cluster.join(n)
     target = "reference"       # or "hstream:<image>", e.g. "hstream:hstreamdb/hstream:v0.20.0"
-    backend = "local"          # or "docker"
+    backend = "local"          # or "docker", "ssh"
+    inventory = "hosts.toml"   # the ssh backend's machines (harness.runtimes.inventory)
     seed = 42                  # drives every random choice of the run (faults, workloads)
     defects = ["never-confirm"]  # reference target only; see refserver --help
     tokens = ["hstream:hstream"] # client tokens the servers accept (empty: no auth)
@@ -86,6 +87,7 @@ class ClusterSpec:
     late_nodes: int = 0
     target: str = REFERENCE_TARGET
     backend: str = "local"
+    inventory: str | None = None  # the machines of the ssh backend (TOML or terraform JSON)
     toxiproxy: bool = True
     toxiproxy_url: str | None = None
     defects: tuple[str, ...] = ()
@@ -163,6 +165,7 @@ class ClusterSpec:
             "late_nodes": self.late_nodes,
             "target": self.target,
             "backend": self.backend,
+            "inventory": self.inventory,
             "toxiproxy": self.toxiproxy,
             "toxiproxy_url": self.toxiproxy_url,
             "defects": list(self.defects),
@@ -181,6 +184,7 @@ class ClusterSpec:
             late_nodes=data.get("late_nodes", 0),
             target=data["target"],
             backend=data["backend"],
+            inventory=data.get("inventory"),
             toxiproxy=data["toxiproxy"],
             toxiproxy_url=data.get("toxiproxy_url"),
             defects=tuple(data.get("defects", ())),
@@ -223,6 +227,8 @@ def _check_spec(spec: ClusterSpec, source: str) -> None:
     if spec.backend not in runtime_names():
         known = ", ".join(runtime_names()) or "none: install the package (pip install -e .)"
         raise bad("backend", f"unknown backend {spec.backend!r}; registered runtimes: {known}")
+    if spec.inventory is not None and not isinstance(spec.inventory, str):
+        raise bad("inventory", f"must be a file path, got {spec.inventory!r}")
     if not isinstance(spec.seed, int) or isinstance(spec.seed, bool):
         raise bad("seed", f"must be an integer, got {spec.seed!r}")
     if not isinstance(spec.base_port, int) or not (1024 <= spec.base_port <= 65533):
@@ -256,6 +262,7 @@ _TOML_KEYS: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "late_nodes": ("late_nodes", int),
         "target": ("target", str),
         "backend": ("backend", str),
+        "inventory": ("inventory", str),
         "seed": ("seed", int),
         "defects": ("defects", list),
         "tokens": ("tokens", list),
