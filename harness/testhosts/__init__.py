@@ -1,0 +1,1 @@
+"""Test machines for the ssh runtime (containers running sshd): `hstream-conformance hosts`."""
