@@ -229,10 +229,22 @@ def _from_step_program(d: Mapping[str, Any]) -> Schedule:
 # -- producers ---------------------------------------------------------------------------------
 
 
+def fault_pool(faults: Sequence[Fault | str] | str) -> list[Fault]:
+    """Faults given as Faults, fault or package names, or one comma-separated string."""
+    if isinstance(faults, str):
+        return parse_faults(faults)
+    pool: list[Fault] = []
+    for item in faults:
+        for fault in [item] if isinstance(item, Fault) else parse_faults(item):
+            if fault not in pool:
+                pool.append(fault)
+    return pool
+
+
 def generate_schedule(
     seed: int,
     nodes: Sequence[int],
-    faults: Sequence[Fault] | str,
+    faults: Sequence[Fault | str] | str,
     *,
     duration_s: float,
     fault_s: tuple[float, float] = (5.0, 10.0),
@@ -249,7 +261,7 @@ def generate_schedule(
     for name, (lo, hi) in (("fault_s", fault_s), ("heal_s", heal_s)):
         if not 0 < lo <= hi:
             raise NemesisError(f"{name} must be (min, max) with 0 < min <= max, got {(lo, hi)}")
-    pool = parse_faults(faults) if isinstance(faults, str) else list(faults)
+    pool = fault_pool(faults)
     if not pool:
         raise NemesisError("no faults to schedule")
     rng = random.Random(seed)
@@ -270,7 +282,7 @@ def generate_schedule(
 
 def schedule_strategy(
     nodes: Sequence[int],
-    faults: Sequence[Fault] | str,
+    faults: Sequence[Fault | str] | str,
     *,
     max_faults: int = 6,
     heal_s: tuple[float, float] = (1.0, 10.0),
@@ -284,7 +296,7 @@ def schedule_strategy(
     """
     from hypothesis import strategies as st
 
-    pool = parse_faults(faults) if isinstance(faults, str) else list(faults)
+    pool = fault_pool(faults)
     ordered = sorted(nodes)
 
     def build(cycles: list[tuple[Fault, int, float, float]]) -> Schedule:
@@ -310,7 +322,7 @@ def schedule_strategy(
 
 def program_strategy(
     nodes: Sequence[int],
-    faults: Sequence[Fault] | str,
+    faults: Sequence[Fault | str] | str,
     *,
     max_steps: int = 8,
     keys: Sequence[str] = ("a", "b", "c"),
@@ -325,7 +337,7 @@ def program_strategy(
     """
     from hypothesis import strategies as st
 
-    pool = parse_faults(faults) if isinstance(faults, str) else list(faults)
+    pool = fault_pool(faults)
     ordered = tuple(sorted(nodes))
 
     def build(moves: list[tuple[Any, ...]]) -> Schedule:

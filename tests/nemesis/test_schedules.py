@@ -261,3 +261,12 @@ def test_play_hands_client_steps_to_the_client_and_faults_to_the_nemesis():
     assert played.log == ["client append", "start kill-one", "client read", "heal"]
     with pytest.raises(NemesisError, match="has a client step"):
         play(schedule, Played())
+
+
+def test_faults_may_be_given_as_names_packages_or_faults():
+    from harness.nemesis.generator import fault_pool
+
+    assert fault_pool(["kill-one", "store", FAULTS["kill-one"]]) == [
+        FAULTS["kill-one"], FAULTS["kill-store"], FAULTS["restart-store"]
+    ]
+    assert fault_pool("pause") == fault_pool(["pause-one", "pause-minority"])
