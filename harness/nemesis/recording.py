@@ -130,9 +130,8 @@ class Nemesis:
     def _refuse_without_means(self, family: Family, name: str) -> None:
         from harness.cluster import UnsupportedFault
 
-        refusal = getattr(self.cluster, "refusal", None)
-        for means in family.needs if refusal is not None else ():
-            reason = refusal(means)
+        for means in family.needs:
+            reason = self.cluster.refusal(means)
             if reason:
                 raise UnsupportedFault(f"{name} needs {means}: {reason}")
 

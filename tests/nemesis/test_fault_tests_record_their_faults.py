@@ -136,7 +136,7 @@ def test_the_scan_lets_the_nemesis_and_other_calls_be():
     assert direct_fault_calls(code, "suite.py") == []
 
 
-def _is_nemesis_mark(node: ast.expr) -> bool:
+def _is_nemesis_mark(node: ast.AST) -> bool:
     return isinstance(node, ast.Attribute) and node.attr == "nemesis" and (
         _name(node.value) == "mark"
     )
