@@ -311,8 +311,12 @@ class Cluster:
                     f"full log: {box.log_path}")
             time.sleep(0.05)
 
-    def _run_init_step(self, step: InitStep) -> None:
-        """Run a target's init step until its output matches, within the step's deadline."""
+    def _run_init_step(self, step: InitStep, watch: _Process | None = None) -> None:
+        """Run a target's init step until its output matches, within the step's deadline.
+
+        With `watch`, a process whose exit ends the wait at once (a real server refused by
+        its peers exits after printing its ready line).
+        """
         self.progress(f"init: {step.description}")
         pattern = re.compile(step.expect) if step.expect else None
         deadline = time.monotonic() + step.timeout_s
@@ -322,6 +326,15 @@ class Cluster:
             code, output = self.runtime.run_init(step, max(1.0, deadline - time.monotonic()))
             if code == 0 and (pattern is None or pattern.search(output)):
                 return
+            if watch is not None and watch.handle is not None:
+                status = watch.host.exit_status(watch.handle)
+                if status is not None:
+                    watch.state = "killed"
+                    self._sync_node_handle(watch)
+                    raise ClusterStartError(
+                        f"{watch.spec.name} exited with status {status} while waiting for "
+                        f"'{step.description}'; last log lines:\n"
+                        f"{_tail(self._log_text(watch))}\nfull log: {watch.log_path}")
             if time.monotonic() + step.retry_interval_s > deadline:
                 raise ClusterStartError(
                     f"init step '{step.description}' did not succeed within "
@@ -456,7 +469,7 @@ class Cluster:
             net.reload(box.spec.node_id)
         self._await_ready(box)
         for step in self._target_steps("after_start", box):
-            self._run_init_step(step)
+            self._run_init_step(step, watch=box)
         self._write_status()
 
     def _signal_running(self, box: _Process, sig: signal.Signals, state: str) -> None:
