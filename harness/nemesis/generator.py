@@ -117,9 +117,10 @@ class Schedule:
                     cluster=dict(d.get("cluster") or {}),
                 )
         except (KeyError, TypeError, ValueError, AttributeError, NemesisError) as exc:
+            why = exc if isinstance(exc, NemesisError) else f"{type(exc).__name__}: {exc}"
             raise NemesisError(
-                f"not a fault schedule ({type(exc).__name__}: {exc}); expected seed, nodes and "
-                "steps as written by Schedule.to_json"
+                f"not a fault schedule ({why}); expected seed, nodes and steps as written by "
+                "Schedule.to_json"
             ) from None
         schedule.validate()
         return schedule

@@ -270,3 +270,12 @@ def test_faults_may_be_given_as_names_packages_or_faults():
         FAULTS["kill-one"], FAULTS["kill-store"], FAULTS["restart-store"]
     ]
     assert fault_pool("pause") == fault_pool(["pause-one", "pause-minority"])
+
+
+def test_replay_refuses_a_file_that_is_no_schedule_naming_the_step(tmp_path, capsys):
+    from harness.cli import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"cluster": {}, "steps": [{"op": "explode"}]}')
+    assert main(["replay", str(bad)]) == 2
+    assert "step 0 {'op': 'explode'} is not one of append, read" in capsys.readouterr().err
