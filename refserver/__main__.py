@@ -4,7 +4,10 @@
         --bind-address 127.0.0.1 --seed-nodes 127.0.0.1:6571 --store 127.0.0.1:6440
 
 Logs "Server is started on port N" once it serves; SIGTERM/SIGINT stop it cleanly.
-`python -m refserver --list-defects` prints the names `--defect` accepts, one a line.
+`python -m refserver --list-defects` prints the names `--defect` accepts, one a line;
+`--list-profiles` the names `--profile` accepts: `protocol` (the default, the
+protocol-correct server) or `hstream-0.20` (what the real hstream-server v0.20.3 does where
+it differs; refserver.profiles names the HStreamDB source of each behaviour).
 Bad input (unknown flag, port in use, store unreachable, a seed list nobody answers
 within the join timeout) → one line on stderr and a non-zero exit code (2).
 """
@@ -27,6 +30,7 @@ from refserver.gossip.node import JoinFailed
 from refserver.io.catalog import CatalogError, ConnectorCatalog
 from refserver.membership import NodeAddress
 from refserver.node import NodeSettings, RefServerNode, StartupError, run_until_signalled
+from refserver.profiles import PROFILES, UnknownProfile, parse_profile
 
 PROG = "refserver"
 WILDCARDS = ("0.0.0.0", "::", "")
@@ -37,15 +41,19 @@ class _Parser(argparse.ArgumentParser):
         raise StartupError(f"{message} (see `python -m {PROG} --help`)")
 
 
-class _ListDefects(argparse.Action):
-    """Print the defect names and exit, like --version: the required flags do not apply.
+class _ListNames(argparse.Action):
+    """Print names (of defects, of profiles) and exit, like --version: the required flags
+    do not apply.
 
     Clients (the harness's reference target) learn the accepted names from here rather than
     from this package's internals, so the server stays a black box to them.
     """
 
-    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+    def __init__(
+        self, option_strings: list[str], dest: str, names: list[str], **kwargs: Any
+    ) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.names = names
 
     def __call__(
         self,
@@ -54,7 +62,7 @@ class _ListDefects(argparse.Action):
         values: object,
         option_string: str | None = None,
     ) -> None:
-        print("\n".join(sorted(DEFECTS)))
+        print("\n".join(self.names))
         parser.exit(0)
 
 
@@ -109,8 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--list-defects",
-        action=_ListDefects,
+        action=_ListNames,
+        names=sorted(DEFECTS),
         help="print the names --defect accepts, one a line, and exit",
+    )
+    parser.add_argument(
+        "--profile",
+        default="protocol",
+        metavar="NAME",
+        help="whose behaviour to show: "
+        + "; ".join(f"{p.name}: {p.summary}" for p in PROFILES.values())
+        + " (default: protocol)",
+    )
+    parser.add_argument(
+        "--list-profiles",
+        action=_ListNames,
+        names=sorted(PROFILES),
+        help="print the names --profile accepts, one a line, and exit",
     )
     parser.add_argument(
         "--max-record-size",
@@ -144,6 +167,7 @@ def settings_from(argv: list[str]) -> NodeSettings:
     )
     try:
         defects = parse_defects(args.defect)
+        profile = parse_profile(args.profile)
         node = NodeAddress(
             id=args.server_id,
             host=advertised,
@@ -151,11 +175,11 @@ def settings_from(argv: list[str]) -> NodeSettings:
             gossip_host=args.gossip_address or advertised,
             gossip_port=args.advertised_gossip_port or args.internal_port,
         )
-        gossip = GossipConfig.from_args(args, node, defects)
+        gossip = GossipConfig.from_args(args, node, defects, profile)
         connectors = (
             ConnectorCatalog.load(args.io_connectors) if args.io_connectors else ConnectorCatalog()
         )
-    except (BadSeedList, UnknownDefect, CatalogError, ValueError) as error:
+    except (BadSeedList, UnknownDefect, UnknownProfile, CatalogError, ValueError) as error:
         parser.error(str(error))
     return NodeSettings(
         server_id=args.server_id,
@@ -173,6 +197,8 @@ def settings_from(argv: list[str]) -> NodeSettings:
         gossip=gossip,
         connectors=connectors,
         log_level=args.log_level,
+        profile=profile,
+        gossip_flags=tuple(GossipConfig.flags_given(args)),
     )
 
 

@@ -53,3 +53,13 @@ def encode(code: int, message: str, extra: Any = None) -> str:
 async def abort(context: grpc.aio.ServicerContext, error: HStreamError) -> NoReturn:
     await context.abort(error.status, error.details())
     raise AssertionError("unreachable: context.abort raises")
+
+
+class UnknownAdminCommand(ValueError):
+    """SendAdminCommand got a command that does not parse (raised only under profile
+    hstream-0.20, whose API answers it with INTERNAL; the protocol profile answers an
+    "error" result instead)."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(command)
+        self.command = command

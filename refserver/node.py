@@ -6,6 +6,10 @@ the cluster (a seed of a multi-seed cluster returns at once and waits for `serve
 which reaches it through SendAdminCommand on the API port) → subscriptions and HStream
 IO connectors start → "Server is started on port N" is logged. `stop()` undoes it in
 reverse and is idempotent.
+
+Under profile hstream-0.20 the line ("..., waiting for cluster to get ready", as
+app/server.hs:207 prints it) comes as soon as both servers listen, before the join; a
+join then refused (DuplicateNodeId) or failed still ends the node, after the line.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from refserver.gossip.node import GossipNode
 from refserver.io.catalog import ConnectorCatalog
 from refserver.io.service import ConnectorService
 from refserver.membership import NodeAddress
+from refserver.profiles import PROTOCOL, Profile
 from refserver.protos import Store_pb2, Store_pb2_grpc
 
 log = logging.getLogger("refserver")
@@ -73,6 +78,9 @@ class NodeSettings:
     gossip: GossipConfig
     connectors: ConnectorCatalog = field(default_factory=ConnectorCatalog)
     log_level: str = "info"
+    profile: Profile = PROTOCOL
+    # gossip flags given on the command line (the real server would ignore them)
+    gossip_flags: tuple[str, ...] = ()
 
     @property
     def address(self) -> NodeAddress:
@@ -131,6 +139,16 @@ class RefServerNode:
 
     async def start(self) -> None:
         s = self.settings
+        profile = s.profile
+        if profile is not PROTOCOL:
+            log.info("profile %s: %s", profile.name, ", ".join(profile.mirrors()))
+            if s.gossip_flags:
+                log.warning(
+                    "profile %s: gossip flags %s are applied, though hstream-server ignores "
+                    "them and always runs its defaults (app/server.hs:146)",
+                    profile.name,
+                    " ".join(s.gossip_flags),
+                )
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -158,18 +176,22 @@ class RefServerNode:
         signals = TailSignals()
         shard_log = ShardLog(store, s.defects, signals)
         ownership = Ownership(store, gossip, s.defects)
-        self._subscriptions = SubscriptionService(store, gossip, ownership, s.defects, s.address)
+        self._subscriptions = SubscriptionService(
+            store, gossip, ownership, s.defects, s.address, profile
+        )
         self._connectors = ConnectorService(
             store, gossip, ownership, s.defects, s.address, s.connectors
         )
         components = [
-            StreamService(store, shard_log, signals, s.defects, s.max_record_size, ownership),
-            ReaderService(Catalog(store), shard_log, ownership),
+            StreamService(
+                store, shard_log, signals, s.defects, s.max_record_size, ownership, profile
+            ),
+            ReaderService(Catalog(store), shard_log, ownership, profile),
             ClusterService(gossip, ownership, gossip),
             self._subscriptions,
             self._connectors,
         ]
-        interceptors = [TokenAuthInterceptor(s.tokens)] if s.tokens else []
+        interceptors = [TokenAuthInterceptor(s.tokens, profile)] if s.tokens else []
         self._api_server = grpc.aio.server(
             interceptors=interceptors, options=[*options, ("grpc.so_reuseport", 0)]
         )
@@ -178,10 +200,13 @@ class RefServerNode:
 
         await self._gossip_server.start()
         await self._api_server.start()
+        if profile.ready_line_before_join:
+            log.info("Server is started on port %d, waiting for cluster to get ready", s.port)
         await gossip.start()
         await self._subscriptions.start()
         await self._connectors.start()
-        log.info("Server is started on port %d", s.port)
+        if not profile.ready_line_before_join:
+            log.info("Server is started on port %d", s.port)
 
     async def stop(self) -> None:
         if self._stopped:

@@ -11,6 +11,7 @@ from HStream.Server import HStreamApi_pb2 as api
 
 from refserver.api.ownership import Ownership
 from refserver.api.readers import READER_KIND
+from refserver.errors import UnknownAdminCommand
 from refserver.membership import Membership, MemberState, NodeAddress
 
 PROTOCOL_VERSION = "0.1.0"
@@ -28,7 +29,9 @@ RESOURCE_KINDS = {
 
 
 class AdminCommands(Protocol):
-    async def admin(self, command: str) -> str: ...
+    async def admin(self, command: str) -> str:
+        """The result JSON; raises UnknownAdminCommand under profile hstream-0.20."""
+        ...
 
 
 def server_node(node: NodeAddress) -> api.ServerNode:
@@ -117,4 +120,15 @@ class ClusterService:
     async def SendAdminCommand(
         self, request: api.AdminCommandRequest, context: grpc.aio.ServicerContext
     ) -> api.AdminCommandResponse:
-        return api.AdminCommandResponse(result=await self.admin.admin(request.command))
+        try:
+            result = await self.admin.admin(request.command)
+        except UnknownAdminCommand as error:
+            # Profile hstream-0.20: the parse failure is an ioError, which the default
+            # handlers turn into INTERNAL with its text (Handler/Admin.hs:114-146,
+            # Exception.hs:94-98, hstream-admin Server/Types.hs:437-441).
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                "Parsing admin command error: invalid argument "
+                f"(Invalid argument `{error.command}')",
+            )
+        return api.AdminCommandResponse(result=result)

@@ -19,10 +19,11 @@ from HStream.Server import HStreamApi_pb2 as api
 
 from refserver import errors, records
 from refserver.api.catalog import Catalog, ReaderMeta, key_hash
+from refserver.api.names import check_name
 from refserver.api.ownership import Ownership
 from refserver.api.shard_reads import ShardLog
-from refserver.api.streams import check_name
 from refserver.errors import HStreamError
+from refserver.profiles import PROTOCOL, Profile
 
 # No code for these in the protocol page; 902/903 follow HStreamDB's 9xx reader family
 # [unconfirmed].
@@ -42,8 +43,15 @@ def reader_not_found(reader_id: str) -> HStreamError:
 
 
 class ReaderService:
-    def __init__(self, catalog: Catalog, shard_log: ShardLog, ownership: Ownership) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        shard_log: ShardLog,
+        ownership: Ownership,
+        profile: Profile = PROTOCOL,
+    ) -> None:
         self.catalog = catalog
+        self.unicode_names = profile.unicode_names
         self.shard_log = shard_log
         self.ownership = ownership
         # One ReadShard at a time per reader on this node; across nodes the CAS decides.
@@ -52,7 +60,9 @@ class ReaderService:
     async def CreateShardReader(
         self, request: api.CreateShardReaderRequest, context: grpc.aio.ServicerContext
     ) -> api.CreateShardReaderResponse:
-        check_name(request.readerId, "shard reader id", errors.INVALID_SHARD_READER_ID)
+        check_name(
+            request.readerId, "shard reader id", errors.INVALID_SHARD_READER_ID, self.unicode_names
+        )
         if not request.HasField("shardOffset"):
             raise HStreamError(
                 grpc.StatusCode.INVALID_ARGUMENT,

@@ -8,7 +8,6 @@ HStreamError; the servicer turns those into JSON-coded statuses (§6).
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 import grpc
@@ -17,28 +16,16 @@ from HStream.Server import HStreamApi_pb2 as api
 
 from refserver import errors
 from refserver.api.catalog import Catalog, StreamMeta, store_unavailable
+from refserver.api.names import check_name
 from refserver.api.ownership import Ownership
 from refserver.api.shard_reads import ShardLog, TailSignals
 from refserver.api.subscription_storage import subscriptions_of_stream
 from refserver.errors import HStreamError
+from refserver.profiles import PROTOCOL, Profile
 from refserver.protos import Store_pb2 as store_pb
 from refserver.protos import Store_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-# HStreamDB's object identifier rule: 1–255 chars, a letter first, then alnum, '-', '_'.
-NAME_RULE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,254}")
-
-
-def check_name(name: str, what: str, code: int) -> None:
-    if not NAME_RULE.fullmatch(name):
-        raise HStreamError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            code,
-            f"invalid {what} {name!r}: 1-255 characters, a letter first, then letters, "
-            "digits, '-' or '_'",
-        )
-
 
 class StreamService:
     def __init__(
@@ -49,8 +36,10 @@ class StreamService:
         defects: frozenset[str],
         max_record_size: int,
         ownership: Ownership,
+        profile: Profile = PROTOCOL,
     ) -> None:
         self.ownership = ownership
+        self.unicode_names = profile.unicode_names
         self.store = store
         self.catalog = Catalog(store)
         self.shard_log = shard_log
@@ -61,7 +50,9 @@ class StreamService:
     async def CreateStream(
         self, request: api.Stream, context: grpc.aio.ServicerContext
     ) -> api.Stream:
-        check_name(request.streamName, "stream name", errors.INVALID_STREAM_NAME)
+        check_name(
+            request.streamName, "stream name", errors.INVALID_STREAM_NAME, self.unicode_names
+        )
         if request.replicationFactor <= 0:
             raise HStreamError(
                 grpc.StatusCode.INVALID_ARGUMENT,

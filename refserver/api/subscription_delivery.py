@@ -8,6 +8,12 @@ is only which records beyond the checkpoint were acked, so those are sent again
 
 All methods run on the server's event loop; only the reader task awaits the store
 between reading a shard's position and advancing it, and it re-checks ownership after.
+
+Profile hstream-0.20 (Core/Subscription.hs) differs in two places: maxUnackedRecords is
+checked once before each read and the whole read (up to 100 batches over the shards) is
+sent, so a consumer can hold up to 100 batches beyond the limit (562,628-635,669); and a
+departed consumer's in-flight records stay due at their ack deadline, not at once
+(1171-1219: its shards are only unbound).
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ from refserver.api.subscription_assignment import assign
 from refserver.api.subscription_progress import Position, ShardProgress
 from refserver.api.subscription_storage import CheckpointStore, SubscriptionRecord
 from refserver.errors import HStreamError
+from refserver.profiles import PROTOCOL, Profile
 from refserver.protos import Store_pb2, Store_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# Batches asked of the store per read; flow control is checked before each one is sent.
+# Batches asked of the store per read; flow control is checked before each one is sent
+# (profile hstream-0.20: Profile.subscription_read_batches, checked once per read).
 READ_BATCHES = 16
 # How often an idle reader looks for new entries; the store has no tail notification.
 POLL_SECONDS = 0.1
@@ -101,9 +109,11 @@ class SubscriptionDelivery:
         store: Store_pb2_grpc.StoreStub,
         checkpoint_store: CheckpointStore,
         defects: frozenset[str],
+        profile: Profile = PROTOCOL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.subscription = subscription
+        self._profile = profile
         self._store = store
         self._checkpoint_store = checkpoint_store
         self._defects = defects
@@ -172,7 +182,7 @@ class SubscriptionDelivery:
         for shard in self._shards.values():
             if shard.owner == consumer.name:
                 shard.owner = None
-            if "no-redelivery" in self._defects:
+            if "no-redelivery" in self._defects or self._profile.inflight_waits_for_deadline:
                 continue
             for batch in shard.inflight.values():
                 for pending in batch.pending.values():
@@ -290,6 +300,8 @@ class SubscriptionDelivery:
                 pass
 
     async def _read_round(self) -> bool:
+        if self._profile.unacked_checked_per_read:
+            return await self._read_whole()
         progressed = False
         for shard in list(self._shards.values()):
             if self.closed or self.unacked >= self.subscription.max_unacked_records:
@@ -310,6 +322,33 @@ class SubscriptionDelivery:
                 if entry.lsn < shard.next_lsn:
                     continue
                 self._deliver(shard, entry, consumer)
+                progressed = True
+        return progressed
+
+    async def _read_whole(self) -> bool:
+        """Profile hstream-0.20: check the unacked count once, then read up to
+        subscription_read_batches batches over the assigned shards and send them all."""
+        if self.closed or self.unacked >= self.subscription.max_unacked_records:
+            return False
+        budget = self._profile.subscription_read_batches
+        progressed = False
+        for shard in list(self._shards.values()):
+            if self.closed or budget <= 0:
+                break
+            if shard.owner is None:
+                continue
+            request = Store_pb2.ReadReq(
+                log_id=shard.shard_id, from_lsn=shard.next_lsn, max_entries=budget
+            )
+            reply = await self._store.Read(request)
+            for entry in reply.entries:
+                consumer = self.consumers.get(shard.owner) if shard.owner else None
+                if self.closed or consumer is None:
+                    break
+                if entry.lsn < shard.next_lsn:
+                    continue
+                self._deliver(shard, entry, consumer)
+                budget -= 1
                 progressed = True
         return progressed
 

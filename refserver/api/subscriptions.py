@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -23,6 +22,7 @@ from google.protobuf import empty_pb2
 from HStream.Server import HStreamApi_pb2 as api
 
 from refserver import errors
+from refserver.api.names import valid_name
 from refserver.api.subscription_delivery import Consumer, SubscriptionDelivery
 from refserver.api.subscription_progress import Position
 from refserver.api.subscription_storage import (
@@ -40,12 +40,11 @@ from refserver.api.subscription_storage import (
 )
 from refserver.errors import HStreamError
 from refserver.membership import Membership, NodeAddress
+from refserver.profiles import PROTOCOL, Profile
 from refserver.protos import Store_pb2, Store_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# HStreamDB's resource-name rule (the same as for streams).
-_RESOURCE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,254}")
 ASSIGNMENT_SECONDS = 1.0
 REDELIVERY_SECONDS = 0.1
 
@@ -66,8 +65,10 @@ class SubscriptionService:
         ownership: Ownership,
         defects: frozenset[str],
         node: NodeAddress,
+        profile: Profile = PROTOCOL,
     ) -> None:
         self._store = store
+        self._profile = profile
         self._membership = membership
         self._ownership = ownership
         self._defects = defects
@@ -117,7 +118,8 @@ class SubscriptionService:
             await errors.abort(context, error)
 
     async def _create(self, request: api.Subscription) -> api.Subscription:
-        if not _RESOURCE_NAME.fullmatch(request.subscriptionId):
+        # HStreamDB's resource-name rule (the same as for streams).
+        if not valid_name(request.subscriptionId, self._profile.unicode_names):
             raise HStreamError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 errors.INVALID_SUBSCRIPTION_ID,
@@ -366,7 +368,7 @@ class SubscriptionService:
         record = await require_subscription(self._store, subscription_id)
         checkpoints = await self._load_checkpoints(subscription_id)
         delivery = SubscriptionDelivery(
-            record, checkpoints, self._store, self._checkpoints, self._defects
+            record, checkpoints, self._store, self._checkpoints, self._defects, self._profile
         )
         self._deliveries[subscription_id] = delivery
         return delivery

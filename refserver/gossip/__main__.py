@@ -1,7 +1,8 @@
 """A gossip-only node: the membership layer of the reference server, without its API.
 
     python -m refserver.gossip --server-id 1 --address 127.0.0.1 --internal-port 6571 \
-        --seed-nodes 127.0.0.1:6571 [--probe-interval-ms 2000 ...] [--defect never-confirm]
+        --seed-nodes 127.0.0.1:6571 [--probe-interval-ms 2000 ...] [--defect never-confirm] \
+        [--profile hstream-0.20]
 
 Prints `gossip node <id> ready` on stdout once it has joined (or, as one of several
 seeds, right away: the cluster waits for `server init`), then runs until SIGTERM/SIGINT.
@@ -23,6 +24,7 @@ from refserver.defects import UnknownDefect, parse_defects
 from refserver.gossip.config import BadSeedList, GossipConfig
 from refserver.gossip.node import GossipNode, JoinFailed
 from refserver.membership import NodeAddress
+from refserver.profiles import PROFILES, UnknownProfile, parse_profile
 
 
 class CannotListen(RuntimeError):
@@ -49,6 +51,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed-nodes", default=None, help="host[:port],... (default: itself)")
     parser.add_argument("--defect", action="append", default=[], metavar="NAME")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--profile",
+        default="protocol",
+        help=f"gossip behaviour: {', '.join(sorted(PROFILES))} (see python -m refserver --help)",
+    )
     GossipConfig.add_cli_arguments(parser)
     return parser.parse_args(argv)
 
@@ -87,9 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         me = NodeAddress(args.server_id, args.address, args.port, args.address, args.internal_port)
-        config = GossipConfig.from_args(args, me, parse_defects(args.defect))
+        profile = parse_profile(args.profile)
+        config = GossipConfig.from_args(args, me, parse_defects(args.defect), profile)
         asyncio.run(serve(config))
-    except (BadSeedList, UnknownDefect, ValueError, JoinFailed, CannotListen) as error:
+    except (
+        BadSeedList,
+        UnknownDefect,
+        UnknownProfile,
+        ValueError,
+        JoinFailed,
+        CannotListen,
+    ) as error:
         print(f"gossip node {args.server_id}: {error}", file=sys.stderr)
         return 2
     return 0

@@ -37,6 +37,14 @@ Bootstrap (as the real server, simplified where noted):
   adds the list and gossips INITED; a seed is ready once it has seen INITED from every
   seed. (A seed restarted in the middle of an init is not handled.)
 
+Profile hstream-0.20 (refserver.profiles) changes, as the real server does: no suspicion
+timer (the prober confirms a member dead once a whole probe interval passed without any
+ack); retransmissions 4*ceil(ln(n+2)) with n the other alive members; member lists (probe
+order, gossip targets, JoinResp) of alive members only; no Cli* methods (UNIMPLEMENTED);
+a join from an id held alive refused with DuplicateNodeId even from the member's own
+address; `server status` with this node Running whatever its readiness; an admin command
+that does not parse raises UnknownAdminCommand (the API answers INTERNAL).
+
 A ServerNode that describes a member outside a state report (JoinReq, JoinResp, the INIT
 list, SendBootstrapPing, CliCluster) carries the member's state and incarnation in
 `advertisedListeners["gossip-state"]` (see refserver.gossip.wire); a real server reads
@@ -55,8 +63,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 
 from harness.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc, HStreamInternal_pb2
+from refserver.errors import UnknownAdminCommand
 from refserver.gossip import wire
 from refserver.gossip.broadcasts import BroadcastQueue
 from refserver.gossip.config import GossipConfig
@@ -78,6 +88,19 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
 ]
+
+
+# What the real server's gossip service registers (Server/Handlers.hs:73-81): the Cli*
+# methods are left out under profile hstream-0.20.
+SEND_METHODS = (
+    "SendBootstrapPing",
+    "SendPing",
+    "SendPingReq",
+    "SendJoin",
+    "SendGossip",
+    "SendReconnect",
+)
+GOSSIP_SERVICE = HStreamGossip_pb2.DESCRIPTOR.services_by_name["HStreamGossip"]
 
 
 class JoinFailed(RuntimeError):
@@ -120,6 +143,7 @@ class GossipNode:
 
     def __init__(self, config: GossipConfig) -> None:
         self.config = config
+        self.profile = config.profile
         self._self = config.self_node
         self._incarnation = initial_incarnation()
         self._table = MemberTable()
@@ -183,9 +207,42 @@ class GossipNode:
     def cluster_size(self) -> int:
         return 1 + len(self._table.in_state(MemberState.ALIVE, MemberState.SUSPECT))
 
+    def _listed(self) -> list[MemberRecord]:
+        """The other members this node probes, gossips to and names in a JoinResp:
+        alive and suspected ones; alive ones only under profile hstream-0.20
+        (Utils.hs:296-309)."""
+        if self.profile.alive_only_lists:
+            return self._table.in_state(MemberState.ALIVE)
+        return self._table.in_state(MemberState.ALIVE, MemberState.SUSPECT)
+
+    def _retransmit_limit(self) -> int:
+        if self.profile.retransmit_ln:
+            return self.config.retransmit_limit_ln(len(self._table.in_state(MemberState.ALIVE)))
+        return self.config.retransmit_limit(self.cluster_size())
+
     # ----------------------------------------------------------------- lifecycle
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        HStreamGossip_pb2_grpc.add_HStreamGossipServicer_to_server(_Servicer(self), server)
+        if not self.profile.no_cli_service:
+            HStreamGossip_pb2_grpc.add_HStreamGossipServicer_to_server(_Servicer(self), server)
+            return
+        # Only what the real server registers: a Cli* call finds no method (UNIMPLEMENTED).
+        servicer = _Servicer(self)
+        handlers = {}
+        for method in GOSSIP_SERVICE.methods:
+            if method.name not in SEND_METHODS:
+                continue
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                getattr(servicer, method.name),
+                request_deserializer=message_factory.GetMessageClass(
+                    method.input_type
+                ).FromString,
+                response_serializer=message_factory.GetMessageClass(
+                    method.output_type
+                ).SerializeToString,
+            )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(GOSSIP_SERVICE.full_name, handlers),)
+        )
 
     async def start(self) -> None:
         if self._started:
@@ -274,8 +331,7 @@ class GossipNode:
     def _piggyback(
         self, first: Sequence[HStreamGossip_pb2.Message] = ()
     ) -> list[HStreamGossip_pb2.Message]:
-        limit = self.config.retransmit_limit(self.cluster_size())
-        return [*first, *self._broadcasts.take(limit)]
+        return [*first, *self._broadcasts.take(self._retransmit_limit())]
 
     def _claims_about(self, member_id: int) -> list[HStreamGossip_pb2.Message]:
         """What this node believes of a suspect or dead member, for that member to refute."""
@@ -421,7 +477,12 @@ class GossipNode:
         timer = self._suspicion_timers.pop(record.node.id, None)
         if timer is not None:
             timer.cancel()
-        confirming = "never-confirm" not in self.config.defects and not self._stopped
+        # Profile hstream-0.20 has no suspicion timer: the prober confirms (_probe).
+        confirming = (
+            "never-confirm" not in self.config.defects
+            and not self._stopped
+            and not self.profile.confirm_after_probe
+        )
         if record.state is MemberState.SUSPECT and confirming:
             timeout = self.config.suspicion_timeout(self.cluster_size())
             self._suspicion_timers[record.node.id] = asyncio.get_running_loop().call_later(
@@ -583,10 +644,19 @@ class GossipNode:
                     )
                 except grpc.aio.AioRpcError as error:
                     if error.code() is grpc.StatusCode.ALREADY_EXISTS:
+                        # The real server's words (Start.hs:251-253), then ours.
+                        log.critical(
+                            "node %d: DuplicateNodeId: Failed to join the cluster, node with "
+                            "the same id already exists (seed %s: %s)",
+                            self._self.id,
+                            _address(host, port),
+                            error.details(),
+                        )
                         raise JoinFailed(
-                            f"seed {_address(host, port)} refused node {self._self.id}: a live "
-                            f"member already has this id ({error.details()}); give this node "
-                            "another --server-id"
+                            f"DuplicateNodeId: seed {_address(host, port)} refused node "
+                            f"{self._self.id}: a live member already has this id "
+                            f"({error.details()}); give this node another --server-id, or "
+                            "restart it only once the others have confirmed its old life dead"
                         ) from None
                     failures[_address(host, port)] = f"{error.code().name}: {error.details()}"
                     continue
@@ -649,15 +719,13 @@ class GossipNode:
     def _next_probe_target(self) -> MemberRecord | None:
         while True:
             if not self._probe_order:
-                candidates = [
-                    r.node.id for r in self._table.in_state(MemberState.ALIVE, MemberState.SUSPECT)
-                ]
+                candidates = [r.node.id for r in self._listed()]
                 if not candidates:
                     return None
                 self._rng.shuffle(candidates)
                 self._probe_order = candidates
             record = self._table.get(self._probe_order.pop())
-            if record is not None and record.state is not MemberState.DEAD:
+            if record is not None and record in self._listed():
                 return record
 
     async def _probe_loop(self) -> None:
@@ -670,6 +738,9 @@ class GossipNode:
             await asyncio.sleep(max(0.0, started + self.config.probe_interval - loop.time()))
 
     async def _probe(self, target: MemberRecord, deadline: float) -> None:
+        if self.profile.confirm_after_probe:
+            await self._probe_then_confirm(target, deadline)
+            return
         rtt = self.config.roundtrip_timeout
         if await self._ping(target.node, rtt):
             return
@@ -695,12 +766,59 @@ class GossipNode:
             )
             self._apply_state("suspect", current.incarnation, current.node)
 
+    async def _probe_then_confirm(self, target: MemberRecord, deadline: float) -> None:
+        """Profile hstream-0.20 (Probe.hs:111-137): Ping; no Ack within the round trip →
+        PingReq through one alive member; none within another round trip → Suspect; still
+        no Ack (direct or indirect) when the probe interval ends → Confirm, if the
+        member's incarnation has not changed meanwhile. No suspicion timer anywhere."""
+        loop = asyncio.get_running_loop()
+        rtt = self.config.roundtrip_timeout
+        incarnation = target.incarnation
+        if await self._ping(target.node, rtt):
+            return
+        helpers = [r.node for r in self._listed() if r.node.id != target.node.id]
+        helpers = self._rng.sample(helpers, min(self.config.indirect_checks, len(helpers)))
+        timeout = max(deadline - loop.time(), rtt)
+        indirect = [
+            asyncio.ensure_future(self._ping_req(helper, target.node, timeout))
+            for helper in helpers
+        ]
+        try:
+            if await _any_true(indirect, rtt):
+                return
+            current = self._table.get(target.node.id)
+            if current is not None and current.state is MemberState.ALIVE:
+                log.info(
+                    "node %d: no ack from %d (direct and %d indirect)",
+                    self._self.id,
+                    target.node.id,
+                    len(helpers),
+                )
+                self._apply_state("suspect", current.incarnation, current.node)
+            if await _any_true(indirect, deadline - loop.time()):
+                return
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+        finally:
+            for task in indirect:
+                task.cancel()
+        current = self._table.get(target.node.id)
+        if current is None or current.state is MemberState.DEAD:
+            return
+        if current.incarnation != incarnation or "never-confirm" in self.config.defects:
+            return
+        log.info(
+            "node %d: no ack from %d within the probe interval; confirming it dead",
+            self._self.id,
+            target.node.id,
+        )
+        self._apply_state("confirm", incarnation, current.node)
+
     async def _gossip_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.gossip_interval)
             if not len(self._broadcasts):
                 continue
-            peers = [r.node for r in self._table.in_state(MemberState.ALIVE, MemberState.SUSPECT)]
+            peers = [r.node for r in self._listed()]
             chosen = self._rng.sample(peers, min(self.config.fanout, len(peers)))
             await asyncio.gather(*(self._send_gossip(peer) for peer in chosen))
 
@@ -729,7 +847,7 @@ class GossipNode:
     # ----------------------------------------------------------------- server side
     def _join_response(self) -> HStreamGossip_pb2.JoinResp:
         members = [self._self_described()]
-        for record in self._table.in_state(MemberState.ALIVE, MemberState.SUSPECT):
+        for record in self._listed():
             members.append(wire.with_state(record.node, record.state, record.incarnation))
         return HStreamGossip_pb2.JoinResp(epoch=self._table.epoch, members=members)
 
@@ -754,7 +872,16 @@ class GossipNode:
             )
             # Two live processes cannot listen on one address: a join from the address of
             # a live member is that member restarted; from elsewhere, it is a duplicate id.
-            if known.state is MemberState.ALIVE and not same_place:
+            # The real server refuses both (profile hstream-0.20, Server/Handlers.hs:163).
+            if known.state is MemberState.ALIVE and (
+                not same_place or self.profile.refuse_alive_rejoin
+            ):
+                log.critical(
+                    "node %d: DuplicateNodeId: refused the join of node %d, alive here at %s",
+                    self._self.id,
+                    node.id,
+                    _address(known.node.gossip_host, known.node.gossip_port),
+                )
                 raise _Refused(
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"Duplicate node id join not allowed: {node.id} is alive at "
@@ -779,12 +906,16 @@ class GossipNode:
                 return _admin_result("plain", "Cluster is ready")
             return _admin_result("error", "Cluster is not ready!")
         if words == ["status"]:
-            rows = [
-                [str(node.id), state, _address(node.host, node.port)]
-                for node, state in self.node_states()
-            ]
+            states = self.node_states()
+            if self.profile.status_self_running:
+                # Utils.hs:331-342: the member list (self included, as alive) overwrites
+                # the entry that says Starting.
+                states = [(node, "Running" if node == self._self else s) for node, s in states]
+            rows = [[str(node.id), state, _address(node.host, node.port)] for node, state in states]
             headers = ["Node ID", "State", "Address"]
             return _admin_result("table", {"headers": headers, "rows": rows})
+        if self.profile.admin_parse_error_internal:
+            raise UnknownAdminCommand(command)
         return _admin_result(
             "error",
             f"unknown admin command {command!r}; the gossip layer answers "
@@ -806,6 +937,27 @@ def _sender_of(messages: Sequence[HStreamGossip_pb2.Message]) -> int | None:
         return None
     report = state.alive
     return report.reportee.id if report.reportee.id == report.reporter.id else None
+
+
+async def _any_true(tasks: Sequence[asyncio.Future[bool]], timeout: float) -> bool:
+    """True as soon as one task returns True; False once all returned False or the
+    timeout passed (the tasks keep running)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = {t for t in tasks if not t.done()}
+    while True:
+        if any(_returned_true(t) for t in tasks):
+            return True
+        remaining = deadline - loop.time()
+        if not pending or remaining <= 0:
+            return False
+        _, pending = await asyncio.wait(
+            pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+        )
+
+
+def _returned_true(task: asyncio.Future[bool]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None and task.result()
 
 
 def _admin_result(kind: str, content: Any) -> str:
