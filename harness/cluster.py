@@ -545,7 +545,7 @@ class Cluster:
         self._write_status()
 
     def heal(self) -> None:
-        """Undo every partition and put every proxy of this cluster back to normal."""
+        """Undo every partition (toxics are the nemesis' toxic family's to undo)."""
         if self._stopped:
             return
         net = self.provision.net if self.provision else None
@@ -553,16 +553,20 @@ class Cluster:
             net.heal()
         self._partition = None
         self.extra.pop("partition", None)
-        if self.toxiproxy_url and self.proxies:
-            from harness.faults.toxiproxy import ToxiproxyError, connect_toxiproxy
-
-            with contextlib.suppress(ToxiproxyError):
-                handle = connect_toxiproxy(self.toxiproxy_url)
-                for info in self.proxies.values():
-                    handle.set_enabled(info.name, True)
-                    for toxic in handle.proxy(info.name).get("toxics") or []:
-                        handle.remove_toxic(info.name, toxic["name"])
         self._write_status()
+
+    def reset_proxies(self) -> None:
+        """Every proxy of this cluster enabled and without toxics (a shared external
+        Toxiproxy may serve other clusters, so only ours, and no /reset)."""
+        if not self.toxiproxy_url or not self.proxies or self._stopped:
+            return
+        from harness.faults.toxiproxy import connect_toxiproxy
+
+        handle = connect_toxiproxy(self.toxiproxy_url)
+        for info in self.proxies.values():
+            handle.set_enabled(info.name, True)
+            for toxic in handle.proxy(info.name).get("toxics") or []:
+                handle.remove_toxic(info.name, toxic["name"])
 
     def partition_rules(self, n: int) -> list[str]:
         """The iptables rules now in node n's chains (evidence for reports)."""

@@ -28,7 +28,8 @@ def test_up_status_down(isolated_reports: Path, labelled: Callable[[str], list[i
     up = cli(isolated_reports, "cluster", "up", "--nodes", "2", "--base-port", "19600", "--json")
     try:
         assert up.returncode == 0, up.stderr
-        assert "starting node-2 on localhost ... waiting for 'Server is started on port 19600'" in up.stderr
+        waiting = "starting node-2 on localhost ... waiting for 'Server is started on port 19600'"
+        assert waiting in up.stderr
         status = json.loads(up.stdout)
         session = status["spec"]["session"]
         assert status["toxiproxy_url"] == "http://127.0.1.1:19603"

@@ -163,7 +163,7 @@ def test_partition_reaches_a_paused_node(cluster: Cluster) -> None:
     assert tcp_from(cluster, "node-2", cluster.node(3).direct_gossip) == "ok"
 
 
-def test_heal_reenables_a_disabled_proxy(cluster: Cluster) -> None:
+def test_reset_proxies_reenables_a_disabled_proxy(cluster: Cluster) -> None:
     url = cluster.client_url(1)
     client_proxy = cluster.proxy(1, "client").name
     connect_toxiproxy(cluster.toxiproxy_url or "").set_enabled(client_proxy, False)
@@ -171,8 +171,9 @@ def test_heal_reenables_a_disabled_proxy(cluster: Cluster) -> None:
         assert echo_fails(url) == grpc.StatusCode.UNAVAILABLE
         assert call_echo(str(cluster.node(1).direct_client)) == "ping"
     finally:
-        cluster.heal()
-    wait_until("node 1 answers through its proxy after heal", lambda: call_echo(url) == "ping")
+        cluster.reset_proxies()
+    wait_until("node 1 answers through its proxy after the reset",
+               lambda: call_echo(url) == "ping")
 
 
 def test_logs_are_copied_per_container(cluster: Cluster) -> None:

@@ -79,8 +79,9 @@ def test_disabled_client_proxy_cuts_the_node_off(cluster: Cluster) -> None:
         assert call_echo(cluster.nodes[0].direct_client.host + ":"
                          + str(cluster.nodes[0].direct_client.port)) == "ping"
     finally:
-        cluster.heal()
-    wait_until("node 1 answers through its proxy after heal", lambda: call_echo(url) == "ping")
+        cluster.reset_proxies()
+    wait_until("node 1 answers through its proxy after the reset",
+               lambda: call_echo(url) == "ping")
 
 
 def test_store_kill_and_restart(cluster: Cluster) -> None:
