@@ -36,7 +36,16 @@ from harness.runtimes import (
     Runtime,
     runtime_for,
 )
-from harness.targets import Endpoint, InitStep, Placement, ProcessSpec, Target, target_for
+from harness.targets import (
+    Endpoint,
+    InitStep,
+    Placement,
+    ProcessSpec,
+    Target,
+    settings_for,
+    target_for,
+)
+from harness.targets.settings import TargetSettings
 from harness.topology import SESSION_ENV, ClusterSpec
 
 __all__ = [
@@ -186,6 +195,11 @@ class Cluster:
             raise HarnessError(
                 f"no proxy for {name} port {port_name!r}; proxied ports: {', '.join(ports)}"
             ) from None
+
+    @property
+    def settings(self) -> TargetSettings:
+        """What its target runs with (harness.targets.settings): bounds derive from it."""
+        return settings_for(self.spec)
 
     # -- what this cluster can do -------------------------------------------------
     def refusal(self, means: str) -> str | None:

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from harness import HarnessError
-from harness.cluster import Cluster, start_cluster
 from harness.cleanup import install_signal_teardown, sweep
+from harness.cluster import Cluster, start_cluster
 from harness.targets import target_for
 from harness.topology import ClusterSpec, build_spec
 
@@ -57,6 +57,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="no proxies in front of the nodes (network faults unavailable)")
     group.addoption("--defect", action="append", default=[], metavar="NAME",
                     help="switch on a seeded defect of the reference server (repeatable)")
+    group.addoption("--profile", default=None, metavar="NAME",
+                    help="the reference server's behaviour profile: protocol (default) or "
+                    "hstream-0.20 (the real server's observable behaviour)")
     group.addoption("--base-port", type=int, default=None,
                     help="client port of the first cluster; gossip +1, store +2, Toxiproxy +3")
 
@@ -78,6 +81,7 @@ def pytest_configure(config: pytest.Config) -> None:
             toxiproxy=False if getattr(opt, "no_toxiproxy", False) else None,
             defects=tuple(getattr(opt, "defect", None) or ()),
             base_port=getattr(opt, "base_port", None),
+            profile=getattr(opt, "profile", None),
         )
         if getattr(opt, "seed", None) is None and spec.seed == 0:
             spec = spec.with_(seed=random.SystemRandom().randrange(2**31))

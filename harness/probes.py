@@ -33,6 +33,7 @@ from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 from harness.cluster import Cluster, NodeHandle
 from harness.history import History
 from harness.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc
+from harness.targets.settings import TargetSettings
 
 STATE_LISTENER = "gossip-state"
 NODE_STATES = {0: "suspect", 1: "alive", 2: "suspect", 3: "dead"}
@@ -95,9 +96,15 @@ class CliClusterProbe:
 
 
 class DescribeClusterProbe:
-    def __init__(self, timeout: float = 0.5, nodes: Iterable[int | str] = ()) -> None:
+    """Views from DescribeCluster. `absent` is what a member of `nodes` missing from the
+    answer is taken for: "suspect" where lists hold every state, "dead" where they hold
+    alive members only (real HStreamDB: a suspect vanishes, hstream-gossip Utils.hs:296)."""
+
+    def __init__(self, timeout: float = 0.5, nodes: Iterable[int | str] = (),
+                 absent: str = "suspect") -> None:
         self.timeout = timeout
         self.nodes = [str(n) for n in nodes]
+        self.absent = absent
         self._channels = _Channels()
 
     def view(self, node: NodeHandle) -> dict[str, str]:
@@ -105,7 +112,7 @@ class DescribeClusterProbe:
         described: api.DescribeClusterResponse = stub.DescribeCluster(
             Empty(), timeout=self.timeout
         )
-        view = {member: "suspect" for member in self.nodes}
+        view = {member: self.absent for member in self.nodes}
         view.update({str(n.id): "alive" for n in described.serverNodes})
         for status in described.serverNodesStatus:
             view[str(status.node.id)] = NODE_STATES.get(status.state, "suspect")
@@ -154,3 +161,12 @@ class ViewSampler:
         close = getattr(self.probe, "close", None)
         if close:
             close()
+
+
+def probe_for(settings: TargetSettings, nodes: Iterable[int | str]) -> MembershipProbe:
+    """The probe a target supports: CliCluster where its gossip service answers it (every
+    member's state), else DescribeCluster read as its member lists mean it."""
+    if settings.membership_probe == "cli-cluster":
+        return CliClusterProbe()
+    absent = "dead" if settings.member_lists == "alive-only" else "suspect"
+    return DescribeClusterProbe(nodes=nodes, absent=absent)

@@ -94,6 +94,9 @@ class ClusterSpec:
     seed: int = 0
     gossip: Mapping[str, int] = field(default_factory=dict)
     tokens: tuple[str, ...] = ()
+    # The reference server's behaviour profile: "protocol" (protocol-correct) or one that
+    # mirrors a real server's observable behaviour ("hstream-0.20"); reference target only.
+    profile: str = "protocol"
     base_port: int = 6570
     session: str = field(default_factory=new_session_label)
     # Distinguishes several clusters of one session (cluster_factory): part of every name.
@@ -172,6 +175,7 @@ class ClusterSpec:
             "seed": self.seed,
             "gossip": dict(self.gossip),
             "tokens": list(self.tokens),
+            "profile": self.profile,
             "base_port": self.base_port,
             "session": self.session,
             "name": self.name,
@@ -191,6 +195,7 @@ class ClusterSpec:
             seed=data.get("seed", 0),
             gossip=dict(data.get("gossip", {})),
             tokens=tuple(data.get("tokens", ())),
+            profile=data.get("profile", "protocol"),
             base_port=data.get("base_port", 6570),
             session=data["session"],
             name=data.get("name", "c0"),
@@ -266,6 +271,7 @@ _TOML_KEYS: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "seed": ("seed", int),
         "defects": ("defects", list),
         "tokens": ("tokens", list),
+        "profile": ("profile", str),
         "base_port": ("base_port", int),
     },
     "toxiproxy": {

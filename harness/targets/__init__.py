@@ -22,10 +22,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from harness import HarnessError
 from harness.topology import ClusterSpec
+
+if TYPE_CHECKING:
+    from harness.targets.settings import TargetSettings
 
 Role = Literal["node", "store", "metastore"]
 
@@ -142,6 +145,11 @@ class Target(Protocol):
         self, spec: ClusterSpec, placements: Mapping[str, Placement]
     ) -> list[InitStep]: ...
 
+    def settings(self, spec: ClusterSpec) -> TargetSettings:
+        """What it runs with (gossip timings, confirmation rule, membership probe, known
+        departures from the protocol): harness.targets.settings."""
+        ...
+
     # Optional (looked up with getattr by the orchestration, harness.cluster):
     # before_restart(spec, placements, node_id) -> list[InitStep]: run after a node was
     #   killed and before it is started again (a real server refuses an incarnation its
@@ -161,3 +169,8 @@ def target_for(spec: ClusterSpec) -> Target:
 
         return HStreamTarget(spec)
     raise TargetError(f"unknown target {spec.target!r}; use 'reference' or 'hstream:<image>'")
+
+
+def settings_for(spec: ClusterSpec) -> TargetSettings:
+    """What the spec's target runs with (see harness.targets.settings)."""
+    return target_for(spec).settings(spec)

@@ -49,6 +49,7 @@ import shlex
 from collections.abc import Mapping
 
 from harness.targets import Endpoint, InitStep, Placement, ProcessLayout, ProcessSpec, TargetError
+from harness.targets.settings import TargetSettings, hstream_settings
 from harness.topology import ClusterSpec
 
 DEFAULT_IMAGE = "hstreamdb/hstream:v0.20.3"
@@ -187,6 +188,10 @@ class HStreamTarget:
                 "reference target; hstream-server v0.20 parses hserver.gossip but starts "
                 "gossip with its defaults (app/server.hs: defaultGossipOpts)"
             )
+        if spec.profile != "protocol":
+            raise TargetError(
+                f"profile {spec.profile!r} is the reference server's: real HStreamDB "
+                "behaves as it does; drop --profile for an hstream target")
         self.spec = spec
         self.image: str = spec.image or DEFAULT_IMAGE
         self.version: Version | None = parse_version(self.image)
@@ -207,6 +212,11 @@ class HStreamTarget:
                     f"{version_text(self.version)}, which ignores the key and would accept "
                     "every client; drop the tokens or use a newer image"
                 )
+
+    def settings(self, spec: ClusterSpec) -> TargetSettings:
+        """The defaults this version starts gossip with, whatever its config says
+        (app/server.hs:146 passes defaultGossipOpts), and its known departures."""
+        return hstream_settings(version_text(self.version))
 
     @property
     def version_text(self) -> str:

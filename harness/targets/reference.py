@@ -11,11 +11,14 @@ later, they join the running cluster through it.
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 from harness.targets import InitStep, Placement, ProcessLayout, ProcessSpec, TargetError
+from harness.targets.settings import TargetSettings
 from harness.topology import ClusterSpec
 
 STORE = "store"
@@ -69,6 +72,15 @@ class ReferenceTarget:
                 f"{', '.join(sorted(known))}"
             )
         self.spec = spec
+        if spec.profile != "protocol":
+            self.settings(spec)  # an unknown profile fails here, before anything starts
+
+    def settings(self, spec: ClusterSpec) -> TargetSettings:
+        """What its servers run with, as the reference server itself reports it for this
+        profile and these gossip flags (its defaults overridden by what it was given)."""
+        return TargetSettings.from_report(
+            "reference", f"profile {spec.profile}", tunable=True,
+            report=_settings_report(spec.profile, _gossip_flags(spec)))
 
     def layout(self, spec: ClusterSpec) -> list[ProcessLayout]:
         store = ProcessLayout(
@@ -153,8 +165,9 @@ class ReferenceTarget:
             argv += ["--tokens", ",".join(spec.tokens)]
         for defect in spec.defects:
             argv += ["--defect", defect]
-        for key, value in sorted(spec.gossip.items()):
-            argv += [f"--{key.replace('_', '-')}", str(value)]
+        if spec.profile != "protocol":
+            argv += ["--profile", spec.profile]
+        argv += _gossip_flags(spec)
         return tuple(argv)
 
     def init_steps(
@@ -188,6 +201,32 @@ class ReferenceTarget:
             for i in spec.node_ids
         ]
         return steps
+
+
+def _gossip_flags(spec: ClusterSpec) -> tuple[str, ...]:
+    flags: list[str] = []
+    for key, value in sorted(spec.gossip.items()):
+        flags += [f"--{key.replace('_', '-')}", str(value)]
+    return tuple(flags)
+
+
+@functools.cache
+def _settings_report(profile: str, flags: tuple[str, ...]) -> dict[str, Any]:
+    """`python -m refserver.settings_report` for this profile and these flags (cached: the
+    answer depends on nothing else)."""
+    argv = [python_executable(), "-m", "refserver.settings_report", "--profile", profile,
+            *flags]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True,
+                                timeout=LIST_DEFECTS_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise TargetError(f"cannot ask the reference server what it runs with: {error}") \
+            from None
+    if result.returncode != 0:
+        last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TargetError(f"the reference server refuses these settings: {last_line}")
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 def _python_env() -> dict[str, str]:
