@@ -9,7 +9,6 @@ cluster runs with plus a named scheduling slack for a loaded machine.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -19,10 +18,11 @@ from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
 from harness.checkers.membership import swim_bounds
+from harness.targets.settings import TargetSettings
 
 # Faster than the real defaults (2 s probes, 4x suspicion) so a failover test takes seconds,
 # slow enough that a loaded 2-core machine does not produce false suspicions (the round-trip
-# timeout is half a period).
+# timeout is half a period). Only targets that take timings from outside use them.
 FAST_GOSSIP = {
     "probe_interval_ms": 1000,
     "roundtrip_timeout_ms": 500,
@@ -30,24 +30,21 @@ FAST_GOSSIP = {
     "suspicion_mult": 3,
     "reconnect_interval_ms": 2000,
 }
-# The reference server's own defaults, for a cluster started without overrides.
-DEFAULT_GOSSIP = {"probe_interval_ms": 2000, "gossip_interval_ms": 1000, "suspicion_mult": 4}
 # What a machine with load 5-8 on 2 cores adds to any protocol bound: process wake-ups,
 # gRPC calls queued behind other clusters, Python start-up of drivers.
 SCHEDULING_SLACK_S = 15.0
 DESCRIBE_TIMEOUT_S = 3.0
 
 
-def confirmation_bound_s(gossip: dict[str, int], nodes: int) -> float:
-    """Failure -> every member has it dead, for these gossip timings (see swim_bounds), plus
-    the scheduling slack."""
-    settings = {**DEFAULT_GOSSIP, **gossip}
-    probe_s = settings["probe_interval_ms"] / 1000
+def confirmation_bound_s(settings: TargetSettings, nodes: int) -> float:
+    """Failure -> every member has it dead, for what the target runs with (see
+    swim_bounds), plus the scheduling slack."""
+    gossip = settings.gossip
     bounds = swim_bounds(
-        probe_s,
+        gossip.probe_interval_s,
         nodes,
-        gossip_interval_s=settings["gossip_interval_ms"] / 1000,
-        suspicion_periods=settings["suspicion_mult"] * max(1.0, math.log10(nodes)),
+        gossip_interval_s=gossip.gossip_interval_s,
+        suspicion_periods=gossip.suspicion_periods(nodes),
     )
     return bounds["agreement_bound_s"] + SCHEDULING_SLACK_S
 

@@ -92,7 +92,7 @@ def test_append_continues_after_owner_fails(
     shard_id, owner = shard_owner(cluster, baseline, stream)
     survivors = {n.id: str(n.client) for n in cluster.nodes if n.id != owner}
     assert baseline.connect(list(survivors.values())).ok
-    watch = DeathWatch(owner, survivors, confirmation_bound_s(cluster.spec.gossip, 3))
+    watch = DeathWatch(owner, survivors, confirmation_bound_s(cluster.settings, 3))
     failure = FAULTS[f"{fault}-one"].on(owner)
     nemesis.invoke(failure, "start")
     try:
@@ -285,7 +285,7 @@ def test_consumer_fails_over(
     owner = node_of(cluster, subscription_owner(str(cluster.nodes[0].client), sub))
     survivors = {n.id: str(n.client) for n in cluster.nodes if n.id != owner}
     assert baseline.connect(list(survivors.values())).ok
-    watch = DeathWatch(owner, survivors, confirmation_bound_s(cluster.spec.gossip, 3))
+    watch = DeathWatch(owner, survivors, confirmation_bound_s(cluster.settings, 3))
     kill = FAULTS["kill-one"].on(owner)
     nemesis.invoke(kill, "start")
     try:

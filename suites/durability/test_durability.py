@@ -22,6 +22,7 @@ from harness.clients.driver import ClientDriver
 from harness.history import History, history_path
 from harness.nemesis import FAULTS, Fault, Nemesis
 
+from ..membership.bounds import agreement_bound_s
 from .workload import Workload
 
 FAST_GOSSIP = {
@@ -92,7 +93,11 @@ def test_no_acknowledged_record_lost(request, cluster_factory, evidence, fault):
         instance = FAULTS[fault].resolve(
             [n.id for n in cluster.nodes], random.Random(cluster.spec.seed)
         )
-        workload = Workload([str(n.client) for n in cluster.nodes], history)
+        # The fault lasts at least until survivors agree the victim is gone (the bound of
+        # what the target reports it runs with), so every failover path is exercised.
+        window = agreement_bound_s(cluster.settings, len(cluster.nodes))
+        workload = Workload([str(n.client) for n in cluster.nodes], history,
+                            duration_s=max(10.0, 2.0 + window + 1.0 + 3.0))
         try:
             workload.run(
                 start_fault=lambda: nemesis.invoke(instance, "start"),

@@ -1,32 +1,16 @@
-"""Membership under faults: bootstrap, kill, pause, partitions and latency, for N = 3 and 5.
+"""Membership under faults: bootstrap, kill, pause, latency and joins, for N = 3 and 5.
 
-Views are sampled from every running node (harness.probes) into a history, together with the
-nemesis' faults; the membership checker judges them against a bound derived from the
-gossip settings:
-
-    T  = probe interval, G = gossip interval, n = nodes
-    expected first detection   ≈ e/(e−1)·T        (each period a failed member escapes all
-                                                    n−1 probers with probability ≈ 1/e)
-    detection bound            = min(7, 2n−1)·T    (missing 7 periods in a row: p ≈ e^−7;
-                                                    shuffled round-robin: ≤ 2n−1 periods)
-    suspicion timeout          = mult·max(1, log10 n)·T         (Lifeguard/memberlist)
-    dissemination              = retransmit·ceil(ln(n+2))·G     (O(log n) gossip rounds)
-    agreement bound            = detection + suspicion + dissemination + one sample
-
-so a failure is seen, confirmed and agreed on by every survivor within the bound, or the
-suite fails with the measured times. A brand-new node has nothing to detect: it gets the
-member list from the seed that accepts its join, and the seed's Alive(new node) spreads by
-gossip, so
-
-    join bound                 = dissemination(n+1) + T + one sample
-
-(the T covers the new node's first round of pings, which announce it directly). The same
-suites run against any target whose views a probe can read.
+Views are sampled from every running node through the probe the target supports
+(CliCluster, or DescribeCluster read as its member lists mean it) into a history, together
+with the nemesis' faults; the membership checker judges them against bounds derived from
+what the target reports it runs with (suites/membership/bounds.py states the formulas), so
+a failure is seen, confirmed and agreed on by every survivor within the bound, or the suite
+fails with the measured times. The same suites run against any target whose views a probe
+can read.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Iterator
@@ -37,36 +21,9 @@ import pytest
 from harness.checkers import membership
 from harness.history import History, history_path
 from harness.nemesis import FAULTS, Fault, Nemesis
-from harness.probes import CliClusterProbe, DescribeClusterProbe, ViewSampler
+from harness.probes import DescribeClusterProbe, ViewSampler, probe_for
 
-PROBE_MS = 300
-RTT_MS = 120
-GOSSIP_MS = 150
-SUSPICION_MULT = 3
-RETRANSMIT_MULT = 4
-SAMPLE_S = 0.1
-TIMINGS = {
-    "probe_interval_ms": PROBE_MS,
-    "roundtrip_timeout_ms": RTT_MS,
-    "gossip_interval_ms": GOSSIP_MS,
-    "suspicion_mult": SUSPICION_MULT,
-    "retransmit_mult": RETRANSMIT_MULT,
-    "reconnect_interval_ms": 1000,
-}
-
-
-def agreement_bound_s(n: int) -> float:
-    """The agreement bound of the module docstring, for these timings."""
-    suspicion_periods = SUSPICION_MULT * max(1.0, math.log10(n))
-    bounds = membership.swim_bounds(
-        PROBE_MS / 1000,
-        n,
-        gossip_interval_s=GOSSIP_MS / 1000,
-        retransmit_mult=RETRANSMIT_MULT,
-        suspicion_periods=suspicion_periods,
-        sample_interval_s=SAMPLE_S,
-    )
-    return bounds["agreement_bound_s"]
+from .bounds import SAMPLE_S, TIMINGS, agreement_bound_s, join_bound_s
 
 
 @dataclass
@@ -83,10 +40,11 @@ def observed(request, cluster_factory, evidence) -> Iterator[Observed]:
     cluster = cluster_factory(nodes=n, gossip=TIMINGS)
     path = history_path(request.node.nodeid)
     evidence.history(path)
-    with History(path) as history, ViewSampler(cluster, history, CliClusterProbe(), SAMPLE_S):
+    probe = probe_for(cluster.settings, [node.id for node in cluster.nodes])
+    with History(path) as history, ViewSampler(cluster, history, probe, SAMPLE_S):
         nemesis = Nemesis(cluster, history)
         try:
-            yield Observed(cluster, history, nemesis, agreement_bound_s(n))
+            yield Observed(cluster, history, nemesis, agreement_bound_s(cluster.settings, n))
         finally:
             nemesis.teardown()
 
@@ -116,18 +74,6 @@ def settle(history: History, cluster, within_s: float) -> None:
         time.sleep(SAMPLE_S)
 
 
-def join_bound_s(n: int) -> float:
-    """The join bound of the module docstring: n nodes running, one joining."""
-    bounds = membership.swim_bounds(
-        PROBE_MS / 1000,
-        n + 1,
-        gossip_interval_s=GOSSIP_MS / 1000,
-        retransmit_mult=RETRANSMIT_MULT,
-        sample_interval_s=SAMPLE_S,
-    )
-    return round(bounds["dissemination_bound_s"] + PROBE_MS / 1000 + SAMPLE_S, 3)
-
-
 def judge(observed: Observed, evidence, **options) -> membership.Result:
     settle(observed.history, observed.cluster, observed.bound_s)
     ids = [node.id for node in observed.cluster.nodes]
@@ -146,7 +92,8 @@ def verdict(result, observed: Observed) -> str:
         for k in ("time_to_first_suspicion_s", "time_to_confirmed_dead_s", "time_to_agreement_s")
     }
     return (
-        f"{result.summary()}; bound {observed.bound_s:.2f} s; measured {figures}; "
+        f"{result.summary()}; bound {observed.bound_s:.2f} s "
+        f"({observed.cluster.settings.label}); measured {figures}; "
         f"history {observed.history.path}"
     )
 
@@ -170,9 +117,10 @@ def test_new_node_joins_within_bound(request, cluster_factory, evidence, n):
     path = history_path(request.node.nodeid)
     evidence.history(path)
     observed = None
-    with History(path) as history, ViewSampler(cluster, history, CliClusterProbe(), SAMPLE_S):
+    probe = probe_for(cluster.settings, [node.id for node in cluster.nodes])
+    with History(path) as history, ViewSampler(cluster, history, probe, SAMPLE_S):
         nemesis = Nemesis(cluster, history)
-        observed = Observed(cluster, history, nemesis, join_bound_s(n))
+        observed = Observed(cluster, history, nemesis, join_bound_s(cluster.settings, n))
         try:
             wait(1)
             nemesis.join(newcomer)
@@ -214,7 +162,8 @@ def test_failure_detected_within_bound(observed, evidence, fault):
 @pytest.mark.nemesis
 def test_latency_below_roundtrip_timeout_is_no_suspicion(observed, evidence):
     """Gossip latency at a third of the round-trip timeout must not make anyone suspect."""
-    latency = RTT_MS // 3
+    rtt_ms = round(observed.cluster.settings.gossip.roundtrip_timeout_s * 1000)
+    latency = rtt_ms // 3
     slow_gossip = Fault(
         "toxic", link="gossip", toxic="latency", attributes={"latency": latency, "jitter": 5}
     )
@@ -226,7 +175,7 @@ def test_latency_below_roundtrip_timeout_is_no_suspicion(observed, evidence):
         observed.nemesis.invoke(instance, "stop")
     result = judge(observed, evidence, false_suspicions_fail=True)
     assert result.valid is True and result.counts.get("false_suspicion", 0) == 0, (
-        f"{latency} ms of gossip latency on node {list(instance.nodes)} (timeout {RTT_MS} ms) "
+        f"{latency} ms of gossip latency on node {list(instance.nodes)} (timeout {rtt_ms} ms) "
         "caused suspicions: " + verdict(result, observed)
     )
 
@@ -235,18 +184,20 @@ def test_latency_below_roundtrip_timeout_is_no_suspicion(observed, evidence):
 def test_describe_cluster_follows_a_failure(request, cluster_factory, evidence):
     """The client-facing view (DescribeCluster) follows a kill -9 and the restart too.
 
-    HServer drops suspected members from both DescribeCluster lists, so the probe is given
-    the cluster's node ids and reports a known member in neither list as suspect.
+    The probe is given the cluster's node ids: a known member in neither list is a
+    suspect where lists hold every state, and not alive at all where they hold alive
+    members only (real HStreamDB).
     """
     n = 3
     cluster = cluster_factory(nodes=n, gossip=TIMINGS)
     ids = [node.id for node in cluster.nodes]
     path = history_path(request.node.nodeid)
     evidence.history(path)
-    probe = DescribeClusterProbe(nodes=ids)
+    absent = "dead" if cluster.settings.member_lists == "alive-only" else "suspect"
+    probe = DescribeClusterProbe(nodes=ids, absent=absent)
     with History(path) as history, ViewSampler(cluster, history, probe, SAMPLE_S):
         nemesis = Nemesis(cluster, history)
-        observed = Observed(cluster, history, nemesis, agreement_bound_s(n))
+        observed = Observed(cluster, history, nemesis, agreement_bound_s(cluster.settings, n))
         try:
             instance = FAULTS["kill-one"].resolve(ids, random.Random(cluster.spec.seed))
             wait(1)
@@ -257,7 +208,7 @@ def test_describe_cluster_follows_a_failure(request, cluster_factory, evidence):
         finally:
             nemesis.teardown()
         settle(history, cluster, observed.bound_s)
-    result = judge(observed, evidence, absent="suspect")
+    result = judge(observed, evidence, absent=absent)
     assert result.valid is True, verdict(result, observed)
     downs = [ep for ep in result.figures["episodes"] if ep["event"] == "down"]
     assert downs and all(ep["confirmed_dead_s"] is not None for ep in downs), (

@@ -1,7 +1,7 @@
 """Partitions by grudge (iptables inside containers): each side's view, then reconvergence.
 
-Needs the docker backend (the local backend cannot cut one process off from another
-honestly); the cluster is started on it whatever `--backend` says.
+Needs a runtime that can cut links (docker, ssh): a local run starts these clusters in
+containers, since processes on one machine cannot be cut off from one another honestly.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import pytest
 
 from harness.history import History, history_path
 from harness.nemesis import FAULTS, Nemesis
-from harness.probes import CliClusterProbe, ViewSampler
+from harness.probes import ViewSampler, probe_for
 
-from .test_membership import SAMPLE_S, TIMINGS, agreement_bound_s, settle
+from .bounds import SAMPLE_S, TIMINGS, agreement_bound_s
+from .test_membership import settle
 
 pytestmark = pytest.mark.docker
 
@@ -31,16 +32,20 @@ def last_views(history: History) -> dict[str, dict[str, str]]:
 @pytest.mark.nemesis
 @pytest.mark.parametrize("grudge", ["partition-halves", "partition-isolate-one"])
 @pytest.mark.parametrize("n", [3, 5], ids=["n3", "n5"])
-def test_partition_then_heal(request, cluster_factory, evidence, grudge, n):
+def test_partition_then_heal(request, cluster_factory, cluster_spec, evidence, grudge, n):
     from harness.checkers import membership
 
-    cluster = cluster_factory(nodes=n, gossip=TIMINGS, backend="docker")
-    bound = agreement_bound_s(n)
+    # Processes on one machine share proxies that cannot cut one peer off and not another:
+    # that run's partitions go to containers; a runtime with real hosts keeps its own.
+    backend = "docker" if cluster_spec.backend == "local" else cluster_spec.backend
+    cluster = cluster_factory(nodes=n, gossip=TIMINGS, backend=backend)
+    bound = agreement_bound_s(cluster.settings, n)
     path = history_path(request.node.nodeid)
     evidence.history(path)
     with History(path) as history:
         nemesis = Nemesis(cluster, history)
-        with ViewSampler(cluster, history, CliClusterProbe(), SAMPLE_S):
+        probe = probe_for(cluster.settings, [x.id for x in cluster.nodes])
+        with ViewSampler(cluster, history, probe, SAMPLE_S):
             try:
                 instance = FAULTS[grudge].resolve(
                     [x.id for x in cluster.nodes], random.Random(cluster.spec.seed)

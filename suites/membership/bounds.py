@@ -1,0 +1,65 @@
+"""The membership suites' bounds, from what the target reports it runs with.
+
+    T  = probe interval, G = gossip interval, n = nodes (all from `cluster.settings`)
+    expected first detection   ≈ e/(e−1)·T        (each period a failed member escapes all
+                                                    n−1 probers with probability ≈ 1/e)
+    detection bound            = min(7, 2n−1)·T    (missing 7 periods in a row: p ≈ e^−7;
+                                                    shuffled round-robin: ≤ 2n−1 periods)
+    confirmation               = mult·max(1, log10 n)·T   with a suspicion timer
+                                                    (Lifeguard/memberlist), or T where the
+                                                    prober confirms itself (HStreamDB v0.20)
+    dissemination              = retransmit·ceil(ln(n+2))·G     (O(log n) gossip rounds)
+    agreement bound            = detection + confirmation + dissemination + one sample
+
+A brand-new node has nothing to detect: it gets the member list from the seed that accepts
+its join, and the seed's Alive(new node) spreads by gossip, so
+
+    join bound                 = dissemination(n+1) + T + one sample
+
+(the T covers the new node's first round of pings, which announce it directly).
+
+Targets that take timings from outside (the reference server) run with `TIMINGS`, fast
+enough that a test takes seconds; the others run their own (harness.plugin drops the
+request) and every bound follows.
+"""
+
+from __future__ import annotations
+
+from harness.checkers import membership
+from harness.targets.settings import TargetSettings
+
+SAMPLE_S = 0.1
+TIMINGS = {
+    "probe_interval_ms": 300,
+    "roundtrip_timeout_ms": 120,
+    "gossip_interval_ms": 150,
+    "suspicion_mult": 3,
+    "retransmit_mult": 4,
+    "reconnect_interval_ms": 1000,
+}
+
+
+def agreement_bound_s(settings: TargetSettings, n: int) -> float:
+    gossip = settings.gossip
+    bounds = membership.swim_bounds(
+        gossip.probe_interval_s,
+        n,
+        gossip_interval_s=gossip.gossip_interval_s,
+        retransmit_mult=gossip.retransmit_mult,
+        suspicion_periods=gossip.suspicion_periods(n),
+        sample_interval_s=SAMPLE_S,
+    )
+    return bounds["agreement_bound_s"]
+
+
+def join_bound_s(settings: TargetSettings, n: int) -> float:
+    """n nodes running, one joining."""
+    gossip = settings.gossip
+    bounds = membership.swim_bounds(
+        gossip.probe_interval_s,
+        n + 1,
+        gossip_interval_s=gossip.gossip_interval_s,
+        retransmit_mult=gossip.retransmit_mult,
+        sample_interval_s=SAMPLE_S,
+    )
+    return round(bounds["dissemination_bound_s"] + gossip.probe_interval_s + SAMPLE_S, 3)
