@@ -13,6 +13,7 @@ from collections.abc import Generator
 
 import pytest
 
+from harness.cluster import UnsupportedFault
 from harness.nemesis.audit import Ledger
 
 
@@ -27,9 +28,16 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     """Fail a test whose history lacks a fault it asked the nemesis for, and a fault test
-    (marked `nemesis`) that asked for none. A test that failed already is left as it is."""
+    (marked `nemesis`) that asked for none. A test that failed already is left as it is.
+
+    A test that needs what its cluster cannot do (the nemesis refused a fault for a means
+    the target or runtime lacks) is skipped naming the refusal: not an error, not a pass.
+    """
     with Ledger() as ledger:
-        result = yield
+        try:
+            result = yield
+        except UnsupportedFault as refusal:
+            pytest.skip(f"this cluster cannot do what the test needs: {refusal}")
     problems = ledger.problems(fault_test=item.get_closest_marker("nemesis") is not None)
     if problems:
         # Not an AssertionError: a strict xfail of a client deviation must not swallow it.
