@@ -43,6 +43,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
 
 
+def target_label(spec: Any) -> str:
+    """The target as report columns name it: a reference server's profile is part of it,
+    so runs of both profiles stand side by side instead of merging."""
+    profile = getattr(spec, "profile", "protocol")
+    return spec.target if profile == "protocol" else f"{spec.target} ({profile})"
+
+
 def _suite_area(item: pytest.Item) -> str:
     parts = Path(str(item.path)).parts
     if "suites" in parts:
@@ -71,7 +78,8 @@ def labels_for(item: pytest.Item) -> dict[str, str]:
     spec = _spec(item.config)
     if spec is not None:
         labels.update(
-            target=spec.target, backend=spec.backend, seed=str(spec.seed), session=spec.session
+            target=target_label(spec), backend=spec.backend, seed=str(spec.seed),
+            session=spec.session,
         )
         if spec.defects:
             labels["defects"] = ",".join(spec.defects)
@@ -159,7 +167,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         "started": started,
         "duration_s": round(time.time() - started, 1),
         "args": list(session.config.invocation_params.args),
-        "target": getattr(spec, "target", None),
+        "target": target_label(spec) if spec is not None else None,
         "backend": getattr(spec, "backend", None),
         "nodes": getattr(spec, "nodes", None),
         "seed": getattr(spec, "seed", None),
