@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from harness import HarnessError
@@ -43,6 +43,7 @@ from harness.targets import Endpoint, InitStep, Placement, ProcessLayout, Proces
 from harness.topology import ClusterSpec
 
 PROXY_PORT_BASE = 20000
+T = TypeVar("T")
 
 
 class SshRuntime:
@@ -114,13 +115,12 @@ class SshRuntime:
                          {"hosts": {n: e.address for n, e in entries.items()}})
 
     def _prepare(self, inventory: Inventory, node_hosts: set[str], volumes: list[str]) -> None:
-        """Every host at once: log in, launcher, Python, iptables (nodes' hosts), data dirs."""
+        """Every host at once: log in, launcher, iptables (nodes' hosts); then, only once
+        every host let us in (a bad host fails fast, before any upload), Python and dirs."""
         stamp, wheels = wanted_stamp(), Wheels(self.progress)
 
-        def prepare(host: SshHost) -> str | None:
+        def log_in(host: SshHost) -> str | None:
             host.launcher = ensure_launcher(host.session)
-            host.python = ensure_python(host.session, wheels, stamp)
-            host.session.run(["mkdir", "-p", f"{host.dir}/logs", *volumes])
             if host.name not in node_hosts:
                 return None
             status, output = host.exec(["iptables", "-S"])
@@ -129,18 +129,30 @@ class SshRuntime:
                 f"install it there (`apt-get install iptables`) and log in as root, or set "
                 f"sudo = true in {inventory.source}")
 
+        def install(host: SshHost) -> None:
+            host.python = ensure_python(host.session, wheels, stamp)
+            host.session.run(["mkdir", "-p", f"{host.dir}/logs", *volumes])
+
+        self._partition_refusal = self._partition_refusal or next(
+            (r for r in self._on_every_host(log_in) if r), None)
+        self._on_every_host(install)
+
+    def _on_every_host(self, step: Callable[[SshHost], T]) -> list[T]:
+        """`step` on every host at once; every host's failure in one line."""
         errors: list[str] = []
+        results: list[T] = []
         with ThreadPoolExecutor(max_workers=8) as pool:
-            futures = {pool.submit(prepare, host): host for host in self.hosts.values()}
+            futures = {pool.submit(step, host): host for host in self.hosts.values()}
             for future, host in futures.items():
                 try:
-                    self._partition_refusal = future.result() or self._partition_refusal
+                    results.append(future.result())
                 except HarnessError as exc:
                     errors.append(str(exc))
                 except OSError as exc:
                     errors.append(f"host {host.name}: {exc}")
         if errors:
             raise ClusterStartError("; ".join(errors))
+        return results
 
     def _toxiproxy_site(self, inventory: Inventory, store: HostEntry,
                         listen: dict[tuple[str, str], Endpoint]) -> ToxiproxySite | None:
@@ -172,10 +184,9 @@ class SshRuntime:
             return [(at, f"{what} on host {host.name}") for at, what in mine
                     if [at.host, at.port] in taken]
 
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            for found in pool.map(busy, self.hosts.values()):
-                if found:
-                    raise PortInUse(*found[0])
+        for found in self._on_every_host(busy):
+            if found:
+                raise PortInUse(*found[0])
 
     def run_init(self, step: InitStep, timeout_s: float) -> tuple[int, str]:
         return run_here(step, timeout_s, self.spec.session)

@@ -4,6 +4,7 @@ moves files over SFTP."""
 
 from __future__ import annotations
 
+import errno
 import shlex
 import threading
 import time
@@ -31,13 +32,19 @@ def connect(entry: HostEntry, source: str, timeout_s: float = CONNECT_TIMEOUT_S
     # an unknown host key is accepted, as `StrictHostKeyChecking=accept-new` would.
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     try:
-        client.connect(entry.address, port=entry.port, username=entry.user,
-                       key_filename=entry.key, timeout=timeout_s, banner_timeout=timeout_s,
-                       auth_timeout=timeout_s, allow_agent=entry.key is None,
-                       look_for_keys=entry.key is None)
+        # Loaded here, not by connect(key_filename=...), which reports a refused key as the
+        # last of its failed guesses at the key's type.
+        pkey = paramiko.PKey.from_path(entry.key) if entry.key else None
     except paramiko.PasswordRequiredException:
         raise SshUnreachable(f"{where}: key {key} is passphrase-protected: load it into "
                              f"ssh-agent and drop `key` from {source}") from None
+    except (paramiko.SSHException, OSError, ValueError) as exc:
+        raise SshUnreachable(f"{where}: key {key} cannot be read ({exc}): give a private key "
+                             f"in {source}") from None
+    try:
+        client.connect(entry.address, port=entry.port, username=entry.user, pkey=pkey,
+                       timeout=timeout_s, banner_timeout=timeout_s, auth_timeout=timeout_s,
+                       allow_agent=pkey is None, look_for_keys=pkey is None)
     except paramiko.AuthenticationException:
         raise SshUnreachable(
             f"{where}: {key} not accepted for {entry.user}: add the public key to "
@@ -46,10 +53,14 @@ def connect(entry: HostEntry, source: str, timeout_s: float = CONNECT_TIMEOUT_S
         raise SshUnreachable(
             f"{where}: no answer within {timeout_s:.0f}s: check the address in {source}, that "
             f"the machine is up and that port {entry.port} is reachable from here") from None
-    except paramiko.ssh_exception.NoValidConnectionsError:
-        raise SshUnreachable(
-            f"{where}: connection refused: start sshd there (`systemctl start ssh`) or fix "
-            f"the port in {source}") from None
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        if all(e.errno == errno.ECONNREFUSED for e in exc.errors.values()):
+            raise SshUnreachable(
+                f"{where}: connection refused: start sshd there (`systemctl start ssh`) or fix "
+                f"the port in {source}") from None
+        reason = "; ".join(sorted({e.strerror or str(e) for e in exc.errors.values()}))
+        raise SshUnreachable(f"{where}: cannot connect ({reason}): check the address in "
+                             f"{source} and that the machine is up") from None
     except paramiko.SSHException as exc:
         raise SshUnreachable(
             f"{where}: sshd ended the session ({exc}): read sshd's log there (MaxStartups, "
