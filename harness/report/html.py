@@ -364,6 +364,15 @@ def _plots(report: Report) -> str:
     return f'<section id="plots"><h2>Plots</h2>{"".join(figures)}</section>'
 
 
+def _matrix_verdict(row: dict[str, Any]) -> tuple[str, str]:
+    """(badge class, text) of one defect-matrix row."""
+    if row.get("defect") == "healthy":
+        return ("fail", "FAILED") if row.get("failed_tests") else ("pass", "clean")
+    if row.get("not_applicable"):
+        return "skipped", "n/a"
+    return ("pass", "caught") if row.get("caught") else ("fail", "MISSED")
+
+
 def _defect_matrix(report: Report) -> str:
     rows = []
     for directory in report.results_dirs:
@@ -374,10 +383,9 @@ def _defect_matrix(report: Report) -> str:
         return ""
     body = "".join(
         f'<tr><td class="id">{_esc(r.get("defect"))}</td>'
-        f'<td><span class="badge {"pass" if r.get("caught") else "fail"}">'
-        f"{'caught' if r.get('caught') else 'MISSED'}</span></td>"
+        f'<td><span class="badge {_matrix_verdict(r)[0]}">{_matrix_verdict(r)[1]}</span></td>'
         f"<td>{_esc(', '.join(r.get('failed_suites') or []))}</td>"
-        f'<td class="asserts">{_esc(r.get("anomaly", ""))}</td></tr>'
+        f'<td class="asserts">{_esc(r.get("not_applicable") or r.get("anomaly", ""))}</td></tr>'
         for r in rows
     )
     return (

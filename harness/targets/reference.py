@@ -28,6 +28,8 @@ def node_name(node_id: int) -> str:
     return f"node-{node_id}"
 
 
+# What a loaded 2-core machine adds to a restart rule's protocol bound.
+RESTART_SLACK_S = 10.0
 # Generous: it is one interpreter start and a few imports, but the machine may be busy.
 LIST_DEFECTS_TIMEOUT = 60.0
 
@@ -169,6 +171,47 @@ class ReferenceTarget:
             argv += ["--profile", spec.profile]
         argv += _gossip_flags(spec)
         return tuple(argv)
+
+    def before_restart(
+        self, spec: ClusterSpec, placements: Mapping[str, Placement], node_id: int
+    ) -> list[InitStep]:
+        """Under a profile whose peers refuse a node they still hold alive (hstream-0.20:
+        DuplicateNodeId, hstream-gossip Server/Handlers.hs:158-163), wait until every peer
+        that answers has dropped the killed node, as the hstream target does."""
+        settings = self.settings(spec)
+        peers = [i for i in spec.all_node_ids if i != node_id]
+        if not settings.deviates("refuse_alive_rejoin") or not peers:
+            return []
+        gossip = settings.gossip
+        members = len(spec.all_node_ids)
+        # Probed within `members` intervals (shuffled round-robin), confirmed within one
+        # more, then spread by gossip for the retransmit budget; plus scheduling slack.
+        deadline = (gossip.probe_interval_s * (members + 1) + gossip.roundtrip_timeout_s
+                    + gossip.gossip_interval_s * gossip.retransmits(members) + RESTART_SLACK_S)
+        hosts = [arg for i in peers
+                 for arg in ("--host", str(placements[node_name(i)].direct(spec.client_port)))]
+        return [InitStep(
+            description=(f"wait until the peers of {node_name(node_id)} drop it from their "
+                         f"member lists (profile {spec.profile}: else DuplicateNodeId)"),
+            argv=self._admin_argv(spec, *hosts, "--gone", str(node_id)),
+            expect=rf"node {node_id} is gone", timeout_s=deadline, retry_interval_s=0.3)]
+
+    def after_start(
+        self, spec: ClusterSpec, placements: Mapping[str, Placement], node_id: int
+    ) -> list[InitStep]:
+        """Under a profile that prints the ready line before joining (hstream-0.20,
+        app/server.hs:207), ask the node itself whether it is ready."""
+        if not self.settings(spec).deviates("ready_line_before_join"):
+            return []
+        at = placements[node_name(node_id)].direct(spec.client_port)
+        return [InitStep(
+            description=f"{node_name(node_id)} says the cluster is ready after its start",
+            argv=self._admin_argv(spec, "--host", str(at), "server ready"),
+            expect=r"(?i)cluster is ready", timeout_s=60.0)]
+
+    def _admin_argv(self, spec: ClusterSpec, *args: str) -> tuple[str, ...]:
+        token = ("--token", spec.tokens[0]) if spec.tokens else ()
+        return ("python", "-m", "harness.targets.admin_command", *token, *args)
 
     def init_steps(
         self, spec: ClusterSpec, placements: Mapping[str, Placement]
