@@ -10,7 +10,8 @@ merged into one page sit side by side.
 * pass — every attempt passed;
 * fail — the last attempt failed (or broke) and none passed;
 * flaky — both passing and failing attempts;
-* deviation — a strict xfail: a known deviation of an official client, shown with its finding;
+* deviation — a strict xfail: a known deviation of an official client, or a finding of the
+  target (harness.findings: "<target label>: <finding> (HStreamDB <source>)"), shown with it;
 * skipped — with the reason.
 """
 
@@ -176,6 +177,13 @@ def load_results(dirs: Iterable[Path]) -> tuple[list[TestResult], list[dict[str,
     return results, runs
 
 
+def finding_of(message: str) -> str:
+    """The finding a known deviation carries: allure writes "XFAIL <reason>", then a blank
+    line and the exception again; the reason is the finding."""
+    reason = message.split("\n\n", 1)[0].strip()
+    return reason[len("XFAIL") :].strip() if reason.upper().startswith("XFAIL") else reason
+
+
 def merge_outcomes(results: list[TestResult]) -> Cell:
     ordered = sorted(results, key=lambda r: r.stop_ms)
     outcomes = {r.outcome for r in ordered}
@@ -188,7 +196,7 @@ def merge_outcomes(results: list[TestResult]) -> Cell:
         return Cell("fail", ordered, failed.message.splitlines()[0] if failed.message else "")
     if "deviation" in outcomes:
         finding = next(r.message for r in ordered if r.outcome == "deviation")
-        return Cell("deviation", ordered, finding)
+        return Cell("deviation", ordered, finding_of(finding))
     if "pass" in outcomes:  # passes mixed with skips (e.g. one client skipped a combination)
         return Cell("pass", ordered)
     reason = next((r.message for r in ordered if r.message), "")

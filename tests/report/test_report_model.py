@@ -171,3 +171,30 @@ def test_page_leads_with_what_failed_and_lists_its_runs(tmp_path, result):
     assert "hsc-test-1" in page and "some failed" in page and "12.5 s" in page
     # Catalogue checks of the areas that ran, without a result, are named.
     assert "api.append.trim" in page and "no result here" in page
+
+
+def test_target_findings_are_known_deviations_of_their_profile(tmp_path, result):
+    """A check ending in harness.findings' xfail: allure writes "XFAIL <reason>", a blank line
+    and the exception again. The cell is a known deviation carrying the finding, in a column
+    of the profile it was seen under, next to the protocol run's pass."""
+    protocol, real = tmp_path / "protocol", tmp_path / "real"
+    reason = (
+        "known deviation: reference (hstream-0.20): without TLS a "
+        "refused call is CANCELLED, not UNAUTHENTICATED (HStreamDB hs-grpc "
+        "include/hsgrpc/auth.hpp:37-53) [auth_cancels; observed: no token: CANCELLED]"
+    )
+    result(protocol, "test_token_authentication", "passed", check="api.auth.token")
+    result(
+        real, "test_token_authentication", "skipped", check="api.auth.token",
+        target="reference (hstream-0.20)",  # the plugin's target label under that profile
+        message=f"XFAIL {reason}\n\n_pytest.outcomes.XFailed: {reason}",
+    )
+    report = build(*load_results([protocol, real]), [protocol, real])
+    assert report.columns == ["reference", "reference (hstream-0.20)"]
+    assert cell(report, "api.auth.token", "reference").outcome == "pass"
+    finding = cell(report, "api.auth.token", "reference (hstream-0.20)")
+    assert finding.outcome == "deviation"
+    assert finding.detail == reason, "the cell carries the finding, once, without XFAIL"
+    page = render(report, tmp_path / "page.html")
+    assert "known deviation" in page and "auth.hpp:37-53" in page
+    assert "reference (hstream-0.20)" in page
