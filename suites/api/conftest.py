@@ -11,12 +11,24 @@ from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
 from harness import wire
+from harness.targets import settings_for
+from harness.targets.settings import TargetSettings
 
 
 @pytest.fixture(scope="module")
 def hstream(endpoints: list[str]) -> api_grpc.HStreamApiStub:
     """A stub on the first node."""
     return wire.stub(endpoints[0])
+
+
+@pytest.fixture(scope="module")
+def target_settings(request: pytest.FixtureRequest) -> TargetSettings:
+    """What the target under test runs with, its known departures from the protocol among
+    them (harness.findings reports those as its findings): the running cluster's, or, with
+    --cluster-url, what the run's --target reports."""
+    if request.config.getoption("cluster_url", default=None):
+        return settings_for(request.getfixturevalue("cluster_spec"))
+    return request.getfixturevalue("cluster").settings
 
 
 @pytest.fixture(scope="module")

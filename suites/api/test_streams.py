@@ -9,6 +9,7 @@ from HStream.Server import HStreamApi_pb2 as api
 from harness import wire
 
 from .conftest import expect_error, shards_of
+from .names import INVALID, MAY_DIFFER, classify
 
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -117,19 +118,71 @@ def test_get_unknown_stream(hstream, unique):
     )
 
 
+# Invalid under every reading of "letter" (names.py): ASCII and Unicode alike refuse them.
+INVALID_NAMES = {
+    "empty": "",
+    "digit-first": "1starts-with-digit",
+    "underscore-first": "_underscore-first",
+    "space": "has space",
+    "dot": "has.dot",
+    "too-long": "x" * 256,
+    "symbol": "émoji😀",  # é is a letter, the emoji is not (So)
+    "non-ascii-digit-first": "٣abc",  # ARABIC-INDIC DIGIT THREE: a digit, not a letter
+    "combining-mark": "e\u0301",  # a mark (Mn) is neither a letter nor a digit
+    "non-ascii-punctuation": "a·b",  # MIDDLE DOT (Po)
+    "too-long-non-ascii": "é" * 256,
+}
+
+
 @pytest.mark.conformance("api.errors.invalid-stream-name")
-@pytest.mark.parametrize(
-    "name",
-    ["", "1starts-with-digit", "_underscore-first", "has space", "has.dot", "x" * 256, "émoji😀"],
-    ids=["empty", "digit-first", "underscore-first", "space", "dot", "too-long", "non-ascii"],
-)
+@pytest.mark.parametrize("name", INVALID_NAMES.values(), ids=INVALID_NAMES.keys())
 def test_invalid_stream_names(hstream, name):
+    assert classify(name) == INVALID, f"{name!r} is not invalid under every reading"
     expect_error(
         lambda: hstream.CreateStream(
             api.Stream(streamName=name, replicationFactor=1, shardCount=1)
         ),
         INVALID_ARGUMENT,
         204,
+    )
+
+
+# Valid only where "letter" means a Unicode letter (real HStreamDB's reading).
+UNICODE_NAMES = ["écho", "流_1", "Ωmega-2", "xٳ٣", "Ǆx"]
+
+
+@pytest.mark.conformance("api.streams.unicode-names")
+def test_unicode_letter_names(hstream, unique):
+    """§2 says "a letter" without an alphabet: a name of non-ASCII letters and digits is
+    accepted (and is then the stream's name, code point for code point) or refused 3/204,
+    never another error; and a server reads "letter" one way, so it takes all or none."""
+    accepted, refused = [], []
+    for base in UNICODE_NAMES:
+        assert classify(base) == MAY_DIFFER, f"{base!r} is not a Unicode-only name"
+        name = f"{base}{unique('')}"  # unique: "_" + hex, valid under both readings
+        try:
+            created = hstream.CreateStream(
+                api.Stream(streamName=name, replicationFactor=1, shardCount=1)
+            )
+        except grpc.RpcError as raw:
+            error = wire.WireError.of(raw)
+            assert (error.status, error.code) == (INVALID_ARGUMENT, 204), (
+                f"{name!r}: want acceptance or INVALID_ARGUMENT 204, got {error}"
+            )
+            refused.append(name)
+            continue
+        try:
+            got = hstream.GetStream(api.GetStreamRequest(name=name)).stream
+            assert created.streamName == got.streamName == name, (
+                f"{name!r} created as {created.streamName!r}, read back as {got.streamName!r}"
+            )
+        finally:
+            hstream.DeleteStream(
+                api.DeleteStreamRequest(streamName=name, force=True, ignoreNonExist=True)
+            )
+        accepted.append(name)
+    assert not (accepted and refused), (
+        f"accepted {accepted} but refused {refused}: one reading of 'letter' takes all or none"
     )
 
 
