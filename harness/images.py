@@ -10,7 +10,8 @@ Two kinds of image:
 
 Every image carries a content-hash label; a build whose inputs hash to the label of the image
 already present is skipped. ``python -m harness.images build [base|refserver|all]`` is the
-command line.
+command line (`build hstream-standin` builds the stand-in for the real HStreamDB image on
+the refserver image, which it builds first).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ KIND_LABEL = f"{LABEL_PREFIX}.image"
 
 BASE_IMAGE = "hstream-conformance/base:bookworm"
 REFSERVER_IMAGE = "hstream-conformance/refserver:latest"
+# The stand-in for hstreamdb/hstream (docker/hstream-standin): its tag names the HStreamDB
+# version whose interface it answers to, which the hstream target reads from the tag.
+STANDIN_IMAGE = "hstream-conformance/hstream-standin:v0.20.3"
 
 SUITE = "bookworm"
 BASE_PACKAGES = (
@@ -97,14 +101,31 @@ class Recipe:
     name: str
     tag: str
     build_args: dict[str, str] = field(default_factory=dict)
+    # Another recipe whose image this one builds FROM (its tag is the BASE_IMAGE), built first.
+    on: str | None = None
+    # In "all": the images every run needs. An opt-in image (the stand-in, which apt-gets a
+    # JRE) is built by name only, or by the tests that use it.
+    in_all: bool = True
 
     @property
     def dockerfile(self) -> Path:
         return DOCKER_DIR / self.name / "Dockerfile"
 
+    @property
+    def files(self) -> list[Path]:
+        """The other files of docker/<name>/ (scripts the Dockerfile COPYs): in the context."""
+        return sorted(
+            p
+            for p in self.dockerfile.parent.iterdir()
+            if p.is_file() and p.name != "Dockerfile" and not p.name.startswith(".")
+        )
+
 
 RECIPES: dict[str, Recipe] = {
     "refserver": Recipe(name="refserver", tag=REFSERVER_IMAGE),
+    "hstream-standin": Recipe(
+        name="hstream-standin", tag=STANDIN_IMAGE, on="refserver", in_all=False
+    ),
 }
 
 
@@ -175,9 +196,11 @@ def base_content_hash() -> str:
 
 
 def recipe_content_hash(recipe: Recipe, base_image: str, base_id: str, wheels: list[Path]) -> str:
-    """Dockerfile + build args + base image id + wheels + project sources."""
+    """Dockerfile (and the files beside it) + build args + base image id + wheels + project
+    sources."""
     digest = hashlib.sha256()
     digest.update(recipe.dockerfile.read_bytes())
+    _hash_files(digest, recipe.dockerfile.parent, iter(recipe.files))
     for key, value in sorted({"BASE_IMAGE": base_image, **recipe.build_args}.items()):
         digest.update(f"{key}={value}\0".encode())
     digest.update(base_id.encode())
@@ -482,6 +505,8 @@ def build_recipe(
     for part in ("deps", "project"):
         (context / "wheels" / part).mkdir(parents=True)
     shutil.copy2(recipe.dockerfile, context / "Dockerfile")
+    for path in recipe.files:
+        shutil.copy2(path, context / path.name)
     for wheel in wheels:
         part = "project" if wheel.name.startswith(PROJECT_WHEEL_PREFIX) else "deps"
         os.link(wheel, context / "wheels" / part / wheel.name)
@@ -528,7 +553,8 @@ def build(
     force: bool = False,
     progress: Progress = print_progress,
 ) -> list[BuildResult]:
-    """Builds the named images ("base", a recipe name, or "all"), in dependency order."""
+    """Builds the named images ("base", a recipe name, or "all": the base and every recipe
+    that is in_all), in dependency order."""
     unknown = [n for n in names if n not in ("all", "base", *RECIPES)]
     if unknown:
         raise ImageBuildError(
@@ -537,16 +563,28 @@ def build(
     client = client or connect()
     wanted = set(names)
     results = []
+    done: set[str] = set()
+
+    def build_named(name: str, forced: bool) -> None:
+        recipe = RECIPES[name]
+        if name in done:
+            return
+        if recipe.on is not None:
+            build_named(recipe.on, False)
+        base = RECIPES[recipe.on].tag if recipe.on is not None else base_image
+        results.append(
+            build_recipe(client, recipe, base_image=base, force=forced, progress=progress)
+        )
+        done.add(name)
+
     if "all" in wanted or "base" in wanted:
         if base_image == BASE_IMAGE:
             results.append(build_base(client, mirror=mirror, force=force, progress=progress))
     for name, recipe in RECIPES.items():
-        if "all" in wanted or name in wanted:
+        if ("all" in wanted and recipe.in_all) or name in wanted:
             if base_image == BASE_IMAGE and "base" not in wanted and "all" not in wanted:
                 results.append(build_base(client, mirror=mirror, progress=progress))
-            results.append(
-                build_recipe(client, recipe, base_image=base_image, force=force, progress=progress)
-            )
+            build_named(name, force)
     return results
 
 
@@ -554,7 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.images", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("build", help="build images (skipped when their content is unchanged)")
-    cmd.add_argument("images", nargs="*", default=["all"], help="base, refserver, or all")
+    cmd.add_argument(
+        "images", nargs="*", default=["all"], help=f"base, {', '.join(RECIPES)}, or all"
+    )
     cmd.add_argument("--force", action="store_true", help="rebuild even when up to date")
     cmd.add_argument("--mirror", help="Debian mirror for the base (default: the host's apt's)")
     cmd.add_argument(
