@@ -70,6 +70,9 @@ class DockerHost:
     def spawn(self, spec: ProcessSpec, env: Mapping[str, str], log_path: Path) -> ProcHandle:
         rt = self.runtime
         if self.container is None:
+            # A target's process may name its own image (real hstream-server, ZooKeeper);
+            # everything else runs in ours.
+            self.image = spec.image or self.image
             mounts = {rt.volume(v): {"bind": path, "mode": "rw"}
                       for v, path in spec.volumes.items()}
             try:

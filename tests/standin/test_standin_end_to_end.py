@@ -30,7 +30,7 @@ from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
 from harness import images, wire
-from harness.cluster import Cluster, ClusterStartError, start_cluster
+from harness.cluster import Cluster, start_cluster
 from harness.runtimes.docker import IMAGE_ENV, LABEL_CLUSTER
 from harness.targets.hstream import CONFIG_PATH, ZOOKEEPER_IMAGE_ENV, config_token
 from harness.topology import ClusterSpec
@@ -70,12 +70,6 @@ def standin_env(standin_image: str) -> Iterator[None]:
         # The stand-in is also the ZooKeeper image: run with no command, it starts Debian's
         # ZooKeeper, as the target runs its ZooKeeper image.
         patch.setenv(ZOOKEEPER_IMAGE_ENV, standin_image)
-        # The docker runtime creates every container from its own image (this variable, else
-        # the refserver image) and not from ProcessSpec.image, so on the refserver image the
-        # target's ZooKeeper, store and servers would not find their commands. The stand-in
-        # holds everything the refserver image does, so naming it here runs each container
-        # on the image the target asks for. Drop this once the runtime honours the spec's.
-        patch.setenv(IMAGE_ENV, standin_image)
         yield
 
 
@@ -290,13 +284,6 @@ class TestTokens:
         assert code != 0 and "CANCELLED" in out, out
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ClusterStartError,
-    reason="the docker runtime creates every container from its own image, not from "
-    "ProcessSpec.image (harness/runtimes/docker.py DockerHost.spawn), so ZooKeeper runs the "
-    "refserver image's command; once it honours the spec's image this passes: then drop "
-    "the IMAGE_ENV override from standin_env and this mark",
-)
 def test_each_container_runs_the_image_the_target_names(
     standin_image: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
