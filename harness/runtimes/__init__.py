@@ -193,6 +193,24 @@ class SweepableRuntime(Protocol):
     def sweep(labels: list[str], metas: list[dict[str, Any]]) -> None: ...
 
 
+def proxy_listen_ports(layouts: Sequence[ProcessLayout], first: int
+                       ) -> dict[tuple[str, str], int]:
+    """Ports for proxies that all listen on one address (a Toxiproxy container or host).
+
+    When every proxied port number of the cluster is distinct, each proxy listens on its
+    upstream's own number: a server that can only advertise the port it listens on (real
+    hstream-server has no advertised-port option) is then reachable through its proxy.
+    Otherwise (every reference node listens on the same port) proxies take first, first+1,
+    ... in layout order.
+    """
+    wanted = [(layout.name, port_name, layout.ports[port_name])
+              for layout in layouts for port_name in layout.proxied]
+    numbers = [port for _, _, port in wanted]
+    if len(set(numbers)) == len(numbers):
+        return {(name, port_name): port for name, port_name, port in wanted}
+    return {(name, port_name): first + k for k, (name, port_name, _) in enumerate(wanted)}
+
+
 def runtime_names() -> list[str]:
     """The names of every registered runtime."""
     return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
@@ -245,6 +263,7 @@ __all__ = [
     "ClusterStartError",
     "PortInUse",
     "ToxiproxySite",
+    "proxy_listen_ports",
     "runtime_class",
     "runtime_for",
     "runtime_names",

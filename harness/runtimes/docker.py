@@ -38,6 +38,7 @@ from harness.runtimes import (
     Progress,
     Provision,
     ToxiproxySite,
+    proxy_listen_ports,
     run_here,
 )
 from harness.targets import Endpoint, ImageMissing, InitStep, Placement, ProcessLayout, ProcessSpec
@@ -200,10 +201,7 @@ class DockerRuntime:
         hosts_ips = list(subnet.hosts())
         ips = {layout.name: str(hosts_ips[9 + i]) for i, layout in enumerate(layouts)}
         toxiproxy_ip = str(hosts_ips[1])
-        listen_ports: dict[tuple[str, str], int] = {}
-        for layout in layouts:
-            for port_name in layout.proxied if spec.toxiproxy else ():
-                listen_ports[(layout.name, port_name)] = PROXY_LISTEN_BASE + len(listen_ports)
+        listen_ports = proxy_listen_ports(layouts, PROXY_LISTEN_BASE) if spec.toxiproxy else {}
         placements: dict[str, Placement] = {}
         hosts: dict[str, DockerHost] = {}
         for layout in layouts:

@@ -15,12 +15,11 @@ gossip-address + internal port, and each `advertised-listeners` entry is *served
 port too (`app/server.hs` serveListeners: `serverPort = listenerPort`); there is no
 advertised-port option (`HStream/Server/Configuration/Cli.hs`). So a node advertises a proxy
 endpoint `H:P` the way a real server can: `--advertised-address H` / `--gossip-address H`
-and *listening* on P. Each node has a container (a network namespace) of its own, so any
-port is free there: with Toxiproxy on, a node listens on the very ports the docker backend
-gives its proxies (20000+k in layout order, `harness.runtimes.docker`), and the proxy's
-upstream (the node's address at its listening port) is that same port. A placement whose
-advertised port differs from the port the node listens on cannot be expressed and is
-refused with a TargetError.
+and *listening* on P. With Toxiproxy on, every node listens on ports of its own
+(base_port + 10k, + 1), and runtimes that put all proxies on one address give each proxy
+its upstream's number when the numbers are distinct (harness.runtimes.proxy_listen_ports).
+A placement whose advertised port differs from the port the node listens on cannot be
+expressed and is refused with a TargetError.
 
 Readiness. `server init` once, then `server ready` on every node (`Handler/Admin.hs`
 runCheckReady: "Cluster is ready", else an error result, which makes hadmin exit non-zero,
@@ -68,10 +67,9 @@ ZOOKEEPER = "zookeeper"
 STORE = "hstore"
 CLIENT_PORT = 6570  # Configuration/Cli.hs / Config.hs defaults: port 6570, internal-port 6571
 GOSSIP_PORT = 6571
-# With Toxiproxy on, node k (0-based, all node ids in order) listens on these + 2k, + 2k+1:
-# the ports harness.runtimes.docker.PROXY_LISTEN_BASE + k gives the proxies of the node
-# layouts' ("client", "gossip") ports (ZooKeeper and the store have no proxied port).
-PROXY_PORT_BASE = 20000
+# With Toxiproxy on, node k (0-based, all node ids in order) listens on base_port + 10k and
+# + 10k + 1: distinct numbers, so a proxy can listen on its upstream's own port.
+PROXIED_PORT_STRIDE = 10
 ZK_PORT = 2181
 STORE_ADMIN_PORT = 6440
 STORE_ROOT = "/data/store"
@@ -148,11 +146,11 @@ def config_token(token: str) -> str:
 
 def node_ports(spec: ClusterSpec, node_id: int) -> tuple[int, int]:
     """The (client, gossip) ports node_id listens on, which are also the ports it advertises
-    (see the module docstring): 6570/6571 without Toxiproxy, else its proxies' ports."""
+    (see the module docstring): 6570/6571 without Toxiproxy, else distinct per node."""
     if not spec.toxiproxy:
         return CLIENT_PORT, GOSSIP_PORT
-    k = spec.all_node_ids.index(node_id)
-    return PROXY_PORT_BASE + 2 * k, PROXY_PORT_BASE + 2 * k + 1
+    first = spec.base_port + PROXIED_PORT_STRIDE * spec.all_node_ids.index(node_id)
+    return first, first + 1
 
 
 def member_gone_deadline_s(members: int) -> float:

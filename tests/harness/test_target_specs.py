@@ -104,8 +104,8 @@ def docker_runtime(spec: ClusterSpec, monkeypatch: pytest.MonkeyPatch,
 
 def docker_placements(spec: ClusterSpec, monkeypatch: pytest.MonkeyPatch
                       ) -> tuple[dict[str, Placement], str]:
-    """The docker backend's placements (proxies on the Toxiproxy container's address at
-    20000+k) and the network's prefix ("172.28.0.")."""
+    """The docker backend's placements (proxies on the Toxiproxy container's address) and
+    the network's prefix ("172.28.0.")."""
     runtime = docker_runtime(spec, monkeypatch)
     provision = runtime.provision(target_for(spec).layout(spec))
     prefix = provision.placements["zookeeper"].host.rsplit(".", 1)[0] + "."
@@ -161,9 +161,9 @@ def test_hstream_layout_order_ports_volumes(hstream_spec: ClusterSpec) -> None:
     assert layout[1].ports == {"store-admin": 6440}
     # With Toxiproxy on, node k listens on its proxies' ports (see the next test).
     assert [p.ports for p in layout[2:]] == [
-        {"client": 20000, "gossip": 20001},
-        {"client": 20002, "gossip": 20003},
-        {"client": 20004, "gossip": 20005},
+        {"client": 6570, "gossip": 6571},
+        {"client": 6580, "gossip": 6581},
+        {"client": 6590, "gossip": 6591},
     ]
     # ld-dev-cluster writes logdevice.conf into the volume every server reads it from
     assert layout[1].volumes == {"store-data": "/data/store"}
@@ -183,8 +183,8 @@ def test_nodes_listen_on_the_ports_the_docker_backend_gives_their_proxies(
     # --internal-port, and common/hstream/HStream/Common/Types.hs answers lookups with
     # advertised-address + serverNodePort: a real server advertises only ports it listens
     # on. So a proxy endpoint is advertised by listening on its port, in the node's own
-    # container; the docker backend's proxies (20000+k) then forward to that same port.
-    assert hstream.PROXY_PORT_BASE == docker_runtime_module.PROXY_LISTEN_BASE
+    # container; proxies on one address take their upstream's number when the numbers are
+    # distinct (harness.runtimes.proxy_listen_ports), and forward to that same port.
     spec = ClusterSpec(nodes=3, late_nodes=2, target=f"hstream:{IMAGE}", backend="docker")
     target = HStreamTarget(spec)
     placements, prefix = docker_placements(spec, monkeypatch)
@@ -234,7 +234,7 @@ def test_hstream_server_flags_match_known_good(
         assert server.image == IMAGE
         argv, script = server_argv(server)
         assert argv[0] == "/usr/local/bin/hstream-server"
-        client, gossip = 20000 + 2 * (i - 1), 20001 + 2 * (i - 1)
+        client, gossip = 6570 + 10 * (i - 1), 6571 + 10 * (i - 1)
         assert flags(argv) == {
             "--config-path": CONFIG_PATH,
             "--bind-address": "0.0.0.0",
@@ -242,7 +242,7 @@ def test_hstream_server_flags_match_known_good(
             "--internal-port": str(gossip),
             "--server-id": str(i),
             # Start.hs amIASeed: a seed finds itself by (gossip-address, internal-port)
-            "--seed-nodes": f"{toxiproxy_ip}:20001,{toxiproxy_ip}:20003,{toxiproxy_ip}:20005",
+            "--seed-nodes": f"{toxiproxy_ip}:6571,{toxiproxy_ip}:6581,{toxiproxy_ip}:6591",
             "--advertised-address": toxiproxy_ip,
             "--gossip-address": toxiproxy_ip,
             "--metastore-uri": f"zk://{prefix}10:2181",
@@ -289,7 +289,7 @@ def test_hstream_refuses_a_proxy_on_another_port(
     )
     with pytest.raises(TargetError, match=(
             r"node-2: the backend placed its client port behind 172\.30\.1\.13:16570, but "
-            r"node-2 listens on 20002 and hstream-server v0\.20\.3 can only advertise a port "
+            r"node-2 listens on 6580 and hstream-server v0\.20\.3 can only advertise a port "
             r"it listens on")):
         HStreamTarget(hstream_spec).processes(hstream_spec, placements)
 
@@ -333,7 +333,7 @@ def test_hstream_init_then_ready_then_lookups_on_every_node(
 ) -> None:
     placements, prefix = docker_placements(hstream_spec, monkeypatch)
     steps = HStreamTarget(hstream_spec).init_steps(hstream_spec, placements)
-    direct = {i: (prefix + str(11 + i), str(20000 + 2 * (i - 1))) for i in (1, 2, 3)}
+    direct = {i: (prefix + str(11 + i), str(6570 + 10 * (i - 1))) for i in (1, 2, 3)}
     # hadmin server --host H --port P init|ready, straight to the node (not its proxy)
     def hadmin(i: int, command: str) -> tuple[str, ...]:
         return ("hadmin", "server", "--host", direct[i][0], "--port", direct[i][1], command)
@@ -359,7 +359,7 @@ def test_hstream_init_then_ready_then_lookups_on_every_node(
     assert hstream.LOOKUP_BLOCK_S == 5.0
     assert all(s.timeout_s > hstream.LOOKUP_BLOCK_S + hstream.RPC_TIMEOUT_S for s in lookups)
     assert hstream.RPC_TIMEOUT_S < hstream.LOOKUP_BLOCK_S  # an answer proves the ring ready
-    assert re.search(lookups[0].expect, "node 2 at 172.28.0.2:20002")
+    assert re.search(lookups[0].expect, "node 2 at 172.28.0.2:6580")
 
 
 def test_hstream_token_cluster_steps_send_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -376,7 +376,7 @@ def test_hstream_token_cluster_steps_send_credentials(monkeypatch: pytest.Monkey
         assert step.argv[:3] == ("python", "-m", "harness.targets.admin_command"), step
         assert flags(list(step.argv))["--token"] == "aHN0cmVhbTpoc3RyZWFt", step
     assert steps[0].argv[-1] == "server init" and steps[1].argv[-1] == "server ready"
-    assert flags(list(steps[0].argv))["--host"] == f"{prefix}12:20000"
+    assert flags(list(steps[0].argv))["--host"] == f"{prefix}12:6570"
 
 
 def test_before_restart_waits_until_every_peer_dropped_the_node(
@@ -392,7 +392,7 @@ def test_before_restart_waits_until_every_peer_dropped_the_node(
     hosts = [step.argv[i + 1] for i, a in enumerate(step.argv) if a == "--host"]
     # every other node, straight to its listening client port (late ones are skipped while
     # they do not answer)
-    assert hosts == [f"{prefix}12:20000", f"{prefix}14:20004", f"{prefix}15:20006"]
+    assert hosts == [f"{prefix}12:6570", f"{prefix}14:6590", f"{prefix}15:6600"]
     assert step.argv[-2:] == ("--gone", "2") and step.image is None
     assert re.search(step.expect, "node 2 is gone from every answering peer's member list")
     # The deadline follows the gossip defaults (hstream-gossip Types.hs defaultGossipOpts:
@@ -413,13 +413,13 @@ def test_after_start_asks_the_node_itself(monkeypatch: pytest.MonkeyPatch) -> No
     spec = ClusterSpec(nodes=3, target=f"hstream:{IMAGE}", backend="docker")
     placements, prefix = docker_placements(spec, monkeypatch)
     ready, lookup = HStreamTarget(spec).after_start(spec, placements, 3)
-    assert ready.argv == ("hadmin", "server", "--host", prefix + "14", "--port", "20004",
+    assert ready.argv == ("hadmin", "server", "--host", prefix + "14", "--port", "6590",
                           "ready")
     assert ready.image == IMAGE and re.search(ready.expect, "Cluster is ready")
     # Start.hs: BootstrapPings 1+2+4 s apart per silent seed, join retried min(2^n,10) s apart
     assert ready.timeout_s == restart_ready_deadline_s(3)
     assert ready.timeout_s > hstream.JOIN_RETRY_S + hstream.LOOKUP_BLOCK_S
-    assert lookup.argv[-3:] == (f"{prefix}14:20004", "--lookup-key", hstream.LOOKUP_PROBE_KEY)
+    assert lookup.argv[-3:] == (f"{prefix}14:6590", "--lookup-key", hstream.LOOKUP_PROBE_KEY)
 
 
 def test_a_missing_hstream_image_is_named_before_anything_starts(
