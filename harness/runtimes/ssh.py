@@ -133,8 +133,8 @@ class SshRuntime:
             host.python = ensure_python(host.session, wheels, stamp)
             host.session.run(["mkdir", "-p", f"{host.dir}/logs", *volumes])
 
-        self._partition_refusal = self._partition_refusal or next(
-            (r for r in self._on_every_host(log_in) if r), None)
+        lacking = [r for r in self._on_every_host(log_in) if r]
+        self._partition_refusal = self._partition_refusal or next(iter(lacking), None)
         self._on_every_host(install)
 
     def _on_every_host(self, step: Callable[[SshHost], T]) -> list[T]:
