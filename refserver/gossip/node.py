@@ -756,14 +756,14 @@ class GossipNode:
             )
             if any(answers):
                 return
+        self._suspect_unanswered(target, len(helpers))
+
+    def _suspect_unanswered(self, target: MemberRecord, indirect: int) -> None:
+        """A probe got no ack, direct or indirect: an alive member becomes a suspect."""
         current = self._table.get(target.node.id)
         if current is not None and current.state is MemberState.ALIVE:
-            log.info(
-                "node %d: no ack from %d (direct and %d indirect)",
-                self._self.id,
-                target.node.id,
-                len(helpers),
-            )
+            log.info("node %d: no ack from %d (direct and %d indirect)",
+                     self._self.id, target.node.id, indirect)
             self._apply_state("suspect", current.incarnation, current.node)
 
     async def _probe_then_confirm(self, target: MemberRecord, deadline: float) -> None:
@@ -786,15 +786,7 @@ class GossipNode:
         try:
             if await _any_true(indirect, rtt):
                 return
-            current = self._table.get(target.node.id)
-            if current is not None and current.state is MemberState.ALIVE:
-                log.info(
-                    "node %d: no ack from %d (direct and %d indirect)",
-                    self._self.id,
-                    target.node.id,
-                    len(helpers),
-                )
-                self._apply_state("suspect", current.incarnation, current.node)
+            self._suspect_unanswered(target, len(helpers))
             if await _any_true(indirect, deadline - loop.time()):
                 return
             await asyncio.sleep(max(0.0, deadline - loop.time()))

@@ -35,12 +35,12 @@ READY_SECONDS = 30.0
 _taken: set[tuple[str, int]] = set()
 
 
-def free_port(host: str) -> int:
+def free_port(host: str, ports: range = PORT_RANGE) -> int:
     # Start at a pid-dependent place so two test processes rarely probe the same ports.
-    span = len(PORT_RANGE)
+    span = len(ports)
     start = (os.getpid() * 7) % span
     for step in range(span):
-        port = PORT_RANGE.start + (start + step) % span
+        port = ports.start + (start + step) % span
         if (host, port) in _taken:
             continue
         with socket.socket() as probe:
@@ -51,7 +51,7 @@ def free_port(host: str) -> int:
                 continue
         _taken.add((host, port))
         return port
-    raise RuntimeError(f"no free port on {host} in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
+    raise RuntimeError(f"no free port on {host} in {ports.start}-{ports.stop - 1}")
 
 
 @dataclass

@@ -6,9 +6,7 @@ the test's tmp folder and failure messages name them."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from google.protobuf import empty_pb2
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 from refcluster_launcher import STORE_HOST, Proc, store_proc
+from refcluster_launcher import free_port as shared_free_port
 
 from harness.protos import HStreamGossip_pb2_grpc
 
@@ -42,25 +41,10 @@ FAST_GOSSIP = [
 # Periods long enough that no probe and no gossip round happens during a test: the node's
 # probe loop, idle at start, next looks for a target a minute later.
 NO_ROUNDS = ["--probe-interval-ms", "60000", "--gossip-interval-ms", "60000"]
-_taken: set[tuple[str, int]] = set()
 
 
 def free_port(host: str) -> int:
-    span = len(PORT_RANGE)
-    start = (os.getpid() * 13) % span
-    for step in range(span):
-        port = PORT_RANGE.start + (start + step) % span
-        if (host, port) in _taken:
-            continue
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-        _taken.add((host, port))
-        return port
-    raise RuntimeError(f"no free port on {host} in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
+    return shared_free_port(host, PORT_RANGE)
 
 
 @dataclass
