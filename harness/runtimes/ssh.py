@@ -67,7 +67,7 @@ class SshRuntime:
             raise InventoryError("the ssh backend needs an inventory: --inventory FILE or "
                                  "[cluster] inventory (`hstream-conformance hosts up N`)")
         inventory = load_inventory(spec.inventory)
-        where, store = plan(inventory, layouts)
+        where, store, self._partition_refusal = plan(inventory, layouts)
         proxy_addr = (urlparse(spec.toxiproxy_url).hostname if spec.toxiproxy_url else
                       inventory.toxiproxy_listen if inventory.toxiproxy_on == "control"
                       else store.address)
@@ -92,15 +92,6 @@ class SshRuntime:
             volumes = {v: f"{ROOT}/{spec.label}/data/{v}" for v in layout.volumes}
             placements[layout.name] = Placement(addr, addr, advertised, volumes)
         nodes = [layout for layout in layouts if layout.role == "node"]
-        carried: dict[str, list[str]] = {}
-        for layout in layouts:
-            carried.setdefault(where[layout.name][0].name, []).append(layout.name)
-        for host_name, names in carried.items():
-            if len(names) > 1 and set(names) & {n.name for n in nodes}:
-                self._partition_refusal = (
-                    f"{' and '.join(names)} share host {host_name}: partition rules hold for a "
-                    f"whole host; give each node a host of its own (`hstream-conformance hosts "
-                    f"up {len(nodes)}`)")
         self._prepare(inventory, {where[n.name][0].name for n in nodes},
                       [path for at in placements.values() for path in at.volumes.values()])
         site = self._toxiproxy_site(inventory, store, listen)
@@ -162,19 +153,22 @@ class SshRuntime:
         if spec.toxiproxy_url:
             return ToxiproxySite(spec.toxiproxy_url, listen)
         port = spec.base_port + 3
-        if inventory.toxiproxy_on == "control":
-            assert inventory.toxiproxy_listen is not None
-            self.control = LocalHost(self.record)
-            argv = toxiproxy_server_argv(inventory.toxiproxy_listen, port)
-            return ToxiproxySite(f"http://{inventory.toxiproxy_listen}:{port}", listen,
-                                 self.control, _toxiproxy_spec(argv, port))
-        argv = ["python", "-m", "harness.faults.toxiproxy", "--host", store.address,
-                "--port", str(port)]
-        host = self.hosts[store.name]
-        self._ports.append((host, Endpoint(store.address, port), "Toxiproxy API"))
-        self._ports += [(host, at, "a Toxiproxy proxy") for at in listen.values()]
-        return ToxiproxySite(f"http://{store.address}:{port}", listen, host,
-                             _toxiproxy_spec(argv, port))
+        on_control = inventory.toxiproxy_on == "control"
+        address = inventory.toxiproxy_listen if on_control else store.address
+        assert address is not None
+        host: LocalHost | SshHost
+        if on_control:
+            host = self.control = LocalHost(self.record)
+            argv = toxiproxy_server_argv(address, port)
+        else:
+            host = self.hosts[store.name]
+            argv = ["python", "-m", "harness.faults.toxiproxy", "--host", address, "--port",
+                    str(port)]
+            self._ports += [(host, at, "a Toxiproxy port")
+                            for at in (Endpoint(address, port), *listen.values())]
+        server = ProcessSpec(name="toxiproxy", role="store", argv=tuple(argv),
+                             ports={"api": port}, ready_log="")
+        return ToxiproxySite(f"http://{address}:{port}", listen, host, server)
 
     def check(self, specs: Sequence[ProcessSpec], steps: Sequence[InitStep]) -> None:
         def busy(host: SshHost) -> list[tuple[Endpoint, str]]:
@@ -220,7 +214,8 @@ class SshRuntime:
                 wanted.setdefault(key, (entry, []))[1].append(label)
 
         def sweep(entry: HostEntry, found: list[str]) -> None:
-            host = SshHost(Session(entry, "the cluster record"), found[0])
+            # A dead run's hosts may be gone for good: do not wait long for them.
+            host = SshHost(Session(entry, "the cluster record", timeout_s=3.0), found[0])
             with contextlib.suppress(HarnessError, OSError):
                 host.sweep(found)
             host.session.close()
@@ -230,8 +225,9 @@ class SshRuntime:
 
 
 def plan(inventory: Inventory, layouts: Sequence[ProcessLayout]
-         ) -> tuple[dict[str, tuple[HostEntry, str]], HostEntry]:
-    """Process name -> (host, address it binds), and the store's host (module docstring)."""
+         ) -> tuple[dict[str, tuple[HostEntry, str]], HostEntry, str | None]:
+    """Process name -> (host, address it binds), the store's host, and why partitions are
+    refused when a host carries two nodes or a node and the store (module docstring)."""
     hosts = list(inventory.hosts)
     store = next((h for h in hosts if h.role == "store"), None) or (
         [h for h in hosts if h.role is None] or hosts)[-1]
@@ -247,9 +243,12 @@ def plan(inventory: Inventory, layouts: Sequence[ProcessLayout]
     where = {layout.name: slots[i] for i, layout in enumerate(nodes)}
     where.update({layout.name: (store, store.address) for layout in layouts
                   if layout.role != "node"})
-    return where, store
+    carried: dict[str, list[str]] = {}
+    for layout in layouts:
+        carried.setdefault(where[layout.name][0].name, []).append(layout.name)
+    shared = next((f"{' and '.join(names)} share host {host}: partition rules hold for a "
+                   f"whole host; give each node a host of its own (`hstream-conformance hosts "
+                   f"up {len(nodes)}`)" for host, names in carried.items()
+                   if len(names) > 1 and set(names) & {n.name for n in nodes}), None)
+    return where, store, shared
 
-
-def _toxiproxy_spec(argv: Sequence[str], port: int) -> ProcessSpec:
-    return ProcessSpec(name="toxiproxy", role="store", argv=tuple(argv), ports={"api": port},
-                       ready_log="")

@@ -77,9 +77,11 @@ def connect(entry: HostEntry, source: str, timeout_s: float = CONNECT_TIMEOUT_S
 class Session:
     """A lazily (re)connected SSH session; channels may run concurrently, SFTP is locked."""
 
-    def __init__(self, entry: HostEntry, source: str) -> None:
+    def __init__(self, entry: HostEntry, source: str,
+                 timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         self.entry = entry
         self.source = source
+        self.timeout_s = timeout_s
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
@@ -90,7 +92,7 @@ class Session:
             transport = self._client.get_transport() if self._client else None
             if transport is None or not transport.is_active():
                 self._sftp = None
-                self._client = connect(self.entry, self.source)
+                self._client = connect(self.entry, self.source, self.timeout_s)
             return self._client
 
     def run(self, argv: Sequence[str], stdin: bytes = b"", timeout_s: float = 30.0

@@ -62,8 +62,8 @@ class SshHost:
                         fields = stat.read(4096).decode().rsplit(")", 1)[1].split()
                     if fields[0] not in "ZX" and fields[19] == start:
                         return None
-                except (FileNotFoundError, IndexError):
-                    pass
+                except (OSError, EOFError, IndexError):
+                    pass  # gone, or going while we read its stat (SFTP says only "Failure")
             time.sleep(0.05)
         return 255  # gone without a status: its supervisor was killed too (a sweep, a reboot)
 

@@ -147,24 +147,32 @@ def layouts(nodes: int) -> list[ProcessLayout]:
 
 
 def test_nodes_get_hosts_of_their_own_and_the_store_its_host() -> None:
-    where, store = plan(inventory_of(3), layouts(3))
-    assert store.name == "s" and where["store"] == (store, "10.0.0.10")
+    where, store, refusal = plan(inventory_of(3), layouts(3))
+    assert store.name == "s" and where["store"] == (store, "10.0.0.10") and refusal is None
     assert {name: (h.name, a) for name, (h, a) in where.items() if name != "store"} == {
         "node-1": ("h1", "10.0.0.11"), "node-2": ("h2", "10.0.0.12"),
         "node-3": ("h3", "10.0.0.13")}
 
 
 def test_more_nodes_than_hosts_bind_extra_addresses_round_robin() -> None:
-    where, _ = plan(inventory_of(3, extra=1), layouts(5))
+    where, _, refusal = plan(inventory_of(3, extra=1), layouts(5))
     assert (where["node-4"][0].name, where["node-4"][1]) == ("h1", "10.0.1.11")
     assert (where["node-5"][0].name, where["node-5"][1]) == ("h2", "10.0.1.12")
+    assert refusal == ("node-1 and node-4 share host h1: partition rules hold for a whole host; "
+                       "give each node a host of its own (`hstream-conformance hosts up 5`)")
 
 
 def test_without_roles_the_last_host_takes_the_store() -> None:
     hosts = tuple(HostEntry(f"m{i}", f"10.0.0.{i}") for i in range(1, 5))
-    where, store = plan(Inventory("inv.toml", hosts), layouts(3))
+    where, store, _ = plan(Inventory("inv.toml", hosts), layouts(3))
     assert store.name == "m4" and {where[f"node-{i}"][0].name for i in (1, 2, 3)} == {
         "m1", "m2", "m3"}
+
+
+def test_a_single_host_carries_everything_and_refuses_partitions() -> None:
+    where, store, refusal = plan(Inventory("inv.toml", (HostEntry("m", "10.0.0.1"),)), layouts(1))
+    assert {h.name for h, _ in where.values()} == {"m"} and store.name == "m"
+    assert refusal is not None and refusal.startswith("store and node-1 share host m")
 
 
 def test_too_few_addresses_is_one_line_saying_how_many() -> None:

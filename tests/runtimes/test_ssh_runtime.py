@@ -125,3 +125,17 @@ def test_sweep_of_a_dead_run_kills_its_processes_on_every_host(hosts: HostSet) -
         assert leftovers(hosts.inventory, label) == {}
     finally:
         cluster.stop()
+
+
+def test_more_nodes_than_hosts_bind_extra_addresses_and_refuse_partitions(
+        hosts: HostSet) -> None:
+    with start_cluster(spec_for(hosts.inventory_path, name="big", nodes=4, base_port=46600),
+                       progress=lambda line: None) as cluster:
+        h1 = next(h for h in hosts.inventory.hosts if h.name == "h1")
+        assert (cluster.node(4).host, cluster.node(4).direct_client.host) == (
+            "h1", h1.extra_addresses[0])
+        reason = cluster.refusal("partition")
+        assert reason is not None and reason.startswith("node-1 and node-4 share host h1: ")
+        everyone = {str(n): "alive" for n in (1, 2, 3, 4)}
+        wait_until("every node sees all four alive",
+                   lambda: all(view(cluster, n) == everyone for n in (1, 2, 3, 4)))
