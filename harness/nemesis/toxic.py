@@ -9,8 +9,9 @@ is down because of it (see `Fault.on`).
 
 from __future__ import annotations
 
+from harness.cluster import UnsupportedFault
 from harness.faults.toxiproxy import ToxiproxyError, ToxiproxyHandle
-from harness.nemesis.base import Context, Family, NemesisError, Undo
+from harness.nemesis.base import Context, Family, Undo
 from harness.nemesis.faults import FaultInstance
 
 Applied = list[tuple[str, str | None]]  # (proxy, toxic name); None: the proxy was disabled
@@ -64,9 +65,11 @@ class Toxic(Family):
         if link == "store":
             names = [p.name for (_, port), p in ctx.cluster.proxies.items() if port == "store"]
             if not names:
-                raise NemesisError(
-                    f"{instance.name}: this cluster has no proxy in front of the store; start "
-                    "it with toxiproxy enabled to inject store-link faults"
+                # A target whose store link is not ours to proxy (real HStreamDB's servers
+                # reach their store by their own config) lacks this means: a refusal.
+                raise UnsupportedFault(
+                    f"{instance.name} needs a proxy in front of the store: this cluster has "
+                    "none (the target does not proxy its store link, or toxiproxy is off)"
                 )
             return names
         return [ctx.cluster.proxy(n, link).name for n in instance.nodes]
