@@ -109,6 +109,12 @@ def test_no_python3(hosts: HostSet, tmp_path: Path) -> None:
                           "host h1 has no python3: install it there")
 
 
+def test_preinstalled_host_without_the_server(hosts: HostSet, tmp_path: Path) -> None:
+    fails_in_one_line(inventory_with(hosts, tmp_path, preinstalled=True), hosts,
+                      "host h1: python3 cannot import the reference server (",
+                      "install hstream-conformance there or drop `preinstalled` from ")
+
+
 def test_no_iptables_refuses_partitions_naming_the_host(hosts: HostSet, tmp_path: Path) -> None:
     with in_container(hosts, "h1", "mkdir -p /root/away && mv /usr/sbin/iptables* /root/away/",
                       "mv /root/away/* /usr/sbin/"):

@@ -4,17 +4,18 @@ and nothing of the cluster is left on any host after it stops or is swept."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ssh_probes import leftovers, view, wait_until
 
+from harness.cleanup import sweep
 from harness.cluster import Cluster, start_cluster
 from harness.runtimes.inventory import Inventory, load_inventory, write_inventory
-from harness.runtimes.ssh import SshRuntime
 from harness.runtimes.ssh_connection import Session
-from harness.runtimes.ssh_install import Wheels, ensure_python, wanted_stamp
+from harness.runtimes.ssh_install import ROOT_VENV, Wheels, ensure_python, wanted_stamp
 from harness.testhosts.sshd import HostSet
 from harness.topology import ClusterSpec
 
@@ -121,7 +122,9 @@ def test_sweep_of_a_dead_run_kills_its_processes_on_every_host(hosts: HostSet) -
     label = cluster.spec.label
     try:
         assert leftovers(hosts.inventory, label)  # running: found on the hosts
-        SshRuntime.sweep([label], [cluster.record.meta()])
+        # What a later run does for a record whose owner died: the pid registry's part, then
+        # the runtime named in the record (SshRuntime.sweep) on the hosts it lists.
+        assert sweep(only=label).clusters == [label]
         assert leftovers(hosts.inventory, label) == {}
     finally:
         cluster.stop()
@@ -139,3 +142,18 @@ def test_more_nodes_than_hosts_bind_extra_addresses_and_refuse_partitions(
         everyone = {str(n): "alive" for n in (1, 2, 3, 4)}
         wait_until("every node sees all four alive",
                    lambda: all(view(cluster, n) == everyone for n in (1, 2, 3, 4)))
+
+
+def test_preinstalled_hosts_get_nothing_uploaded(hosts: HostSet, ssh_cluster: Cluster,
+                                                 tmp_path: Path) -> None:
+    # The module's cluster installed the server in ROOT_VENV: name that Python as installed.
+    mine = tmp_path / "preinstalled.toml"
+    entries = tuple(dataclasses.replace(h, preinstalled=f"{ROOT_VENV}/bin/python")
+                    for h in hosts.inventory.hosts)
+    write_inventory(Inventory("", entries), mine)
+    lines: list[str] = []
+    with start_cluster(spec_for(mine, name="pre", base_port=46610),
+                       progress=lines.append) as cluster:
+        assert not [line for line in lines if "wheels" in line or "installing" in line]
+        _, ps = cluster.exec("node-1", ["ps", "-eo", "args"])
+        assert f"{ROOT_VENV}/bin/python -m refserver --server-id 1 --port 46610" in ps
