@@ -8,8 +8,9 @@ Placement, and why:
 - the store (and Toxiproxy, unless it runs on this machine) gets a host of its own (role
   "store", else the last host): partition rules drop by address, so a node cut off must not
   share an address or a host with what the others need;
-- proxies listen on the Toxiproxy host at ports derived from base_port, so the clusters of a
-  session (PORT_BLOCK = 10 base ports apart, hence 160 proxy ports apart) never share one.
+- proxies listen on the Toxiproxy host, which the clusters of a session share, at ports
+  derived from base_port: 32 per block of 10 base ports (the plugin's PORT_BLOCK), all below
+  Linux's ephemeral range (32768+), where an outgoing connection could hold one.
 Partitions are iptables rules over SSH (IptablesNet); they are refused, naming the host, when
 a host lacks iptables or carries two nodes (rules hold for a whole host).
 """
@@ -77,7 +78,7 @@ class SshRuntime:
                       for name, e in entries.items()}
         placements: dict[str, Placement] = {}
         listen: dict[tuple[str, str], Endpoint] = {}
-        proxy_port = PROXY_PORT_BASE + (spec.base_port % 2500) * 16
+        proxy_port = PROXY_PORT_BASE + (spec.base_port // 10 % 380) * 32
         for layout in layouts:
             entry, addr = where[layout.name]
             advertised = {}

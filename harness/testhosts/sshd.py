@@ -163,6 +163,8 @@ def hosts_up(n: int, name: str = "default", inventory_out: Path | None = None,
         client.containers.run(
             image, detach=True, name=set_.container(entry.name), hostname=entry.name,
             labels=labels, cap_add=["NET_ADMIN"], init=True, network=network.name,
+            # Outgoing connections take ports above the ones tests listen on (base ports).
+            sysctls={"net.ipv4.ip_local_port_range": "61000 65535"},
             environment={"AUTHORIZED_KEY": public,
                          "EXTRA_ADDRESSES": " ".join(entry.extra_addresses)},
             networking_config={network.name: EndpointConfig(client.api._version,
