@@ -21,8 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
-from harness.cluster import start_cluster
 from harness.clients.driver import ClientDriver, raw_payload
+from harness.cluster import start_cluster
 from harness.history import History
 from harness.topology import ClusterSpec
 

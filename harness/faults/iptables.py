@@ -167,7 +167,8 @@ class IptablesNet:
         rules = self._rules()
         nodes = sorted(self.addresses)
         with ThreadPoolExecutor(max_workers=min(8, max(1, len(nodes)))) as pool:
-            loaded = dict(zip(nodes, pool.map(lambda n: self._load(n, rules[n]), nodes)))
+            outcomes = list(pool.map(lambda n: self._load(n, rules[n]), nodes))
+        loaded = dict(zip(nodes, outcomes, strict=True))
         self.state.pending = {n for n, ok in loaded.items() if not ok}
         return {
             "grudge": {str(k): sorted(v) for k, v in sorted(grudge.items())},

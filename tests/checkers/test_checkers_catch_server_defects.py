@@ -16,8 +16,8 @@ import pytest
 from HStream.Server import HStreamApi_pb2 as api
 
 from harness import wire
-from harness.cluster import Cluster
 from harness.checkers import CheckOptions, check_all
+from harness.cluster import Cluster
 from harness.history import History, history_path
 
 pytestmark = pytest.mark.slow
