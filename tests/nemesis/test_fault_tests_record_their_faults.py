@@ -287,6 +287,7 @@ def test_the_suites_audit_fails_a_test_whose_faults_miss_its_history(tmp_path):
     assert "nemesis audit: a nemesis without a history was asked for kill-one start" in out, out
     assert "nemesis audit: this fault test asked the nemesis for no fault" in out, out
     failed = [line for line in out.splitlines() if line.startswith("FAILED")]
-    assert [line.rsplit("::", 1)[-1] for line in failed] == [
+    # Under CI pytest adds " - <message>" to each summary line; the test name precedes it.
+    assert [line.split(" - ", 1)[0].rsplit("::", 1)[-1] for line in failed] == [
         "test_unrecorded", "test_marked_but_injects_nothing"
     ], out
