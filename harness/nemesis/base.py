@@ -17,6 +17,7 @@ Recording in a history and refusing for missing means are the composed `Nemesis`
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -57,22 +58,23 @@ class Context:
         return self.toxiproxy_handle
 
 
-class Family:
+class Family(abc.ABC):
     """One fault family; subclasses set `name`, `needs`, `kinds` and implement `invoke`."""
 
     name: str = ""
     needs: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
 
-    def setup(self, ctx: Context) -> None:
+    def setup(self, ctx: Context) -> None:  # noqa: B027 - optional hook, empty by default
         """Before the first fault; nothing by default."""
 
+    @abc.abstractmethod
     def invoke(
         self, ctx: Context, instance: FaultInstance, action: str
     ) -> tuple[set[int], set[int]]:
-        raise NotImplementedError
+        """Start or stop one fault instance: (nodes it took down, nodes it brought up)."""
 
-    def teardown(self, ctx: Context) -> None:
+    def teardown(self, ctx: Context) -> None:  # noqa: B027 - optional hook, empty by default
         """Undo everything this family broke; nothing to undo by default."""
 
     def phases(self, instance: FaultInstance, action: str) -> tuple[str, ...]:
