@@ -4,9 +4,8 @@
 SWIM as published, the refutations and bounds the harness derives its checks from.
 `hstream-0.20` reproduces what the real hstream-server v0.20.3 observably does where it
 differs, as read from its source (hstreamdb/hstream at tag v0.20.3 and its hs-grpc
-submodule; /work/shared/design/real-hstream.md). Each switch names, in its comment and
-in `field(metadata={"mirrors": ...})`, the HStreamDB file:line it mirrors; `mirrors()`
-lists them for reports.
+submodule). Each switch names, in its comment and in `field(metadata={"mirrors": ...})`,
+the HStreamDB file:line it mirrors; `mirrors()` lists them for reports.
 
 One frozen `Profile` is chosen at start-up (`python -m refserver --profile NAME`) and
 handed to the gossip layer (through GossipConfig) and to the API services. Seeded
