@@ -60,18 +60,19 @@ def parse_seeds(text: str, default_port: int = DEFAULT_GOSSIP_PORT) -> list[tupl
 class GossipConfig:
     self_node: NodeAddress
     seeds: list[tuple[str, int]]
-    probe_interval: float = 2.0
-    roundtrip_timeout: float = 0.5
-    indirect_checks: int = 1
+    # Defaults: the real server's (refserver.profiles.REAL_GOSSIP_DEFAULTS), stated once.
+    probe_interval: float = REAL_GOSSIP_DEFAULTS.probe_interval
+    roundtrip_timeout: float = REAL_GOSSIP_DEFAULTS.roundtrip_timeout
+    indirect_checks: int = REAL_GOSSIP_DEFAULTS.indirect_checks
     # memberlist's shape: suspicion lasts suspicion_mult * max(1, log10(n)) probe intervals
-    suspicion_mult: int = 4
+    suspicion_mult: int = REAL_GOSSIP_DEFAULTS.suspicion_mult
     # each update rides on at most retransmit_mult * ceil(log10(n + 1)) outgoing messages
-    retransmit_mult: int = 4
-    gossip_interval: float = 1.0
-    fanout: int = 3
-    join_timeout: float = 30.0
+    retransmit_mult: int = REAL_GOSSIP_DEFAULTS.retransmit_mult
+    gossip_interval: float = REAL_GOSSIP_DEFAULTS.gossip_interval
+    fanout: int = REAL_GOSSIP_DEFAULTS.fanout
+    join_timeout: float = REAL_GOSSIP_DEFAULTS.join_timeout
     # the real server retries SendReconnect to a dead member every 30 s
-    reconnect_interval: float = 30.0
+    reconnect_interval: float = REAL_GOSSIP_DEFAULTS.reconnect_interval
     defects: frozenset[str] = field(default_factory=frozenset)
     profile: Profile = PROTOCOL
 

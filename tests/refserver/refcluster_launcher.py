@@ -108,6 +108,10 @@ class Node:
     def url(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def gossip_url(self) -> str:
+        return f"{self.host}:{self.internal_port}"
+
 
 @dataclass
 class RefCluster:

@@ -20,7 +20,7 @@ import pytest
 from google.protobuf import empty_pb2
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
-from refcluster_launcher import STORE_HOST, Proc, store_proc
+from refcluster_launcher import STORE_HOST, Node, Proc, store_proc
 from refcluster_launcher import free_port as shared_free_port
 
 from harness.protos import HStreamGossip_pb2_grpc
@@ -47,21 +47,8 @@ def free_port(host: str) -> int:
     return shared_free_port(host, PORT_RANGE)
 
 
-@dataclass
-class ProfileNode:
-    server_id: int
-    host: str
-    port: int
-    internal_port: int
-    proc: Proc
-
-    @property
-    def url(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def gossip_url(self) -> str:
-        return f"{self.host}:{self.internal_port}"
+# A node of these tests is the shared launcher's node.
+ProfileNode = Node
 
 
 @dataclass
