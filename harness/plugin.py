@@ -25,14 +25,23 @@ import pytest
 from harness import HarnessError
 from harness.cleanup import install_signal_teardown, sweep
 from harness.cluster import Cluster, start_cluster
+from harness.parallel import (
+    INPUT_KEY,
+    PORT_BLOCK,
+    auto_workers,
+    run_input,
+    worker_base_port,
+    worker_index,
+    worker_session,
+)
 from harness.targets import settings_for, target_for
 from harness.topology import ClusterSpec, build_spec
 
 _SPEC_KEY = pytest.StashKey[ClusterSpec]()
 _CLUSTERS_KEY = pytest.StashKey[list[Cluster]]()
-# Each cluster the session starts gets its own name (label) and port block; factory clusters
-# may run next to the module's cluster, so their ports move by this much per cluster.
-PORT_BLOCK = 10
+# Each cluster the session starts gets its own name (label) and port block (PORT_BLOCK ports
+# on from the last); factory clusters may run next to the module's cluster. Under xdist each
+# worker starts from its own block of ports (harness.parallel).
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -85,6 +94,7 @@ def pytest_configure(config: pytest.Config) -> None:
         )
         if getattr(opt, "seed", None) is None and spec.seed == 0:
             spec = spec.with_(seed=random.SystemRandom().randrange(2**31))
+        spec = _as_worker(config, spec)
         target_for(spec)  # target-specific checks (defect names, image syntax) fail early
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -98,6 +108,43 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _SWEPT_KEY = pytest.StashKey[list[str]]()
+
+
+def _as_worker(config: pytest.Config, spec: ClusterSpec) -> ClusterSpec:
+    """An xdist worker runs with the controller's seed, a session label of its own derived from
+    the run's, and its own block of ports (see harness.parallel)."""
+    index = worker_index(config)
+    given = run_input(config)
+    if index is None or given is None:
+        return spec
+    return spec.with_(
+        seed=int(given["seed"]),
+        session=worker_session(str(given["session"]), index),
+        base_port=worker_base_port(spec.base_port, index),
+    )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """(xdist controller) Hand each worker the run's seed and session label."""
+    spec = node.config.stash.get(_SPEC_KEY, None)
+    if spec is not None:
+        node.workerinput[INPUT_KEY] = {"seed": spec.seed, "session": spec.session}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: sized for clusters, which mostly wait, not for CPU-bound tests."""
+    return auto_workers()
+
+
+def run_session(config: pytest.Config) -> str | None:
+    """The run's session label: the controller's, also inside its workers (for the report)."""
+    given = run_input(config)
+    if given is not None:
+        return str(given["session"])
+    spec = config.stash.get(_SPEC_KEY, None)
+    return spec.session if spec is not None else None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -79,7 +79,7 @@ def labels_for(item: pytest.Item) -> dict[str, str]:
     if spec is not None:
         labels.update(
             target=target_label(spec), backend=spec.backend, seed=str(spec.seed),
-            session=spec.session,
+            session=_run_session(item.config) or spec.session,
         )
         if spec.defects:
             labels["defects"] = ",".join(spec.defects)
@@ -112,6 +112,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 if title.startswith("cluster logs"):
                     allure.attach(text, name=title, attachment_type=allure.attachment_type.TEXT)
     return report
+
+
+def _workers(config: pytest.Config) -> int | None:
+    """xdist workers of the run (None: not parallel)."""
+    workers = getattr(config.option, "numprocesses", None)
+    return workers if isinstance(workers, int) and workers > 0 else None
 
 
 def attach_file(path: Path, name: str) -> None:
@@ -156,10 +162,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_STARTED] = time.time()
 
 
+def _run_session(config: pytest.Config) -> str | None:
+    from harness.plugin import run_session
+
+    return run_session(config)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Write the run's header facts beside the allure results, for the report."""
+    """Write the run's header facts beside the allure results, for the report (once per run:
+    by the xdist controller, not by each worker)."""
     alluredir = getattr(session.config.option, "allure_report_dir", None)
-    if not alluredir:
+    if not alluredir or hasattr(session.config, "workerinput"):
         return
     spec = _spec(session.config)
     started = session.config.stash.get(_STARTED, time.time())
@@ -178,6 +191,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             else (spec.toxiproxy_url if spec is not None and spec.toxiproxy_url else "embedded")
         ),
         "session": getattr(spec, "session", None),
+        "workers": _workers(session.config),
         "exit_status": int(session.exitstatus),
     }
     out = Path(alluredir)
