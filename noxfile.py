@@ -24,41 +24,63 @@ def install(session: nox.Session, *extras: str) -> None:
     session.install("-e", target, env=CONSTRAINTS)
 
 
-def pytest_args(session: nox.Session, name: str, *paths: str) -> list[str]:
-    """Common pytest arguments: allure results and JUnit XML under reports/."""
+# The five conformance suites: the protocol API, the official clients, HStream IO, membership
+# convergence under faults and durability (no acknowledged record lost) under faults.
+SUITES = ("suites/api", "suites/clients", "suites/io", "suites/membership", "suites/durability")
+
+
+def pytest_args(
+    session: nox.Session, name: str, *paths: str, parallel: bool = True
+) -> list[str]:
+    """Common pytest arguments: allure results and JUnit XML under reports/, and parallel
+    workers (see parallel_args)."""
     return [
         "pytest",
         *paths,
         f"--alluredir={REPORTS / 'allure-results'}",
         f"--junitxml={REPORTS / f'junit-{name}.xml'}",
+        *(parallel_args(session.posargs) if parallel else []),
         *session.posargs,
     ]
 
 
+def parallel_args(posargs: list[str]) -> list[str]:
+    """`-n auto` (pytest-xdist, workers sized by harness.parallel for clusters that mostly
+    wait) with whole modules per worker, so a module's cluster is started once. A run that
+    names its own worker count (`-n 0` for serial) or disables xdist keeps its choice."""
+    chosen = any(
+        arg in ("-n", "--numprocesses", "--dist") or arg.startswith(("-n", "--numprocesses="))
+        or arg == "no:xdist"
+        for arg in posargs
+    )
+    return [] if chosen else ["-n", "auto", "--dist", "loadscope"]
+
+
+def fresh_results() -> None:
+    """One run, one page: results of earlier runs would otherwise be merged into it. Cleaned
+    here, once, not by each worker (allure's --clean-alluredir runs in every xdist worker
+    and could delete results a faster worker already wrote)."""
+    import shutil
+
+    shutil.rmtree(REPORTS / "allure-results", ignore_errors=True)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """What CI runs: the tests of the harness, the reference server and the checkers, then
-    the protocol, client and IO suites against the healthy reference cluster (they must
-    pass there, or strict-xfail with a named client finding)."""
+    """What CI runs: the tests of the harness, the reference server and the checkers, and
+    the five conformance suites against the healthy reference cluster (they must pass there,
+    or strict-xfail with a named finding)."""
     install(session)
-    session.run(
-        *pytest_args(
-            session, "tests", "tests", "suites/api", "suites/clients", "suites/io",
-            "-p", "no:cacheprovider",
-        )
-    )
+    session.run(*pytest_args(session, "tests", "tests", *SUITES, "-p", "no:cacheprovider"))
 
 
 @nox.session
 def conformance(session: nox.Session) -> None:
-    """The main job: conformance suites against the embedded reference cluster, then the report."""
+    """The main job: the five conformance suites against the embedded reference cluster (or
+    the target and backend given after `--`), in parallel, then the report."""
     install(session)
-    session.run(
-        *pytest_args(session, "conformance", "suites/api", "suites/clients", "suites/io"),
-        # One run, one page: results of earlier runs would otherwise be merged into it.
-        "--clean-alluredir",
-        success_codes=[0, 1],
-    )
+    fresh_results()
+    session.run(*pytest_args(session, "conformance", *SUITES), success_codes=[0, 1])
     session.run("hstream-conformance", "report", "--results", str(REPORTS))
     failed = junit_failures(REPORTS / "junit-conformance.xml")
     if failed:
@@ -78,13 +100,16 @@ def junit_failures(path: Path) -> int:
 
 @nox.session
 def chaos(session: nox.Session) -> None:
-    """Membership and durability suites under faults; `-- --defect-matrix` runs the matrix."""
+    """Long or repeated fault runs of the membership and durability suites (serial unless
+    `-- -n N` is given); `-- --defect-matrix` runs the defect matrix."""
     install(session)
     if "--defect-matrix" in session.posargs:
         rest = [arg for arg in session.posargs if arg != "--defect-matrix"]
         session.run("hstream-conformance", "defect-matrix", *rest)
         return
-    session.run(*pytest_args(session, "chaos", "suites/membership", "suites/durability"))
+    session.run(
+        *pytest_args(session, "chaos", "suites/membership", "suites/durability", parallel=False)
+    )
 
 
 @nox.session

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -242,6 +243,51 @@ def build_hint(image: str) -> str:
     )
 
 
+def our_image_name(image: str) -> str | None:
+    """The build name ("base" or a recipe) of an image this harness builds, else None."""
+    if image == BASE_IMAGE:
+        return "base"
+    return next((name for name, recipe in RECIPES.items() if recipe.tag == image), None)
+
+
+# Images this process has already made sure of: a suite run asks once, not per cluster.
+_ENSURED: set[str] = set()
+
+
+def ensure_image(
+    image: str, *, client: docker.DockerClient | None = None, progress: Progress = print_progress
+) -> bool:
+    """Make one of our images present and current on first use: build it, or find it up to date
+    (content hashes), once per process. Builds take a machine-wide lock, so parallel workers
+    wait for the first one and then find the image built. Returns False for an image that is
+    not ours (the caller decides how to report it missing)."""
+    name = our_image_name(image)
+    if name is None:
+        return False
+    if image in _ENSURED:
+        return True
+    client = client or connect()
+    with _build_lock(progress, image):
+        build([name], client=client, progress=progress)
+    _ENSURED.add(image)
+    return True
+
+
+@contextlib.contextmanager
+def _build_lock(progress: Progress, image: str) -> Iterator[None]:
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    with open(BUILD_DIR / "build.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"{image}: another process is building images; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def require_image(client: docker.DockerClient, image: str) -> None:
     """Fail fast, naming the image and the command that builds it."""
     try:
@@ -302,6 +348,25 @@ def host_apt_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
     )
 
 
+def _install_debootstrap(progress: Progress) -> None:
+    """As root on Debian the project installs the one tool the base image needs; anyone else
+    is told the command."""
+    hint = ("debootstrap is not installed; install it with `apt-get install debootstrap` "
+            "(or build recipes on a registry image: --base-image python:3.11-slim)")
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise ImageBuildError(hint)
+    progress("debootstrap is missing: installing it with apt-get (running as root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "debootstrap"]
+    done = subprocess.run(install, capture_output=True, text=True, env=env)
+    if done.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
+        done = subprocess.run(install, capture_output=True, text=True, env=env)
+    if done.returncode != 0 or shutil.which("debootstrap") is None:
+        raise ImageBuildError(f"{hint}; apt-get failed: {done.stderr.strip()[-500:]}")
+    progress("debootstrap installed")
+
+
 def build_base(
     client: docker.DockerClient,
     *,
@@ -314,10 +379,7 @@ def build_base(
         progress(f"{BASE_IMAGE}: up to date (content hash {content_hash[:12]}), skipped")
         return BuildResult(BASE_IMAGE, content_hash, True, image_id(client, BASE_IMAGE))
     if shutil.which("debootstrap") is None:
-        raise ImageBuildError(
-            "debootstrap is not installed; install it with `apt-get install debootstrap` "
-            "(or build recipes on a registry image: --base-image python:3.11-slim)"
-        )
+        _install_debootstrap(progress)
     if os.geteuid() != 0:
         raise ImageBuildError(
             "building the base image needs root (debootstrap creates device nodes and "

@@ -25,6 +25,7 @@ import pytest
 from harness import HarnessError
 from harness.cleanup import install_signal_teardown, sweep
 from harness.cluster import Cluster, start_cluster
+from harness.images import DockerUnavailable
 from harness.parallel import (
     INPUT_KEY,
     PORT_BLOCK,
@@ -195,6 +196,12 @@ def _start(config: pytest.Config, spec: ClusterSpec, port_given: bool = False) -
         spec = spec.with_(base_port=spec.base_port + PORT_BLOCK * (index % 50))
     try:
         cluster = start_cluster(spec)
+    except DockerUnavailable as exc:
+        if config.stash[_SPEC_KEY].backend == spec.backend:
+            pytest.fail(f"cluster did not start: {exc}", pytrace=False)
+        # A test that moves to containers for what local processes cannot do (partitions)
+        # needs a Docker engine the run did not ask for: skipped, saying what to install.
+        pytest.skip(f"needs a Docker engine for its {spec.backend} cluster: {exc}")
     except HarnessError as exc:
         pytest.fail(f"cluster did not start: {exc}", pytrace=False)
     config.stash[_CLUSTERS_KEY].append(cluster)

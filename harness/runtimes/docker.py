@@ -30,7 +30,7 @@ from docker.types import EndpointConfig
 
 from harness.cleanup import ClusterRecord, owner_alive, owner_label
 from harness.faults.iptables import IptablesNet, NodeAddress
-from harness.images import REFSERVER_IMAGE, build_hint, connect
+from harness.images import REFSERVER_IMAGE, build_hint, connect, ensure_image
 from harness.runtimes import (
     ClusterStartError,
     HostDown,
@@ -265,6 +265,9 @@ class DockerRuntime:
             "remove stale networks with `docker network prune`")
 
     def _require(self, image: str, needed_by: str) -> None:
+        # Our own images are built on first use (or found current); any other must be here.
+        if ensure_image(image, client=self.client, progress=self.progress):
+            return
         try:
             self.client.images.get(image)
         except docker.errors.ImageNotFound:

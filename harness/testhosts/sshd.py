@@ -42,9 +42,9 @@ from harness.images import (
     LABEL_PREFIX,
     ImageBuildError,
     connect,
+    ensure_image,
     image_id,
     image_label,
-    require_image,
 )
 from harness.runtimes.inventory import HostEntry, Inventory, write_inventory
 from harness.runtimes.ssh_connection import SshUnreachable
@@ -92,7 +92,7 @@ def set_dir(name: str) -> Path:
 def build_image(client: docker.DockerClient, progress: Progress) -> str:
     """docker/sshd-host on the base image, skipped when its inputs are unchanged."""
     folder = DOCKER_DIR / "sshd-host"
-    require_image(client, BASE_IMAGE)
+    ensure_image(BASE_IMAGE, client=client, progress=progress)  # built on first use
     digest = hashlib.sha256(image_id(client, BASE_IMAGE).encode())
     for item in sorted(folder.iterdir()):
         digest.update(item.name.encode() + b"\0" + item.read_bytes())
