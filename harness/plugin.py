@@ -25,6 +25,7 @@ import pytest
 from harness import HarnessError
 from harness.cleanup import install_signal_teardown, sweep
 from harness.cluster import Cluster, start_cluster
+from harness.credentials import credential_for, set_run_credential
 from harness.images import DockerUnavailable
 from harness.parallel import (
     INPUT_KEY,
@@ -101,6 +102,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     config.stash[_SPEC_KEY] = spec
     config.stash[_CLUSTERS_KEY] = []
+    # A run against a token cluster: every channel and client of the run sends its token.
+    set_run_credential(credential_for(spec))
     if not hasattr(config, "workerinput"):  # the xdist controller (or a plain run) sweeps
         swept = sweep()
         if swept.clusters:

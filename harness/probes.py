@@ -30,6 +30,7 @@ from google.protobuf.empty_pb2 import Empty
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
+from harness import credentials
 from harness.cluster import Cluster, NodeHandle
 from harness.history import History
 from harness.protos import HStreamGossip_pb2, HStreamGossip_pb2_grpc
@@ -64,7 +65,7 @@ class _Channels:
     def get(self, endpoint: str) -> grpc.Channel:
         with self._lock:
             if endpoint not in self._channels:
-                self._channels[endpoint] = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+                self._channels[endpoint] = credentials.channel(endpoint, CHANNEL_OPTIONS)
             return self._channels[endpoint]
 
     def close(self) -> None:

@@ -19,6 +19,8 @@ from google.protobuf import struct_pb2
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
+from harness import credentials
+
 KEY_SPACE_MAX = 2**128 - 1
 COMPRESSIONS = {"none": 0, "gzip": 1, "zstd": 2}
 
@@ -122,12 +124,13 @@ class WireError:
         return f"{self.status.name} (error code {self.code}): {self.message}"
 
 
-def channel(endpoint: str) -> grpc.Channel:
-    return grpc.insecure_channel(endpoint, options=[("grpc.enable_retries", 0)])
+def channel(endpoint: str, credential: str | None = credentials.RUN) -> grpc.Channel:
+    """A channel to `endpoint` sending the run's credential (or `credential`; None: none)."""
+    return credentials.channel(endpoint, [("grpc.enable_retries", 0)], credential)
 
 
-def stub(endpoint: str) -> api_grpc.HStreamApiStub:
-    return api_grpc.HStreamApiStub(channel(endpoint))
+def stub(endpoint: str, credential: str | None = credentials.RUN) -> api_grpc.HStreamApiStub:
+    return api_grpc.HStreamApiStub(channel(endpoint, credential))
 
 
 def endpoint_of(node: api.ServerNode) -> str:

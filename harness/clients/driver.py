@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from harness import HarnessError
+from harness import HarnessError, credentials
 from harness.history import History, Op
 
 ERLANG_DRIVER_ENV = "HSTREAM_ERLANG_DRIVER"
@@ -212,8 +212,14 @@ class ClientDriver:
                 status=reply.status,
             )
 
-    def connect(self, urls: Sequence[str]) -> Reply:
-        return self.invoke("connect", {"urls": list(urls)}, "connect", urls=list(urls))
+    def connect(self, urls: Sequence[str], token: str | None = credentials.RUN) -> Reply:
+        """Connect to `urls`; on a token cluster (the run's credential, by default) every call
+        of the client carries `authorization: Basic <token>`."""
+        found = credentials.resolve(token)
+        sent: dict[str, Any] = {"token": found} if found else {}
+        # The history records that a token was sent, never the token itself.
+        value = {"urls": list(urls), **({"token": True} if found else {})}
+        return self.invoke("connect", value, "connect", urls=list(urls), **sent)
 
     def append(
         self,

@@ -59,7 +59,11 @@ class PythonDriver(DriverLoop):
             raise Unsupported("not connected: send `connect` first")
         return self.client
 
-    async def op_connect(self, urls: list[str]) -> dict[str, Any]:
+    async def op_connect(self, urls: list[str], token: str | None = None) -> dict[str, Any]:
+        if token:
+            # hstreamdb 0.5.0's insecure_client/secure_client take no token or call
+            # metadata (hstreamdb/aio/client.py), so it cannot talk to a token cluster.
+            raise Unsupported("hstreamdb 0.5.0 has no way to send a token (authorization)")
         # The client's constructor takes one address; it learns the others from
         # DescribeCluster. A list is not something it can be given, so only the first is.
         self.client = await insecure_client(url=f"hstream://{urls[0]}")

@@ -23,7 +23,7 @@ from google.protobuf.empty_pb2 import Empty
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
-from harness import wire
+from harness import credentials, wire
 from harness.clients.driver_loop import DriverLoop, Rejected, collect, error_text, record_out
 from harness.clients.python_driver import shard_offset
 
@@ -81,16 +81,19 @@ class RawDriver(DriverLoop):
         self.owners: dict[int, str] = {}
         self.shards: dict[str, list[api.Shard]] = {}
         self.consumers: dict[tuple[str, str], RawConsumer] = {}
+        self.credential: str | None = None
 
     def stub(self, endpoint: str | None = None) -> api_grpc.HStreamApiStub:
         endpoint = endpoint or self.bootstrap
         if endpoint is None:
             raise Rejected("not connected: send `connect` first")
         if endpoint not in self.channels:
-            self.channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+            self.channels[endpoint] = credentials.aio_channel(endpoint, self.credential)
         return api_grpc.HStreamApiStub(self.channels[endpoint])
 
-    async def op_connect(self, urls: list[str]) -> dict[str, Any]:
+    async def op_connect(self, urls: list[str], token: str | None = None) -> dict[str, Any]:
+        # `token`: what follows "Basic " in the authorization metadata of every call.
+        self.credential = token
         errors = []
         for url in urls:
             try:

@@ -17,6 +17,7 @@ from google.protobuf.empty_pb2 import Empty
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
+from harness import credentials
 from harness.checkers.membership import swim_bounds
 from harness.targets.settings import TargetSettings
 
@@ -51,7 +52,7 @@ def confirmation_bound_s(settings: TargetSettings, nodes: int) -> float:
 
 def node_states(endpoint: str) -> dict[int, str] | str:
     """{node id: NodeState name} as `endpoint` reports it, or the error text."""
-    with grpc.insecure_channel(endpoint) as channel:
+    with credentials.channel(endpoint) as channel:
         try:
             answer = api_grpc.HStreamApiStub(channel).DescribeCluster(
                 Empty(), timeout=DESCRIBE_TIMEOUT_S

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import time
 
-import grpc
 import pytest
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
-from harness import wire
+from harness import credentials, wire
 from harness.checkers import subscription
 from harness.clients.driver import ClientDriver, Reply
 from harness.nemesis import FAULTS, Fault
@@ -257,7 +256,7 @@ def fetch_until_delivered(
 
 
 def subscription_owner(endpoint: str, subscription: str) -> str:
-    with grpc.insecure_channel(endpoint) as channel:
+    with credentials.channel(endpoint) as channel:
         answer = api_grpc.HStreamApiStub(channel).LookupSubscription(
             api.LookupSubscriptionRequest(subscriptionId=subscription), timeout=10
         )

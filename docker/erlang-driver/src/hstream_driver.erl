@@ -139,6 +139,9 @@ status_json(S) -> S.
 
 %% -- operations ---------------------------------------------------------------------------
 
+op(<<"connect">>, #{<<"token">> := _}, State) ->
+    %% A token cluster: this driver passes no authorization metadata to hstreamdb_erl.
+    {{fail, <<"UNSUPPORTED">>, <<"the Erlang driver sends no token (authorization)">>}, State};
 op(<<"connect">>, #{<<"urls">> := Urls = [_ | _]}, State) ->
     Url = client_url(Urls),
     case hstreamdb_client:start(#{url => Url, grpc_timeout => ?GRPC_TIMEOUT,
