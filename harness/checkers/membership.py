@@ -27,6 +27,24 @@ shows as `stable_from_s` / `disagreeing_at_end_s`. Figures:
 * **flaps**: every change of an observer's alive/not-alive opinion of a member beyond the
   first within one truth period of that member (one change per real event is expected).
 
+An observer that comes back up (the truth's "up" for it: a restart, a healed partition, a
+join) **starts afresh**: what it saw in its previous life is forgotten, and it is
+**rejoining** until its first view, taken after it came up, in which every member that is
+up (itself aside) is alive. While rejoining, a member missing from its view or not alive in
+it is no suspicion, no flap and no detection (`first_suspicion_s`, `confirmed_dead_s`): a
+restarted SWIM member begins with an empty view (or only its seeds) and assembles the
+membership from rumours of different ages -- it can learn a member alive from one message
+and then apply an older suspect rumour at the same incarnation that the others have long
+refuted, which is the join catching up, not its failure detector speaking. "Itself plus one
+other member alive" would end rejoining after the first seed answered, while most of the
+membership still arrives by gossip; the full view is the first point at which the observer
+has caught up with the membership and later suspicions are its own. A stale view carried
+over the restart is judged as it reads: if it lists every up member alive the observer has
+rejoined (what it tells clients is that view), so a later drop of a live member is a false
+suspicion. Rejoining never hides slow convergence: a rejoining observer's view has an up
+member not alive, so it does not agree, and the epoch's agreement time runs until it has
+caught up.
+
 Verdict against `bound_s` (see `swim_bounds` for a bound derived from the protocol period):
 an epoch that first agreed later than the bound (**slow_convergence**), or that lasted longer
 than the bound without agreeing, or that ended disagreeing for longer than the bound
@@ -179,6 +197,7 @@ def check(
     episodes: list[dict[str, Any]] = []
     open_down: dict[str, dict[str, Any]] = {}
     alive_seen: set[tuple[str, str]] = set()  # (observer, member) saw alive since truth change
+    rejoining: set[str] = set()  # observers back up whose view has not yet caught up
     opinion: dict[tuple[str, str], bool] = {}
     changes: dict[tuple[str, str], int] = {}
     false_suspicions = 0
@@ -253,6 +272,12 @@ def check(
                 event = "join" if m in not_joined else "up"
                 not_joined.discard(m)
                 episodes.append({"node": m, "event": event, "fault": op.f, "at_s": _rel(t, start)})
+                # Its knowledge starts afresh: nothing it saw before counts any more.
+                rejoining.add(m)
+                for x in member_list:
+                    alive_seen.discard((m, x))
+                    opinion.pop((m, x), None)
+                    changes.pop((m, x), None)
             bad = {
                 o
                 for o in member_list
@@ -268,6 +293,10 @@ def check(
             continue
         view = {str(m): normalise_state(s) for m, s in (v.get("view") or {}).items()}
         latest[o] = view
+        if o in rejoining and all(
+            view.get(m, absent) == "alive" for m in member_list if m != o and m not in down
+        ):
+            rejoining.discard(o)
         if mismatches(o, view):
             bad.add(o)
             if since is not None:
@@ -278,6 +307,9 @@ def check(
                 since = t
                 if first_agreement is None:
                     first_agreement = t
+        if o in rejoining:
+            # Not caught up yet (and so not agreeing either: an up member is not alive).
+            continue
         for m, ep in open_down.items():
             if m == o:
                 continue

@@ -257,3 +257,145 @@ def test_a_joiner_absent_from_describe_cluster_views_before_joining_is_right(hb)
     r = membership.check(hb.ops, bound_s=5, nodes=[1, 2, 3, 4], absent="suspect")
     assert r.valid is True, r.summary()
     assert [e["agreement_s"] for e in r.figures["epochs"]] == [0.0, 1.0]
+
+
+# -- an observer that comes back up starts afresh: rejoining until its view has caught up
+
+
+def _restart(hb, n, own_views, *, bound_up=13):
+    """Node n of n nodes killed at 10 and restarted at 12: the others see it dead from 11
+    and alive again from `bound_up`; `own_views` are node n's own views after the restart,
+    as (time, view)."""
+    nodes = [str(i) for i in range(1, n + 1)]
+    me = nodes[-1]
+    everyone = dict.fromkeys(nodes, "alive")
+    hb.at(0)
+    _sample_all(hb, everyone, nodes)
+    hb.at(10).nemesis("restart-one", down=[n])
+    hb.at(11)
+    _sample_all(hb, {**everyone, me: "dead"}, nodes[:-1])
+    hb.at(12).nemesis("restart-one", up=[n])
+    others_see_me = {**everyone, me: "dead"}
+    for t, view in sorted(own_views):
+        if t >= bound_up:
+            others_see_me = everyone
+        hb.at(t)
+        _sample_all(hb, others_see_me, nodes[:-1])
+        hb.view(me, view)
+    return everyone
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_restart_with_an_empty_view_is_no_false_suspicion(hb, n):
+    me = str(n)
+    everyone = {str(i): "alive" for i in range(1, n + 1)}
+    _restart(
+        hb,
+        n,
+        [
+            (12.5, {me: "alive"}),  # back up, nothing learnt yet
+            (13, {me: "alive", "1": "alive"}),  # its seed answered
+            (13.5, {me: "alive", "2": "alive"}),  # 1 dropped again: a stale rumour applied
+            (14, everyone),  # caught up: rejoined
+            (20, everyone),
+        ],
+    )
+    r = membership.check(hb.ops, bound_s=5, false_suspicions_fail=True)
+    assert r.valid is True, r.summary()
+    assert r.counts["false_suspicion"] == 0 and r.counts["flaps"] == 0
+    # The rejoining observer is not agreeing until it has caught up, 2 s after its restart.
+    assert [e["agreement_s"] for e in r.figures["epochs"]] == [0.0, 1.0, 2.0]
+    slow = membership.check(hb.ops, bound_s=1.5)
+    assert slow.valid is False
+    assert [e["agreement_s"] for e in slow.anomalies["slow_convergence"]] == [2.0]
+
+
+def test_a_false_suspicion_after_the_rejoin_is_still_caught(hb):
+    _restart(
+        hb,
+        3,
+        [
+            (12.5, {"3": "alive"}),
+            (14, ALL_ALIVE),  # rejoined
+            (15, {**ALL_ALIVE, "1": "suspect"}),  # 1 has been up all along
+            (16, ALL_ALIVE),
+            (17, {"2": "alive", "3": "alive"}),  # and again, by leaving it out
+            (18, ALL_ALIVE),
+        ],
+    )
+    r = membership.check(hb.ops, bound_s=5)
+    assert r.counts["false_suspicion"] == 2
+    assert [(a["observer"], a["member"], a["state"], a["at_s"])
+            for a in r.anomalies["false_suspicion"]] == [
+        ("3", "1", "suspect", 15.0),
+        ("3", "1", "absent", 17.0),
+    ]
+    assert r.counts["flaps"] == 3  # four changes of opinion of 1 after the rejoin
+    assert r.valid is True
+    assert membership.check(hb.ops, bound_s=5, false_suspicions_fail=True).valid is False
+
+
+def test_restart_with_a_stale_full_view_counts_as_rejoined(hb):
+    """A view carried over the restart (read from disk, or served before the join ran) is
+    judged as it reads: it lists every up member alive, so the observer has rejoined and
+    that view is what it tells clients. Dropping a live member afterwards is a false
+    suspicion, and the agreement it gave is lost until the view is whole again."""
+    _restart(
+        hb,
+        3,
+        [
+            (12.5, ALL_ALIVE),  # stale, but right: rejoined, and the epoch agrees
+            (13, {"2": "alive", "3": "alive"}),  # the fresh join starts over: 1 is up
+            (14, ALL_ALIVE),
+        ],
+        bound_up=12.5,
+    )
+    r = membership.check(hb.ops, bound_s=5)
+    assert r.counts["false_suspicion"] == 1
+    assert r.anomalies["false_suspicion"][0] == {
+        "observer": "3", "member": "1", "state": "absent", "at_s": 13.0
+    }
+    after_restart = r.figures["epochs"][-1]
+    assert after_restart["agreement_s"] == 0.5 and after_restart["stable_from_s"] == 2.0
+    assert membership.check(hb.ops, bound_s=5, false_suspicions_fail=True).valid is False
+
+
+def test_a_stale_entry_for_a_member_that_died_meanwhile_delays_agreement(hb):
+    """Node 3 restarts with its old view while node 2, alive when 3 went down, has died:
+    every up member is alive in it, so 3 has rejoined, but listing 2 alive is wrong and the
+    epoch agrees only when 3 has learnt that 2 is dead. No suspicion is charged: 2 is down."""
+    _sample_all(hb, ALL_ALIVE)
+    hb.at(10).nemesis("kill-one", down=[3])
+    hb.at(11)
+    _sample_all(hb, {**ALL_ALIVE, "3": "dead"}, ("1", "2"))
+    hb.at(15).nemesis("kill-one", down=[2])
+    hb.at(16).view("1", {"1": "alive", "2": "dead", "3": "dead"})
+    hb.at(20).nemesis("kill-one", up=[3])
+    hb.at(20.5)
+    hb.view("1", {"1": "alive", "2": "dead", "3": "alive"})
+    hb.view("3", ALL_ALIVE)  # stale
+    hb.at(21.5)
+    hb.view("1", {"1": "alive", "2": "dead", "3": "alive"})
+    hb.view("3", {"1": "alive", "2": "dead", "3": "alive"})
+    r = membership.check(hb.ops, bound_s=5, false_suspicions_fail=True)
+    assert r.valid is True, r.summary()
+    assert r.counts["false_suspicion"] == 0 and r.counts["flaps"] == 0
+    assert r.figures["epochs"][-1]["down"] == ["2"]
+    assert r.figures["epochs"][-1]["agreement_s"] == 1.5
+
+
+def test_a_rejoining_observer_detects_nothing(hb):
+    """Node 1 restarts with an empty view just as node 3 is killed: that its view lacks 3
+    is no detection; node 2's suspicion is the first."""
+    _sample_all(hb, ALL_ALIVE)
+    hb.at(9).nemesis("restart-one", down=[1])
+    hb.at(10).nemesis("restart-one", up=[1])
+    hb.at(10.2).nemesis("kill-one", down=[3])
+    hb.at(10.5).view("1", {"1": "alive"})
+    hb.at(11.5).view("2", {"1": "alive", "2": "alive", "3": "suspect"})
+    hb.at(12)
+    _sample_all(hb, {"1": "alive", "2": "alive", "3": "dead"}, ("1", "2"))
+    r = membership.check(hb.ops, bound_s=5)
+    assert r.valid is True, r.summary()
+    kill = [ep for ep in r.figures["episodes"] if ep["node"] == "3"][0]
+    assert kill["first_suspicion_s"] == 1.3 and kill["confirmed_dead_s"] == 1.8
