@@ -103,10 +103,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if call.when == "call":
+    if call.when == "teardown":
+        # At teardown, not after the call: a history fixture registers its file as it closes
+        # it (suites/clients), and one that samples in the background (membership) has
+        # written its last ops only then. The allure result is still open here.
+        attached = set()
         for name, value in item.user_properties:
-            if name == "history" and Path(str(value)).exists():
-                attach_file(Path(str(value)), "history")
+            path = Path(str(value))
+            if name == "history" and path not in attached and path.exists():
+                attached.add(path)
+                attach_file(path, "history")
+    if call.when == "call":
         if report.failed:
             for title, text in report.sections:
                 if title.startswith("cluster logs"):
