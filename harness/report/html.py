@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ OUTCOME_LABEL = {
     "skipped": "skipped",
 }
 INLINE_LIMIT = 256 * 1024  # larger evidence is linked, not embedded
-MAX_PLOTS = 24
+MAX_HISTORIES = 150  # histories drawn on one page; the rest are counted
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;
@@ -53,7 +54,8 @@ white-space:pre-wrap;overflow-wrap:anywhere}
 .detail{border-left:4px solid #e2e5ea;padding-left:10px;margin:10px 0}
 .detail-fail{border-color:#c8403a}.detail-flaky{border-color:#e0a526}
 .detail-deviation{border-color:#6a4fc4}.detail-pass{border-color:#2e9e5b}
-.plot{display:block;margin:8px 0;background:#fff}
+.plot{display:block;margin:8px 0;background:#fff;max-width:100%;height:auto}
+.plot-group{border-top:1px solid #eceef2;padding-top:6px;margin-top:10px}
 .plot-title{font-size:12px;font-weight:600;fill:#1d2430}
 .lane,.tick{font-size:9px;fill:#5b6475}.lane{text-anchor:end}
 .legend span{margin-right:12px}
@@ -252,10 +254,13 @@ def _attachment(attachment: Attachment, out_dir: Path) -> str:
     )
 
 
-def _result_detail(result: TestResult, out_dir: Path) -> str:
+def _result_detail(result: TestResult, out_dir: Path, drawn: frozenset[str] = frozenset()) -> str:
+    plots_link = (
+        f' <a href="#{_plot_anchor(result)}">plots</a>' if result.uuid in drawn else ""
+    )
     parts = [
         f"<p><b>{_esc(result.full_name)}</b> — {_esc(result.status)}"
-        f" ({(result.stop_ms - result.start_ms) / 1000:.1f} s)</p>"
+        f" ({(result.stop_ms - result.start_ms) / 1000:.1f} s){plots_link}</p>"
     ]
     if result.message:
         parts.append(f"<pre>{_esc(result.message)}</pre>")
@@ -277,12 +282,14 @@ def _result_detail(result: TestResult, out_dir: Path) -> str:
 EVIDENCE_ORDER = ("fail", "flaky", "deviation", "skipped", "pass")
 
 
-def _details(report: Report, out_dir: Path) -> str:
+def _details(report: Report, out_dir: Path, drawn: set[str] | None = None) -> str:
     """Every cell's evidence, what went wrong first; each block says what the check asserts."""
     blocks: list[tuple[int, str]] = []
     for row in report.rows:
         for column, cell in row.cells.items():
-            inner = "".join(_result_detail(r, out_dir) for r in cell.results[-3:])
+            inner = "".join(
+                _result_detail(r, out_dir, frozenset(drawn or ())) for r in cell.results[-3:]
+            )
             expects = f'<p class="asserts">asserts: {_esc(row.asserts)}</p>' if row.asserts else ""
             blocks.append(
                 (
@@ -311,57 +318,127 @@ def _history_ops(attachment: Attachment) -> list[dict[str, Any]]:
     return ops
 
 
-def _plots(report: Report) -> str:
-    figures: list[str] = []
-    membership_bars: list[tuple[str, float, float | None]] = []
-    loss_bars: list[tuple[str, float, float | None]] = []
-    for result in report.results:
-        short = result.name
-        for attachment in result.attachments:
-            if len(figures) >= MAX_PLOTS:
-                break
-            if attachment.name == "history" and attachment.path.exists():
-                ops = _history_ops(attachment)
-                for svg in (
-                    plots.membership_timeline(ops, f"views: {short}"),
-                    plots.throughput_latency(ops, f"appends: {short}"),
-                ):
-                    if svg:
-                        figures.append(svg)
-            elif attachment.name.startswith("checker:") and attachment.path.exists():
-                try:
-                    data = json.loads(attachment.path.read_text())
-                except ValueError:
-                    continue
-                figs, counts = data.get("figures") or {}, data.get("counts") or {}
-                if data.get("checker") == "membership":
-                    bound = figs.get("bound_s")
-                    for key in (
-                        "time_to_first_suspicion_s",
-                        "time_to_confirmed_dead_s",
-                        "time_to_agreement_s",
-                    ):
-                        worst = (figs.get(key) or {}).get("max")
-                        if worst is not None:
-                            label = f"{short[:28]} {key.removeprefix('time_to_')[:-2]}"
-                            membership_bars.append((label, float(worst), bound))
-                elif data.get("checker") == "stream-set":
-                    fault = result.labels.get("fault", short)[:34]
-                    loss_bars.append((f"{fault} lost", float(counts.get("lost", 0)), None))
-                    loss_bars.append(
-                        (f"{fault} duplicated", float(counts.get("duplicated", 0)), None)
-                    )
-    if membership_bars:
-        figures.insert(
-            0, plots.bars(membership_bars[:40], "detection and convergence (max) against the bound")
+def _json_attachment(attachment: Attachment) -> dict[str, Any]:
+    try:
+        data = json.loads(attachment.path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _short(result: TestResult) -> str:
+    return result.name.removeprefix("test_")
+
+
+def _plot_anchor(result: TestResult) -> str:
+    return "plot-" + "".join(c if c.isalnum() else "-" for c in result.uuid)
+
+
+def _plots(report: Report) -> tuple[str, set[str]]:
+    """The pictures of every result that left a history or checker figures: per history,
+    membership views and appends over time with the faults shaded; over all of them,
+    detection and agreement against the bound, and lost and duplicated records per fault.
+
+    Returns the section and the uuids of the results drawn (their evidence links here).
+    """
+    membership: list[tuple[TestResult, dict[str, Any]]] = []
+    losses: list[tuple[TestResult, str, list[tuple[str, int, int]]]] = []
+    groups: dict[str, list[tuple[TestResult, list[str]]]] = {}
+    left_out = 0
+    drawn = 0
+    ordered = sorted(
+        report.results,
+        key=lambda r: (r.column, EVIDENCE_ORDER.index(r.outcome), r.name),
+    )
+    for result in ordered:
+        histories = [a for a in result.attachments if a.name == "history" and a.path.exists()]
+        checkers = [
+            _json_attachment(a)
+            for a in result.attachments
+            if a.name.startswith("checker:") and a.path.exists()
+        ]
+        ops = _history_ops(histories[-1]) if histories else []
+        membership.extend(
+            (result, data.get("figures") or {})
+            for data in checkers
+            if data.get("checker") == "membership"
         )
-    if loss_bars:
-        figures.insert(
-            0, plots.bars(loss_bars[:40], "lost and duplicated records per fault", unit="")
+        stream_set = next((d for d in checkers if d.get("checker") == "stream-set"), None)
+        if stream_set is not None:  # without it, what was lost is not known
+            fault = result.labels.get("fault", "").removeprefix("fault=") or _short(result)
+            losses.append((result, fault, plots.records_per_fault(ops, stream_set)))
+        if not ops:
+            continue
+        if drawn >= MAX_HISTORIES:
+            left_out += 1
+            continue
+        svgs = [
+            svg
+            for svg in (
+                plots.membership_timeline(ops, f"views: {result.name}"),
+                plots.throughput_latency(ops, f"appends: {result.name}"),
+            )
+            if svg
+        ]
+        if svgs:
+            drawn += 1
+            groups.setdefault(result.column, []).append((result, svgs))
+
+    def naming(results: list[TestResult]) -> Callable[[TestResult, str], str]:
+        """A result's name, with its column when the plot holds several."""
+        several = len({r.column for r in results}) > 1
+        return lambda r, name: f"{name} ({r.column})" if several else name
+
+    named = naming([r for r, _ in membership])
+    loss_named = naming([r for r, _, _ in losses])
+    loss_rows = [
+        # "kill-one · kill-one 2.7-9.8s" would say the fault twice.
+        (
+            f"{loss_named(result, fault)} · "
+            + (f"during {window.removeprefix(fault + ' ')}" if window.startswith(fault + " ")
+               else window),
+            lost,
+            dup,
         )
-    if not figures:
-        return ""
-    return f'<section id="plots"><h2>Plots</h2>{"".join(figures)}</section>'
+        for result, fault, rows in losses
+        for window, lost, dup in rows
+    ]
+    summary = [
+        svg
+        for svg in (
+            plots.detection_vs_bound([(named(r, _short(r)), f) for r, f in membership]),
+            plots.loss_per_fault(loss_rows),
+        )
+        if svg
+    ]
+    if not summary and not groups:
+        return "", set()
+    parts = ['<section id="plots"><h2>Plots</h2>']
+    if summary:
+        parts.append(
+            '<p class="asserts">Every membership check against the bound it was judged by '
+            "(dots: each failure or epoch; bar: the slowest; dashed: the bound), and the "
+            "records lost or duplicated per fault window, by when their append was "
+            "acknowledged (duplicates counted per reader).</p>" + "".join(summary)
+        )
+    for column, items in groups.items():
+        parts.append(f"<h3>Histories: {_esc(column)} ({len(items)})</h3>")
+        for result, svgs in items:
+            parts.append(
+                f'<div class="plot-group" id="{_plot_anchor(result)}"><p>'
+                f'<span class="badge {_esc(result.outcome)}">'
+                f"{OUTCOME_LABEL.get(result.outcome, result.outcome)}</span> "
+                f"<code>{_esc(result.full_name)}</code> "
+                f'<span class="asserts">{_esc(result.labels.get("fault", ""))} '
+                f'{_esc(result.labels.get("session", ""))}</span></p>{"".join(svgs)}</div>'
+            )
+    if left_out:
+        parts.append(
+            f"<p>{left_out} more histories are not drawn (at most {MAX_HISTORIES} per page); "
+            "their files are in each result's evidence.</p>"
+        )
+    parts.append("</section>")
+    return "".join(parts), {r.uuid for items in groups.values() for r, _ in items}
 
 
 def _matrix_verdict(row: dict[str, Any]) -> tuple[str, str]:
@@ -397,6 +474,7 @@ def _defect_matrix(report: Report) -> str:
 
 def render(report: Report, out_path: Path) -> str:
     out_dir = out_path.parent
+    plotted, drawn = _plots(report)
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
@@ -407,7 +485,7 @@ def render(report: Report, out_path: Path) -> str:
         + _runs(report)
         + _matrix(report)
         + _defect_matrix(report)
-        + _plots(report)
-        + _details(report, out_dir)
+        + plotted
+        + _details(report, out_dir, drawn)
         + "</main></body></html>"
     )

@@ -1,20 +1,33 @@
 """Inline SVG plots, so the report is one file that opens offline with no plotting library.
 
-Each function takes plain data (history ops as dicts, checker figures) and returns an SVG
-string, or "" when there is nothing to draw.
+Each plot function takes plain data (history ops as dicts, checker results as their JSON)
+and returns an SVG string, or "" when there is nothing to draw:
+
+* `membership_timeline` — every observer's view of every member over time, faults shaded;
+* `throughput_latency` — acknowledged appends per second and append latency, faults shaded;
+* `detection_vs_bound` — time to first suspicion, to confirmed dead and to full agreement
+  of each membership check, against the bound it was judged by;
+* `loss_per_fault` — lost and duplicated records in each fault window (`records_per_fault`
+  attributes them).
 """
 
 from __future__ import annotations
 
 import html
+import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 STATE_COLOURS = {"alive": "#2e9e5b", "suspect": "#e0a526", "dead": "#c8403a"}
 FAULT_FILL = "#1d243033"
 FAULT_EDGE = "#1d2430"
+LOST_COLOUR = "#c8403a"
+DUPLICATED_COLOUR = "#e0a526"
+OVER_COLOUR = "#c8403a"
 WIDTH = 760
 _NS = 1e9
+OUTSIDE = "outside any fault"
 
 
 def _esc(text: Any) -> str:
@@ -27,6 +40,10 @@ def _frame(width: int, height: int, body: list[str], title: str) -> str:
         f'width="{width}" height="{height}" class="plot" role="img" aria-label="{_esc(title)}">'
         f"<title>{_esc(title)}</title>" + "".join(body) + "</svg>"
     )
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def fault_windows(ops: Sequence[dict[str, Any]], origin: int) -> list[tuple[float, float, str]]:
@@ -50,15 +67,41 @@ def fault_windows(ops: Sequence[dict[str, Any]], origin: int) -> list[tuple[floa
     return windows
 
 
-def _axis(x0: int, x1: int, y: int, span_s: float) -> list[str]:
+def _nice_step(span: float, ticks: int = 8) -> float:
+    raw = span / ticks
+    for step in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600):
+        if step >= raw:
+            return step
+    return 600.0 * math.ceil(raw / 600)
+
+
+def _axis(x0: int, x1: int, y: int, span_s: float, unit: str = "s") -> list[str]:
     parts = [f'<line x1="{x0}" y1="{y}" x2="{x1}" y2="{y}" stroke="#999"/>']
-    step = max(1, round(span_s / 8))
-    t = 0
-    while t <= span_s:
+    step = _nice_step(span_s)
+    i = 0
+    while i * step <= span_s + 1e-9:
+        t = i * step
         x = x0 + (x1 - x0) * t / span_s
         parts.append(f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + 4}" stroke="#999"/>')
-        parts.append(f'<text x="{x:.1f}" y="{y + 15}" class="tick">{t}s</text>')
-        t += step
+        parts.append(f'<text x="{x:.1f}" y="{y + 15}" class="tick">{t:g}{unit}</text>')
+        i += 1
+    return parts
+
+
+def _fault_shading(
+    ops: Sequence[dict[str, Any]], origin: int, left: int, scale: float, top: int, height: int
+) -> list[str]:
+    """Translucent boxes with a dashed edge over the plot, each named at its top."""
+    parts = []
+    for start, stop, name in fault_windows(ops, origin):
+        x = left + start * scale
+        parts.append(
+            f'<rect x="{x:.1f}" y="{top}" width="{max(1.0, (stop - start) * scale):.1f}" '
+            f'height="{height}" fill="{FAULT_FILL}" stroke="{FAULT_EDGE}" '
+            f'stroke-dasharray="4,2" class="fault"><title>{_esc(name)} '
+            f"{start:.1f}-{stop:.1f}s</title></rect>"
+        )
+        parts.append(f'<text x="{x + 2:.1f}" y="{top - 2}" class="tick">{_esc(name)}</text>')
     return parts
 
 
@@ -76,12 +119,22 @@ def membership_timeline(ops: Sequence[dict[str, Any]], title: str = "membership 
         observer = str(value.get("observer"))
         t = (op.get("time", 0) - origin) / _NS
         for member, state in (value.get("view") or {}).items():
-            lanes.setdefault((observer, str(member)), []).append((t, _state(state)))
+            samples = lanes.setdefault((observer, str(member)), [])
+            # One box per run of equal states: a sample every 100 ms would be thousands.
+            if not samples or samples[-1][1] != _state(state):
+                samples.append((t, _state(state)))
     keys = sorted(lanes, key=lambda k: (_num(k[0]), _num(k[1])))
     lane_h, left, right, top = 10, 90, WIDTH - 10, 30
     height = top + lane_h * len(keys) + 30
     scale = (right - left) / span
-    body = [f'<text x="4" y="12" class="plot-title">{_esc(title)}</text>']
+    body = [
+        f'<text x="4" y="12" class="plot-title">{_esc(title)}</text>',
+        f'<text x="{right}" y="12" class="tick" text-anchor="end">observer→member: '
+        + " ".join(
+            f'<tspan fill="{colour}">■</tspan> {state}' for state, colour in STATE_COLOURS.items()
+        )
+        + "</text>",
+    ]
     for i, key in enumerate(keys):
         y = top + i * lane_h
         body.append(f'<text x="{left - 4}" y="{y + 8}" class="lane">{key[0]}→{key[1]}</text>')
@@ -93,15 +146,7 @@ def membership_timeline(ops: Sequence[dict[str, Any]], title: str = "membership 
                 f'width="{max(0.5, (t_next - t) * scale):.1f}" height="{lane_h - 2}" '
                 f'fill="{STATE_COLOURS[state]}"/>'
             )
-    for start, stop, name in fault_windows(ops, origin):
-        # Drawn over the lanes, translucent with an edge, so the fault period reads at once.
-        x = left + start * scale
-        body.append(
-            f'<rect x="{x:.1f}" y="{top - 4}" width="{max(1.0, (stop - start) * scale):.1f}" '
-            f'height="{lane_h * len(keys) + 4}" fill="{FAULT_FILL}" stroke="{FAULT_EDGE}" '
-            f'stroke-dasharray="4,2"><title>{_esc(name)} {start:.1f}-{stop:.1f}s</title></rect>'
-        )
-        body.append(f'<text x="{x + 2:.1f}" y="{top - 6}" class="tick">{_esc(name)}</text>')
+    body += _fault_shading(ops, origin, left, scale, top - 4, lane_h * len(keys) + 4)
     body += _axis(left, right, top + lane_h * len(keys) + 2, span)
     return _frame(WIDTH, height, body, title)
 
@@ -119,11 +164,18 @@ def _num(text: str) -> tuple[int, str]:
     return (int(text), "") if text.isdigit() else (1 << 30, text)
 
 
-def throughput_latency(ops: Sequence[dict[str, Any]], title: str = "appends") -> str:
-    """Acknowledged appends per second (bars) and their latency (dots), faults shaded."""
+def _bucket_width(span: float, buckets: int = 80) -> float:
+    for width in (0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300):
+        if span / width <= buckets:
+            return width
+    return 600.0
+
+
+def _completions(ops: Sequence[dict[str, Any]], origin: int) -> list[tuple[float, float, str]]:
+    """(completed at s, latency ms, ok/fail/info) of every append, invoke and completion
+    matched by process and payload id (producers that batch have several in flight)."""
     invokes: dict[tuple[Any, Any], int] = {}
     points: list[tuple[float, float, str]] = []
-    origin = min((op.get("time", 0) for op in ops), default=0)
     for op in ops:
         if op.get("f") != "append":
             continue
@@ -139,70 +191,277 @@ def throughput_latency(ops: Sequence[dict[str, Any]], title: str = "appends") ->
                     str(op.get("type")),
                 )
             )
+    return points
+
+
+def throughput_latency(ops: Sequence[dict[str, Any]], title: str = "appends") -> str:
+    """Acknowledged appends per second (bars, left axis), the median and slowest append
+    latency of each interval (lines, log scale, right axis), failed and indeterminate
+    appends (ticks under the axis), faults shaded."""
+    origin = min((op.get("time", 0) for op in ops), default=0)
+    points = _completions(ops, origin)
     if not points:
         return ""
-    span = max(max(p[0] for p in points), 1.0)
-    buckets: dict[int, int] = {}
-    for t, _, kind in points:
+    end = max(op.get("time", 0) for op in ops)
+    span = max((end - origin) / _NS, 1.0)
+    width = _bucket_width(span)
+    n_buckets = int(span / width) + 1
+    acked = [0] * n_buckets
+    failed = [0] * n_buckets
+    unknown = [0] * n_buckets
+    latencies: list[list[float]] = [[] for _ in range(n_buckets)]
+    for t, latency, kind in points:
+        b = min(n_buckets - 1, int(t / width))
+        latencies[b].append(latency)
         if kind == "ok":
-            buckets[int(t)] = buckets.get(int(t), 0) + 1
-    peak = max(buckets.values(), default=1)
-    worst = max(p[1] for p in points) or 1.0
-    left, right, top, plot_h = 60, WIDTH - 60, 18, 140
+            acked[b] += 1
+        elif kind == "fail":
+            failed[b] += 1
+        else:
+            unknown[b] += 1
+    peak = max(acked) / width or 1.0
+    worst = max(p[1] for p in points)
+    decades = max(1, math.ceil(math.log10(max(worst, 1.0))))  # 1 ms .. 10^decades ms
+    left, right, top, plot_h = 60, WIDTH - 60, 28, 140
     scale = (right - left) / span
-    body = [f'<text x="4" y="12" class="plot-title">{_esc(title)}</text>']
-    for start, stop, name in fault_windows(ops, origin):
+    bottom = top + plot_h
+
+    def y_latency(ms: float) -> float:
+        return bottom - plot_h * math.log10(max(ms, 1.0)) / decades
+
+    body = [
+        f'<text x="4" y="12" class="plot-title">{_esc(title)}</text>',
+        f'<text x="{right}" y="12" class="tick" text-anchor="end">'
+        '<tspan fill="#4a78c2">■</tspan> acked/s  <tspan fill="#1b3d6e">—</tspan> median '
+        'latency  <tspan fill="#b5179e">—</tspan> slowest  <tspan fill="#c8403a">▮</tspan> '
+        'failed  <tspan fill="#e0a526">▮</tspan> indeterminate</text>',
+    ]
+    body += _fault_shading(ops, origin, left, scale, top, plot_h)
+    bar_w = max(1.0, width * scale - 1)
+    for b, count in enumerate(acked):
+        if not count:
+            continue
+        h = plot_h * (count / width) / peak
         body.append(
-            f'<rect x="{left + start * scale:.1f}" y="{top}" '
-            f'width="{max(1.0, (stop - start) * scale):.1f}" height="{plot_h}" '
-            f'fill="{FAULT_FILL}"><title>{_esc(name)}</title></rect>'
+            f'<rect x="{left + b * width * scale:.1f}" y="{bottom - h:.1f}" '
+            f'width="{bar_w:.1f}" height="{h:.1f}" fill="#4a78c2aa">'
+            f"<title>{b * width:g}-{(b + 1) * width:g}s: {count} acked "
+            f"({count / width:.0f}/s)</title></rect>"
         )
-    for second, count in sorted(buckets.items()):
-        h = plot_h * count / peak
-        body.append(
-            f'<rect x="{left + second * scale:.1f}" y="{top + plot_h - h:.1f}" '
-            f'width="{max(1.0, scale - 1):.1f}" height="{h:.1f}" fill="#4a78c2aa">'
-            f"<title>{second}s: {count} acked</title></rect>"
-        )
-    colours = {"ok": "#1b3d6e", "fail": "#c8403a", "info": "#e0a526"}
-    for t, latency, kind in points[:20000]:
-        y = top + plot_h - plot_h * latency / worst
-        body.append(
-            f'<circle cx="{left + t * scale:.1f}" cy="{y:.1f}" r="1.5" '
-            f'fill="{colours.get(kind, "#777")}"/>'
-        )
-    body.append(f'<text x="4" y="{top + 10}" class="tick">{peak}/s</text>')
-    body.append(f'<text x="{right + 4}" y="{top + 10}" class="tick">{worst:.0f} ms</text>')
-    body += _axis(left, right, top + plot_h + 2, span)
-    return _frame(WIDTH, top + plot_h + 30, body, title)
+    for b, (n_fail, n_info) in enumerate(zip(failed, unknown, strict=True)):
+        x = left + b * width * scale
+        for row, (n, colour, what) in enumerate(
+            ((n_fail, "#c8403a", "failed"), (n_info, "#e0a526", "indeterminate"))
+        ):
+            if n:
+                body.append(
+                    f'<rect x="{x:.1f}" y="{bottom + 3 + row * 5}" width="{bar_w:.1f}" '
+                    f'height="4" fill="{colour}"><title>{b * width:g}s: {n} {what}</title></rect>'
+                )
+    for quantile, colour in ((0.5, "#1b3d6e"), (1.0, "#b5179e")):
+        line = []
+        for b, values in enumerate(latencies):
+            if values:
+                values.sort()
+                ms = values[min(len(values) - 1, int(quantile * (len(values) - 1) + 0.5))]
+                line.append(f"{left + (b + 0.5) * width * scale:.1f},{y_latency(ms):.1f}")
+        if line:
+            body.append(
+                f'<polyline points="{" ".join(line)}" fill="none" stroke="{colour}" '
+                'stroke-width="1.5"/>'
+            )
+    for d in range(decades + 1):
+        y = y_latency(10**d)
+        label = f"{10**d} ms" if d < 3 else f"{10 ** (d - 3)} s"
+        body.append(f'<text x="{right + 4}" y="{y + 3:.1f}" class="tick">{label}</text>')
+    body.append(f'<text x="{left - 4}" y="{top + 8}" class="lane">{peak:.0f}/s</text>')
+    body.append(f'<text x="{left - 4}" y="{bottom}" class="lane">0</text>')
+    body += _axis(left, right, bottom + 14, span)
+    return _frame(WIDTH, bottom + 44, body, title)
 
 
-def bars(values: Iterable[tuple[str, float, float | None]], title: str, unit: str = "s") -> str:
-    """Horizontal bars (label, measured, bound): the measured value against its bound."""
-    rows = list(values)
+MEMBERSHIP_METRICS = (
+    ("first suspicion", "first_suspicion_s", "episodes", "#e0a526"),
+    ("confirmed dead", "confirmed_dead_s", "episodes", "#7b4fc4"),
+    ("full agreement", "agreement_s", "epochs", "#4a78c2"),
+)
+
+
+def detection_vs_bound(
+    checks: Iterable[tuple[str, dict[str, Any]]],
+    title: str = "detection and agreement against the bound",
+) -> str:
+    """For each membership check (label, the checker's figures): every failure's time to
+    first suspicion and to confirmed dead, and every epoch's time to full agreement (dots,
+    the slowest as a bar), against the bound the check was judged by (dashed line). A bar
+    past its bound is drawn red and says so."""
+    rows: list[tuple[int, str, str, list[float], float | None, str]] = []
+    for check, (label, figures) in enumerate(checks):
+        bound = figures.get("bound_s")
+        for metric, key, source, colour in MEMBERSHIP_METRICS:
+            values = [
+                float(item[key])
+                for item in figures.get(source) or []
+                if isinstance(item, dict) and item.get(key) is not None
+                and (source == "epochs" or item.get("event") == "down")
+            ]
+            if values:
+                rows.append((check, label, metric, values, bound, colour))
     if not rows:
         return ""
-    top_value = max(max(v, b or 0) for _, v, b in rows) or 1.0
-    left, right, bar_h = 230, WIDTH - 70, 16
-    height = 22 + bar_h * len(rows) + 8
+    top_value = max(max(max(v), b or 0.0) for _, _, _, v, b, _ in rows) * 1.05 or 1.0
+    left, right, row_h, top = 330, WIDTH - 60, 16, 24
+    scale = (right - left) / top_value
     body = [f'<text x="4" y="12" class="plot-title">{_esc(title)}</text>']
-    for i, (label, value, bound) in enumerate(rows):
-        y = 20 + i * bar_h
-        width = (right - left) * value / top_value
-        over = bound is not None and value > bound
-        body.append(f'<text x="{left - 4}" y="{y + 11}" class="lane">{_esc(label)}</text>')
+    previous = None
+    for i, (check, label, metric, values, bound, colour) in enumerate(rows):
+        y = top + i * row_h
+        if check != previous and i:
+            body.append(f'<line x1="4" y1="{y}" x2="{WIDTH - 4}" y2="{y}" stroke="#e2e5ea"/>')
+        name = f"{_clip(label, 44)} · {metric}" if check != previous else metric
+        previous = check
+        body.append(f'<text x="{left - 6}" y="{y + 11}" class="lane">{_esc(name)}</text>')
+        worst = max(values)
+        over = bound is not None and worst > bound
         body.append(
-            f'<rect x="{left}" y="{y + 2}" width="{max(1.0, width):.1f}" height="{bar_h - 4}" '
-            f'fill="{"#c8403a" if over else "#4a78c2"}"/>'
+            f'<rect x="{left}" y="{y + 4}" width="{max(1.0, worst * scale):.1f}" '
+            f'height="{row_h - 8}" fill="{OVER_COLOUR if over else colour}" '
+            f'opacity="{0.9 if over else 0.55}" class="{"over" if over else "within"}">'
+            f"<title>{_esc(label)}: {metric} max {worst:g} s"
+            + ("" if bound is None else f", bound {bound:g} s")
+            + "</title></rect>"
         )
+        for v in values:
+            body.append(
+                f'<circle cx="{left + v * scale:.1f}" cy="{y + row_h / 2}" r="2.5" '
+                f'fill="{colour}" stroke="#1d2430" stroke-width="0.5"/>'
+            )
+        text = f"{worst:g} s" + ("" if bound is None else f" / bound {bound:g} s")
+        if over:
+            text += " — OVER THE BOUND"
         body.append(
-            f'<text x="{left + width + 4:.1f}" y="{y + 11}" class="tick">{value:g}{unit}</text>'
+            f'<text x="{left + worst * scale + 5:.1f}" y="{y + 11}" class="tick">{text}</text>'
         )
         if bound is not None:
-            x = left + (right - left) * bound / top_value
+            x = left + bound * scale
             body.append(
-                f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + bar_h}" '
-                f'stroke="#222" stroke-dasharray="3,2"><title>bound {bound:g}{unit}'
-                "</title></line>"
+                f'<line x1="{x:.1f}" y1="{y + 1}" x2="{x:.1f}" y2="{y + row_h - 1}" '
+                f'stroke="#1d2430" stroke-width="1.5" stroke-dasharray="3,2" class="bound">'
+                f"<title>bound {bound:g} s</title></line>"
             )
-    return _frame(WIDTH, height, body, title)
+    bottom = top + row_h * len(rows) + 2
+    body += _axis(left, right, bottom, top_value)
+    return _frame(WIDTH, bottom + 22, body, title)
+
+
+def records_per_fault(
+    ops: Sequence[dict[str, Any]], stream_set: dict[str, Any] | None = None
+) -> list[tuple[str, int, int]]:
+    """(fault window, lost, duplicated) of one history: each lost or duplicated record is
+    put in the fault window its append was acknowledged in, or `OUTSIDE`.
+
+    Lost records are the stream-set checker's (`stream_set`, its JSON; `acked_at_ms` counts
+    from the history's first op). Duplicated records are counted per reader from the
+    history, the checker's definition (read more often than written) applied to each reader
+    on its own: one read op, or one subscription's deliveries. Across readers a record is
+    read once per reader, which is not a duplicate. Lost records the checker counted but
+    kept no example of are reported as "unattributed".
+    """
+    if not ops:
+        return []
+    origin = min(op.get("time", 0) for op in ops)
+    windows = fault_windows(ops, origin)
+    attempts: Counter[Any] = Counter()
+    acked_s: dict[Any, float] = {}
+    for op in ops:
+        if op.get("f") != "append":
+            continue
+        pid = (op.get("value") or {}).get("payload_id")
+        if op.get("type") == "invoke":
+            attempts[pid] += 1
+        elif op.get("type") == "ok":
+            acked_s.setdefault(pid, (op.get("time", 0) - origin) / _NS)
+    if not attempts and not stream_set:
+        return []
+
+    def where(t: float | None) -> str:
+        if t is not None:
+            for start, stop, name in windows:
+                if start <= t <= stop:
+                    return f"{name} {start:.1f}-{stop:.1f}s"
+        return OUTSIDE
+
+    lost: Counter[str] = Counter()
+    duplicated: Counter[str] = Counter()
+    if stream_set:
+        examples = (stream_set.get("anomalies") or {}).get("lost") or []
+        for example in examples:
+            at_ms = example.get("acked_at_ms") if isinstance(example, dict) else None
+            lost[where(None if at_ms is None else at_ms / 1000)] += 1
+        rest = int((stream_set.get("counts") or {}).get("lost", 0)) - len(examples)
+        if rest > 0:
+            lost["unattributed"] += rest
+    readers: dict[Any, Counter[Any]] = {}
+    for op in ops:
+        if op.get("type") != "ok" or op.get("f") not in ("read", "fetch", "drain"):
+            continue
+        value = op.get("value") or {}
+        reader = (
+            ("subscription", value.get("subscription"))
+            if op.get("f") == "fetch"
+            else ("read", op.get("index"))
+        )
+        seen = readers.setdefault(reader, Counter())
+        for record in value.get("records") or []:
+            if isinstance(record, dict):
+                seen[record.get("payload_id")] += 1
+    for seen in readers.values():
+        for pid, n in seen.items():
+            extra = n - attempts.get(pid, 0)
+            if attempts.get(pid) and extra > 0:
+                duplicated[where(acked_s.get(pid))] += extra
+    rows = [
+        (f"{name} {start:.1f}-{stop:.1f}s", 0, 0) for start, stop, name in windows
+    ]
+    rows = [(label, lost.pop(label, 0), duplicated.pop(label, 0)) for label, _, _ in rows]
+    for label in sorted(set(lost) | set(duplicated)):
+        rows.append((label, lost[label], duplicated[label]))
+    return rows
+
+
+def loss_per_fault(
+    rows: Iterable[tuple[str, int, int]], title: str = "lost and duplicated records per fault"
+) -> str:
+    """(label, lost, duplicated) per fault window: two bars each, the count written beside
+    them (a zero is written too: no loss is the result to see)."""
+    data = list(rows)
+    if not data:
+        return ""
+    top_value = max(max(lost, dup) for _, lost, dup in data) or 1
+    left, right, row_h, top = 330, WIDTH - 60, 20, 24
+    scale = (right - left) / top_value
+    body = [
+        f'<text x="4" y="12" class="plot-title">{_esc(title)}</text>',
+        f'<text x="{right}" y="12" class="tick" text-anchor="end">'
+        f'<tspan fill="{LOST_COLOUR}">■</tspan> lost  '
+        f'<tspan fill="{DUPLICATED_COLOUR}">■</tspan> duplicated</text>',
+    ]
+    for i, (label, lost, dup) in enumerate(data):
+        y = top + i * row_h
+        body.append(
+            f'<text x="{left - 6}" y="{y + 13}" class="lane">{_esc(_clip(label, 60))}</text>'
+        )
+        for j, (n, colour, what) in enumerate(
+            ((lost, LOST_COLOUR, "lost"), (dup, DUPLICATED_COLOUR, "duplicated"))
+        ):
+            by = y + 2 + j * 8
+            if n:
+                body.append(
+                    f'<rect x="{left}" y="{by}" width="{max(1.0, n * scale):.1f}" height="7" '
+                    f'fill="{colour}"><title>{_esc(label)}: {n} {what}</title></rect>'
+                )
+            body.append(
+                f'<text x="{left + n * scale + 4:.1f}" y="{by + 7}" class="tick">{n} {what}'
+                "</text>"
+            )
+    return _frame(WIDTH, top + row_h * len(data) + 6, body, title)
