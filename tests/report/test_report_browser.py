@@ -37,11 +37,11 @@ def chromium(*args: str, timeout: int = 90) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def page(tmp_path: Path, result) -> Path:
+def page(tmp_path: Path, result, chaos_results: Path) -> Path:
+    """An api run with a history, and a membership and a durability test with theirs."""
     import json
 
-    d = tmp_path / "allure-results"
-    d.mkdir()
+    d = chaos_results
     t0 = 10**12
     ops = [
         {
@@ -98,6 +98,13 @@ def test_page_renders_offline_with_matrix_and_plots(page: Path, tmp_path: Path) 
     html = dom.stdout
     assert 'id="matrix"' in html and "api.append.tail" in html, "matrix missing"
     assert "<svg" in html and "views: test_kill_detected" in html, "membership plot missing"
+    for kind in (
+        "detection and agreement against the bound",
+        "lost and duplicated records per fault",
+        "views: test_failure_detected_within_bound[n3-kill-one]",
+        "appends: test_no_acknowledged_record_lost[kill-one]",
+    ):
+        assert f'aria-label="{kind}"' in html, f"plot {kind!r} not rendered"
     assert 'class="badge fail"' in html and 'class="badge deviation"' in html
 
     shot = tmp_path / "report.png"
