@@ -180,6 +180,23 @@ register_command("cluster", "start (up), show (status) or remove (down) a cluste
                  _add_cluster_arguments, _run_cluster)
 
 
+# -- export (harness.export) ------------------------------------------------------------------
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from harness.export import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from harness.export import run
+
+    return run(args)
+
+
+register_command("export", "write a saved history in Jepsen's shape (EDN op maps)",
+                 _add_export_arguments, _run_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hstream-conformance",
