@@ -326,8 +326,21 @@ def _json_attachment(attachment: Attachment) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def _short(result: TestResult) -> str:
     return result.name.removeprefix("test_")
+
+
+def _window(window: str, fault: str) -> str:
+    """'kill-one · kill-one 2.4-9.6s' says the fault twice: 'kill-one · during 2.4-9.6s'."""
+    if window.startswith(f"{fault} "):
+        return "during " + window.removeprefix(f"{fault} ")
+    if window.startswith(f"after {fault} "):
+        return "after " + window.removeprefix(f"after {fault} ")
+    return window
 
 
 def _plot_anchor(result: TestResult) -> str:
@@ -365,7 +378,9 @@ def _plots(report: Report) -> tuple[str, set[str]]:
         )
         stream_set = next((d for d in checkers if d.get("checker") == "stream-set"), None)
         if stream_set is not None:  # without it, what was lost is not known
-            fault = result.labels.get("fault", "").removeprefix("fault=") or _short(result)
+            fault = result.labels.get("fault", "").removeprefix("fault=") or _clip(
+                _short(result), 30
+            )
             losses.append((result, fault, plots.records_per_fault(ops, stream_set)))
         if not ops:
             continue
@@ -392,14 +407,7 @@ def _plots(report: Report) -> tuple[str, set[str]]:
     named = naming([r for r, _ in membership])
     loss_named = naming([r for r, _, _ in losses])
     loss_rows = [
-        # "kill-one · kill-one 2.7-9.8s" would say the fault twice.
-        (
-            f"{loss_named(result, fault)} · "
-            + (f"during {window.removeprefix(fault + ' ')}" if window.startswith(fault + " ")
-               else window),
-            lost,
-            dup,
-        )
+        (f"{loss_named(result, fault)} · {_window(window, fault)}", lost, dup)
         for result, fault, rows in losses
         for window, lost, dup in rows
     ]

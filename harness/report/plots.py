@@ -27,7 +27,8 @@ DUPLICATED_COLOUR = "#e0a526"
 OVER_COLOUR = "#c8403a"
 WIDTH = 760
 _NS = 1e9
-OUTSIDE = "outside any fault"
+OUTSIDE = "no fault in this history"
+BEFORE = "before any fault"
 
 
 def _esc(text: Any) -> str:
@@ -106,24 +107,29 @@ def _fault_shading(
 
 
 def membership_timeline(ops: Sequence[dict[str, Any]], title: str = "membership views") -> str:
-    """One lane per (observer, member): the state the observer reported, faults shaded."""
+    """One lane per (observer, member): the state the observer reported, faults shaded.
+
+    A lane is left blank where its observer gave no view (killed, paused): a gap longer
+    than five of its usual sampling intervals ends the box at one interval past the last
+    sample instead of stretching the last state over it.
+    """
     views = [op for op in ops if op.get("f") == "view" and op.get("type") == "ok"]
     if not views:
         return ""
     origin = min(op.get("time", 0) for op in ops)
     end = max(op.get("time", 0) for op in ops)
     span = max((end - origin) / _NS, 1.0)
-    lanes: dict[tuple[str, str], list[tuple[float, str]]] = {}
+    samples: dict[tuple[str, str], list[tuple[float, str]]] = {}
+    sampled_at: dict[str, list[float]] = {}
     for op in views:
         value = op.get("value") or {}
         observer = str(value.get("observer"))
         t = (op.get("time", 0) - origin) / _NS
+        sampled_at.setdefault(observer, []).append(t)
         for member, state in (value.get("view") or {}).items():
-            samples = lanes.setdefault((observer, str(member)), [])
-            # One box per run of equal states: a sample every 100 ms would be thousands.
-            if not samples or samples[-1][1] != _state(state):
-                samples.append((t, _state(state)))
-    keys = sorted(lanes, key=lambda k: (_num(k[0]), _num(k[1])))
+            samples.setdefault((observer, str(member)), []).append((t, _state(state)))
+    interval = {o: _typical_interval(times) for o, times in sampled_at.items()}
+    keys = sorted(samples, key=lambda k: (_num(k[0]), _num(k[1])))
     lane_h, left, right, top = 10, 90, WIDTH - 10, 30
     height = top + lane_h * len(keys) + 30
     scale = (right - left) / span
@@ -138,17 +144,37 @@ def membership_timeline(ops: Sequence[dict[str, Any]], title: str = "membership 
     for i, key in enumerate(keys):
         y = top + i * lane_h
         body.append(f'<text x="{left - 4}" y="{y + 8}" class="lane">{key[0]}→{key[1]}</text>')
-        samples = lanes[key]
-        for j, (t, state) in enumerate(samples):
-            t_next = samples[j + 1][0] if j + 1 < len(samples) else span
+        for start, stop, state in _boxes(samples[key], interval[key[0]], span):
             body.append(
-                f'<rect x="{left + t * scale:.1f}" y="{y + 1}" '
-                f'width="{max(0.5, (t_next - t) * scale):.1f}" height="{lane_h - 2}" '
+                f'<rect x="{left + start * scale:.1f}" y="{y + 1}" '
+                f'width="{max(0.5, (stop - start) * scale):.1f}" height="{lane_h - 2}" '
                 f'fill="{STATE_COLOURS[state]}"/>'
             )
     body += _fault_shading(ops, origin, left, scale, top - 4, lane_h * len(keys) + 4)
     body += _axis(left, right, top + lane_h * len(keys) + 2, span)
     return _frame(WIDTH, height, body, title)
+
+
+def _typical_interval(times: Sequence[float]) -> float:
+    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False) if b > a)
+    return gaps[len(gaps) // 2] if gaps else 0.1
+
+
+def _boxes(
+    lane: Sequence[tuple[float, str]], interval: float, span: float
+) -> list[tuple[float, float, str]]:
+    """(start, stop, state): one box per run of equal states (a sample every 100 ms would
+    be thousands), broken where the observer fell silent."""
+    gap = 5 * interval
+    boxes: list[tuple[float, float, str]] = []
+    for j, (t, state) in enumerate(lane):
+        t_next = lane[j + 1][0] if j + 1 < len(lane) else span
+        stop = t_next if t_next - t <= gap else t + interval
+        if boxes and boxes[-1][2] == state and boxes[-1][1] >= t:
+            boxes[-1] = (boxes[-1][0], stop, state)
+        else:
+            boxes.append((t, stop, state))
+    return boxes
 
 
 def _state(state: Any) -> str:
@@ -357,39 +383,46 @@ def detection_vs_bound(
 def records_per_fault(
     ops: Sequence[dict[str, Any]], stream_set: dict[str, Any] | None = None
 ) -> list[tuple[str, int, int]]:
-    """(fault window, lost, duplicated) of one history: each lost or duplicated record is
-    put in the fault window its append was acknowledged in, or `OUTSIDE`.
+    """(where, lost, duplicated) of one history, a row per fault window.
 
-    Lost records are the stream-set checker's (`stream_set`, its JSON; `acked_at_ms` counts
-    from the history's first op). Duplicated records are counted per reader from the
-    history, the checker's definition (read more often than written) applied to each reader
-    on its own: one read op, or one subscription's deliveries. Across readers a record is
-    read once per reader, which is not a duplicate. Lost records the checker counted but
-    kept no example of are reported as "unattributed".
+    A record belongs to the fault window its moment falls in ("kill-one 2.4-9.6s"), else to
+    the aftermath of the last fault that ended before it ("after kill-one 2.4-9.6s"), else
+    to `BEFORE` (no fault yet) or, in a history without faults, to `OUTSIDE`. Its moment:
+
+    * lost — when its append was acknowledged: the stream-set checker's `acked_at_ms`
+      (`stream_set` is its JSON; counted from the history's first op). Lost records it
+      counted but kept no example of are "unattributed".
+    * duplicated — when the extra copy was read. The checker's definition (read more often
+      than written) is applied to each reader on its own, one read op or one subscription's
+      deliveries, from the history: a record read once by each of two readers is no
+      duplicate (the durability workload reads every record twice, that way).
+
+    Every window has its row, zeros included; aftermaths and the rest only when not empty.
     """
     if not ops:
         return []
     origin = min(op.get("time", 0) for op in ops)
     windows = fault_windows(ops, origin)
     attempts: Counter[Any] = Counter()
-    acked_s: dict[Any, float] = {}
     for op in ops:
-        if op.get("f") != "append":
-            continue
-        pid = (op.get("value") or {}).get("payload_id")
-        if op.get("type") == "invoke":
-            attempts[pid] += 1
-        elif op.get("type") == "ok":
-            acked_s.setdefault(pid, (op.get("time", 0) - origin) / _NS)
+        if op.get("f") == "append" and op.get("type") == "invoke":
+            attempts[(op.get("value") or {}).get("payload_id")] += 1
     if not attempts and not stream_set:
         return []
 
+    def label(start: float, stop: float, name: str) -> str:
+        return f"{name} {start:.1f}-{stop:.1f}s"
+
     def where(t: float | None) -> str:
-        if t is not None:
-            for start, stop, name in windows:
-                if start <= t <= stop:
-                    return f"{name} {start:.1f}-{stop:.1f}s"
-        return OUTSIDE
+        if t is None:
+            return "unattributed"
+        during = [w for w in windows if w[0] <= t <= w[1]]
+        if during:
+            return label(*max(during))
+        ended = [w for w in windows if w[1] < t]
+        if ended:
+            return "after " + label(*max(ended, key=lambda w: w[1]))
+        return BEFORE if windows else OUTSIDE
 
     lost: Counter[str] = Counter()
     duplicated: Counter[str] = Counter()
@@ -412,20 +445,22 @@ def records_per_fault(
             else ("read", op.get("index"))
         )
         seen = readers.setdefault(reader, Counter())
+        t = (op.get("time", 0) - origin) / _NS
         for record in value.get("records") or []:
             if isinstance(record, dict):
-                seen[record.get("payload_id")] += 1
-    for seen in readers.values():
-        for pid, n in seen.items():
-            extra = n - attempts.get(pid, 0)
-            if attempts.get(pid) and extra > 0:
-                duplicated[where(acked_s.get(pid))] += extra
-    rows = [
-        (f"{name} {start:.1f}-{stop:.1f}s", 0, 0) for start, stop, name in windows
-    ]
-    rows = [(label, lost.pop(label, 0), duplicated.pop(label, 0)) for label, _, _ in rows]
-    for label in sorted(set(lost) | set(duplicated)):
-        rows.append((label, lost[label], duplicated[label]))
+                pid = record.get("payload_id")
+                seen[pid] += 1
+                if attempts.get(pid) and seen[pid] > attempts[pid]:
+                    duplicated[where(t)] += 1
+    rows = []
+    for window in windows:
+        for key in (label(*window), "after " + label(*window)):
+            if key.startswith("after ") and not (lost[key] or duplicated[key]):
+                continue
+            rows.append((key, lost.pop(key, 0), duplicated.pop(key, 0)))
+    for key in (BEFORE, OUTSIDE, "unattributed"):
+        if lost[key] or duplicated[key]:
+            rows.append((key, lost[key], duplicated[key]))
     return rows
 
 
@@ -438,7 +473,7 @@ def loss_per_fault(
     if not data:
         return ""
     top_value = max(max(lost, dup) for _, lost, dup in data) or 1
-    left, right, row_h, top = 330, WIDTH - 60, 20, 24
+    left, right, row_h, top = 330, WIDTH - 110, 20, 24  # room for "12345 duplicated"
     scale = (right - left) / top_value
     body = [
         f'<text x="4" y="12" class="plot-title">{_esc(title)}</text>',

@@ -111,8 +111,8 @@ def membership_checker() -> dict:
 @pytest.fixture
 def durability_ops() -> list[dict]:
     """One producer appending every 0.1 s for 10 s (10 ms each, 900 ms while node 2 is down
-    from 3 s to 6 s, two of those indeterminate), a final read of the shard, and a
-    subscription that delivered everything once and p-40 (acked in the fault) twice."""
+    from 3 s to 6 s, two of those indeterminate), a subscription that delivered everything
+    once and p-40 (acked in the fault) twice, at 11 s, and a final read of the stream."""
     ops: list[dict] = []
     for i in range(100):
         t = i * 0.1

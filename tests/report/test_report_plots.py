@@ -33,6 +33,20 @@ def test_membership_timeline(membership_ops):
     assert plots.membership_timeline(no_views) == ""
 
 
+def test_membership_timeline_leaves_a_silent_observer_blank(membership_ops):
+    """Observer 1 gave no view from 2.5 s to 5 s (killed): its lanes break there."""
+    silent = [
+        op for op in membership_ops
+        if not (op["f"] == "view" and op["value"]["observer"] == "1"
+                and T0 + 2.5 * 10**9 <= op["time"] < T0 + 5 * 10**9)
+    ]
+    svg = plots.membership_timeline(silent)
+    lane_1_1 = re.findall(r'<rect x="([\d.]+)" y="31" width="([\d.]+)"', svg)
+    assert len(lane_1_1) == 2, lane_1_1  # alive until 2.5 s, blank, alive again from 5 s
+    (x0, w0), (x1, _) = [(float(x), float(w)) for x, w in lane_1_1]
+    assert x0 + w0 < x1
+
+
 def test_throughput_latency(durability_ops):
     svg = plots.throughput_latency(durability_ops, "appends: kill")
     assert svg.startswith("<svg") and 'aria-label="appends: kill"' in svg
@@ -65,14 +79,25 @@ def test_detection_vs_bound(membership_checker):
 
 def test_records_per_fault(durability_ops, stream_set_checker):
     rows = plots.records_per_fault(durability_ops, stream_set_checker)
-    # p-42 lost in the fault, p-10 before it; p-40 (acked in the fault) delivered twice by
-    # the subscription. The final read and the subscription reading every record once each
-    # is no duplicate.
-    assert rows == [("kill-one 3.0-6.0s", 1, 1), (plots.OUTSIDE, 1, 0)]
-    assert plots.records_per_fault(durability_ops) == [("kill-one 3.0-6.0s", 0, 1)]
+    # Lost: p-42 acked in the fault, p-10 before it. Duplicated: p-40 delivered a second
+    # time by the subscription at 11 s, after the fault. The final read and the
+    # subscription reading every record once each is no duplicate.
+    assert rows == [
+        ("kill-one 3.0-6.0s", 1, 0),
+        ("after kill-one 3.0-6.0s", 0, 1),
+        (plots.BEFORE, 1, 0),
+    ]
+    assert plots.records_per_fault(durability_ops) == [
+        ("kill-one 3.0-6.0s", 0, 0),
+        ("after kill-one 3.0-6.0s", 0, 1),
+    ]
     capped = {**stream_set_checker, "counts": {"lost": 5}}
     assert ("unattributed", 3, 0) in plots.records_per_fault(durability_ops, capped)
+    healthy = [op for op in durability_ops if op["process"] != "nemesis"]
+    assert plots.records_per_fault(healthy) == [(plots.OUTSIDE, 0, 1)]
     assert plots.records_per_fault([]) == []
+    views_only = [{"process": "probe", "type": "ok", "f": "view", "time": T0}]
+    assert plots.records_per_fault(views_only) == []
 
 
 def test_loss_per_fault():
@@ -96,6 +121,7 @@ def test_page_of_chaos_results_has_every_plot(chaos_results, tmp_path):
     ]
     assert "failure_detected_within_bound[n3-kill-one] · first suspicion" in section
     assert "kill-one · during 3.0-6.0s" in section and "1 lost" in section
+    assert "kill-one · after 3.0-6.0s" in section and "1 duplicated" in section
     assert section.count('class="fault"') == 2, "the fault shaded on both histories"
     # Each result's evidence links to its plots.
     anchors = re.findall(r'<div class="plot-group" id="(plot-[^"]+)"', section)
