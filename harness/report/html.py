@@ -426,8 +426,10 @@ def _plots(report: Report) -> tuple[str, set[str]]:
         parts.append(
             '<p class="asserts">Every membership check against the bound it was judged by '
             "(dots: each failure or epoch; bar: the slowest; dashed: the bound), and the "
-            "records lost or duplicated per fault window, by when their append was "
-            "acknowledged (duplicates counted per reader).</p>" + "".join(summary)
+            "records lost or duplicated in each fault window or after it: a lost record by "
+            "when its append was acknowledged, a duplicate by when its extra copy was read "
+            "(counted per reader). Below, each history with its faults shaded.</p>"
+            + "".join(summary)
         )
     for column, items in groups.items():
         parts.append(f"<h3>Histories: {_esc(column)} ({len(items)})</h3>")
