@@ -92,8 +92,10 @@ def _axis(x0: int, x1: int, y: int, span_s: float, unit: str = "s") -> list[str]
 def _fault_shading(
     ops: Sequence[dict[str, Any]], origin: int, left: int, scale: float, top: int, height: int
 ) -> list[str]:
-    """Translucent boxes with a dashed edge over the plot, each named at its top."""
+    """Translucent boxes with a dashed edge over the plot, each named at its top (unless
+    the previous name would overlap it; every box names its fault on hover)."""
     parts = []
+    free_from = 0.0
     for start, stop, name in fault_windows(ops, origin):
         x = left + start * scale
         parts.append(
@@ -102,7 +104,9 @@ def _fault_shading(
             f'stroke-dasharray="4,2" class="fault"><title>{_esc(name)} '
             f"{start:.1f}-{stop:.1f}s</title></rect>"
         )
-        parts.append(f'<text x="{x + 2:.1f}" y="{top - 2}" class="tick">{_esc(name)}</text>')
+        if x >= free_from:
+            parts.append(f'<text x="{x + 2:.1f}" y="{top - 2}" class="tick">{_esc(name)}</text>')
+            free_from = x + 2 + 5.5 * len(name)  # ~5.5 px a character at the tick size
     return parts
 
 
@@ -130,12 +134,12 @@ def membership_timeline(ops: Sequence[dict[str, Any]], title: str = "membership 
             samples.setdefault((observer, str(member)), []).append((t, _state(state)))
     interval = {o: _typical_interval(times) for o, times in sampled_at.items()}
     keys = sorted(samples, key=lambda k: (_num(k[0]), _num(k[1])))
-    lane_h, left, right, top = 10, 90, WIDTH - 10, 30
+    lane_h, left, right, top = 10, 90, WIDTH - 10, 42
     height = top + lane_h * len(keys) + 30
     scale = (right - left) / span
     body = [
         f'<text x="4" y="12" class="plot-title">{_esc(title)}</text>',
-        f'<text x="{right}" y="12" class="tick" text-anchor="end">observer→member: '
+        f'<text x="{right}" y="26" class="tick" text-anchor="end">observer→member: '
         + " ".join(
             f'<tspan fill="{colour}">■</tspan> {state}' for state, colour in STATE_COLOURS.items()
         )
@@ -248,7 +252,7 @@ def throughput_latency(ops: Sequence[dict[str, Any]], title: str = "appends") ->
     peak = max(acked) / width or 1.0
     worst = max(p[1] for p in points)
     decades = max(1, math.ceil(math.log10(max(worst, 1.0))))  # 1 ms .. 10^decades ms
-    left, right, top, plot_h = 60, WIDTH - 60, 28, 140
+    left, right, top, plot_h = 60, WIDTH - 60, 40, 140
     scale = (right - left) / span
     bottom = top + plot_h
 
@@ -257,7 +261,7 @@ def throughput_latency(ops: Sequence[dict[str, Any]], title: str = "appends") ->
 
     body = [
         f'<text x="4" y="12" class="plot-title">{_esc(title)}</text>',
-        f'<text x="{right}" y="12" class="tick" text-anchor="end">'
+        f'<text x="{right}" y="26" class="tick" text-anchor="end">'
         '<tspan fill="#4a78c2">■</tspan> acked/s  <tspan fill="#1b3d6e">—</tspan> median '
         'latency  <tspan fill="#b5179e">—</tspan> slowest  <tspan fill="#c8403a">▮</tspan> '
         'failed  <tspan fill="#e0a526">▮</tspan> indeterminate</text>',
@@ -285,17 +289,25 @@ def throughput_latency(ops: Sequence[dict[str, Any]], title: str = "appends") ->
                     f'height="4" fill="{colour}"><title>{b * width:g}s: {n} {what}</title></rect>'
                 )
     for quantile, colour in ((0.5, "#1b3d6e"), (1.0, "#b5179e")):
-        line = []
+        # One line per stretch of intervals with completions: none is drawn across a
+        # silence, where there was no latency to measure.
+        lines: list[list[str]] = [[]]
         for b, values in enumerate(latencies):
-            if values:
-                values.sort()
-                ms = values[min(len(values) - 1, int(quantile * (len(values) - 1) + 0.5))]
-                line.append(f"{left + (b + 0.5) * width * scale:.1f},{y_latency(ms):.1f}")
-        if line:
-            body.append(
-                f'<polyline points="{" ".join(line)}" fill="none" stroke="{colour}" '
-                'stroke-width="1.5"/>'
-            )
+            if not values:
+                lines.append([])
+                continue
+            values.sort()
+            ms = values[min(len(values) - 1, int(quantile * (len(values) - 1) + 0.5))]
+            lines[-1].append(f"{left + (b + 0.5) * width * scale:.1f},{y_latency(ms):.1f}")
+        for line in lines:
+            if len(line) == 1:  # a lone interval: a short dash
+                x, y = (float(v) for v in line[0].split(","))
+                line = [f"{x - 2:.1f},{y:.1f}", f"{x + 2:.1f},{y:.1f}"]
+            if line:
+                body.append(
+                    f'<polyline points="{" ".join(line)}" fill="none" stroke="{colour}" '
+                    'stroke-width="1.5"/>'
+                )
     for d in range(decades + 1):
         y = y_latency(10**d)
         label = f"{10**d} ms" if d < 3 else f"{10 ** (d - 3)} s"
