@@ -40,6 +40,7 @@ from .workload import (
     final_read_error,
     judge,
     node_of,
+    recovers_from_dead_owner,
     shard_owner,
     unique,
 )
@@ -103,7 +104,9 @@ def test_append_continues_after_owner_fails(
             client.append(stream, batch_of(1, "during"))
             during += 1
             time.sleep(0.2)  # a client retrying at its own pace, not a flood of history
-        last = appends_until(client, stream, RECOVERY_BOUND_S, "after")
+        last, evident = recovers_from_dead_owner(
+            client, stream, RECOVERY_BOUND_S, "after", str(cluster.node(owner).client)
+        )
         read_error = final_read_error(baseline, stream)
     finally:
         nemesis.invoke(failure, "stop")
@@ -116,7 +119,8 @@ def test_append_continues_after_owner_fails(
         {"confirmed_dead_after_s": watch.confirmed_after_s, "appends_while_deciding": during},
     )
     assert last.ok, (
-        f"{client_name}: no append acknowledged within {RECOVERY_BOUND_S:.0f} s after every "
+        f"{client_name}: {evident or f'no append acknowledged within {RECOVERY_BOUND_S:.0f} s'}"
+        " after every "
         f"survivor confirmed node {owner} ({cluster.node(owner).client}, owner of shard "
         f"{shard_id}) dead, {watch.confirmed_after_s} s after it was {FAULTED[fault]}; the "
         f"client's last error: {last.status}: {last.error}; history: {history.path}"

@@ -22,10 +22,10 @@ from .findings import PYTHON_STALE_LOOKUP
 from .owner_failure import FAST_GOSSIP, DeathWatch, confirmation_bound_s
 from .workload import (
     RECOVERY_BOUND_S,
-    appends_until,
     batch_of,
     final_read_error,
     judge,
+    recovers_from_dead_owner,
     shard_owner,
     unique,
 )
@@ -83,7 +83,9 @@ def test_append_while_owner_partitioned(
             f"after node {owner} was confirmed dead, the survivors still route shard "
             f"{shard_id} to {relookup.value or relookup.error}"
         )
-        last = appends_until(client, stream, RECOVERY_BOUND_S, "after")
+        last, evident = recovers_from_dead_owner(
+            client, stream, RECOVERY_BOUND_S, "after", str(cluster.node(owner).client)
+        )
     finally:
         nemesis.teardown()  # the owner's link back, then the partition healed
     evidence.figures(
@@ -91,7 +93,8 @@ def test_append_while_owner_partitioned(
         {"confirmed_dead_after_s": watch.confirmed_after_s, "appends_while_deciding": during},
     )
     assert last.ok, (
-        f"{client_name}: no append acknowledged within {RECOVERY_BOUND_S:.0f} s after every "
+        f"{client_name}: {evident or f'no append acknowledged within {RECOVERY_BOUND_S:.0f} s'}"
+        " after every "
         f"survivor confirmed the partitioned node {owner} (owner of shard {shard_id}) dead "
         f"and routed the shard to {relookup.value['node']}; the client's last error: "
         f"{last.status}: {last.error}; history: {history.path}"

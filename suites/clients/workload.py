@@ -74,6 +74,35 @@ def shard_owner(cluster, baseline: ClientDriver, stream: str) -> tuple[int, int]
     return shard_id, node_of(cluster, owner.value["node"])
 
 
+# Of the recovery allowance above: the calls a client may still lose to the dead owner.
+DEAD_OWNER_CALLS_ALLOWED = 2
+
+
+def recovers_from_dead_owner(
+    driver: ClientDriver, stream: str, deadline_s: float, prefix: str, dead: str
+) -> tuple[Reply, str | None]:
+    """`appends_until`, ended as soon as the client is evidently not recovering: more calls
+    than the allowance failed against the dead owner's address `dead` after every survivor
+    confirmed it dead. Returns the last reply and, when it ended so, what was seen."""
+    deadline = time.monotonic() + deadline_s
+    at_dead = 0
+    while True:
+        reply = driver.append(stream, batch_of(1, prefix))
+        if reply.ok:
+            return reply, None
+        # A call the driver abandoned as hung went to the one node that does not answer.
+        if dead in (reply.error or "") or "ClientHung" in (reply.error or ""):
+            at_dead += 1
+            if at_dead > DEAD_OWNER_CALLS_ALLOWED:
+                return reply, (
+                    f"{at_dead} appends after the confirmation still went to the dead owner "
+                    f"{dead} (a client may lose {DEAD_OWNER_CALLS_ALLOWED})"
+                )
+        if time.monotonic() >= deadline:
+            return reply, None
+        time.sleep(0.5)
+
+
 def appends_until(driver: ClientDriver, stream: str, deadline_s: float, prefix: str) -> Reply:
     """Append one-record batches until one is acknowledged or the deadline passes; the last
     reply (its error is the client's own words for the finding)."""
