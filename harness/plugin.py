@@ -234,6 +234,16 @@ def _with_target_timings(spec: ClusterSpec) -> ClusterSpec:
     return spec if tunable else spec.with_(gossip={})
 
 
+def start_run_cluster(config: pytest.Config, spec: ClusterSpec) -> Cluster:
+    """For a suite's own fixture: a cluster started like the `cluster` fixture's (named, in
+    this worker's port block, stopped at the latest when the session ends)."""
+    return _start(config, spec)
+
+
+def stop_run_cluster(config: pytest.Config, cluster: Cluster) -> None:
+    _stop(config, cluster)
+
+
 def _stop(config: pytest.Config, cluster: Cluster) -> None:
     try:
         cluster.stop()

@@ -31,16 +31,15 @@ SCHEDULES = Path("reports") / "schedules"
 
 
 @pytest.fixture(scope="module")
-def search_cluster(request):
-    from harness.plugin import spec_of
+def search_cluster(request, cluster_spec):
+    """Local processes with fast gossip where the target runs locally, so a schedule takes
+    seconds; started like every cluster of the run (its worker's port block, its teardown)."""
+    from harness.plugin import start_run_cluster, stop_run_cluster
 
-    spec = spec_of(request.config)
-    from harness.cluster import start_cluster
-
-    spec = spec.with_(name="search", backend="local", gossip=GOSSIP, base_port=spec.base_port + 900)
-    cluster = start_cluster(spec)
+    backend = "local" if cluster_spec.target_kind == "reference" else cluster_spec.backend
+    cluster = start_run_cluster(request.config, cluster_spec.with_(backend=backend, gossip=GOSSIP))
     yield cluster
-    cluster.stop()
+    stop_run_cluster(request.config, cluster)
 
 
 def test_no_schedule_loses_acknowledged_records(request, search_cluster):
