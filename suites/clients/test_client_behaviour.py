@@ -33,6 +33,7 @@ from .owner_failure import (
     confirmation_bound_s,
 )
 from .workload import (
+    DEAD_OWNER_CALLS_ALLOWED,
     RECOVERY_BOUND_S,
     appends_until,
     batch_of,
@@ -244,18 +245,24 @@ def delivered(history, subscription: str) -> set[str]:
 
 
 def fetch_until_delivered(
-    client: ClientDriver, subscription: str, stream: str, history, deadline_s: float
+    client: ClientDriver, subscription: str, stream: str, history, deadline_s: float,
+    dead: str | None = None,
 ) -> tuple[set[str], Reply | None]:
     """Fetch (and ack) until every acknowledged append to `stream` was delivered, or the
-    deadline passes: (what is still missing, the last fetch reply)."""
+    deadline passes: (what is still missing, the last fetch reply). With `dead` (a confirmed
+    dead owner's address), it also ends once more fetches than a client may lose to it
+    (DEAD_OWNER_CALLS_ALLOWED) failed against it: the client is evidently not failing over."""
     deadline = time.monotonic() + deadline_s
     last = None
+    at_dead = 0
     while True:
         missing = acknowledged(history, stream) - delivered(history, subscription)
-        if not missing or time.monotonic() >= deadline:
+        if not missing or time.monotonic() >= deadline or at_dead > DEAD_OWNER_CALLS_ALLOWED:
             return missing, last
         last = client.fetch(subscription, "c1", max=100, timeout_ms=1000)
         if not last.ok:
+            if dead is not None and dead in (last.error or ""):
+                at_dead += 1
             time.sleep(0.5)
 
 
@@ -305,7 +312,8 @@ def test_consumer_fails_over(
         # The restarted consumer reaches the new owner after at most one call to the dead
         # one; unacked records come again within the ack timeout.
         missing, last = fetch_until_delivered(
-            client, sub, stream, history, RECOVERY_BOUND_S + ACK_TIMEOUT_S
+            client, sub, stream, history, RECOVERY_BOUND_S + ACK_TIMEOUT_S,
+            dead=str(cluster.node(owner).client),
         )
         history.ok(drain)
     finally:
