@@ -2,7 +2,8 @@
 
 Python connectors pin their own stacks (airbyte-cdk, pydantic, jsonschema, ...) that clash
 with the harness's, so each one gets a private venv under a git-ignored cache folder
-(``.cache/connectors/<name>/`` in the checkout, or ``$HSTREAM_CONFORMANCE_CACHE/connectors``).
+(``~/.cache/hstream-conformance/connectors/<name>/``, shared by every checkout of the
+machine, or ``$HSTREAM_CONFORMANCE_CACHE/connectors``).
 The harness only ever talks to the connector through its entry-point executable, exactly as
 the Airbyte platform talks to a connector image: argv in, JSON lines out.
 
@@ -47,9 +48,15 @@ class ConnectorPackage:
 
 
 def cache_root() -> Path:
-    """Folder holding one venv per connector (created on demand)."""
+    """Folder holding one venv per connector (created on demand): per machine, not per
+    checkout, so a fresh clone and every parallel worker reuse what was installed once
+    (installs are locked and keyed by their requirements)."""
     base = os.environ.get("HSTREAM_CONFORMANCE_CACHE")
-    root = Path(base) if base else REPO_ROOT / ".cache"
+    if base:
+        root = Path(base)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / ".cache") / "hstream-conformance"
     return root / "connectors"
 
 
