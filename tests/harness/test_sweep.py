@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -20,19 +21,37 @@ from harness.cleanup import all_records, sweep
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
+# A 2-node cluster's bring-up (store, nodes, init) on a loaded 2-core machine.
+READY_S = 90.0
+# Every test its own base port (a cluster takes base..base+3): with `--dist loadgroup`
+# the tests of this module run at the same time on different xdist workers.
+PORTS = {"sigkill": 19300, "SIGTERM": 19320, "SIGINT": 19340}
 
 RUN = """
 import sys, time
 from harness.cluster import start_cluster
 from harness.topology import ClusterSpec
 spec = ClusterSpec(nodes=2, base_port=int(sys.argv[1]), session=sys.argv[2])
-start_cluster(spec, progress=lambda line: None)
+start_cluster(spec, progress=lambda line: print(line, file=sys.stderr, flush=True))
 print("READY", flush=True)
 time.sleep(300)
 """
 
 
-def wait_for_line(proc: subprocess.Popen[bytes], wanted: str, timeout_s: float) -> None:
+def start_run(port: int, session: str, reports: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """The RUN script on its own ports; its progress and errors go to a log beside `reports`."""
+    log_path = reports.parent / f"{session}.log"
+    with log_path.open("wb") as log:
+        runner = subprocess.Popen(
+            [sys.executable, "-c", RUN, str(port), session], cwd=REPO,
+            stdout=subprocess.PIPE, stderr=log, env=subprocess_env(reports),
+        )
+    return runner, log_path
+
+
+def wait_for_line(
+    proc: subprocess.Popen[bytes], wanted: str, timeout_s: float, log_path: Path
+) -> None:
     deadline = time.monotonic() + timeout_s
     assert proc.stdout is not None
     seen = b""
@@ -45,19 +64,22 @@ def wait_for_line(proc: subprocess.Popen[bytes], wanted: str, timeout_s: float) 
                 return
             if not chunk:
                 break
-    raise AssertionError(f"run did not print {wanted!r} (status {proc.poll()}); got {seen!r}")
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)  # closed its stdout: it is exiting
+    ended = "still running" if proc.poll() is None else f"exited with status {proc.poll()}"
+    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+    raise AssertionError(
+        f"run did not print {wanted!r} within {timeout_s:g} s ({ended}); got {seen!r}; "
+        f"its log {log_path} ends:\n{tail}")
 
 
 def test_sigkilled_run_is_swept(
     isolated_reports: Path, labelled: Callable[[str], list[int]]
 ) -> None:
     session = f"sweep-test-{os.getpid()}"
-    runner = subprocess.Popen(
-        [sys.executable, "-c", RUN, "19300", session], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=subprocess_env(isolated_reports),
-    )
+    runner, log_path = start_run(PORTS["sigkill"], session, isolated_reports)
     try:
-        wait_for_line(runner, "READY", 90)
+        wait_for_line(runner, "READY", READY_S, log_path)
         started = labelled(session)
         runner.send_signal(signal.SIGKILL)
         runner.wait(10)
@@ -93,12 +115,9 @@ def test_sigterm_and_ctrl_c_tear_the_cluster_down(
     sig: signal.Signals, isolated_reports: Path, labelled: Callable[[str], list[int]]
 ) -> None:
     session = f"signal-test-{sig.name.lower()}-{os.getpid()}"
-    runner = subprocess.Popen(
-        [sys.executable, "-c", RUN, "19320", session], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=subprocess_env(isolated_reports),
-    )
+    runner, log_path = start_run(PORTS[sig.name], session, isolated_reports)
     try:
-        wait_for_line(runner, "READY", 90)
+        wait_for_line(runner, "READY", READY_S, log_path)
         assert len(labelled(session)) >= 4
         runner.send_signal(sig)
         runner.wait(30)
