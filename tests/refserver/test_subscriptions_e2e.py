@@ -42,6 +42,9 @@ EARLIEST = api.SpecialOffset.Value("EARLIEST")
 LATEST = api.SpecialOffset.Value("LATEST")
 # Long enough for a delivery, an ack and a checkpoint write on a loaded 2-core machine.
 SETTLE = 1.5
+# How long the subscription's owner may take to list both consumers of the three-node
+# test: each one's LookupSubscription and StreamingFetch on a loaded 2-core machine.
+CONSUMERS_JOINED_S = 20.0
 
 pytestmark = pytest.mark.slow
 
@@ -705,7 +708,13 @@ def test_ownership_is_enforced_where_hstreamdb_enforces_it(store_address: str) -
 
 def test_official_client_on_a_three_node_cluster(tmp_path: Path) -> None:
     """Consumers reach the owner through LookupSubscription and split its shards; the
-    owner-only RPCs answer 9/800 elsewhere; nothing appended is lost."""
+    owner-only RPCs answer 9/800 elsewhere; nothing appended is lost.
+
+    Records are appended only once the owner lists both consumers: a consumer that joins
+    alone takes every shard (§4) and reads everything already there at once, and the
+    newcomer then takes a shard whose records were all delivered, so "each consumer reads
+    some shard" holds only for records appended after both joined.
+    """
 
     async def scenario(cluster: RefCluster) -> None:
         entry = cluster.nodes[0]
@@ -714,20 +723,40 @@ def test_official_client_on_a_three_node_cluster(tmp_path: Path) -> None:
             await client.create_subscription(
                 "cluster-sub", "cluster-s", ack_timeout=5, offset=EARLIEST
             )
+            owner = await client._lookup_subscription_api("cluster-sub")
+            owner_node = next(n for n in cluster.nodes if n.url == f"{owner.host}:{owner.port}")
+            first = Collector(client, "cluster-sub", "c1").start()
+            second = Collector(client, "cluster-sub", "c2").start()
+            # A join reassigns at once: when the owner lists both, c2 holds one of the
+            # three shards and c1 the other two.
+            listed: list[str] = []
+
+            async def both_joined() -> bool:
+                async with grpc.aio.insecure_channel(owner_node.url) as channel:
+                    reply = await api_grpc.HStreamApiStub(channel).ListConsumers(
+                        api.ListConsumersRequest(subscriptionId="cluster-sub"), timeout=2
+                    )
+                listed[:] = sorted(c.name for c in reply.consumers)
+                return listed == ["c1", "c2"]
+
+            deadline = time.monotonic() + CONSUMERS_JOINED_S
+            while not await both_joined():
+                assert time.monotonic() < deadline, (
+                    f"the owner {owner_node.url} listed {listed}, not c1 and c2, within "
+                    f"{CONSUMERS_JOINED_S} s (logs: {cluster.logs()})"
+                )
+                await asyncio.sleep(0.05)
             written: dict[RecordId, bytes] = {}
+            # Keys k0..k5 hash onto all three shards, so both consumers get records.
             for n in range(24):
                 payload = f"k{n % 6}-{n}"
                 [record_id] = await client.append("cluster-s", [payload], key=f"k{n % 6}")
                 written[record_id] = payload.encode()
-            first = Collector(client, "cluster-sub", "c1").start()
-            second = Collector(client, "cluster-sub", "c2").start()
             await wait_until(
                 lambda: set(first.acked) | set(second.acked) >= set(written),
                 20,
                 f"every record acked (logs: {cluster.logs()})",
             )
-            owner = await client._lookup_subscription_api("cluster-sub")
-            owner_node = next(n for n in cluster.nodes if n.url == f"{owner.host}:{owner.port}")
             for node in cluster.nodes:
                 async with grpc.aio.insecure_channel(node.url) as channel:
                     stub = api_grpc.HStreamApiStub(channel)
