@@ -1,0 +1,861 @@
+"""Queue checker: Jepsen's queue anomalies over subscription deliveries and shard reads.
+
+Reads `append`, `fetch`, `read`, `drain`, `ack`, `consume`, `subscribe` and nemesis ops
+(shapes in harness.history). A record is identified by its record id ``[shard, batch,
+index]`` (the subscription and order checkers' convention); its payload is the
+`payload_id` the producer put in it. Record ids order a shard's records; the records that
+*exist* on a shard are every record id an acknowledged append was given or any read or
+delivery returned. A delivery is one record of a `fetch` completion, made to the consumer
+``(op process, record's consumer)`` of the op's subscription, at the time the fetch was
+invoked; a read is one record of a `read` completion, judged within its op (a driver may
+open a fresh reader for each read). An ack is certain when its op completed ``ok``; it is
+taken as sent at its invoke time. Anomaly kinds:
+
+* **inconsistent_offsets**: one record id bound to two different payload ids, by the
+  acknowledgements of appends, deliveries and reads together. Counted once per record id.
+* **lost**: an append acknowledged ``ok`` whose record no read or delivery returned (by
+  its record id; by payload id for records read without one), although a record of the
+  same shard with a higher record id, whose append was acknowledged *later*, was seen by
+  an observer that had to pass the lost record's position: a complete or final read (it
+  reads the shard from its start), or a subscription that started at or before it (offset
+  earliest, or it delivered a lower record of the shard). So the record is not merely not
+  read yet: the readers went past it.
+* **poll_skip**: a consumer's deliveries of one shard jump over records that exist and
+  had not been delivered to any consumer of the subscription, while the consumer still
+  owned the shard: between the highest record it had been delivered (its *frontier*) and
+  the next delivery above it. Within one read op, a read's records of one shard that jump
+  over existing records are a poll skip too.
+* **nonmonotonic_poll**: a consumer is delivered, below its frontier, a record without a
+  redelivery reason. The reason is: the record was delivered before (to any consumer of
+  the subscription) and not acknowledged yet, by a certain ack sent at least `grace_s`
+  before the fetch began (an ack-timeout redelivery, or the resend of a departed
+  consumer's in-flight records). Within one read op, a record of a shard below the last
+  one read is non-monotonic too (the same record again is only counted as `read_repeats`).
+* **duplicates**: a record delivered again after a certain ack of it was sent at least
+  `grace_s` before the fetch began, i.e. beyond the redelivery of unacked records.
+  Counted per such delivery.
+
+Both poll kinds are judged within an *ownership epoch*: the consumer's frontier on a
+shard is forgotten when the shard may have been reassigned since its previous delivery to
+that consumer: another consumer of the subscription was delivered a record of the shard,
+or the subscription saw a `consume` op (a consumer joined or left), a `fetch` that did
+not complete ``ok`` (a broken stream, after which the consumer rejoins), or any nemesis
+op (a fault may move the subscription to another node). The first delivery of an epoch
+is judged by neither kind; losses across a reassignment are `lost`.
+
+Figures: **unseen**, per shard, the number of acknowledged appends not yet read or
+delivered to anyone, as ``[(t_s, count), ...]`` at up to `samples` evenly spaced times
+(seconds since the history's first op): the consumers' lag, for a plot; and its maximum
+and final value per shard (``unseen_max``, ``unseen_final``).
+
+Which kinds fail depends on the delivery promise the test states: ``"at-least-once"``
+fails every kind but duplicates (counted, reported only); ``"exactly-once"`` fails
+duplicates too. Acknowledged appends never seen and passed by no observer are counted
+(``never_seen``), not failed: with a drain, the subscription and stream-set checkers judge
+them.
+
+`check_all` and ``python -m harness.checkers`` run it when named (``queue``); their
+``exactly_once`` option states the exactly-once promise.
+
+Built for million-op histories: record ids are placed in a per-shard index of positions
+with one lookup per run of consecutive records (the rest of the run is compared with the
+index in C), payload ids are compared by hash, and delivered / seen / acknowledged flags
+are bytearrays indexed by position, so a run is judged as one interval.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable
+from itertools import compress, count, repeat
+from operator import eq, itemgetter, ne, not_
+from typing import Any
+
+from harness.checkers.result import NS_PER_S, Result, add_anomaly, without_gc
+from harness.history import History, Op, as_ops
+
+NAME = "queue"
+PROMISES = ("at-least-once", "exactly-once")
+KINDS = ("inconsistent_offsets", "lost", "poll_skip", "nonmonotonic_poll", "duplicates")
+# Kinds that fail the verdict whatever the promise; duplicates fail only exactly-once.
+ALWAYS_FAIL = ("inconsistent_offsets", "lost", "poll_skip", "nonmonotonic_poll")
+DEFAULT_SAMPLES = 200
+
+_NEVER = 1 << 62  # a time meaning "not yet" (not acknowledged, not seen)
+_SEQUENCES = (list, tuple)
+_EXAMPLE_IDS = 5  # record ids listed in one poll anomaly's example
+_get_shard = itemgetter(0)
+# Position of a run of records not found among the known record ids (yet), and of a
+# record without a usable record id.
+_NEW, _NOWHERE = -1, -2
+
+# Event codes, in history order.
+_FETCH, _READ, _DRAIN, _BUMP, _BUMP_ALL = range(5)
+
+RecordId = tuple[Any, ...]
+# A run: records i..j of an op (all of one consumer) at positions p..p+(j-i).
+Run = tuple[int, int, int]
+
+
+@without_gc
+def check(
+    history: History | Iterable[Op],
+    *,
+    promise: str = "at-least-once",
+    grace_s: float = 1.0,
+    samples: int = DEFAULT_SAMPLES,
+    select: Callable[[Op], bool] | None = None,
+) -> Result:
+    """Judge queue semantics; see the module docstring.
+
+    `promise` is the delivery promise the test states ("at-least-once" or "exactly-once");
+    `samples` is how many points each shard's unseen series has. `select` keeps only the
+    ops it returns True for.
+    """
+    if promise not in PROMISES:
+        raise ValueError(f"unknown delivery promise {promise!r}; choose from {', '.join(PROMISES)}")
+    ops = as_ops(history)
+    if select is not None:
+        ops = [op for op in ops if select(op)]
+    result = Result(valid=True, checker=NAME)
+    start = ops[0].time if ops else 0
+    end = ops[-1].time if ops else 0
+
+    # -- pass 1: acknowledged appends, and the events the other passes judge ---------------
+    # (one Python-level pass: each op is touched once; on a busy machine, passes that
+    # touch a million scattered objects again cost more than the interpreter saves)
+    ok_pid: list[Any] = []
+    ok_rid: list[Any] = []
+    ok_t: list[int] = []
+    subs: dict[Any, str] = {}  # subscription -> offset
+    events: list[list[Any]] = []
+    acks: list[tuple[int, Any, Any]] = []  # certain acks: (invoked at, subscription, ids)
+    began_at: dict[Any, int] = {}
+    open_acks: dict[Any, list[tuple[int, Any, Any]]] = {}
+    for op in ops:
+        f = op.f
+        kind = op.type
+        if f == "append":
+            if kind == "ok":
+                v = op.value
+                if type(v) is dict:
+                    rid: Any = v.get("record_id")
+                    pid = v.get("payload_id")
+                    if type(rid) in _SEQUENCES and len(rid) == 3 and pid is not None:
+                        ok_pid.append(pid)
+                        ok_rid.append(rid)
+                        ok_t.append(op.time)
+        elif f == "fetch":
+            if kind == "invoke":
+                began_at[op.process] = op.time
+                continue
+            began = began_at.pop(op.process, op.time)
+            v = op.value
+            if type(v) is dict:
+                if kind != "ok":
+                    events.append([_BUMP, v.get("subscription", "")])
+                if v.get("records"):
+                    events.append([_FETCH, op, began, v])
+        elif f == "read" or f == "drain":
+            v = op.value
+            if kind != "invoke" and type(v) is dict and v.get("records"):
+                events.append([_READ if f == "read" else _DRAIN, op, op.time, v])
+        elif f == "ack":
+            v = op.value
+            if type(v) is not dict:
+                continue
+            if kind == "invoke":
+                open_acks.setdefault(op.process, []).append(
+                    (op.time, v.get("subscription", ""), v.get("record_ids"))
+                )
+                continue
+            pending = open_acks.get(op.process)
+            sent = pending.pop(0) if pending else (
+                op.time, v.get("subscription", ""), v.get("record_ids"))
+            if kind == "ok" and sent[2]:
+                acks.append(sent)
+        elif f == "consume":
+            v = op.value
+            events.append([_BUMP, v.get("subscription", "") if type(v) is dict else ""])
+        elif f == "subscribe":
+            v = op.value
+            if kind == "ok" and type(v) is dict:
+                subs[v.get("subscription", "")] = str(v.get("offset", "")).lower()
+        elif op.process == "nemesis":
+            events.append([_BUMP_ALL])
+
+    # -- positions: every record id that exists, ordered per shard --------------------------
+    index = _Index(ok_rid)
+    extras: dict[RecordId, Any] = {}  # read, but given to no acknowledged append
+    loose: dict[Any, int] = {}  # payload ids read without a record id -> first seen
+    n_records = 0
+    for ev in events:
+        if ev[0] > _DRAIN:
+            continue
+        op, v = ev[1], ev[3]
+        recs = v["records"]
+        n_records += len(recs)
+        recs, rids, hashes, cons = _fields(recs, ev[0] == _FETCH)
+        if ev[0] == _FETCH:
+            default = v.get("consumer", op.process)
+            segs = [(c, index.place(rids, a, b)) for a, b, c in _segments(cons, default)]
+        else:
+            segs = [(None, index.place(rids, 0, len(rids)))]
+        for _c, runs in segs:
+            for i, _j, p in runs:
+                if p == _NEW:
+                    extras.setdefault(tuple(rids[i]), rids[i])
+                elif p == _NOWHERE and recs[i].get("payload_id") is not None:
+                    loose.setdefault(recs[i]["payload_id"], op.time)
+        ev.extend((rids, (recs, hashes), segs))
+    if extras:
+        remap, placed = index.add(extras)
+        for ev in events:
+            if ev[0] <= _DRAIN:
+                ev[6] = [(c, _remap_runs(runs, remap, placed, ev[4])) for c, runs in ev[6]]
+
+    # -- inconsistent offsets: one record id bound to two payload ids -----------------------
+    # Payload ids are compared by hash on the fast path (equal payloads give equal hashes;
+    # a collision of two different ids would hide one conflict, at odds of 2^-64).
+    size = index.size
+    pid_at: list[Any] = [None] * size
+    phash: list[int] = [0] * size
+    conflicts: dict[RecordId, dict[str, Any]] = {}
+    ok_pos = index.ok_pos
+    for p, pid in zip(ok_pos, ok_pid, strict=True):
+        bound = pid_at[p]
+        if bound is None:
+            pid_at[p] = pid
+            phash[p] = hash(pid)
+        elif bound != pid:
+            _conflict(result, conflicts, index.order[p], bound, pid, "append", None)
+    for ev in events:
+        if ev[0] > _DRAIN:
+            continue
+        op, (recs, hashes) = ev[1], ev[5]
+        for _c, runs in ev[6]:
+            for i, j, p in runs:
+                if p < 0 or phash[p:p + j - i + 1] == hashes[i:j + 1]:
+                    continue
+                for k in range(i, j + 1):
+                    pid = recs[k].get("payload_id")
+                    if pid is None:
+                        continue
+                    q = p + k - i
+                    bound = pid_at[q]
+                    if bound is None:
+                        pid_at[q] = pid
+                        phash[q] = hashes[k]
+                    elif bound != pid:
+                        _conflict(result, conflicts, index.order[q], bound, pid, op.f, op.index)
+
+    # -- pass 2: deliveries and reads in history order ------------------------------------
+    seen = bytearray(size)
+    first_t = array("q", [_NEVER]) * size
+    complete_seen = bytearray(size)
+    judge = _Deliveries(result, index, acks, int(grace_s * NS_PER_S))
+    read_repeats = 0
+    for ev in events:
+        code = ev[0]
+        if code == _BUMP:
+            judge.sub_epoch[ev[1]] = judge.sub_epoch.get(ev[1], 0) + 1
+            continue
+        if code == _BUMP_ALL:
+            judge.global_epoch += 1
+            continue
+        op, began, v, rids, _pids, segs = ev[1:7]
+        t = op.time
+        for _c, runs in segs:  # first sightings
+            for i, j, p in runs:
+                if p < 0:
+                    continue
+                hi = p + j - i + 1
+                q = seen.find(0, p, hi)
+                while q != -1:
+                    r = seen.find(1, q, hi)
+                    r = hi if r == -1 else r
+                    seen[q:r] = b"\x01" * (r - q)
+                    first_t[q:r] = array("q", [t]) * (r - q)
+                    q = seen.find(0, r, hi)
+        if code == _FETCH:
+            s = v.get("subscription", "")
+            for consumer, runs in segs:
+                judge.deliver(s, (op.process, consumer), rids, runs, began, op.index)
+        elif code == _READ:
+            runs = segs[0][1]
+            read_repeats += _judge_read(result, index, op, rids, runs)
+            if v.get("complete") or v.get("final"):
+                for i, j, p in runs:
+                    if p >= 0:
+                        complete_seen[p:p + j - i + 1] = b"\x01" * (j - i + 1)
+
+    # -- lost: acknowledged, never seen, and passed by an observer --------------------------
+    never_seen = 0
+    unseen = list(compress(range(len(ok_pos)), map(not_, map(seen.__getitem__, ok_pos))))
+    if unseen:
+        ack_of = dict(zip(reversed(ok_pos), reversed(ok_t), strict=True))  # first ack wins
+        observers: list[tuple[str, bytearray, bool]] = [("complete read", complete_seen, True)]
+        for s, d in judge.delivered.items():
+            observers.append((f"subscription {s}", d, subs.get(s) == "earliest"))
+        reported: set[int] = set()
+        for k in unseen:
+            p, pid, t = ok_pos[k], ok_pid[k], ok_t[k]
+            if p in reported or pid in loose:
+                continue
+            reported.add(p)
+            witness = _witness(index, observers, ack_of, p, t)
+            if witness is None:
+                never_seen += 1
+                continue
+            q, seen_by = witness
+            add_anomaly(
+                result,
+                "lost",
+                {
+                    "payload_id": pid,
+                    "record_id": list(index.order[p]),
+                    "acked_at_s": round((t - start) / NS_PER_S, 3),
+                    "passed_by": seen_by,
+                    "later_record": list(index.order[q]),
+                    "later_payload": pid_at[q],
+                    "later_acked_at_s": round((ack_of[q] - start) / NS_PER_S, 3),
+                },
+            )
+
+    # -- unseen over time -----------------------------------------------------------------
+    seen_at = list(map(first_t.__getitem__, ok_pos))
+    if loose:
+        seen_at = [min(a, loose.get(pid, _NEVER)) for a, pid in zip(seen_at, ok_pid, strict=True)]
+    series, peak, final = _unseen_series(index.members, ok_t, seen_at, start, end, samples)
+    result.figures["unseen"] = series
+    result.figures["unseen_max"] = peak
+    result.figures["unseen_final"] = final
+
+    for kind in KINDS:
+        result.counts.setdefault(kind, 0)
+        result.anomalies.setdefault(kind, [])
+    result.counts.update(
+        acked_appends=len(ok_pid),
+        records_checked=n_records,
+        records_seen=seen.count(1) + len(loose),
+        deliveries=judge.deliveries,
+        redeliveries=judge.redeliveries,
+        read_repeats=read_repeats,
+        never_seen=never_seen,
+        subscriptions=len(judge.delivered),
+    )
+    if never_seen:
+        result.notes.append(
+            f"{never_seen} acknowledged appends were never read or delivered, and no reader "
+            "went past them: not judged here (with a drain, the subscription and stream-set "
+            "checkers judge them)"
+        )
+    failing = [k for k in ALWAYS_FAIL if result.counts[k]]
+    if result.counts["duplicates"]:
+        if promise == "exactly-once":
+            failing.append("duplicates")
+        else:
+            result.notes.append(
+                f"{result.counts['duplicates']} deliveries of acknowledged records: allowed "
+                "by the at-least-once promise (counted only)"
+            )
+    result.notes.append(f"judged against the {promise} promise")
+    if failing:
+        result.valid = False
+    return result
+
+
+# -- records and positions ---------------------------------------------------------------
+
+
+def _fields(
+    recs: list[Any], want_consumers: bool
+) -> tuple[list[Any], list[Any], list[int], list[Any]]:
+    """The records (a record that is not a dict becomes an empty one), then their record
+    ids, the hashes of their payload ids and (if wanted) their consumers, aligned."""
+    try:
+        rids = list(map(dict.get, recs, repeat("record_id")))
+        hashes = list(map(hash, map(dict.get, recs, repeat("payload_id"))))
+        cons = list(map(dict.get, recs, repeat("consumer"))) if want_consumers else []
+    except TypeError:  # a record that is not a dict, or an unhashable payload id
+        recs = [r if type(r) is dict else {} for r in recs]
+        rids = [r.get("record_id") for r in recs]
+        hashes = [_hash(r.get("payload_id")) for r in recs]
+        cons = [r.get("consumer") for r in recs] if want_consumers else []
+    return recs, rids, hashes, cons
+
+
+def _hash(value: Any) -> int:
+    try:
+        return hash(value)
+    except TypeError:
+        return hash(repr(value))
+
+
+def _sorted(items: Iterable[Any]) -> list[Any]:
+    out = list(items)
+    try:
+        out.sort()
+    except TypeError:  # ids of mixed types in a hand-made history
+        out.sort(key=repr)
+    return out
+
+
+class _Index:
+    """Every existing record id, ordered per shard, as positions 0..size-1. Shards are
+    separated by one empty position, so consecutive positions are always one shard's.
+
+    `order[p]` is the record id (a tuple) at position p and `lists[p]` the record id as
+    the history spelled it; `ok_pos[k]` is the position of the k-th acknowledged append.
+    `rank` maps a record id to its position before `add`; `add` leaves it as it was and
+    keeps the remapping beside it.
+    """
+
+    def __init__(self, ok_rid: list[Any]) -> None:
+        tuples = list(map(tuple, ok_rid))
+        self.ok_shard = list(map(_get_shard, tuples))
+        shards = set(self.ok_shard)
+        members: dict[Any, list[int]] = {}
+        if len(shards) <= 16:
+            for s in shards:
+                members[s] = list(compress(range(len(tuples)), map(eq, self.ok_shard, repeat(s))))
+        else:
+            for k, s in enumerate(self.ok_shard):
+                members.setdefault(s, []).append(k)
+        self.ids: dict[Any, list[RecordId]] = {}
+        self.spelt: dict[Any, list[Any]] = {}
+        slot_of: dict[Any, list[int]] = {}  # shard -> ok index at each sorted slot
+        for s, ks in members.items():
+            keys = list(map(tuples.__getitem__, ks))
+            # in history order, so nearly sorted: timsort's best case
+            try:
+                perm = sorted(range(len(ks)), key=keys.__getitem__)
+            except TypeError:
+                perm = sorted(range(len(ks)), key=lambda i: repr(keys[i]))
+            ks = list(map(ks.__getitem__, perm))
+            keys = list(map(keys.__getitem__, perm))
+            self.ids[s] = keys
+            self.spelt[s] = list(map(ok_rid.__getitem__, ks))
+            slot_of[s] = ks
+        self.members = slot_of  # shard -> its acknowledged appends, in position order
+        self._layout()
+        self._remap: list[int] | None = None
+        self._placed: dict[RecordId, int] = {}
+        self.rank: dict[RecordId, int] = {}
+        for s, ids in self.ids.items():
+            base = self.span[s][0]
+            self.rank.update(zip(ids, range(base, base + len(ids)), strict=True))
+        if len(self.rank) == len(tuples):
+            self.ok_pos = [0] * len(tuples)
+            ok_pos = self.ok_pos
+            for s, oks in slot_of.items():
+                for p, k in enumerate(oks, self.span[s][0]):
+                    ok_pos[k] = p
+        else:  # a record id acknowledged twice: keep one position for it
+            for s in self.ids:
+                kept = dict(zip(self.ids[s], self.spelt[s], strict=True))
+                self.ids[s], self.spelt[s] = list(kept), list(kept.values())
+            self._layout()
+            self.rank = {}
+            for s, ids in self.ids.items():
+                base = self.span[s][0]
+                self.rank.update(zip(ids, range(base, base + len(ids)), strict=True))
+            self.ok_pos = list(map(self.rank.__getitem__, tuples))
+
+    def _layout(self) -> None:
+        self.order: list[Any] = []
+        self.lists: list[Any] = []
+        self.span: dict[Any, tuple[int, int]] = {}
+        base = 0
+        for s in _sorted(self.ids):
+            ids = self.ids[s]
+            self.order += ids
+            self.order.append(None)
+            self.lists += self.spelt[s]
+            self.lists.append(None)
+            self.span[s] = (base, base + len(ids) - 1)
+            base += len(ids) + 1
+        self.size = base
+
+    def place(self, rids: list[Any], a: int, b: int) -> list[Run]:
+        """rids[a:b] as runs of consecutive positions: one lookup per run, then the ids
+        that follow are compared with the index's in order."""
+        runs: list[Run] = []
+        rank_get = self.rank.get
+        lists = self.lists
+        i = a
+        while i < b:
+            rid = rids[i]
+            if type(rid) not in _SEQUENCES or len(rid) != 3:
+                runs.append((i, i, _NOWHERE))
+                i += 1
+                continue
+            p = rank_get(tuple(rid), _NEW)
+            if self._remap is not None:
+                p = self._remap[p] if p >= 0 else self._placed.get(tuple(rid), _NEW)
+            if p == _NEW:
+                runs.append((i, i, _NEW))
+                i += 1
+                continue
+            # how far the op goes on in the index's order, up to the shard's end: C-level
+            # comparisons of windows that double while they match
+            limit = min(b - i, self.span[rid[0]][1] - p + 1)
+            n, w = 1, 64
+            while n < limit:
+                m = min(w, limit - n)
+                if lists[p + n:p + n + m] == rids[i + n:i + n + m]:
+                    n += m
+                    w *= 2
+                    continue
+                n += next(compress(count(), map(ne, lists[p + n:p + n + m],
+                                                rids[i + n:i + n + m])))
+                break
+            runs.append((i, i + n - 1, p))
+            i += n
+        return runs
+
+    def add(self, extras: dict[RecordId, Any]) -> tuple[list[int], dict[RecordId, int]]:
+        """Add record ids (after the last `place`); returns old position -> new position
+        (ending with -1, so that a lookup of -1 gives -1) and the new ids' positions."""
+        old_span = dict(self.span)
+        old_size = self.size
+        inserted: dict[Any, list[int]] = {}
+        for s, new in _group(extras).items():
+            ids = self.ids.setdefault(s, [])
+            spelt = self.spelt.setdefault(s, [])
+            inserted[s] = at = [bisect_left(ids, tp) for tp in new]  # `new` is sorted
+            for k, tp in sorted(zip(at, new, strict=True), reverse=True):
+                ids.insert(k, tp)
+                spelt.insert(k, extras[tp])
+        self._layout()
+        remap = [-1] * (old_size + 1)
+        for s, (first, last) in old_span.items():
+            base = self.span[s][0]
+            lo = 0
+            for shift, k in enumerate([*inserted.get(s, []), last - first + 1]):
+                # old ids lo..k-1 of this shard moved up by `shift`
+                remap[first + lo:first + k] = range(base + lo + shift, base + k + shift)
+                lo = k
+        self.ok_pos = list(map(remap.__getitem__, self.ok_pos))
+        if self._remap is not None:  # a second add: compose the remappings
+            remap = [remap[q] for q in self._remap[:-1]] + [-1]
+            self._placed = {tp: remap[q] for tp, q in self._placed.items()}
+        placed = {}
+        for s, new in _group(extras).items():
+            ids = self.ids[s]
+            base = self.span[s][0]
+            for tp in new:
+                placed[tp] = base + bisect_left(ids, tp)
+        self._remap = remap
+        self._placed.update(placed)
+        return remap, placed
+
+
+def _group(tuples: Iterable[RecordId]) -> dict[Any, list[RecordId]]:
+    out: dict[Any, list[RecordId]] = {}
+    for tp in tuples:
+        out.setdefault(tp[0], []).append(tp)
+    return {s: _sorted(ids) for s, ids in out.items()}
+
+
+def _remap_runs(
+    runs: list[Run], remap: list[int], placed: dict[RecordId, int], rids: list[Any]
+) -> list[Run]:
+    out: list[Run] = []
+    for i, j, p in runs:
+        if p == _NOWHERE:
+            out.append((i, j, p))
+        elif p == _NEW:
+            out.append((i, i, placed[tuple(rids[i])]))
+        elif remap[p + j - i] - remap[p] == j - i:
+            out.append((i, j, remap[p]))
+        else:  # a new id fell inside the run: split it where it did
+            start = i
+            for k in range(i + 1, j + 2):
+                if k == j + 1 or remap[p + k - i] != remap[p + k - i - 1] + 1:
+                    out.append((start, k - 1, remap[p + start - i]))
+                    start = k
+    return out
+
+
+def _segments(cons: list[Any], default: Any) -> list[tuple[int, int, Any]]:
+    """Contiguous stretches of one consumer: (start, stop, consumer)."""
+    n = len(cons)
+    first = cons[0] if n else None
+    if cons.count(first) == n:
+        return [(0, n, default if first is None else first)]
+    out = []
+    i = 0
+    for k in range(1, n + 1):
+        if k == n or cons[k] != cons[i]:
+            out.append((i, k, default if cons[i] is None else cons[i]))
+            i = k
+    return out
+
+
+# -- judging -----------------------------------------------------------------------------
+
+
+def _conflict(
+    result: Result,
+    conflicts: dict[RecordId, dict[str, Any]],
+    tp: RecordId,
+    bound: Any,
+    pid: Any,
+    where: str,
+    op_index: int | None,
+) -> None:
+    example = conflicts.get(tp)
+    if example is None:
+        conflicts[tp] = example = {
+            "record_id": list(tp),
+            "payloads": [bound, pid],
+            "seen_in": where,
+            "op_index": op_index,
+        }
+        add_anomaly(result, "inconsistent_offsets", example)
+    elif pid not in example["payloads"]:
+        example["payloads"].append(pid)
+
+
+class _Deliveries:
+    """What each consumer was delivered: frontiers per ownership epoch, and redeliveries."""
+
+    def __init__(
+        self, result: Result, index: _Index, acks: list[tuple[int, Any, Any]], grace: int
+    ) -> None:
+        self.result = result
+        self.index = index
+        self.grace = grace
+        self._acks = acks
+        self._ack_t: dict[Any, array[int]] | None = None
+        self.delivered: dict[Any, bytearray] = {}
+        self.sub_epoch: dict[Any, int] = {}
+        self.global_epoch = 0
+        self.frontier: dict[tuple[Any, Any, Any], tuple[tuple[int, int], int]] = {}
+        self.last_receiver: dict[tuple[Any, Any], Any] = {}
+        self.deliveries = 0
+        self.redeliveries = 0
+
+    def acked_at(self, s: Any, p: int) -> int:
+        """When a certain ack of position p was first sent to subscription s (or _NEVER).
+        Built on first need: only redeliveries ask."""
+        if self._ack_t is None:
+            self._ack_t = {}
+            flags: dict[Any, bytearray] = {}
+            size = self.index.size
+            for sent, sub_, raw in self._acks:
+                times = self._ack_t.get(sub_)
+                if times is None:
+                    times = self._ack_t[sub_] = array("q", [_NEVER]) * size
+                    flags[sub_] = bytearray(size)
+                acked = flags[sub_]
+                ids = raw if type(raw) is list else list(raw)
+                for i, j, q in self.index.place(ids, 0, len(ids)):
+                    if q < 0:
+                        continue
+                    n = j - i + 1
+                    if acked.find(1, q, q + n) == -1:
+                        acked[q:q + n] = b"\x01" * n
+                        times[q:q + n] = array("q", [sent]) * n
+                    else:
+                        for r in range(q, q + n):
+                            times[r] = min(times[r], sent)
+                            acked[r] = 1
+        times = self._ack_t.get(s)
+        return _NEVER if times is None else times[p]
+
+    def deliver(
+        self,
+        s: Any,
+        ck: tuple[Any, Any],
+        rids: list[Any],
+        runs: list[Run],
+        began: int,
+        op_index: int,
+    ) -> None:
+        """Records of one fetch delivered to consumer `ck`, as runs of consecutive positions."""
+        d = self.delivered.get(s)
+        if d is None:
+            d = self.delivered[s] = bytearray(self.index.size)
+        epoch = (self.global_epoch, self.sub_epoch.get(s, 0))
+        acked_by = began - self.grace
+        for i, j, lo in runs:
+            if lo < 0:
+                continue
+            n = j - i + 1
+            hi = lo + n - 1
+            self.deliveries += n
+            again: list[int] = []
+            if d.find(1, lo, hi + 1) != -1:
+                again = [p for p in range(lo, hi + 1) if d[p]]
+                self.redeliveries += len(again)
+                for p in again:
+                    if self.acked_at(s, p) <= acked_by:
+                        add_anomaly(self.result, "duplicates", {
+                            "subscription": s, "consumer": ck[1],
+                            "record_id": list(self.index.order[p]), "op_index": op_index})
+            d[lo:hi + 1] = b"\x01" * n
+            shard = rids[i][0]
+            key = (s, ck, shard)
+            held = self.frontier.get(key)
+            owner = self.last_receiver.get((s, shard))
+            self.last_receiver[(s, shard)] = ck
+            if held is None or held[0] != epoch or owner != ck:
+                self.frontier[key] = (epoch, hi)  # a new ownership epoch starts here
+                continue
+            top = held[1]
+            if lo > top:
+                if lo > top + 1 and d.find(0, top + 1, lo) != -1:
+                    _skip(self.result, self.index, d, _consumer(s, ck), shard, top, lo,
+                          op_index)
+                self.frontier[key] = (epoch, hi)
+                continue
+            # below the frontier: only a record delivered before and not acked is excused
+            redelivered = set(again)
+            unexcused = [p for p in range(lo, min(hi, top) + 1)
+                         if p not in redelivered or self.acked_at(s, p) <= acked_by]
+            if unexcused:
+                _nonmonotonic(self.result, self.index, _consumer(s, ck), shard, top,
+                              unexcused, op_index)
+            if hi > top:
+                self.frontier[key] = (epoch, hi)
+
+
+def _consumer(s: Any, ck: tuple[Any, Any]) -> dict[str, Any]:
+    return {"subscription": s, "consumer": ck[1], "process": ck[0]}
+
+
+def _judge_read(
+    result: Result, index: _Index, op: Op, rids: list[Any], runs: list[Run]
+) -> int:
+    """Skips and steps back within one read op, per shard; returns the repeats."""
+    if len(runs) == 1:
+        return 0
+    repeats = 0
+    last: dict[Any, int] = {}
+    who = {"reader": op.process}
+    for i, j, lo in runs:
+        if lo < 0:
+            continue
+        hi = lo + j - i
+        shard = rids[i][0]
+        prev = last.get(shard)
+        if prev is None:
+            last[shard] = hi
+            continue
+        if lo > prev + 1:
+            _skip(result, index, None, who, shard, prev, lo, op.index)
+        elif lo == prev:
+            repeats += 1
+        elif lo < prev:
+            _nonmonotonic(result, index, who, shard, prev,
+                          list(range(lo, min(hi, prev) + 1)), op.index)
+        last[shard] = max(prev, hi)
+    return repeats
+
+
+def _skip(
+    result: Result,
+    index: _Index,
+    d: bytearray | None,
+    who: dict[str, Any],
+    shard: Any,
+    top: int,
+    lo: int,
+    op_index: int,
+) -> None:
+    """Positions top+1..lo-1 were jumped over (with `d`: those not delivered before)."""
+    if d is None:
+        missing = lo - top - 1
+        first = list(range(top + 1, min(lo, top + 1 + _EXAMPLE_IDS)))
+    else:
+        missing = d.count(0, top + 1, lo)
+        first = []
+        p = d.find(0, top + 1, lo)
+        while p != -1 and len(first) < _EXAMPLE_IDS:
+            first.append(p)
+            p = d.find(0, p + 1, lo)
+    add_anomaly(result, "poll_skip", {
+        **who,
+        "shard": shard,
+        "after": list(index.order[top]),
+        "next": list(index.order[lo]),
+        "skipped": missing,
+        "skipped_ids": [list(index.order[p]) for p in first],
+        "op_index": op_index,
+    })
+
+
+def _nonmonotonic(
+    result: Result,
+    index: _Index,
+    who: dict[str, Any],
+    shard: Any,
+    top: int,
+    positions: list[int],
+    op_index: int,
+) -> None:
+    add_anomaly(result, "nonmonotonic_poll", {
+        **who,
+        "shard": shard,
+        "after": list(index.order[top]),
+        "got": [list(index.order[p]) for p in positions[:_EXAMPLE_IDS]],
+        "records": len(positions),
+        "op_index": op_index,
+    })
+
+
+def _witness(
+    index: _Index,
+    observers: list[tuple[str, bytearray, bool]],
+    ack_of: dict[int, int],
+    position: int,
+    acked: int,
+) -> tuple[int, str] | None:
+    """A higher record of the same shard, acknowledged later, seen by an observer that had
+    to pass `position`: (its position, the observer), or None."""
+    first, last = index.span[index.order[position][0]]
+    for name, seen, from_start in observers:
+        if not from_start and seen.find(1, first, position) == -1:
+            continue  # it never had a lower record of the shard: it may have started above
+        q = seen.rfind(1, position + 1, last + 1)
+        while q != -1:
+            t = ack_of.get(q)
+            if t is not None and t > acked:
+                return q, name
+            q = seen.rfind(1, position + 1, q)
+    return None
+
+
+def _unseen_series(
+    members: dict[Any, list[int]],
+    ok_t: list[int],
+    seen_at: list[int],
+    start: int,
+    end: int,
+    samples: int,
+) -> tuple[dict[Any, list[tuple[float, int]]], dict[Any, int], dict[Any, int]]:
+    """Per shard: acknowledged appends not yet seen, at `samples` evenly spaced times."""
+    if not ok_t:
+        return {}, {}, {}
+    # an append stops being unseen once it is both acknowledged and seen
+    done = list(map(max, ok_t, seen_at))
+    k = max(1, samples)
+    step = (end - start) / k
+    times = [start + round(step * i) for i in range(1, k + 1)] if end > start else [end]
+    series: dict[Any, list[tuple[float, int]]] = {}
+    peak: dict[Any, int] = {}
+    final: dict[Any, int] = {}
+    for s in _sorted(members):
+        acks = sorted(map(ok_t.__getitem__, members[s]))
+        dones = sorted(map(done.__getitem__, members[s]))
+        points = [
+            (round((t - start) / NS_PER_S, 3), bisect_right(acks, t) - bisect_right(dones, t))
+            for t in times
+        ]
+        series[s] = points
+        peak[s] = max(c for _, c in points)
+        final[s] = points[-1][1]
+    return series, peak, final
