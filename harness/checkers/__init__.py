@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from harness import HarnessError
-from harness.checkers import membership, order, stream_set, subscription
+from harness.checkers import membership, order, queue, stream_set, subscription
 from harness.checkers.result import Result, Validity, gc_paused, merge_valid
 from harness.history import READ_FS, History, Op, as_ops
 
@@ -66,6 +66,12 @@ def _subscription(ops: list[Op], o: CheckOptions) -> Result:
     )
 
 
+def _queue(ops: list[Op], o: CheckOptions) -> Result:
+    # Run when named (not by default): exactly_once states the delivery promise.
+    promise = "exactly-once" if o.exactly_once else "at-least-once"
+    return queue.check(ops, promise=promise, grace_s=o.grace_s)
+
+
 def _membership(ops: list[Op], o: CheckOptions) -> Result:
     return membership.check(
         ops,
@@ -81,6 +87,7 @@ CHECKERS: dict[str, Callable[[list[Op], CheckOptions], Result]] = {
     order.NAME: _order,
     subscription.NAME: _subscription,
     membership.NAME: _membership,
+    queue.NAME: _queue,
 }
 
 
