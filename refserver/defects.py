@@ -49,6 +49,13 @@ DEFECTS: dict[str, str] = {
         "consumers start from the subscription's initial offset again (breaks: resume "
         "from the checkpoint, acked records not redelivered)."
     ),
+    "renumber-resent": (
+        "A batch resent in part (its records still unacknowledged at their ack deadline, or "
+        "a resume from a checkpoint inside it) numbers its record ids 0, 1, ... by their "
+        "place in the rebuilt batch instead of keeping each record's own batch index, so "
+        "one record id names two different records (breaks: a record id always names the "
+        "same record -- the queue checker's inconsistent offsets)."
+    ),
     "io-checkpoint-before-append": (
         "A source connector's task stores each STATE as its checkpoint before it has "
         "appended the records that STATE covers (they follow a slice later), so the "

@@ -53,6 +53,10 @@ TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
         ("suites/durability/test_subscription_restart.py",),
         "test_consumer_resumes_from_checkpoint_after_restart",
     ),
+    "renumber-resent": (
+        ("suites/durability/test_queue.py",),
+        "test_queue_through_a_kill_of_the_subscription_owner",
+    ),
     "io-checkpoint-before-append": (
         ("tests/refserver/test_io_runtime.py",),
         "test_killed_connector_resumes_from_its_last_state",
