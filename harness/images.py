@@ -288,6 +288,19 @@ def _build_lock(progress: Progress, image: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def wheels_snapshot(progress: Progress = print_progress) -> list[Path]:
+    """The project's wheels, built (or found current) under the machine-wide build lock and
+    copied to a folder of this process's own: another worker rebuilding the shared wheel
+    folder cannot pull a file from under an upload. Removed when the process exits."""
+    import atexit
+
+    with _build_lock(progress, "wheels"):
+        built = build_wheels(progress=progress)
+        copy_dir = Path(tempfile.mkdtemp(prefix="hsc-wheels-"))
+        atexit.register(shutil.rmtree, copy_dir, True)
+        return [Path(shutil.copy2(wheel, copy_dir / wheel.name)) for wheel in built]
+
+
 def require_image(client: docker.DockerClient, image: str) -> None:
     """Fail fast, naming the image and the command that builds it."""
     try:

@@ -151,7 +151,8 @@ def run_session(config: pytest.Config) -> str | None:
     return spec.session if spec is not None else None
 
 
-@pytest.hookimpl(trylast=True)
+# tryfirst: xdist turns the marker into the group (a nodeid suffix) in its own hook.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep the tests that share a module's `cluster` on one xdist worker (`--dist loadgroup`),
     so that cluster starts once; tests with clusters of their own (`cluster_factory`) spread

@@ -30,7 +30,7 @@ from docker.types import EndpointConfig
 
 from harness.cleanup import ClusterRecord, owner_alive, owner_label
 from harness.faults.iptables import IptablesNet, NodeAddress
-from harness.images import REFSERVER_IMAGE, build_hint, connect, ensure_image
+from harness.images import REFSERVER_IMAGE, build_hint, connect, ensure_image, our_image_name
 from harness.runtimes import (
     ClusterStartError,
     HostDown,
@@ -274,11 +274,13 @@ class DockerRuntime:
             raise ImageMissing(image, needed_by, build_hint(image)) from None
 
     def check(self, specs: Sequence[ProcessSpec], steps: Sequence[InitStep]) -> None:
-        for proc in specs:
-            self._require(proc.image or self.image, proc.name)
-        for step in steps:
-            if step.image is not None:
-                self._require(step.image, step.description)
+        needed = [(proc.image or self.image, proc.name) for proc in specs]
+        needed += [(step.image, step.description) for step in steps if step.image is not None]
+        # Images we cannot build are checked first: a missing one fails at once, before
+        # minutes of building ours.
+        needed.sort(key=lambda pair: our_image_name(pair[0]) is not None)
+        for image, needed_by in needed:
+            self._require(image, needed_by)
 
     def run_init(self, step: InitStep, timeout_s: float) -> tuple[int, str]:
         if step.image is None:

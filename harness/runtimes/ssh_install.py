@@ -16,9 +16,9 @@ from pathlib import Path
 from harness import HarnessError
 from harness.images import (
     PROJECT_WHEEL_PREFIX,
-    build_wheels,
     dependency_hash,
     project_source_hash,
+    wheels_snapshot,
 )
 from harness.runtimes.inventory import HostEntry
 from harness.runtimes.ssh_connection import Session
@@ -75,7 +75,7 @@ class Wheels:
     def __call__(self) -> list[Path]:
         with self._lock:
             if self._wheels is None:
-                self._wheels = build_wheels(progress=self.progress)
+                self._wheels = wheels_snapshot(progress=self.progress)
             return self._wheels
 
 
