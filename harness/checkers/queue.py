@@ -230,27 +230,8 @@ def check(
             phash[p] = hash(pid)
         elif bound != pid:
             _conflict(result, conflicts, index.order[p], bound, pid, "append", None)
-    for ev in events:
-        if ev[0] > _DRAIN:
-            continue
-        op, (recs, hashes) = ev[1], ev[5]
-        for _c, runs in ev[6]:
-            for i, j, p in runs:
-                if p < 0 or phash[p:p + j - i + 1] == hashes[i:j + 1]:
-                    continue
-                for k in range(i, j + 1):
-                    pid = recs[k].get("payload_id")
-                    if pid is None:
-                        continue
-                    q = p + k - i
-                    bound = pid_at[q]
-                    if bound is None:
-                        pid_at[q] = pid
-                        phash[q] = hashes[k]
-                    elif bound != pid:
-                        _conflict(result, conflicts, index.order[q], bound, pid, op.f, op.index)
 
-    # -- pass 2: deliveries and reads in history order ------------------------------------
+    # -- pass 2: identities, deliveries and reads in history order ------------------------
     seen = bytearray(size)
     first_t = array("q", [_NEVER]) * size
     complete_seen = bytearray(size)
@@ -264,13 +245,15 @@ def check(
         if code == _BUMP_ALL:
             judge.global_epoch += 1
             continue
-        op, began, v, rids, _pids, segs = ev[1:7]
+        op, began, v, rids, (recs, hashes), segs = ev[1:7]
         t = op.time
-        for _c, runs in segs:  # first sightings
+        for _c, runs in segs:  # identities and first sightings
             for i, j, p in runs:
                 if p < 0:
                     continue
                 hi = p + j - i + 1
+                if phash[p:hi] != hashes[i:j + 1]:
+                    _bind(result, conflicts, index, pid_at, phash, op, recs, hashes, i, j, p)
                 q = seen.find(0, p, hi)
                 while q != -1:
                     r = seen.find(1, q, hi)
@@ -595,6 +578,34 @@ def _segments(cons: list[Any], default: Any) -> list[tuple[int, int, Any]]:
 
 
 # -- judging -----------------------------------------------------------------------------
+
+
+def _bind(
+    result: Result,
+    conflicts: dict[RecordId, dict[str, Any]],
+    index: _Index,
+    pid_at: list[Any],
+    phash: list[int],
+    op: Op,
+    recs: list[Any],
+    hashes: list[int],
+    i: int,
+    j: int,
+    p: int,
+) -> None:
+    """Records i..j at positions p..: bind unbound positions to their payload ids, and
+    report the ones bound to another."""
+    for k in range(i, j + 1):
+        pid = recs[k].get("payload_id")
+        if pid is None:
+            continue
+        q = p + k - i
+        bound = pid_at[q]
+        if bound is None:
+            pid_at[q] = pid
+            phash[q] = hashes[k]
+        elif bound != pid:
+            _conflict(result, conflicts, index.order[q], bound, pid, op.f, op.index)
 
 
 def _conflict(

@@ -325,3 +325,39 @@ def test_named_in_check_all_with_the_promise_from_the_options(hb):
     assert report.valid is True and set(report.results) == {"queue"}
     report = check_all(hb.ops, CheckOptions(checkers=["queue"], exactly_once=True))
     assert report.valid is False and report.results["queue"].counts["duplicates"] == 1
+
+
+def test_two_appends_acknowledged_with_one_record_id(hb):
+    hb.append("a", rid=(1, 1, 0))
+    hb.append("b", rid=(1, 1, 0))
+    hb.append("c", rid=(1, 2, 0))
+    hb.at(1).read([("a", (1, 1, 0)), ("c", (1, 2, 0))], final=True)
+    r = queue.check(hb.ops)
+    assert _kinds(r) == {"inconsistent_offsets": 1}
+    assert r.anomalies["inconsistent_offsets"][0]["seen_in"] == "append"
+
+
+def test_a_record_revealed_later_splits_an_earlier_run(hb):
+    hb.append("p1", rid=(1, 1, 0))
+    hb.append("p2", result="info")
+    hb.append("p3", rid=(1, 3, 0))
+    _subscribe(hb)
+    hb.at(1).fetch(_r(1, 3), "c1")  # consecutive among the acknowledged ids...
+    hb.at(2).read(_r(1, 2, 3), final=True)  # ...but record 2 exists
+    r = queue.check(hb.ops)
+    assert _kinds(r) == {"poll_skip": 1}, r.anomalies
+    assert r.anomalies["poll_skip"][0]["skipped_ids"] == [[1, 2, 0]]
+
+
+def test_one_fetch_op_for_two_consumers_is_judged_per_consumer(hb):
+    _subscribe(hb)
+    _appends(hb, 4)
+    hb.at(1).fetch(_r(1), "c1")
+    recs = [{"payload_id": "p3", "record_id": [1, 3, 0], "consumer": "c1"},
+            {"payload_id": "p2", "record_id": [1, 2, 0], "consumer": "c2"}]
+    hb.op("c1", "invoke", "fetch", {"subscription": "sub"})
+    hb.op("c1", "ok", "fetch", {"subscription": "sub", "records": recs})
+    r = queue.check(hb.ops)
+    # c1 went from 1 to 3 over 2, which nobody had yet: a skip; c2's 2 is its first
+    assert _kinds(r) == {"poll_skip": 1}
+    assert r.anomalies["poll_skip"][0]["consumer"] == "c1"
