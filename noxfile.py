@@ -46,15 +46,15 @@ def pytest_args(
 
 def parallel_args(posargs: list[str]) -> list[str]:
     """`-n auto` (pytest-xdist, workers sized by harness.parallel for clusters that mostly
-    wait). `loadgroup`: the tests sharing a module's cluster stay on one worker (the plugin
-    groups them), every other test goes to whichever worker is free. A run that names its
-    own worker count (`-n 0` for serial) or disables xdist keeps its choice."""
+    wait). `loadscope`: a module's tests stay on one worker, so a module's shared cluster
+    starts once and a module's fixed ports are never taken twice. A run that names its own
+    worker count (`-n 0` for serial) or disables xdist keeps its choice."""
     chosen = any(
         arg in ("-n", "--numprocesses", "--dist") or arg.startswith(("-n", "--numprocesses="))
         or arg == "no:xdist"
         for arg in posargs
     )
-    return [] if chosen else ["-n", "auto", "--dist", "loadgroup"]
+    return [] if chosen else ["-n", "auto", "--dist", "loadscope"]
 
 
 def fresh_results() -> None:

@@ -52,7 +52,7 @@ def run_once(backend: str, workers: str, suites: list[str], out: Path) -> dict[s
         sys.executable, "-m", "pytest", *suites, "-q", "-p", "no:cacheprovider",
         "--backend", backend, "--base-port", str(BASE_PORT), f"--junitxml={junit}",
         f"--alluredir={out / 'allure'}", "-n", workers,
-        *(["--dist", "loadgroup"] if workers != "0" else []),
+        *(["--dist", "loadscope"] if workers != "0" else []),
     ]
     print(f"[bench] {backend} -n {workers}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
     started = time.monotonic()

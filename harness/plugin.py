@@ -151,17 +151,6 @@ def run_session(config: pytest.Config) -> str | None:
     return spec.session if spec is not None else None
 
 
-# tryfirst: xdist turns the marker into the group (a nodeid suffix) in its own hook.
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep the tests that share a module's `cluster` on one xdist worker (`--dist loadgroup`),
-    so that cluster starts once; tests with clusters of their own (`cluster_factory`) spread
-    one by one over the workers, so a long fault module does not run serially on one."""
-    for item in items:
-        if "cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-
-
 def pytest_report_header(config: pytest.Config) -> list[str]:
     spec = config.stash.get(_SPEC_KEY, None)
     if spec is None:

@@ -20,8 +20,7 @@ def test_a(cluster_spec, request):
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     with open(os.path.join(out, f"{worker}-{request.node.name}.json"), "w") as f:
         json.dump({"seed": cluster_spec.seed, "session": cluster_spec.session,
-                   "base_port": cluster_spec.base_port,
-                   "groups": [m.args for m in request.node.iter_markers("xdist_group")]}, f)
+                   "base_port": cluster_spec.base_port}, f)
 
 def test_b(cluster_spec, request):
     test_a(cluster_spec, request)
@@ -77,7 +76,6 @@ def test_a_plain_run_keeps_its_own_label_and_port(tmp_path: Path) -> None:
     seen = run_inner(tmp_path, "--seed", "7", "--base-port", "20000")
     assert {s["base_port"] for s in seen} == {20000}
     assert all("-gw" not in s["session"] for s in seen)
-    assert all(s["groups"] == [] for s in seen)  # no module cluster: nothing grouped
 
 
 def test_auto_workers_follow_the_override_and_stay_bounded(monkeypatch) -> None:

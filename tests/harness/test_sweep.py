@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 # A 2-node cluster's bring-up (store, nodes, init) on a loaded 2-core machine.
 READY_S = 90.0
-# Every test its own base port (a cluster takes base..base+3): with `--dist loadgroup`
-# the tests of this module run at the same time on different xdist workers.
+# Every test its own base port (a cluster takes base..base+3): under pytest-xdist
+# the tests of one module may run at the same time on different workers.
 PORTS = {"sigkill": 19300, "SIGTERM": 19320, "SIGINT": 19340}
 
 RUN = """
