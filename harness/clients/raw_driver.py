@@ -259,7 +259,11 @@ class RawDriver(DriverLoop):
             placeholder.requests.put_nowait(
                 api.StreamingFetchRequest(subscriptionId=subscription, consumerName=consumer)
             )
-            placeholder.call = self.stub(owner).StreamingFetch(placeholder.outgoing())
+            # Metadata given here, not left to the channel's interceptor: grpc.aio's
+            # stream-stream interception did not send it (the server saw no token).
+            placeholder.call = self.stub(owner).StreamingFetch(
+                placeholder.outgoing(), metadata=credentials.metadata(self.credential) or None
+            )
 
             async def drain(state: RawConsumer = placeholder) -> None:
                 try:

@@ -63,6 +63,11 @@ def test_channels_and_drivers_carry_the_run_credential(
     try:
         assert raw.connect([endpoint]).ok
         assert raw.simple("create_stream", stream="with-token", shards=1).ok
+        # A streaming call too: StreamingFetch must carry the token as well.
+        assert raw.call("subscribe", subscription="sub-token", stream="with-token").ok
+        assert raw.append("with-token", [{"payload_id": "p1"}]).ok
+        fetched = raw.call("fetch", subscription="sub-token", consumer="c1", timeout_ms=3000)
+        assert fetched.ok and len(fetched.value["records"]) == 1, fetched
     finally:
         raw.close()
     python = ClientDriver("python", history=history, evidence_dir=tmp_path)
