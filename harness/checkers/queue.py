@@ -86,6 +86,7 @@ _NEVER = 1 << 62  # a time meaning "not yet" (not acknowledged, not seen)
 _SEQUENCES = (list, tuple)
 _EXAMPLE_IDS = 5  # record ids listed in one poll anomaly's example
 _get_shard = itemgetter(0)
+_BATCH = 1 << 32  # record id key: batch * _BATCH + index (the index is a u32)
 # Position of a run of records not found among the known record ids (yet), and of a
 # record without a usable record id.
 _NEW, _NOWHERE = -1, -2
@@ -187,7 +188,7 @@ def check(
 
     # -- positions: every record id that exists, ordered per shard --------------------------
     index = _Index(ok_rid)
-    extras: dict[RecordId, Any] = {}  # read, but given to no acknowledged append
+    extras: dict[tuple[Any, Any], Any] = {}  # read, but given to no acknowledged append
     loose: dict[Any, int] = {}  # payload ids read without a record id -> first seen
     n_records = 0
     for ev in events:
@@ -205,7 +206,7 @@ def check(
         for _c, runs in segs:
             for i, _j, p in runs:
                 if p == _NEW:
-                    extras.setdefault(tuple(rids[i]), rids[i])
+                    extras.setdefault((rids[i][0], index.key(rids[i])), rids[i])
                 elif p == _NOWHERE and recs[i].get("payload_id") is not None:
                     loose.setdefault(recs[i]["payload_id"], op.time)
         ev.extend((rids, (recs, hashes), segs))
@@ -213,7 +214,7 @@ def check(
         remap, placed = index.add(extras)
         for ev in events:
             if ev[0] <= _DRAIN:
-                ev[6] = [(c, _remap_runs(runs, remap, placed, ev[4])) for c, runs in ev[6]]
+                ev[6] = [(c, _remap_runs(runs, remap, placed, ev[4], index)) for c, runs in ev[6]]
 
     # -- inconsistent offsets: one record id bound to two payload ids -----------------------
     # Payload ids are compared by hash on the fast path (equal payloads give equal hashes;
@@ -229,7 +230,7 @@ def check(
             pid_at[p] = pid
             phash[p] = hash(pid)
         elif bound != pid:
-            _conflict(result, conflicts, index.order[p], bound, pid, "append", None)
+            _conflict(result, conflicts, index.rid(p), bound, pid, "append", None)
 
     # -- pass 2: identities, deliveries and reads in history order ------------------------
     seen = bytearray(size)
@@ -297,10 +298,10 @@ def check(
                 "lost",
                 {
                     "payload_id": pid,
-                    "record_id": list(index.order[p]),
+                    "record_id": index.rid(p),
                     "acked_at_s": round((t - start) / NS_PER_S, 3),
                     "passed_by": seen_by,
-                    "later_record": list(index.order[q]),
+                    "later_record": index.rid(q),
                     "later_payload": pid_at[q],
                     "later_acked_at_s": round((ack_of[q] - start) / NS_PER_S, 3),
                 },
@@ -376,12 +377,12 @@ def _hash(value: Any) -> int:
         return hash(repr(value))
 
 
-def _sorted(items: Iterable[Any]) -> list[Any]:
+def _sorted(items: Iterable[Any], key: Callable[[Any], Any] | None = None) -> list[Any]:
     out = list(items)
     try:
-        out.sort()
+        out.sort(key=key)
     except TypeError:  # ids of mixed types in a hand-made history
-        out.sort(key=repr)
+        out.sort(key=repr if key is None else lambda x: repr(key(x)))
     return out
 
 
@@ -389,77 +390,80 @@ class _Index:
     """Every existing record id, ordered per shard, as positions 0..size-1. Shards are
     separated by one empty position, so consecutive positions are always one shard's.
 
-    `order[p]` is the record id (a tuple) at position p and `lists[p]` the record id as
-    the history spelled it; `ok_pos[k]` is the position of the k-th acknowledged append.
-    `rank` maps a record id to its position before `add`; `add` leaves it as it was and
-    keeps the remapping beside it.
+    Within a shard a record id is keyed by ``batch * 2**32 + index`` (HStreamDB's u64 batch
+    id and u32 index: an int, cheap to sort and hash), or by the id as a tuple where the
+    history's ids are not ints. `lists[p]` is the record id at position p as the history
+    spelt it; `ok_pos[k]` is the position of the k-th acknowledged append. `place` looks
+    ids up in the first layout; `add` keeps the remapping beside it.
     """
 
     def __init__(self, ok_rid: list[Any]) -> None:
-        tuples = list(map(tuple, ok_rid))
-        self.ok_shard = list(map(_get_shard, tuples))
-        shards = set(self.ok_shard)
+        n = len(ok_rid)
+        shard_col = list(map(_get_shard, ok_rid))
+        try:
+            keys: list[Any] = [r[1] * _BATCH + r[2] for r in ok_rid]
+            self.int_keys = True
+        except TypeError:
+            keys = list(map(tuple, ok_rid))
+            self.int_keys = False
+        shards = set(shard_col)
         members: dict[Any, list[int]] = {}
         if len(shards) <= 16:
             for s in shards:
-                members[s] = list(compress(range(len(tuples)), map(eq, self.ok_shard, repeat(s))))
+                members[s] = list(compress(range(n), map(eq, shard_col, repeat(s))))
         else:
-            for k, s in enumerate(self.ok_shard):
+            for k, s in enumerate(shard_col):
                 members.setdefault(s, []).append(k)
-        self.ids: dict[Any, list[RecordId]] = {}
+        self.keys: dict[Any, list[Any]] = {}
         self.spelt: dict[Any, list[Any]] = {}
-        slot_of: dict[Any, list[int]] = {}  # shard -> ok index at each sorted slot
         for s, ks in members.items():
-            keys = list(map(tuples.__getitem__, ks))
+            mine = list(map(keys.__getitem__, ks))
             # in history order, so nearly sorted: timsort's best case
-            try:
-                perm = sorted(range(len(ks)), key=keys.__getitem__)
-            except TypeError:
-                perm = sorted(range(len(ks)), key=lambda i: repr(keys[i]))
-            ks = list(map(ks.__getitem__, perm))
-            keys = list(map(keys.__getitem__, perm))
-            self.ids[s] = keys
+            perm = _sorted(range(len(ks)), mine.__getitem__)
+            members[s] = ks = list(map(ks.__getitem__, perm))
+            self.keys[s] = list(map(mine.__getitem__, perm))
             self.spelt[s] = list(map(ok_rid.__getitem__, ks))
-            slot_of[s] = ks
-        self.members = slot_of  # shard -> its acknowledged appends, in position order
-        self._layout()
+        self.members = members  # shard -> its acknowledged appends, in position order
         self._remap: list[int] | None = None
-        self._placed: dict[RecordId, int] = {}
-        self.rank: dict[RecordId, int] = {}
-        for s, ids in self.ids.items():
-            base = self.span[s][0]
-            self.rank.update(zip(ids, range(base, base + len(ids)), strict=True))
-        if len(self.rank) == len(tuples):
-            self.ok_pos = [0] * len(tuples)
-            ok_pos = self.ok_pos
-            for s, oks in slot_of.items():
-                for p, k in enumerate(oks, self.span[s][0]):
-                    ok_pos[k] = p
-        else:  # a record id acknowledged twice: keep one position for it
-            for s in self.ids:
-                kept = dict(zip(self.ids[s], self.spelt[s], strict=True))
-                self.ids[s], self.spelt[s] = list(kept), list(kept.values())
-            self._layout()
-            self.rank = {}
-            for s, ids in self.ids.items():
-                base = self.span[s][0]
-                self.rank.update(zip(ids, range(base, base + len(ids)), strict=True))
-            self.ok_pos = list(map(self.rank.__getitem__, tuples))
+        self._placed: dict[tuple[Any, Any], int] = {}
+        twice = [s for s, ks in self.keys.items() if len(set(ks)) != len(ks)]
+        for s in twice:  # a record id acknowledged twice has one position
+            kept: dict[Any, Any] = {}
+            for key, spelt in zip(self.keys[s], self.spelt[s], strict=True):
+                kept.setdefault(key, spelt)
+            self.keys[s], self.spelt[s] = list(kept), list(kept.values())
+        self._layout()
+        self.rank = {s: dict(zip(ks, range(self.span[s][0], self.span[s][0] + len(ks)),
+                                 strict=True))
+                     for s, ks in self.keys.items()}
+        self.ok_pos = ok_pos = [0] * n
+        for s, ks in members.items():
+            if s in twice:
+                rank = self.rank[s]
+                for k in ks:
+                    ok_pos[k] = rank[keys[k]]
+            else:
+                for q, k in enumerate(ks, self.span[s][0]):
+                    ok_pos[k] = q
 
     def _layout(self) -> None:
-        self.order: list[Any] = []
         self.lists: list[Any] = []
         self.span: dict[Any, tuple[int, int]] = {}
         base = 0
-        for s in _sorted(self.ids):
-            ids = self.ids[s]
-            self.order += ids
-            self.order.append(None)
+        for s in _sorted(self.keys):
+            n = len(self.keys[s])
             self.lists += self.spelt[s]
             self.lists.append(None)
-            self.span[s] = (base, base + len(ids) - 1)
-            base += len(ids) + 1
+            self.span[s] = (base, base + n - 1)
+            base += n + 1
         self.size = base
+
+    def key(self, rid: Any) -> Any:
+        """A record id's key within its shard (TypeError if it has none)."""
+        return rid[1] * _BATCH + rid[2] if self.int_keys else tuple(rid)
+
+    def rid(self, p: int) -> list[Any]:
+        return list(self.lists[p])
 
     def place(self, rids: list[Any], a: int, b: int) -> list[Run]:
         """rids[a:b] as runs of consecutive positions: one lookup per run, then the ids
@@ -470,13 +474,18 @@ class _Index:
         i = a
         while i < b:
             rid = rids[i]
-            if type(rid) not in _SEQUENCES or len(rid) != 3:
+            try:
+                if type(rid) not in _SEQUENCES or len(rid) != 3:
+                    raise TypeError
+                key = self.key(rid)
+                rank = rank_get(rid[0])
+            except TypeError:
                 runs.append((i, i, _NOWHERE))
                 i += 1
                 continue
-            p = rank_get(tuple(rid), _NEW)
+            p = _NEW if rank is None else rank.get(key, _NEW)
             if self._remap is not None:
-                p = self._remap[p] if p >= 0 else self._placed.get(tuple(rid), _NEW)
+                p = self._remap[p] if p >= 0 else self._placed.get((rid[0], key), _NEW)
             if p == _NEW:
                 runs.append((i, i, _NEW))
                 i += 1
@@ -498,19 +507,26 @@ class _Index:
             i += n
         return runs
 
-    def add(self, extras: dict[RecordId, Any]) -> tuple[list[int], dict[RecordId, int]]:
-        """Add record ids (after the last `place`); returns old position -> new position
-        (ending with -1, so that a lookup of -1 gives -1) and the new ids' positions."""
+    def add(
+        self, extras: dict[tuple[Any, Any], Any]
+    ) -> tuple[list[int], dict[tuple[Any, Any], int]]:
+        """Add record ids, as {(shard, key): spelt id}, after the last `place` of the first
+        layout; returns old position -> new position (ending with -1, so that a lookup of
+        -1 gives -1) and the new ids' positions."""
         old_span = dict(self.span)
         old_size = self.size
+        grouped: dict[Any, list[Any]] = {}
+        for s, key in extras:
+            grouped.setdefault(s, []).append(key)
         inserted: dict[Any, list[int]] = {}
-        for s, new in _group(extras).items():
-            ids = self.ids.setdefault(s, [])
+        for s, new in grouped.items():
+            new[:] = _sorted(new)
+            keys = self.keys.setdefault(s, [])
             spelt = self.spelt.setdefault(s, [])
-            inserted[s] = at = [bisect_left(ids, tp) for tp in new]  # `new` is sorted
-            for k, tp in sorted(zip(at, new, strict=True), reverse=True):
-                ids.insert(k, tp)
-                spelt.insert(k, extras[tp])
+            inserted[s] = at = [bisect_left(keys, key) for key in new]
+            for k, key in sorted(zip(at, new, strict=True), key=itemgetter(0), reverse=True):
+                keys.insert(k, key)  # equal insertion points: the larger key goes first
+                spelt.insert(k, extras[(s, key)])
         self._layout()
         remap = [-1] * (old_size + 1)
         for s, (first, last) in old_span.items():
@@ -523,34 +539,27 @@ class _Index:
         self.ok_pos = list(map(remap.__getitem__, self.ok_pos))
         if self._remap is not None:  # a second add: compose the remappings
             remap = [remap[q] for q in self._remap[:-1]] + [-1]
-            self._placed = {tp: remap[q] for tp, q in self._placed.items()}
+            self._placed = {sk: remap[q] for sk, q in self._placed.items()}
         placed = {}
-        for s, new in _group(extras).items():
-            ids = self.ids[s]
+        for s, new in grouped.items():
             base = self.span[s][0]
-            for tp in new:
-                placed[tp] = base + bisect_left(ids, tp)
+            for key in new:
+                placed[(s, key)] = base + bisect_left(self.keys[s], key)
         self._remap = remap
         self._placed.update(placed)
         return remap, placed
 
 
-def _group(tuples: Iterable[RecordId]) -> dict[Any, list[RecordId]]:
-    out: dict[Any, list[RecordId]] = {}
-    for tp in tuples:
-        out.setdefault(tp[0], []).append(tp)
-    return {s: _sorted(ids) for s, ids in out.items()}
-
-
 def _remap_runs(
-    runs: list[Run], remap: list[int], placed: dict[RecordId, int], rids: list[Any]
+    runs: list[Run], remap: list[int], placed: dict[tuple[Any, Any], int], rids: list[Any],
+    index: _Index,
 ) -> list[Run]:
     out: list[Run] = []
     for i, j, p in runs:
         if p == _NOWHERE:
             out.append((i, j, p))
         elif p == _NEW:
-            out.append((i, i, placed[tuple(rids[i])]))
+            out.append((i, i, placed[(rids[i][0], index.key(rids[i]))]))
         elif remap[p + j - i] - remap[p] == j - i:
             out.append((i, j, remap[p]))
         else:  # a new id fell inside the run: split it where it did
@@ -605,22 +614,23 @@ def _bind(
             pid_at[q] = pid
             phash[q] = hashes[k]
         elif bound != pid:
-            _conflict(result, conflicts, index.order[q], bound, pid, op.f, op.index)
+            _conflict(result, conflicts, index.rid(q), bound, pid, op.f, op.index)
 
 
 def _conflict(
     result: Result,
     conflicts: dict[RecordId, dict[str, Any]],
-    tp: RecordId,
+    rid: list[Any],
     bound: Any,
     pid: Any,
     where: str,
     op_index: int | None,
 ) -> None:
+    tp = tuple(rid)
     example = conflicts.get(tp)
     if example is None:
         conflicts[tp] = example = {
-            "record_id": list(tp),
+            "record_id": list(rid),
             "payloads": [bound, pid],
             "seen_in": where,
             "op_index": op_index,
@@ -706,7 +716,7 @@ class _Deliveries:
                     if self.acked_at(s, p) <= acked_by:
                         add_anomaly(self.result, "duplicates", {
                             "subscription": s, "consumer": ck[1],
-                            "record_id": list(self.index.order[p]), "op_index": op_index})
+                            "record_id": self.index.rid(p), "op_index": op_index})
             d[lo:hi + 1] = b"\x01" * n
             shard = rids[i][0]
             key = (s, ck, shard)
@@ -791,10 +801,10 @@ def _skip(
     add_anomaly(result, "poll_skip", {
         **who,
         "shard": shard,
-        "after": list(index.order[top]),
-        "next": list(index.order[lo]),
+        "after": index.rid(top),
+        "next": index.rid(lo),
         "skipped": missing,
-        "skipped_ids": [list(index.order[p]) for p in first],
+        "skipped_ids": [index.rid(p) for p in first],
         "op_index": op_index,
     })
 
@@ -811,8 +821,8 @@ def _nonmonotonic(
     add_anomaly(result, "nonmonotonic_poll", {
         **who,
         "shard": shard,
-        "after": list(index.order[top]),
-        "got": [list(index.order[p]) for p in positions[:_EXAMPLE_IDS]],
+        "after": index.rid(top),
+        "got": [index.rid(p) for p in positions[:_EXAMPLE_IDS]],
         "records": len(positions),
         "op_index": op_index,
     })
@@ -827,7 +837,7 @@ def _witness(
 ) -> tuple[int, str] | None:
     """A higher record of the same shard, acknowledged later, seen by an observer that had
     to pass `position`: (its position, the observer), or None."""
-    first, last = index.span[index.order[position][0]]
+    first, last = index.span[index.lists[position][0]]
     for name, seen, from_start in observers:
         if not from_start and seen.find(1, first, position) == -1:
             continue  # it never had a lower record of the shard: it may have started above
