@@ -524,8 +524,9 @@ class _Index:
             keys = self.keys.setdefault(s, [])
             spelt = self.spelt.setdefault(s, [])
             inserted[s] = at = [bisect_left(keys, key) for key in new]
-            for k, key in sorted(zip(at, new, strict=True), key=itemgetter(0), reverse=True):
-                keys.insert(k, key)  # equal insertion points: the larger key goes first
+            # from the back; at one insertion point the larger key goes in first
+            for k, key in sorted(zip(at, new, strict=True), reverse=True):
+                keys.insert(k, key)
                 spelt.insert(k, extras[(s, key)])
         self._layout()
         remap = [-1] * (old_size + 1)

@@ -361,3 +361,17 @@ def test_one_fetch_op_for_two_consumers_is_judged_per_consumer(hb):
     # c1 went from 1 to 3 over 2, which nobody had yet: a skip; c2's 2 is its first
     assert _kinds(r) == {"poll_skip": 1}
     assert r.anomalies["poll_skip"][0]["consumer"] == "c1"
+
+
+def test_records_only_reads_revealed_keep_their_order(hb):
+    # two indeterminate appends between two acknowledged ones, in a batch of two
+    hb.append("p1", rid=(1, 1, 0))
+    hb.append("x0", result="info")
+    hb.append("x1", result="info")
+    hb.append("p3", rid=(1, 3, 0))
+    _subscribe(hb)
+    batch = [("p1", (1, 1, 0)), ("x0", (1, 2, 0)), ("x1", (1, 2, 1)), ("p3", (1, 3, 0))]
+    hb.at(1).fetch(batch, "c1")
+    hb.at(2).read(batch, final=True)
+    r = queue.check(hb.ops)
+    assert r.valid is True and _kinds(r) == {}, r.anomalies
