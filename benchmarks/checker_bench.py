@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.checkers import check_all, membership, order, stream_set, subscription
+from harness.checkers import check_all, membership, order, queue, stream_set, subscription
 from harness.checkers.result import Result
 from harness.history import Op, load_ops, write_ops
 
@@ -271,12 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         ("order", lambda: order.check(ops)),
         ("subscription", lambda: subscription.check(ops)),
         ("membership", lambda: membership.check(ops, bound_s=bound)),
+        ("queue", lambda: queue.check(ops)),
     ):
         took, cpu, result = _timed(name, fn, n)
         total += took
         total_cpu += cpu
         verdicts.append(result.valid)
-    print(f"{'all four':<14} {total:7.2f} s wall {total_cpu:7.2f} s cpu "
+    print(f"{'all':<14} {total:7.2f} s wall {total_cpu:7.2f} s cpu "
           f"{n / total_cpu:12,.0f} ops/cpu-s")
     began = time.perf_counter()
     report = check_all(ops, {"membership_bound_s": bound})
