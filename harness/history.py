@@ -501,11 +501,13 @@ def _parse_lines(p: Path, text: str) -> list[Op]:
 
 
 def as_ops(history: History | str | Path | Iterable[Op | Mapping[str, Any]]) -> list[Op]:
-    """Ops from a History, a JSON lines path, or an iterable of Ops or op dicts."""
+    """Ops from a History, a JSON lines path, or an iterable of Ops or op dicts (a new list)."""
     if isinstance(history, History):
         return history.snapshot()
     if isinstance(history, str | Path):
         return load_ops(history)
+    if type(history) is list and set(map(type, history)) <= {Op}:
+        return list(history)  # the usual case, checked and copied in C
     out: list[Op] = []
     for item in history:
         out.append(item if isinstance(item, Op) else Op.from_dict(item))

@@ -69,6 +69,20 @@ def add_anomaly(result: Result, kind: str, example: Any) -> None:
         examples.append(example)
 
 
+def add_anomalies(
+    result: Result, kind: str, items: Sequence[Any], describe: Callable[[Any], Any]
+) -> None:
+    """`add_anomaly` for each of `items` in order, describing only the examples kept (a
+    history with a million duplicates should not build a million example dicts)."""
+    if not items:
+        return
+    result.counts[kind] = result.counts.get(kind, 0) + len(items)
+    examples = result.anomalies.setdefault(kind, [])
+    room = MAX_EXAMPLES - len(examples)
+    if room > 0:
+        examples.extend(map(describe, items[:room]))
+
+
 def quantiles(
     values: Sequence[float], qs: Sequence[float] = (0.5, 0.9, 0.99, 1.0)
 ) -> dict[str, Any]:

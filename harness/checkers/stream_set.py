@@ -27,11 +27,21 @@ happened (see harness.history for the op shapes). Definitions:
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Callable, Iterable
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from itertools import compress, filterfalse, islice, repeat
+from operator import not_, truediv
 from typing import Any
 
-from harness.checkers.result import NS_PER_MS, Result, add_anomaly, quantiles, without_gc
+from harness.checkers.result import (
+    NS_PER_MS,
+    Result,
+    add_anomalies,
+    add_anomaly,
+    quantiles,
+    without_gc,
+)
 from harness.history import READ_FS, History, Op, as_ops
 
 NAME = "stream-set"
@@ -54,165 +64,312 @@ def check(
     ops = as_ops(history)
     if select is not None:
         ops = [op for op in ops if select(op)]
+    fold = _Fold()
+    fold.run(ops, read_fs)
+    result = Result(valid=True, checker=NAME)
+    latencies = _judge_reads(fold, result, ops[0].time if ops else 0)
+    _judge_staleness(fold, result, latencies)
+    return _verdict(fold, result, exactly_once=exactly_once, linearizable=linearizable)
 
-    attempts: dict[Any, int] = {}
-    append_value: dict[Any, dict[str, Any]] = {}
-    acked_at: dict[Any, int] = {}
-    failed: set[Any] = set()
-    indeterminate: set[Any] = set()
-    read_count: dict[Any, int] = {}
-    first_read_at: dict[Any, int] = {}
-    # payload id -> number of complete reads of its stream, begun after its ack, that had it
-    complete_hits: dict[Any, int] = {}
-    # (stream, shard) read (None: all of them) -> invoke times of complete / final reads
-    complete_reads: dict[tuple[Any, Any], list[int]] = {}
-    final_began: dict[tuple[Any, Any], int] = {}
-    read_began: dict[tuple[Any, str], int] = {}
-    start = ops[0].time if ops else 0
-    read_count_get = read_count.get
-    acked_at_get = acked_at.get
-    complete_hits_get = complete_hits.get
-    malformed = 0
-    n_reads = 0
 
-    for op in ops:
-        f = op.f
-        v = op.value
-        if f == "append":
-            if not isinstance(v, dict) or "payload_id" not in v:
-                malformed += 1
-                continue
-            pid = v["payload_id"]
-            t = op.type
-            if t == "invoke":
-                attempts[pid] = attempts.get(pid, 0) + 1
-                if pid not in append_value:
-                    append_value[pid] = v
-            elif t == "ok":
-                if pid not in acked_at:
-                    acked_at[pid] = op.time
-                    append_value[pid] = v
-            elif t == "fail":
-                failed.add(pid)
-            else:
-                indeterminate.add(pid)
-        elif f in read_fs:
-            key = (op.process, f)
-            if op.type == "invoke":
-                read_began[key] = op.time
-                continue
-            began = read_began.pop(key, op.time)
-            if not isinstance(v, dict):
-                continue
-            records = v.get("records")
-            is_final = op.type == "ok" and (bool(v.get("final")) or f == "drain")
-            # A drain ends the run but, unlike a final read, need not return everything.
-            is_complete = op.type == "ok" and bool(v.get("final") or v.get("complete"))
-            scope = (v.get("stream"), v.get("shard"))
-            if is_final:
-                final_began[scope] = max(final_began.get(scope, began), began)
+class _Fold:
+    """One pass over the history: appends by payload id, read counts, complete reads."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[Any, int] = {}
+        # payload id -> ack time, in the order the acks were recorded; the same as columns,
+        # with the acknowledged append's value
+        self.acked_at: dict[Any, int] = {}
+        self.ack_pids: list[Any] = []
+        self.ack_times: list[int] = []
+        self.ack_values: list[dict[str, Any]] = []
+        self.acks_in_time_order = True
+        self.failed: set[Any] = set()
+        self.indeterminate: set[Any] = set()
+        # payload id -> times read, in the order first read; and (ids read so far, op time)
+        # after each read that added some: what gives each id the time it was first read
+        self.read_count: Counter[Any] = Counter()
+        self.first_reads: list[tuple[int, int]] = []
+        # complete / final reads: (scope, invoke time, their records or payload ids, acks
+        # recorded before their completion)
+        self.complete: list[tuple[tuple[Any, Any], int, _Read, int]] = []
+        # (stream, shard) read (None: all of them) -> invoke times of complete / final reads
+        self.complete_reads: dict[tuple[Any, Any], list[int]] = {}
+        self.final_began: dict[tuple[Any, Any], int] = {}
+        self.malformed = 0
+        self.n_reads = 0
+
+    def run(self, ops: list[Op], read_fs: frozenset[str]) -> None:
+        attempts, acked_at = self.attempts, self.acked_at
+        ack_pids, ack_times, ack_values = self.ack_pids, self.ack_times, self.ack_values
+        last_ack = None
+        read_began: dict[tuple[Any, str], int] = {}
+        for op in ops:
+            f = op.f
+            v = op.value
+            if f == "append":
+                if not isinstance(v, dict) or "payload_id" not in v:
+                    self.malformed += 1
+                    continue
+                pid = v["payload_id"]
+                t = op.type
+                if t == "invoke":
+                    attempts[pid] = attempts.get(pid, 0) + 1
+                elif t == "ok":
+                    if pid not in acked_at:
+                        now = op.time
+                        acked_at[pid] = now
+                        ack_pids.append(pid)
+                        ack_times.append(now)
+                        ack_values.append(v)
+                        if last_ack is not None and now < last_ack:
+                            self.acks_in_time_order = False
+                        last_ack = now
+                elif t == "fail":
+                    self.failed.add(pid)
+                else:
+                    self.indeterminate.add(pid)
+            elif f in read_fs:
+                key = (op.process, f)
+                if op.type == "invoke":
+                    read_began[key] = op.time
+                    continue
+                began = read_began.pop(key, op.time)
+                if isinstance(v, dict):
+                    self.read(op, v, began)
+
+    def read(self, op: Op, v: dict[str, Any], began: int) -> None:
+        records = v.get("records")
+        is_final = op.type == "ok" and (bool(v.get("final")) or op.f == "drain")
+        # A drain ends the run but, unlike a final read, need not return everything.
+        is_complete = op.type == "ok" and bool(v.get("final") or v.get("complete"))
+        scope = (v.get("stream"), v.get("shard"))
+        if is_final:
+            self.final_began[scope] = max(self.final_began.get(scope, began), began)
+        if is_complete:
+            self.complete_reads.setdefault(scope, []).append(began)
+        if not records:
             if is_complete:
-                complete_reads.setdefault(scope, []).append(began)
-            if not records:
-                continue
-            n_reads += 1
-            now = op.time
+                self.complete.append((scope, began, _Read([]), len(self.acked_at)))
+            return
+        self.n_reads += 1
+        read_count = self.read_count
+        known = len(read_count)
+        if type(records) is list and set(map(type, records)) == {dict}:
+            # One pass in C; a missing or null payload id is counted under None, then taken
+            # back out as malformed.
+            read_count.update(map(dict.get, records, repeat("payload_id")))
+            self.malformed += read_count.pop(None, 0)
+            read = _Read(records, records=True)
+        else:
+            pids = []
             for rec in records:
                 pid = rec.get("payload_id") if type(rec) is dict else None
                 if pid is None:
-                    malformed += 1
-                    continue
-                n = read_count_get(pid)
-                if n is None:
-                    read_count[pid] = 1
-                    first_read_at[pid] = now
+                    self.malformed += 1
                 else:
-                    read_count[pid] = n + 1
-                if is_complete:
-                    # The ack precedes this completion in the history when it matters: an
-                    # ack recorded later happened after the read began, so it cannot count.
-                    acked = acked_at_get(pid)
-                    if acked is not None and began > acked:
-                        complete_hits[pid] = complete_hits_get(pid, 0) + 1
+                    read_count[pid] += 1
+                    pids.append(pid)
+            read = _Read(pids)
+        if len(read_count) > known:
+            self.first_reads.append((len(read_count), op.time))
+        if is_complete:
+            # Only acks recorded before this completion can count as seen by it: an ack
+            # recorded later happened after the read began.
+            self.complete.append((scope, began, read, len(self.acked_at)))
 
-    result = Result(valid=True, checker=NAME)
+    def first_read_times(self) -> list[int]:
+        """The completion time of the first read of each payload id, in read_count order."""
+        times: list[int] = []
+        known = 0
+        for n, t in self.first_reads:
+            times.extend(repeat(t, n - known))
+            known = n
+        return times
+
+
+class _Read:
+    """The payload ids of a complete read: its records (all dicts), or the ids themselves."""
+
+    __slots__ = ("items", "records")
+
+    def __init__(self, items: list[Any], *, records: bool = False) -> None:
+        self.items = items
+        self.records = records
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.records:
+            return map(dict.get, self.items, repeat("payload_id"))
+        return iter(self.items)
+
+
+def _judge_reads(fold: _Fold, result: Result, start: int) -> list[int]:
+    """Unexpected, lost, duplicated, recovered, failed-but-read; returns the visibility
+    latencies (ns) of the read acknowledged appends, from the same walk."""
     counts = result.counts
     counts.update(
-        attempted=len(attempts),
-        acknowledged=len(acked_at),
-        failed=len(failed),
-        indeterminate=len(indeterminate),
-        read=len(read_count),
-        read_ops=n_reads,
-        complete_reads=sum(len(x) for x in complete_reads.values()),
-        final_reads=len(final_began),
+        attempted=len(fold.attempts),
+        acknowledged=len(fold.acked_at),
+        failed=len(fold.failed),
+        indeterminate=len(fold.indeterminate),
+        read=len(fold.read_count),
+        read_ops=fold.n_reads,
+        complete_reads=sum(len(x) for x in fold.complete_reads.values()),
+        final_reads=len(fold.final_began),
     )
-    if malformed:
-        counts["malformed"] = malformed
-        result.notes.append(f"{malformed} append ops or read records had no payload_id")
+    if fold.malformed:
+        counts["malformed"] = fold.malformed
+        result.notes.append(f"{fold.malformed} append ops or read records had no payload_id")
 
-    for pid in read_count:
-        if pid not in attempts and pid not in acked_at:
-            add_anomaly(result, "unexpected", {"payload_id": pid, "reads": read_count[pid]})
+    attempts, acked_at, read_count = fold.attempts, fold.acked_at, fold.read_count
+    indeterminate, failed = fold.indeterminate, fold.failed
+    attempts_get, acked_get = attempts.get, acked_at.get
+    unexpected: list[Any] = []
+    duplicated: list[Any] = []
+    recovered: list[Any] = []
+    failed_but_read: list[Any] = []
+    kinds: list[str] = []  # in the order their first example comes in the walk
+    latencies: list[int] = []
+    # One walk over the read payload ids, in the order they were first read.
+    for pid, n, first in zip(read_count, read_count.values(), fold.first_read_times(),
+                             strict=True):
+        acked = acked_get(pid)
+        written = attempts_get(pid)
+        if acked is not None:
+            latencies.append(first - acked)
+        if written is None:
+            if acked is None:
+                unexpected.append(pid)
+        elif n > written:
+            if not duplicated:
+                kinds.append("duplicated")
+            duplicated.append(pid)
+        if pid in indeterminate:
+            if acked is None:
+                if not recovered:
+                    kinds.append("recovered")
+                recovered.append(pid)
+        elif pid in failed and acked is None:
+            if not failed_but_read:
+                kinds.append("failed_but_read")
+            failed_but_read.append(pid)
 
+    add_anomalies(
+        result, "unexpected", unexpected, lambda pid: {"payload_id": pid, "reads": read_count[pid]}
+    )
     never_read = 0
     unread_late = 0
-    for pid, acked in acked_at.items():
-        if pid in read_count:
-            continue
-        val = append_value.get(pid, {})
-        cutoffs = [final_began[c] for c in _scopes(val) if c in final_began]
-        cutoff = max(cutoffs) if cutoffs else None
-        if cutoff is None:
-            never_read += 1
-        elif acked < cutoff:
-            add_anomaly(result, "lost", _describe(pid, val, acked, start))
-        else:
-            unread_late += 1
+    if len(latencies) < len(acked_at):
+        final_began = fold.final_began
+        ack_pids, ack_values = fold.ack_pids, fold.ack_values
+        unread = map(not_, map(read_count.__contains__, ack_pids))
+        for i in compress(range(len(ack_pids)), unread):
+            pid, val = ack_pids[i], ack_values[i]
+            acked = acked_at[pid]
+            cutoffs = [final_began[c] for c in _scopes(val) if c in final_began]
+            cutoff = max(cutoffs) if cutoffs else None
+            if cutoff is None:
+                never_read += 1
+            elif acked < cutoff:
+                add_anomaly(result, "lost", _describe(pid, val, acked, start))
+            else:
+                unread_late += 1
     counts["never_read"] = never_read
     counts["unread_late"] = unread_late
 
-    for pid, n in read_count.items():
-        written = attempts.get(pid, 0)
-        if written and n > written:
-            add_anomaly(
-                result, "duplicated", {"payload_id": pid, "reads": n, "attempts": written}
-            )
-        if pid in indeterminate and pid not in acked_at:
-            add_anomaly(result, "recovered", {"payload_id": pid})
-        elif pid in failed and pid not in acked_at and pid not in indeterminate:
-            add_anomaly(result, "failed_but_read", {"payload_id": pid, "reads": n})
+    described: dict[str, tuple[list[Any], Callable[[Any], Any]]] = {
+        "duplicated": (
+            duplicated,
+            lambda pid: {"payload_id": pid, "reads": read_count[pid], "attempts": attempts[pid]},
+        ),
+        "recovered": (recovered, lambda pid: {"payload_id": pid}),
+        "failed_but_read": (
+            failed_but_read, lambda pid: {"payload_id": pid, "reads": read_count[pid]}
+        ),
+    }
+    for kind in kinds:
+        add_anomalies(result, kind, *described[kind])
+    return latencies
 
-    # Stale: complete reads of the append's stream begun after its ack, minus those that had it.
-    for times in complete_reads.values():
-        times.sort()
-    complete_scopes = list(complete_reads.items())
-    latencies: list[float] = []
+
+def _judge_staleness(fold: _Fold, result: Result, latencies_ns: list[int]) -> None:
+    """Stale: complete reads of the append's stream begun after its ack, minus those that
+    had it; and the visibility latency of every append that was read."""
+    latencies: list[float] = list(
+        map(truediv, map(max, repeat(0), latencies_ns), repeat(NS_PER_MS))
+    )
     stale_latencies: list[float] = []
-    for pid, acked in acked_at.items():
-        seen = first_read_at.get(pid)
-        if seen is None:
-            continue
-        latency_ms = max(0, seen - acked) / NS_PER_MS
-        latencies.append(latency_ms)
-        if not complete_reads:
-            continue
-        stream, shard = _stream_shard(append_value.get(pid, {}))
-        after = 0
-        for (s_stream, s_shard), began_times in complete_scopes:
-            if (s_stream is None or s_stream == stream) and (s_shard is None or s_shard == shard):
-                after += len(began_times) - bisect_right(began_times, acked)
-        missed = after - complete_hits.get(pid, 0)
-        if missed > 0:
-            stale_latencies.append(latency_ms)
-            add_anomaly(
-                result,
-                "stale",
-                {"payload_id": pid, "missed_by_reads": missed, "latency_ms": latency_ms},
-            )
-
+    if fold.complete_reads:
+        for times in fold.complete_reads.values():
+            times.sort()
+        candidates = _stale_candidates(fold)
+        if candidates:
+            missed_by = _missed(fold, candidates)
+            first_read_at = dict(zip(fold.read_count, fold.first_read_times(), strict=True))
+            acked_at = fold.acked_at
+            for pid in candidates:
+                missed = missed_by[pid]
+                if missed > 0:
+                    latency_ms = max(0, first_read_at[pid] - acked_at[pid]) / NS_PER_MS
+                    stale_latencies.append(latency_ms)
+                    add_anomaly(
+                        result,
+                        "stale",
+                        {"payload_id": pid, "missed_by_reads": missed, "latency_ms": latency_ms},
+                    )
     result.figures["visibility_latency_ms"] = quantiles(latencies)
     result.figures["stale_latency_ms"] = quantiles(stale_latencies)
+
+
+def _stale_candidates(fold: _Fold) -> list[Any]:
+    """Read payload ids, in ack order, that some complete read begun after their ack may
+    have missed: it did not return them, or their ack was recorded only after it. Every
+    other payload id was in every complete read that could count it, so none missed it."""
+    pids, ack_times = fold.ack_pids, fold.ack_times
+    suspects: set[Any] = set()
+    for _scope, began, read, acks_before in fold.complete:
+        if fold.acks_in_time_order:
+            acked_before = bisect_left(ack_times, began)
+            early: Iterable[Any] = islice(pids, min(acked_before, acks_before))
+            late: Iterable[Any] = islice(pids, acks_before, acked_before)
+        else:
+            early = [p for p, t in zip(pids[:acks_before], ack_times, strict=False) if t < began]
+            late = [p for p, t in zip(pids[acks_before:], ack_times[acks_before:], strict=True)
+                    if t < began]
+        suspects.update(filterfalse(set(read).__contains__, early))
+        suspects.update(late)
+    if not suspects:
+        return []
+    read_count = fold.read_count
+    return [p for p in pids if p in suspects and p in read_count]
+
+
+def _missed(fold: _Fold, candidates: list[Any]) -> dict[Any, int]:
+    """Per payload id: complete reads of its scope begun after its ack, minus the times
+    complete reads returned it (a hit needs the ack recorded before the read completed)."""
+    acked_at = fold.acked_at
+    wanted = set(candidates)
+    position = {p: i for i, p in enumerate(fold.ack_pids) if p in wanted}
+    missed: dict[Any, int] = {}
+    for pid in candidates:
+        acked = acked_at[pid]
+        stream, shard = _stream_shard(fold.ack_values[position[pid]])
+        after = 0
+        for (s_stream, s_shard), began_times in fold.complete_reads.items():
+            if (s_stream is None or s_stream == stream) and (s_shard is None or s_shard == shard):
+                after += len(began_times) - bisect_right(began_times, acked)
+        missed[pid] = after
+    for _scope, began, read, acks_before in fold.complete:
+        counted = [p for p in candidates if began > acked_at[p] and position[p] < acks_before]
+        if counted:
+            hits = Counter(filter(wanted.__contains__, read))
+            for p in counted:
+                missed[p] -= hits[p]
+    return missed
+
+
+def _verdict(fold: _Fold, result: Result, *, exactly_once: bool, linearizable: bool) -> Result:
+    counts = result.counts
     for kind in ("lost", "unexpected", "duplicated", "recovered", "failed_but_read", "stale"):
         counts.setdefault(kind, 0)
         result.anomalies.setdefault(kind, [])
@@ -222,6 +379,7 @@ def check(
         failures += counts["duplicated"]
     if linearizable:
         failures += counts["stale"]
+    never_read = counts["never_read"]
     if failures:
         result.valid = False
     elif never_read:
