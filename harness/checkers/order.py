@@ -27,8 +27,10 @@ Checks (anomaly kinds):
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain, compress, count, islice, pairwise, repeat, starmap, tee
+from operator import and_, eq, gt, is_not, le, lt, rshift
+from typing import Any, cast
 
 from harness.checkers.result import Result, add_anomaly, without_gc
 from harness.history import READ_FS, History, Op, as_ops
@@ -36,6 +38,9 @@ from harness.history import READ_FS, History, Op, as_ops
 NAME = "order"
 _NONE = object()
 _SEQUENCES = (list, tuple)
+# An append's place in producer order, as one int: (producer and key id) << 40 | invocation.
+_SHIFT = 40
+_LOW = (1 << _SHIFT) - 1
 
 
 def _rid(raw: Any) -> tuple[int, int, int] | None:
@@ -59,185 +64,470 @@ def check(
     if select is not None:
         ops = [op for op in ops if select(op)]
     result = Result(valid=True, checker=NAME)
-
-    # producer order: payload id -> (producer, key, position in the producer's invocations)
-    position: dict[Any, tuple[Any, Any, int]] = {}
-    next_position: dict[tuple[Any, Any], int] = {}
-    acked: set[Any] = set()
-    # a payload appended more than once (a retry) may legitimately live under two record ids
-    retried: set[Any] = set()
-    open_append: dict[tuple[Any, Any], int] = {}
-    # shard -> op indexes of append completions (increasing) and the running max batch id
-    done_index: dict[int, list[int]] = {}
-    done_max: dict[int, list[int]] = {}
-    rid_payload: dict[tuple[Any, ...], Any] = {}
-    payload_rid: dict[Any, tuple[Any, ...]] = {}
-    # reader -> shard -> last record id it saw first; reader -> record ids it has seen
-    last: dict[Any, dict[Any, tuple[Any, ...]]] = {}
-    seen: dict[Any, set[tuple[Any, ...]]] = {}
-    # reader sequence (per reader, across shards) -> payload ids seen first, in order
-    first_seen: dict[Any, list[Any]] = {}
-    redeliveries = 0
-    checked_records = 0
-    rid_payload_get = rid_payload.get
-
-    for op in ops:
-        f = op.f
-        v = op.value
-        if not isinstance(v, dict):
-            continue
-        if f == "append":
-            pid = v.get("payload_id")
-            if pid is None:
-                continue
-            if op.type == "invoke":
-                pk = (op.process, v.get("key"))
-                n = next_position.get(pk, 0)
-                next_position[pk] = n + 1
-                if pid in position:
-                    retried.add(pid)
-                position[pid] = (op.process, v.get("key"), n)
-                open_append[(op.process, pid)] = op.index
-                continue
-            inv_index = open_append.pop((op.process, pid), None)
-            if op.type != "ok":
-                continue
-            acked.add(pid)
-            rid = _rid(v.get("record_id"))
-            if rid is None:
-                continue
-            bound = rid_payload.setdefault(rid, pid)
-            if bound != pid:
-                _conflict(result, rid, bound, pid, op.index)
-            elif pid not in retried:
-                had = payload_rid.setdefault(pid, rid)
-                if had != rid:
-                    _moved(result, pid, had, rid, op.index, "append")
-            shard, batch = rid[0], rid[1]
-            idx = done_index.setdefault(shard, [])
-            mx = done_max.setdefault(shard, [])
-            if inv_index is not None and idx:
-                k = bisect_left(idx, inv_index)
-                if k and mx[k - 1] >= batch:
-                    add_anomaly(
-                        result,
-                        "append_order",
-                        {
-                            "shard": shard,
-                            "payload_id": pid,
-                            "batch": batch,
-                            "earlier_acked_max_batch": mx[k - 1],
-                            "op_index": op.index,
-                        },
-                    )
-            idx.append(op.index)
-            mx.append(max(batch, mx[-1]) if mx else batch)
-        elif f in read_fs and op.type != "invoke":
-            records = v.get("records")
-            if not records:
-                continue
-            per_op = bool(v.get("complete")) or bool(v.get("final"))
-            default_reader = ("op", op.index) if per_op else v.get("consumer", op.process)
-            checked_records += len(records)
-            # Usually every record of an op has one reader: keep its state at hand.
-            cur_reader: Any = _NONE
-            cur_last: dict[Any, tuple[Any, ...]] = {}
-            cur_seen: set[tuple[Any, ...]] = set()
-            cur_first: list[Any] = []
-            for rec in records:
-                if type(rec) is not dict:
-                    continue
-                reader = default_reader if per_op else rec.get("consumer", default_reader)
-                if reader != cur_reader:
-                    cur_reader = reader
-                    if per_op:
-                        cur_last, cur_seen = {}, set()
-                    else:
-                        cur_last = last.setdefault(reader, {})
-                        cur_seen = seen.setdefault(reader, set())
-                    cur_first = first_seen.setdefault(reader, [])
-                pid = rec.get("payload_id")
-                raw: Any = rec.get("record_id")
-                if type(raw) not in _SEQUENCES or len(raw) != 3:
-                    if pid is not None:
-                        cur_first.append(pid)
-                    continue
-                rid = tuple(raw)
-                if pid is not None:
-                    # A pair already bound was checked both ways when it was bound.
-                    bound = rid_payload_get(rid)
-                    if bound is None:
-                        rid_payload[rid] = pid
-                        if payload_rid.setdefault(pid, rid) != rid and pid not in retried:
-                            _moved(result, pid, payload_rid[pid], rid, op.index, "read")
-                    elif bound != pid:
-                        _conflict(result, rid, bound, pid, op.index)
-                shard = rid[0]
-                prev = cur_last.get(shard)
-                if prev is None or rid > prev:
-                    cur_last[shard] = rid
-                    if not per_op:
-                        cur_seen.add(rid)
-                    if pid is not None:
-                        cur_first.append(pid)
-                    continue
-                # Within one complete read only an immediate repeat counts as a repeat: its
-                # records need no set of everything seen.
-                if rid in cur_seen if not per_op else rid == prev:
-                    redeliveries += 1
-                    continue
-                add_anomaly(
-                    result,
-                    "shard_order",
-                    {
-                        "reader": reader,
-                        "shard": shard,
-                        "previous": list(prev),
-                        "seen": list(rid),
-                        "op_index": op.index,
-                    },
-                )
-                cur_seen.add(rid)
-                if pid is not None:
-                    cur_first.append(pid)
-
-    # key order, judged at the end because an ack may be recorded after a read that saw it
-    ranked = {pid: ((p[0], p[1]), p[2]) for pid, p in position.items() if pid in acked}
-    for reader, pids in first_seen.items():
-        latest: dict[tuple[Any, Any], tuple[int, Any]] = {}
-        for pid in pids:
-            r = ranked.get(pid)
-            if r is None:
-                continue
-            pk, n = r
-            prev = latest.get(pk)
-            if prev is not None and n < prev[0]:
-                add_anomaly(
-                    result,
-                    "key_order",
-                    {
-                        "reader": reader,
-                        "producer": pk[0],
-                        "key": pk[1],
-                        "read_after": prev[1],
-                        "payload_id": pid,
-                    },
-                )
-            else:
-                latest[pk] = (n, pid)
+    fold = _Fold(result)
+    fold.run(ops, read_fs)
+    _judge_key_order(fold, result)
 
     for kind in ("shard_order", "key_order", "append_order", "record_id_conflict"):
         result.counts.setdefault(kind, 0)
         result.anomalies.setdefault(kind, [])
     result.counts.update(
-        records_checked=checked_records,
-        redeliveries=redeliveries,
-        reader_sequences=len(first_seen),
-        acknowledged=len(acked),
+        records_checked=fold.checked_records,
+        redeliveries=fold.redeliveries,
+        reader_sequences=len(fold.first_seen),
+        acknowledged=len(fold.acked),
     )
     if any(result.counts[k] for k in result.anomalies):
         result.valid = False
     return result
+
+
+class _Fold:
+    """One pass: producer order and acks, record id bindings, reader sequences.
+
+    A read completion goes record by record (`read_records`) unless it is *clean*: every
+    record a dict whose payload id is bound, both ways, to its very record id already, in
+    strictly increasing record id order, for one reader (and, for a reader's running
+    sequence, of one shard, continuing where the reader left it). A clean read changes
+    the state exactly as the record-by-record pass would and raises nothing, in a few
+    passes in C.
+    """
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        # payload id -> its place in producer order (see _SHIFT), from its last invocation
+        self.order: dict[Any, int] = {}
+        self.producer_keys: dict[tuple[Any, Any], int] = {}
+        self.acked: set[Any] = set()
+        self.maybe_unacked: set[Any] = set()  # an append of it completed other than ok
+        # a payload appended more than once (a retry) may legitimately live under two ids
+        self.retried: set[Any] = set()
+        # appends in flight: payload id -> (producer, invoke index, highest batches then);
+        # the same payload id in flight from another producer too: (producer, payload id) ->
+        # (invoke index, highest batches then)
+        self.open_append: dict[Any, tuple[Any, int, dict[Any, Any]]] = {}
+        self.open_elsewhere: dict[tuple[Any, Any], tuple[int, dict[Any, Any]]] = {}
+        # shard -> op indexes of append completions (increasing) and the running max batch
+        self.done_index: dict[int, list[int]] = {}
+        self.done_max: dict[int, list[int]] = {}
+        # record id -> payload id; payload id -> record id (a list: what records carry)
+        self.rid_payload: dict[tuple[Any, ...], Any] = {}
+        self.payload_rid: dict[Any, list[Any]] = {}
+        # running readers: reader -> shard -> record ids it saw first in order (increasing);
+        # reader -> record ids it saw first out of order
+        self.runs: dict[Any, dict[Any, list[Any]]] = {}
+        self.out_of_order: dict[Any, set[tuple[Any, ...]]] = {}
+        # reader sequence (per reader, across shards) -> payload ids seen first, in order
+        # (as consecutive chunks); the sequences not *clean*: not every payload id in it came
+        # in increasing record id order of its shard under the record id it is bound to
+        self.first_seen: dict[Any, list[Iterable[Any]]] = {}
+        self.unclean: set[Any] = set()
+        self.complete_readers: set[Any] = set()
+        self.redeliveries = 0
+        self.checked_records = 0
+
+    def run(self, ops: list[Op], read_fs: frozenset[str]) -> None:
+        result = self.result
+        order, producer_keys, retried = self.order, self.producer_keys, self.retried
+        open_append, acked_add = self.open_append, self.acked.add
+        open_elsewhere = self.open_elsewhere
+        rid_payload, payload_rid = self.rid_payload, self.payload_rid
+        done_index, done_max = self.done_index, self.done_max
+        maybe_unacked = self.maybe_unacked
+        invocations = 0
+        # shard -> highest batch acknowledged so far, a new dict at each change: an
+        # invocation keeps the one of its time. While op indexes increase (as recorded),
+        # that is what the acks before it give, without a search of the done lists.
+        highest: dict[Any, Any] = {}
+        in_index_order = True
+        last_index: Any = None
+        for op in ops:
+            v = op.value
+            if type(v) is not dict and not isinstance(v, dict):
+                continue
+            f = op.f
+            if f == "append":
+                pid = v.get("payload_id")
+                if pid is None:
+                    continue
+                process = op.process
+                index = op.index
+                if in_index_order:
+                    if last_index is not None and not index > last_index:
+                        in_index_order = False
+                    last_index = index
+                if op.type == "invoke":
+                    pk = (process, v.get("key"))
+                    pk_id = producer_keys.get(pk)
+                    if pk_id is None:
+                        pk_id = producer_keys[pk] = len(producer_keys)
+                    known = len(order)
+                    order[pid] = pk_id << _SHIFT | invocations
+                    invocations += 1
+                    if len(order) == known:
+                        retried.add(pid)
+                    other = open_append.get(pid)
+                    if other is None or other[0] == process:
+                        open_append[pid] = (process, index, highest)
+                        if open_elsewhere:
+                            open_elsewhere.pop((process, pid), None)
+                    else:
+                        open_elsewhere[(process, pid)] = (index, highest)
+                    continue
+                in_flight = open_append.get(pid)
+                if in_flight is not None and in_flight[0] == process:
+                    del open_append[pid]
+                    opened: tuple[int, dict[Any, Any]] | None = in_flight[1:]
+                else:
+                    opened = open_elsewhere.pop((process, pid), None) if open_elsewhere else None
+                if op.type != "ok":
+                    maybe_unacked.add(pid)
+                    continue
+                acked_add(pid)
+                raw: Any = v.get("record_id")
+                if (
+                    type(raw) is list
+                    and len(raw) == 3
+                    and type(raw[0]) is int
+                    and type(raw[1]) is int
+                    and type(raw[2]) is int
+                ):
+                    rid = (raw[0], raw[1], raw[2])
+                else:
+                    converted = _rid(raw)
+                    if converted is None:
+                        continue
+                    rid, raw = converted, list(converted)
+                bound = rid_payload.setdefault(rid, pid)
+                if bound != pid:
+                    _conflict(result, rid, bound, pid, op.index)
+                elif pid not in retried:
+                    had = payload_rid.setdefault(pid, raw)
+                    if had != raw:
+                        _moved(result, pid, had, rid, op.index, "append")
+                shard, batch = rid[0], rid[1]
+                idx = done_index.get(shard)
+                if idx is None:
+                    idx = done_index[shard] = []
+                    mx = done_max[shard] = []
+                else:
+                    mx = done_max[shard]
+                if opened is not None:
+                    inv_index, at_invocation = opened
+                    if in_index_order:
+                        earlier = at_invocation.get(shard)
+                    else:
+                        k = bisect_left(idx, inv_index) if idx else 0
+                        earlier = mx[k - 1] if k else None
+                    if earlier is not None and earlier >= batch:
+                        add_anomaly(
+                            result,
+                            "append_order",
+                            {
+                                "shard": shard,
+                                "payload_id": pid,
+                                "batch": batch,
+                                "earlier_acked_max_batch": earlier,
+                                "op_index": index,
+                            },
+                        )
+                idx.append(index)
+                top = max(batch, mx[-1]) if mx else batch
+                mx.append(top)
+                if highest.get(shard) != top:
+                    highest = {**highest, shard: top}
+            elif f in read_fs and op.type != "invoke":
+                records = v.get("records")
+                if not records:
+                    continue
+                self.checked_records += len(records)
+                if v.get("complete") or v.get("final"):
+                    if not self.complete_read(op, records):
+                        self.read_records(op, v, records, True)
+                elif not self.running_read(op, v, records):
+                    self.read_records(op, v, records, False)
+
+    # -- clean reads, in C
+
+    def _bound_columns(self, records: Any) -> tuple[list[Any], list[Any]] | None:
+        """Payload ids and record ids of `records` if every one is a dict whose payload id
+        is bound, both ways, to that very record id (given as a list)."""
+        if type(records) is not list or set(map(type, records)) != {dict}:
+            return None
+        pids = list(map(dict.get, records, repeat("payload_id")))
+        raws = list(map(dict.get, records, repeat("record_id")))
+        try:
+            bound = list(map(self.payload_rid.get, pids, repeat(_NONE)))
+        except TypeError:  # an unhashable payload id: the slow pass says what it is
+            return None
+        if bound != raws:
+            return None
+        return pids, raws
+
+    def complete_read(self, op: Op, records: Any) -> bool:
+        """A fresh read of the stream: one reader sequence of its own. One pass in C over
+        a read that may hold the whole stream, so each record is touched once."""
+        if type(records) is not list or set(map(type, records)) != {dict}:
+            return False
+        raws_bound, raws_order = tee(map(dict.get, records, repeat("record_id")))
+        pids = map(dict.get, records, repeat("payload_id"))
+        bound = map(eq, map(self.payload_rid.get, pids, repeat(_NONE)), raws_bound)
+        increasing = chain(starmap(lt, pairwise(raws_order)), (True,))
+        try:
+            if not all(map(and_, bound, increasing)):
+                return False
+        except TypeError:  # an unhashable payload id, record ids that do not compare
+            return False
+        reader = ("op", op.index)
+        if reader in self.first_seen:  # two ops with one index: a sequence of both
+            self.unclean.add(reader)
+        self.first_seen.setdefault(reader, []).append(_PayloadIds(records))
+        self.complete_readers.add(reader)
+        return True
+
+    def running_read(self, op: Op, v: dict[str, Any], records: Any) -> bool:
+        """One more part of a consumer's or shard reader's sequence: of one shard, after
+        what the reader saw of it before."""
+        columns = self._bound_columns(records)
+        if columns is None:
+            return False
+        pids, raws = columns
+        default_reader = v.get("consumer", op.process)
+        readers = set(map(dict.get, records, repeat("consumer"), repeat(default_reader)))
+        if len(readers) != 1:
+            return False
+        shard = raws[0][0]
+        if raws[-1][0] != shard or not all(map(lt, raws, islice(raws, 1, None))):
+            return False
+        (reader,) = readers
+        runs = self.runs.get(reader)
+        run = runs.get(shard) if runs is not None else None
+        if run and not raws[0] > run[-1]:
+            return False
+        if runs is None:
+            runs = self.runs[reader] = {}
+            self.out_of_order[reader] = set()
+        if run is None:
+            runs[shard] = raws
+        else:
+            run.extend(raws)
+        if reader in self.complete_readers:  # a consumer named like a complete read
+            self.unclean.add(reader)
+        self.first_seen.setdefault(reader, []).append(pids)
+        return True
+
+    # -- record by record
+
+    def read_records(self, op: Op, v: dict[str, Any], records: Any, per_op: bool) -> None:
+        result = self.result
+        rid_payload, payload_rid = self.rid_payload, self.payload_rid
+        rid_payload_get = rid_payload.get
+        default_reader = ("op", op.index) if per_op else v.get("consumer", op.process)
+        unclean = self.unclean
+        if per_op:
+            unclean.add(default_reader)
+        # Usually every record of an op has one reader: keep its state at hand.
+        cur_reader: Any = _NONE
+        runs: dict[Any, list[Any]] = {}
+        out_of_order: set[tuple[Any, ...]] = set()
+        cur_first: list[Any] = []
+        for rec in records:
+            if type(rec) is not dict:
+                continue
+            reader = default_reader if per_op else rec.get("consumer", default_reader)
+            if reader != cur_reader:
+                cur_reader = reader
+                if per_op:
+                    runs, out_of_order = {}, set()
+                else:
+                    runs = self.runs.setdefault(reader, {})
+                    out_of_order = self.out_of_order.setdefault(reader, set())
+                cur_first = []
+                self.first_seen.setdefault(reader, []).append(cur_first)
+            pid = rec.get("payload_id")
+            raw: Any = rec.get("record_id")
+            if type(raw) not in _SEQUENCES or len(raw) != 3:
+                if pid is not None:
+                    cur_first.append(pid)
+                    unclean.add(reader)
+                continue
+            rid = tuple(raw)
+            rid_list = list(raw)
+            if pid is not None:
+                # A pair already bound was checked both ways when it was bound.
+                bound = rid_payload_get(rid)
+                if bound is None:
+                    rid_payload[rid] = pid
+                    if payload_rid.setdefault(pid, rid_list) != rid_list and (
+                        pid not in self.retried
+                    ):
+                        _moved(result, pid, payload_rid[pid], rid, op.index, "read")
+                elif bound != pid:
+                    _conflict(result, rid, bound, pid, op.index)
+            shard = rid[0]
+            run = runs.get(shard)
+            prev = run[-1] if run else None
+            if prev is None or rid_list > prev:
+                if run is None:
+                    runs[shard] = [rid_list]
+                else:
+                    run.append(rid_list)
+                if pid is not None:
+                    cur_first.append(pid)
+                    if payload_rid.get(pid) != rid_list:
+                        unclean.add(reader)
+                continue
+            # Within one complete read only an immediate repeat counts as a repeat: its
+            # records need nothing more than the last one.
+            if _seen(run, out_of_order, rid_list, rid) if not per_op else rid_list == prev:
+                self.redeliveries += 1
+                continue
+            add_anomaly(
+                result,
+                "shard_order",
+                {
+                    "reader": reader,
+                    "shard": shard,
+                    "previous": list(prev),
+                    "seen": rid_list,
+                    "op_index": op.index,
+                },
+            )
+            out_of_order.add(rid)
+            if pid is not None:
+                cur_first.append(pid)
+                unclean.add(reader)
+
+
+class _PayloadIds:
+    """The payload ids of a clean complete read, taken from its records when wanted."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = records
+
+    def __iter__(self) -> Iterator[Any]:
+        return map(dict.get, self.records, repeat("payload_id"))
+
+
+def _seen(
+    run: Any, out_of_order: set[tuple[Any, ...]], rid_list: list[Any], rid: tuple[Any, ...]
+) -> bool:
+    """Whether a reader saw this record before: in its increasing run of the shard, or
+    among those it saw out of order."""
+    k = bisect_left(run, rid_list)
+    return (k < len(run) and run[k] == rid_list) or rid in out_of_order
+
+
+def _judge_key_order(fold: _Fold, result: Result) -> None:
+    """Key order, judged at the end because an ack may be recorded after a read that saw
+    it: in each reader sequence, the first appearances of one producer's appends of one
+    key keep the order it invoked them in (indeterminate appends left out)."""
+    # Appends never acknowledged leave the ranking: each had a completion other than ok,
+    # or none at all.
+    order = fold.order
+    unacked = fold.maybe_unacked.union(fold.open_append)
+    unacked.update(pid for _, pid in fold.open_elsewhere)
+    unacked.difference_update(fold.acked)
+    for pid in unacked:
+        order.pop(pid, None)
+    in_order, one_shard = _record_ids_follow_producer_order(order, fold.payload_rid)
+    for reader, chunks in fold.first_seen.items():
+        if in_order and reader not in fold.unclean:
+            # Its records come in record id order (of each shard), under the ids they are
+            # bound to: in producer order, if each producer's key lives on one shard (or
+            # the sequence is a complete read, ordered by record id over all shards).
+            if one_shard or reader in fold.complete_readers:
+                continue
+        pids = list(chain.from_iterable(chunks))
+        if not _in_key_order(pids, order):
+            _key_order_anomalies(result, reader, pids, order, fold.producer_keys)
+
+
+def _record_ids_follow_producer_order(
+    order: dict[Any, int], payload_rid: dict[Any, list[Any]]
+) -> tuple[bool, bool]:
+    """Whether, for every producer and key, the record ids its acknowledged appends are
+    bound to increase in the order it invoked them; and whether each such producer key's
+    records are on one shard."""
+    places = list(order.values())
+    ranks = list(map(and_, places, repeat(_LOW)))
+    items: Iterable[tuple[Any, int]] = order.items()
+    if not all(map(lt, ranks, islice(ranks, 1, None))):  # retries were invoked again
+        items = sorted(order.items(), key=lambda item: item[1] & _LOW)
+    latest: dict[int, list[Any]] = {}
+    one_shard = True
+    rid_of = payload_rid.get
+    for pid, place in items:
+        rid = rid_of(pid)
+        if rid is None:
+            continue
+        pk_id = place >> _SHIFT
+        prev = latest.get(pk_id)
+        if prev is not None:
+            if not rid > prev:
+                return False, False
+            if rid[0] != prev[0]:
+                one_shard = False
+        latest[pk_id] = rid
+    return True, one_shard
+
+
+def _in_key_order(pids: list[Any], order: dict[Any, int]) -> bool:
+    """Whether no producer's key goes back in `pids`. The invocation numbers split it into
+    stretches that never go down; a key can only go back from one stretch to a later one."""
+    found = list(map(order.get, pids))
+    if None in found:
+        found = list(compress(found, map(is_not, found, repeat(None))))
+    places = cast(list[int], found)
+    ranks = list(map(and_, places, repeat(_LOW)))
+    if all(map(le, ranks, islice(ranks, 1, None))):
+        return True
+    keys = list(map(rshift, places, repeat(_SHIFT)))
+    cuts = [0, *compress(count(1), map(gt, ranks, islice(ranks, 1, None))), len(ranks)]
+    highest: dict[int, int] = {}
+    for a, b in pairwise(cuts):
+        stretch_keys, stretch_ranks = keys[a:b], ranks[a:b]
+        lowest = dict(zip(reversed(stretch_keys), reversed(stretch_ranks), strict=True))
+        for key, r in lowest.items():
+            h = highest.get(key)
+            if h is not None and r < h:
+                return False
+        highest.update(zip(stretch_keys, stretch_ranks, strict=True))
+    return True
+
+
+def _key_order_anomalies(
+    result: Result,
+    reader: Any,
+    pids: list[Any],
+    order: dict[Any, int],
+    producer_keys: dict[tuple[Any, Any], int],
+) -> None:
+    names = {pk_id: pk for pk, pk_id in producer_keys.items()}
+    latest: dict[int, tuple[int, Any]] = {}
+    for pid in pids:
+        place = order.get(pid)
+        if place is None:
+            continue
+        pk_id, n = place >> _SHIFT, place & _LOW
+        prev = latest.get(pk_id)
+        if prev is not None and n < prev[0]:
+            pk = names[pk_id]
+            add_anomaly(
+                result,
+                "key_order",
+                {
+                    "reader": reader,
+                    "producer": pk[0],
+                    "key": pk[1],
+                    "read_after": prev[1],
+                    "payload_id": pid,
+                },
+            )
+        else:
+            latest[pk_id] = (n, pid)
 
 
 def _conflict(result: Result, rid: tuple[Any, ...], bound: Any, pid: Any, op_index: int) -> None:
@@ -249,7 +539,7 @@ def _conflict(result: Result, rid: tuple[Any, ...], bound: Any, pid: Any, op_ind
 
 
 def _moved(
-    result: Result, pid: Any, had: tuple[Any, ...], rid: tuple[Any, ...], op_index: int, where: str
+    result: Result, pid: Any, had: Sequence[Any], rid: Sequence[Any], op_index: int, where: str
 ) -> None:
     add_anomaly(
         result,
