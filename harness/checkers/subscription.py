@@ -27,20 +27,34 @@ subscription:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from itertools import compress, filterfalse, repeat
+from operator import add, is_not, itemgetter, le, not_
+from typing import Any, cast
 
 from harness.checkers.result import NS_PER_S, Result, add_anomaly, quantiles, without_gc
 from harness.history import History, Op, as_ops
 
 NAME = "subscription"
 _SEQUENCES = (list, tuple)
+# A delivered or acknowledged record of a subscription is one flat tuple: (subscription,
+# shard, batch, index) for a record id, (subscription, "payload", payload id) without one.
+_PAYLOAD = "payload"
+_ODD = object()  # an ack's record id that is neither: it can match no delivery
 
 
-def _record_key(rec: Any) -> Any:
+def _record_key(sub: Any, rec: Any) -> tuple[Any, ...]:
     rid = rec.get("record_id")
     if isinstance(rid, _SEQUENCES) and len(rid) == 3:
-        return (rid[0], rid[1], rid[2])
-    return ("payload", rec.get("payload_id"))
+        return (sub, rid[0], rid[1], rid[2])
+    return (sub, _PAYLOAD, rec.get("payload_id"))
+
+
+def _ack_key(sub: Any, r: Any) -> tuple[Any, ...]:
+    if isinstance(r, _SEQUENCES) and len(r) == 3:
+        return (sub, r[0], r[1], r[2])
+    if type(r) is tuple and len(r) == 2 and r[0] == _PAYLOAD:
+        return (sub, _PAYLOAD, r[1])
+    return (sub, _ODD, r)
 
 
 @without_gc
@@ -60,198 +74,19 @@ def check(
     if select is not None:
         ops = [op for op in ops if select(op)]
     result = Result(valid=True, checker=NAME)
+    fold = _Fold()
+    fold.run(ops)
+    undelivered_soft = _judge_delivery(fold, result)
+    delays = _judge_redelivery(fold, result, ack_timeout_s, slack_s, grace_s)
 
-    subs: dict[Any, dict[str, Any]] = {}
-    # acknowledged appends: (stream or None, payload id, record key, invoke time, ack time)
-    appends: list[tuple[Any, Any, Any, int, int]] = []
-    append_invoked: dict[tuple[Any, Any], int] = {}
-    deliveries: dict[tuple[Any, Any], list[tuple[int, Any]]] = {}
-    delivered_pids: dict[Any, set[Any]] = {}
-    # (sub, record) -> earliest ack time of any kind; earliest certain ack (time, consumer)
-    first_ack: dict[tuple[Any, Any], int] = {}
-    certain_ack: dict[tuple[Any, Any], tuple[int, Any]] = {}
-    open_acks: dict[Any, list[tuple[int, Any, Any, list[Any]]]] = {}
-    consumer_end: dict[tuple[Any, Any], int] = {}
-    drain_at: dict[Any, int] = {}
-    last_activity: dict[Any, int] = {}
-    end = ops[-1].time if ops else 0
-
-    for op in ops:
-        f = op.f
-        v = op.value
-        if not isinstance(v, dict):
-            continue
-        t = op.time
-        if f == "append":
-            pid = v.get("payload_id")
-            if op.type == "invoke":
-                append_invoked[(op.process, pid)] = t
-            elif op.type == "ok":
-                began = append_invoked.pop((op.process, pid), t)
-                appends.append((v.get("stream"), pid, _record_key(v), began, t))
-            else:
-                append_invoked.pop((op.process, pid), None)
-        elif f == "subscribe" and op.type == "ok":
-            sub = v.get("subscription", "")
-            subs[sub] = {
-                "stream": v.get("stream"),
-                # The driver protocol names it ack_timeout (seconds, as ackTimeoutSeconds).
-                "ack_timeout_s": v.get("ack_timeout_s", v.get("ack_timeout")),
-                "offset": str(v.get("offset", "earliest")).lower(),
-                "created": t,
-            }
-        elif f == "fetch" and op.type != "invoke":
-            sub = v.get("subscription", "")
-            subs.setdefault(sub, {})
-            last_activity[sub] = t
-            if v.get("final"):
-                drain_at[sub] = min(drain_at.get(sub, t), t)
-            default_consumer = v.get("consumer", op.process)
-            pids = delivered_pids.setdefault(sub, set())
-            for rec in v.get("records") or ():
-                if not isinstance(rec, dict):
-                    continue
-                key = (sub, _record_key(rec))
-                deliveries.setdefault(key, []).append((t, rec.get("consumer", default_consumer)))
-                pid = rec.get("payload_id")
-                if pid is not None:
-                    pids.add(pid)
-        elif f == "ack":
-            sub = v.get("subscription", "")
-            last_activity[sub] = t
-            consumer = v.get("consumer", op.process)
-            rids = [
-                (r[0], r[1], r[2]) if isinstance(r, _SEQUENCES) and len(r) == 3 else r
-                for r in v.get("record_ids") or ()
-            ]
-            if op.type == "invoke":
-                for r in rids:
-                    k = (sub, r)
-                    if k not in first_ack:
-                        first_ack[k] = t
-                open_acks.setdefault(op.process, []).append((t, sub, consumer, rids))
-                continue
-            pending = open_acks.get(op.process)
-            sent = pending.pop(0) if pending else (t, sub, consumer, rids)
-            for r in sent[3]:
-                k = (sent[1], r)
-                if k not in first_ack:
-                    first_ack[k] = sent[0]
-                if op.type == "ok" and k not in certain_ack:
-                    certain_ack[k] = (sent[0], sent[2])
-        elif f == "consume" and op.type != "invoke":
-            sub = v.get("subscription", "")
-            last_activity[sub] = t
-            consumer_end[(sub, v.get("consumer", op.process))] = t
-        elif f == "drain" and op.type == "invoke":
-            drain_at[v.get("subscription", "")] = t
-
-    # 1. every acknowledged append delivered to some consumer
-    undelivered_soft = 0
-    for sub, info in subs.items():
-        stream = info.get("stream")
-        latest = info.get("offset") == "latest"
-        created = info.get("created", 0)
-        cutoff = drain_at.get(sub)
-        pids = delivered_pids.get(sub, set())
-        for a_stream, pid, rkey, began, acked in appends:
-            if stream is not None and a_stream is not None and a_stream != stream:
-                continue
-            if latest and began < created:
-                continue
-            if pid in pids or (sub, rkey) in deliveries:
-                continue
-            example = {"subscription": sub, "payload_id": pid, "record_id": _as_list(rkey)}
-            if cutoff is None:
-                undelivered_soft += 1
-                soft = result.anomalies.setdefault("undelivered_without_drain", [])
-                if len(soft) < 100:
-                    soft.append(example)
-            elif acked < cutoff:
-                add_anomaly(result, "undelivered", example)
-    if undelivered_soft:
-        result.counts["undelivered_without_drain"] = undelivered_soft
-        result.notes.append(
-            f"{undelivered_soft} acknowledged appends were never delivered and no drain op "
-            "marks the end of the run: record a drain to judge them"
-        )
-
-    # 2 and 3: redelivery after the ack timeout, no redelivery after an ack
-    delays: list[float] = []
-    redeliveries = 0
-    skipped_timeout: set[Any] = set()
-    grace = int(grace_s * NS_PER_S)
-    for (sub, rkey), ds in deliveries.items():
-        redeliveries += len(ds) - 1
-        timeout_s = subs.get(sub, {}).get("ack_timeout_s") or ack_timeout_s
-        ack_time = first_ack.get((sub, rkey))
-        if timeout_s is None:
-            skipped_timeout.add(sub)
-        else:
-            timeout = int(float(timeout_s) * NS_PER_S)
-            slack_for = slack_s if slack_s is not None else max(1.0, float(timeout_s))
-            slack = int(slack_for * NS_PER_S)
-            for i, (t_d, consumer) in enumerate(ds):
-                deadline = t_d + timeout
-                unacked_at_deadline = ack_time is None or ack_time > deadline
-                if i + 1 < len(ds):
-                    if unacked_at_deadline:
-                        delays.append(max(0, ds[i + 1][0] - deadline) / NS_PER_S)
-                    continue
-                if ack_time is not None and ack_time <= deadline + slack:
-                    break
-                window_end = min(
-                    ack_time if ack_time is not None else end, last_activity.get(sub, end)
-                )
-                if window_end > deadline + slack:
-                    add_anomaly(
-                        result,
-                        "not_redelivered",
-                        {
-                            "subscription": sub,
-                            "record_id": _as_list(rkey),
-                            "delivered_to": consumer,
-                            "delivered_at_s": t_d / NS_PER_S,
-                            "acked_at_s": ack_time / NS_PER_S if ack_time is not None else None,
-                            "deadline_s": deadline / NS_PER_S,
-                        },
-                    )
-        ca = certain_ack.get((sub, rkey))
-        if ca is None:
-            continue
-        t_a, acker = ca
-        died = consumer_end.get((sub, acker))
-        if died is not None and died < t_a + grace:
-            continue
-        for t_d, consumer in ds:
-            if t_d > t_a + grace:
-                add_anomaly(
-                    result,
-                    "acked_redelivered",
-                    {
-                        "subscription": sub,
-                        "record_id": _as_list(rkey),
-                        "acked_by": acker,
-                        "redelivered_to": consumer,
-                        "after_ack_s": round((t_d - t_a) / NS_PER_S, 3),
-                    },
-                )
-                break
-
-    if skipped_timeout:
-        result.notes.append(
-            "ack timeout unknown for subscription(s) "
-            f"{sorted(map(str, skipped_timeout))}: redelivery not judged "
-            "(record it in the subscribe op or pass ack_timeout_s)"
-        )
     for kind in ("undelivered", "not_redelivered", "acked_redelivered"):
         result.counts.setdefault(kind, 0)
         result.anomalies.setdefault(kind, [])
     result.counts.update(
-        subscriptions=len(subs),
-        records_delivered=len(deliveries),
-        redeliveries=redeliveries,
-        acked_records=len(first_ack),
+        subscriptions=len(fold.subs),
+        records_delivered=len(fold.first_delivery),
+        redeliveries=sum(map(len, fold.more_deliveries.values())),
+        acked_records=len(fold.first_ack),
     )
     result.figures["redelivery_delay_s"] = quantiles(delays)
     if result.counts["undelivered"] or result.counts["not_redelivered"]:
@@ -263,7 +98,349 @@ def check(
     return result
 
 
+class _Fold:
+    """One pass over the history: appends, subscriptions, deliveries, acks, lifetimes."""
+
+    def __init__(self) -> None:
+        self.subs: dict[Any, dict[str, Any]] = {}
+        # acknowledged appends, as columns: stream or None, payload id, record id as a
+        # (shard, batch, index) or ("payload", payload id) tuple, invoke time, ack time
+        self.app_streams: list[Any] = []
+        self.app_pids: list[Any] = []
+        self.app_rkeys: list[tuple[Any, ...]] = []
+        self.app_began: list[int] = []
+        self.app_acked: list[int] = []
+        # record key -> its first delivery (time, consumer); later ones; per subscription,
+        # the first-delivered keys and their times in order, and the payload ids delivered
+        self.first_delivery: dict[tuple[Any, ...], tuple[int, Any]] = {}
+        self.more_deliveries: dict[tuple[Any, ...], list[tuple[int, Any]]] = {}
+        self.sub_keys: dict[Any, list[tuple[Any, ...]]] = {}
+        self.sub_times: dict[Any, list[int]] = {}
+        self.delivered_pids: dict[Any, set[Any]] = {}
+        # record key -> earliest ack time of any kind; earliest certain ack (time, consumer)
+        self.first_ack: dict[tuple[Any, ...], int] = {}
+        self.certain_ack: dict[tuple[Any, ...], tuple[int, Any]] = {}
+        self.consumer_end: dict[tuple[Any, Any], int] = {}
+        self.drain_at: dict[Any, int] = {}
+        self.last_activity: dict[Any, int] = {}
+        self.end = 0
+
+    def run(self, ops: list[Op]) -> None:
+        self.end = ops[-1].time if ops else 0
+        append_invoked: dict[tuple[Any, Any], int] = {}
+        open_acks: dict[Any, list[tuple[int, Any, Any, list[tuple[Any, ...]]]]] = {}
+        subs, last_activity = self.subs, self.last_activity
+        streams, pids, rkeys = self.app_streams, self.app_pids, self.app_rkeys
+        began_at, acked_at = self.app_began, self.app_acked
+        for op in ops:
+            v = op.value
+            if type(v) is not dict and not isinstance(v, dict):
+                continue
+            f = op.f
+            t = op.time
+            if f == "append":
+                pid = v.get("payload_id")
+                if op.type == "invoke":
+                    append_invoked[(op.process, pid)] = t
+                elif op.type == "ok":
+                    began = append_invoked.pop((op.process, pid), t)
+                    rid = v.get("record_id")
+                    if isinstance(rid, _SEQUENCES) and len(rid) == 3:
+                        rkey: tuple[Any, ...] = (rid[0], rid[1], rid[2])
+                    else:
+                        rkey = (_PAYLOAD, pid)
+                    streams.append(v.get("stream"))
+                    pids.append(pid)
+                    rkeys.append(rkey)
+                    began_at.append(began)
+                    acked_at.append(t)
+                else:
+                    append_invoked.pop((op.process, pid), None)
+            elif f == "fetch":
+                if op.type != "invoke":
+                    self.fetched(op, v, t)
+            elif f == "ack":
+                sub = v.get("subscription", "")
+                last_activity[sub] = t
+                consumer = v.get("consumer", op.process)
+                if op.type == "invoke":
+                    keys = _ack_keys(sub, v.get("record_ids"))
+                    self._first_ack(keys, t)
+                    open_acks.setdefault(op.process, []).append((t, sub, consumer, keys))
+                    continue
+                pending = open_acks.get(op.process)
+                sent_t, _, sent_consumer, sent_keys = (
+                    pending.pop(0)
+                    if pending
+                    else (t, sub, consumer, _ack_keys(sub, v.get("record_ids")))
+                )
+                self._first_ack(sent_keys, sent_t)
+                if op.type == "ok":
+                    certain = self.certain_ack
+                    certain.update(
+                        dict.fromkeys(
+                            filterfalse(certain.__contains__, sent_keys), (sent_t, sent_consumer)
+                        )
+                    )
+            elif f == "subscribe" and op.type == "ok":
+                sub = v.get("subscription", "")
+                subs[sub] = {
+                    "stream": v.get("stream"),
+                    # The driver protocol names it ack_timeout (seconds, as ackTimeoutSeconds).
+                    "ack_timeout_s": v.get("ack_timeout_s", v.get("ack_timeout")),
+                    "offset": str(v.get("offset", "earliest")).lower(),
+                    "created": t,
+                }
+            elif f == "consume" and op.type != "invoke":
+                sub = v.get("subscription", "")
+                last_activity[sub] = t
+                self.consumer_end[(sub, v.get("consumer", op.process))] = t
+            elif f == "drain" and op.type == "invoke":
+                self.drain_at[v.get("subscription", "")] = t
+
+    def _first_ack(self, keys: list[tuple[Any, ...]], t: int) -> None:
+        first = self.first_ack
+        first.update(dict.fromkeys(filterfalse(first.__contains__, keys), t))
+
+    def fetched(self, op: Op, v: dict[str, Any], t: int) -> None:
+        sub = v.get("subscription", "")
+        self.subs.setdefault(sub, {})
+        self.last_activity[sub] = t
+        if v.get("final"):
+            self.drain_at[sub] = min(self.drain_at.get(sub, t), t)
+        default_consumer = v.get("consumer", op.process)
+        pids = self.delivered_pids.setdefault(sub, set())
+        records = v.get("records") or ()
+        first = self.first_delivery
+        keys = _delivered_keys(sub, records)
+        if keys is not None:
+            consumers = set(map(dict.get, records, repeat("consumer"), repeat(default_consumer)))
+            if len(consumers) == 1 and not any(map(first.__contains__, keys)):
+                # New records for one consumer, the usual fetch: in C.
+                (consumer,) = consumers
+                known = len(first)
+                first.update(zip(keys, repeat((t, consumer))))
+                if len(first) - known == len(keys):
+                    self.sub_keys.setdefault(sub, []).extend(keys)
+                    self.sub_times.setdefault(sub, []).extend(repeat(t, len(keys)))
+                    pids.update(map(dict.get, records, repeat("payload_id")))
+                    pids.discard(None)
+                    return
+                for key in keys:  # a record twice in one fetch: undo, go record by record
+                    first.pop(key, None)
+        for rec in records:
+            if not isinstance(rec, dict):
+                continue
+            key = _record_key(sub, rec)
+            delivery = (t, rec.get("consumer", default_consumer))
+            if key in first:
+                self.more_deliveries.setdefault(key, []).append(delivery)
+            else:
+                first[key] = delivery
+                self.sub_keys.setdefault(sub, []).append(key)
+                self.sub_times.setdefault(sub, []).append(t)
+            pid = rec.get("payload_id")
+            if pid is not None:
+                pids.add(pid)
+
+
+def _delivered_keys(sub: Any, records: Any) -> list[tuple[Any, ...]] | None:
+    """The keys of `records` when every one is a dict with a (shard, batch, index) list."""
+    if type(records) is not list or not records or set(map(type, records)) != {dict}:
+        return None
+    raws: list[Any] = list(map(dict.get, records, repeat("record_id")))
+    if set(map(type, raws)) != {list} or set(map(len, raws)) != {3}:
+        return None
+    return list(map(tuple.__add__, repeat((sub,)), map(tuple, raws)))
+
+
+def _ack_keys(sub: Any, raw: Any) -> list[tuple[Any, ...]]:
+    rids = raw or ()
+    if type(rids) is list and rids and set(map(type, rids)) == {list} and (
+        set(map(len, rids)) == {3}
+    ):
+        return list(map(tuple.__add__, repeat((sub,)), map(tuple, rids)))
+    return [_ack_key(sub, r) for r in rids]
+
+
+def _judge_delivery(fold: _Fold, result: Result) -> int:
+    """1. every acknowledged append delivered to some consumer; returns how many were not
+    when no drain marks the end of the run."""
+    undelivered_soft = 0
+    first = fold.first_delivery
+    for sub, info in fold.subs.items():
+        stream = info.get("stream")
+        latest = info.get("offset") == "latest"
+        created = info.get("created", 0)
+        cutoff = fold.drain_at.get(sub)
+        pids = fold.delivered_pids.get(sub, set())
+        # Only an append whose payload id was never delivered can be missing.
+        for i in _not_in(pids, fold.app_pids):
+            a_stream = fold.app_streams[i]
+            if stream is not None and a_stream is not None and a_stream != stream:
+                continue
+            if latest and fold.app_began[i] < created:
+                continue
+            rkey = fold.app_rkeys[i]
+            if (sub, *rkey) in first:
+                continue
+            pid = fold.app_pids[i]
+            example = {"subscription": sub, "payload_id": pid, "record_id": _as_list(rkey)}
+            if cutoff is None:
+                undelivered_soft += 1
+                soft = result.anomalies.setdefault("undelivered_without_drain", [])
+                if len(soft) < 100:
+                    soft.append(example)
+            elif fold.app_acked[i] < cutoff:
+                add_anomaly(result, "undelivered", example)
+    if undelivered_soft:
+        result.counts["undelivered_without_drain"] = undelivered_soft
+        result.notes.append(
+            f"{undelivered_soft} acknowledged appends were never delivered and no drain op "
+            "marks the end of the run: record a drain to judge them"
+        )
+    return undelivered_soft
+
+
+def _not_in(present: set[Any], items: list[Any]) -> list[int]:
+    """Positions of the items not in `present`, in order."""
+    missing = list(map(present.__contains__, items))
+    if all(missing):
+        return []
+    return [i for i, found in enumerate(missing) if not found]
+
 def _as_list(rkey: Any) -> Any:
     if isinstance(rkey, tuple) and rkey and rkey[0] == "payload":
         return None
     return list(rkey) if isinstance(rkey, tuple) else rkey
+
+
+def _judge_redelivery(
+    fold: _Fold,
+    result: Result,
+    ack_timeout_s: float | None,
+    slack_s: float | None,
+    grace_s: float,
+) -> list[float]:
+    """2 and 3: redelivery after the ack timeout, no redelivery after an ack. Returns the
+    redelivery delays (s). Records delivered once are judged together in C when none of
+    them can be an anomaly (the usual case); otherwise every record is judged in turn."""
+    grace = int(grace_s * NS_PER_S)
+    limits: dict[Any, tuple[int, int] | None] = {}  # sub -> (timeout, slack) in ns
+    skipped_timeout: set[Any] = set()
+    for sub in fold.sub_keys:
+        timeout_s = fold.subs.get(sub, {}).get("ack_timeout_s") or ack_timeout_s
+        if timeout_s is None:
+            skipped_timeout.add(sub)
+            limits[sub] = None
+        else:
+            slack_for = slack_s if slack_s is not None else max(1.0, float(timeout_s))
+            limits[sub] = (int(float(timeout_s) * NS_PER_S), int(slack_for * NS_PER_S))
+    first, more = fold.first_delivery, fold.more_deliveries
+    delays: list[float] = []
+    if all(_single_deliveries_fine(fold, sub, limits[sub], grace) for sub in fold.sub_keys):
+        keys: Iterable[tuple[Any, ...]] = filter(more.__contains__, first) if more else ()
+    else:
+        keys = first
+    for key in keys:
+        _judge_record(fold, result, key, limits[key[0]], grace, delays)
+    if skipped_timeout:
+        result.notes.append(
+            "ack timeout unknown for subscription(s) "
+            f"{sorted(map(str, skipped_timeout))}: redelivery not judged "
+            "(record it in the subscribe op or pass ack_timeout_s)"
+        )
+    return delays
+
+
+def _single_deliveries_fine(
+    fold: _Fold, sub: Any, limit: tuple[int, int] | None, grace: int
+) -> bool:
+    """Whether no record of `sub` delivered exactly once can be an anomaly: acknowledged
+    (or the subscription idle) by its deadline plus slack, and never delivered after a
+    certain ack plus the grace."""
+    keys, times = fold.sub_keys[sub], fold.sub_times[sub]
+    more = fold.more_deliveries
+    if more:
+        once = list(map(not_, map(more.__contains__, keys)))
+        keys, times = list(compress(keys, once)), list(compress(times, once))
+    if not keys:
+        return True
+    if limit is not None:
+        timeout, slack = limit
+        idle = fold.last_activity.get(sub, fold.end)
+        if min(times) + timeout + slack < idle:
+            acks: list[int] = list(map(fold.first_ack.get, keys, repeat(fold.end)))
+            ends = map(min, acks, repeat(idle))
+            if not all(map(le, ends, map(add, times, repeat(timeout + slack)))):
+                return False
+    found = list(map(fold.certain_ack.get, keys))
+    if None in found:
+        present = list(map(is_not, found, repeat(None)))
+        found, times = list(compress(found, present)), list(compress(times, present))
+    certain = cast(list[tuple[int, Any]], found)
+    acked = map(itemgetter(0), certain)
+    return all(map(le, times, map(add, acked, repeat(grace))))
+
+
+def _judge_record(
+    fold: _Fold,
+    result: Result,
+    key: tuple[Any, ...],
+    limit: tuple[int, int] | None,
+    grace: int,
+    delays: list[float],
+) -> None:
+    """One record's deliveries: redelivered after its deadline, not after a certain ack."""
+    sub = key[0]
+    ds = [fold.first_delivery[key], *fold.more_deliveries.get(key, ())]
+    ack_time = fold.first_ack.get(key)
+    end = fold.end
+    if limit is not None:
+        timeout, slack = limit
+        for i, (t_d, consumer) in enumerate(ds):
+            deadline = t_d + timeout
+            unacked_at_deadline = ack_time is None or ack_time > deadline
+            if i + 1 < len(ds):
+                if unacked_at_deadline:
+                    delays.append(max(0, ds[i + 1][0] - deadline) / NS_PER_S)
+                continue
+            if ack_time is not None and ack_time <= deadline + slack:
+                break
+            window_end = min(
+                ack_time if ack_time is not None else end, fold.last_activity.get(sub, end)
+            )
+            if window_end > deadline + slack:
+                add_anomaly(
+                    result,
+                    "not_redelivered",
+                    {
+                        "subscription": sub,
+                        "record_id": _as_list(key[1:]),
+                        "delivered_to": consumer,
+                        "delivered_at_s": t_d / NS_PER_S,
+                        "acked_at_s": ack_time / NS_PER_S if ack_time is not None else None,
+                        "deadline_s": deadline / NS_PER_S,
+                    },
+                )
+    ca = fold.certain_ack.get(key)
+    if ca is None:
+        return
+    t_a, acker = ca
+    died = fold.consumer_end.get((sub, acker))
+    if died is not None and died < t_a + grace:
+        return
+    for t_d, consumer in ds:
+        if t_d > t_a + grace:
+            add_anomaly(
+                result,
+                "acked_redelivered",
+                {
+                    "subscription": sub,
+                    "record_id": _as_list(key[1:]),
+                    "acked_by": acker,
+                    "redelivered_to": consumer,
+                    "after_ack_s": round((t_d - t_a) / NS_PER_S, 3),
+                },
+            )
+            break
