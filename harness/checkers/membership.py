@@ -156,6 +156,9 @@ def check(
         ops = [op for op in ops if select(op)]
     result = Result(valid=True, checker=NAME)
     start = ops[0].time if ops else 0
+    end = ops[-1].time if ops else 0
+    # Only view samples and the nemesis' truth speak of membership.
+    ops = [op for op in ops if op.f == "view" or op.process == "nemesis"]
 
     members: set[str] = {str(n) for n in nodes} if nodes is not None else set()
     n_views = 0
@@ -347,7 +350,6 @@ def check(
                         "at_s": _rel(t, start),
                     },
                 )
-    end = ops[-1].time
     close_epoch(end)
 
     undecided = 0
