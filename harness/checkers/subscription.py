@@ -169,12 +169,13 @@ class _Fold:
                     open_acks.setdefault(op.process, []).append((t, sub, consumer, keys))
                     continue
                 pending = open_acks.get(op.process)
-                sent_t, _, sent_consumer, sent_keys = (
-                    pending.pop(0)
-                    if pending
-                    else (t, sub, consumer, _ack_keys(sub, v.get("record_ids")))
-                )
-                self._first_ack(sent_keys, sent_t)
+                if pending:
+                    # its invocation already gave these records their earliest ack
+                    sent_t, _, sent_consumer, sent_keys = pending.pop(0)
+                else:
+                    sent_t, sent_consumer = t, consumer
+                    sent_keys = _ack_keys(sub, v.get("record_ids"))
+                    self._first_ack(sent_keys, sent_t)
                 if op.type == "ok":
                     certain = self.certain_ack
                     certain.update(
