@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,16 @@ def test_generated_history_is_valid():
     done = _bench("--seed", "4")
     assert done.returncode == 0, done.stdout + done.stderr
     assert '"valid": true' in done.stdout
+
+
+def test_every_checker_has_its_own_figure():
+    done = _bench("--seed", "6", "--repeat", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    names = [line.split()[0] for line in done.stdout.splitlines()[1:]
+             if " ops/cpu-s" in line and not line.startswith("all ")]
+    assert names and set(summary["cpu_seconds_per_checker"]) == set(names)
+    assert summary["cpu_seconds"] >= max(summary["cpu_seconds_per_checker"].values())
 
 
 def test_injected_anomalies_are_found_exactly():
