@@ -117,16 +117,17 @@ class Op:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Op:
         try:
+            # positional: index, process, type, f, value, time, node, error, extra
             op = cls(
-                index=int(d["index"]),
-                process=d["process"],
-                type=d["type"],
-                f=d["f"],
-                value=d.get("value"),
-                time=int(d.get("time", 0)),
-                node=d.get("node"),
-                error=d.get("error"),
-                extra=dict(d.get("extra") or {}),
+                int(d["index"]),
+                d["process"],
+                d["type"],
+                d["f"],
+                d.get("value"),
+                int(d.get("time", 0)),
+                d.get("node"),
+                d.get("error"),
+                dict(d.get("extra") or {}),
             )
         except KeyError as exc:
             raise ValueError(f"op has no {exc.args[0]!r} field") from None
@@ -479,6 +480,29 @@ def load_ops(path: str | Path) -> list[Op]:
 
 
 def _parse_lines(p: Path, text: str) -> list[Op]:
+    """The ops of a JSON lines text: all whole lines in one JSON array (one call into the
+    parser instead of one per line), then a torn last line on its own; any line that is
+    not exactly one op is found, and named, line by line."""
+    whole = len(text) if text.endswith("\n") else text.rfind("\n") + 1
+    body = text[: whole - 1] if whole else ""
+    from_dict = Op.from_dict
+    try:
+        values = json.loads("[" + body.replace("\n", ",") + "]") if body else []
+        if body and len(values) != body.count("\n") + 1:
+            raise ValueError("not one op per line")
+        ops = [from_dict(d) for d in values]
+    except (ValueError, TypeError, AttributeError):
+        return _parse_line_by_line(p, text)
+    tail = text[whole:]
+    if tail.strip():
+        try:
+            ops.append(from_dict(json.loads(tail)))
+        except (ValueError, TypeError, AttributeError):
+            pass  # the writer was killed mid-line
+    return ops
+
+
+def _parse_line_by_line(p: Path, text: str) -> list[Op]:
     lines = text.split("\n")
     torn_tail = not text.endswith("\n")
     loads = json.loads
