@@ -55,6 +55,12 @@ def metadata(credential: str | None = RUN) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Basic {found}"),) if found else ()
 
 
+def _unless_authorised(details: Any) -> tuple[tuple[str, str], ...] | None:
+    """The call's metadata, or None when the caller set its own authorization (it wins)."""
+    given = tuple(details.metadata or ())
+    return None if any(key == "authorization" for key, _ in given) else given
+
+
 class _Auth(
     grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
     grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
@@ -65,10 +71,8 @@ class _Auth(
         self.extra = extra
 
     def _details(self, details: Any) -> Any:
-        given = tuple(details.metadata or ())
-        if any(key == "authorization" for key, _ in given):
-            return details
-        return _Details(details, given + self.extra)
+        given = _unless_authorised(details)
+        return details if given is None else _Details(details, given + self.extra)
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(self._details(details), request)
@@ -114,8 +118,8 @@ class _AioAuth(
         self.extra = extra
 
     def _details(self, details: Any) -> Any:
-        given = tuple(details.metadata or ())
-        if any(key == "authorization" for key, _ in given):
+        given = _unless_authorised(details)
+        if given is None:
             return details
         return details._replace(metadata=grpc.aio.Metadata(*given, *self.extra))
 
