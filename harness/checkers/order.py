@@ -29,7 +29,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain, compress, count, islice, pairwise, repeat, starmap, tee
-from operator import and_, eq, gt, is_not, le, lt, rshift
+from operator import and_, eq, gt, is_not, le, lt, ne, rshift
 from typing import Any, cast
 
 from harness.checkers.result import Result, add_anomaly, without_gc
@@ -274,7 +274,7 @@ class _Fold:
         bound = map(eq, map(self.payload_rid.get, pids, repeat(_NONE)), raws_bound)
         increasing = chain(starmap(lt, pairwise(raws_order)), (True,))
         try:
-            if not all(map(and_, bound, increasing)):
+            if not all(map(and_, bound, increasing)) and not self._binds_only_new(records):
                 return False
         except TypeError:  # an unhashable payload id, record ids that do not compare
             return False
@@ -283,6 +283,31 @@ class _Fold:
             self.unclean.add(reader)
         self.first_seen.setdefault(reader, []).append(_PayloadIds(records))
         self.complete_readers.add(reader)
+        return True
+
+    def _binds_only_new(self, records: list[dict[str, Any]]) -> bool:
+        """For a complete read in increasing record id order whose records are bound but
+        for a few (an indeterminate append, first read here): bind those, as the
+        record-by-record pass would, if each is a new payload id under a new record id."""
+        raws: list[Any] = list(map(dict.get, records, repeat("record_id")))
+        if not all(map(lt, raws, islice(raws, 1, None))):
+            return False
+        pids = list(map(dict.get, records, repeat("payload_id")))
+        rid_payload, payload_rid = self.rid_payload, self.payload_rid
+        bound = map(payload_rid.get, pids, repeat(_NONE))
+        new_rids: dict[tuple[Any, ...], Any] = {}
+        new_pids: dict[Any, list[Any]] = {}
+        for i in compress(count(), map(ne, bound, raws)):
+            pid, raw = pids[i], raws[i]
+            if pid is None or type(raw) is not list or len(raw) != 3:
+                return False
+            rid = tuple(raw)
+            if rid in rid_payload or rid in new_rids or pid in payload_rid or pid in new_pids:
+                return False
+            new_rids[rid] = pid
+            new_pids[pid] = raw
+        rid_payload.update(new_rids)
+        payload_rid.update(new_pids)
         return True
 
     def running_read(self, op: Op, v: dict[str, Any], records: Any) -> bool:
