@@ -266,9 +266,7 @@ def ensure_image(
         return False
     if image in _ENSURED:
         return True
-    client = client or connect()
-    with _build_lock(progress, image):
-        build([name], client=client, progress=progress)
+    build([name], client=client or connect(), progress=progress)
     _ENSURED.add(image)
     return True
 
@@ -629,7 +627,23 @@ def build(
     progress: Progress = print_progress,
 ) -> list[BuildResult]:
     """Builds the named images ("base", a recipe name, or "all": the base and every recipe
-    that is in_all), in dependency order."""
+    that is in_all), in dependency order, holding the machine-wide build lock: two builders
+    of one image (parallel workers, a test and the command line) would race on its tag and
+    on the shared wheel folder."""
+    with _build_lock(progress, ", ".join(names)):
+        return _build_unlocked(names, client=client, base_image=base_image, mirror=mirror,
+                               force=force, progress=progress)
+
+
+def _build_unlocked(
+    names: list[str],
+    *,
+    client: docker.DockerClient | None,
+    base_image: str,
+    mirror: str | None,
+    force: bool,
+    progress: Progress,
+) -> list[BuildResult]:
     unknown = [n for n in names if n not in ("all", "base", *RECIPES)]
     if unknown:
         raise ImageBuildError(

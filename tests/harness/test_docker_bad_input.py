@@ -110,6 +110,8 @@ def test_unknown_defect_starts_nothing(engine: docker.DockerClient,
     assert leftovers(engine, session) == []
 
 
+READY_S = 480.0
+
 RUN = """
 import sys, time
 from harness.cluster import start_cluster
@@ -138,8 +140,10 @@ def test_sigkilled_run_leaves_containers_that_the_next_start_sweeps(
     )
     try:
         assert runner.stdout is not None
-        ready = select.select([runner.stdout], [], [], 120)[0]
-        line = runner.stdout.readline() if ready else "(nothing within 120s)"
+        # The runner checks the images on first use; under xdist it may wait for another
+        # worker's image build (one builder per machine), hence more than a bring-up.
+        ready = select.select([runner.stdout], [], [], READY_S)[0]
+        line = runner.stdout.readline() if ready else f"(nothing within {READY_S:.0f}s)"
         assert line.strip() == "READY", (line, runner.stderr.read() if runner.poll() else "")
         left = leftovers(engine, session)
         assert any(item.startswith("container") for item in left), left
