@@ -23,15 +23,7 @@ from harness.history import History, history_path
 from harness.nemesis import FAULTS, Fault, Nemesis
 
 from ..membership.bounds import agreement_bound_s
-from .workload import Workload
-
-FAST_GOSSIP = {
-    "probe_interval_ms": 300,
-    "roundtrip_timeout_ms": 120,
-    "gossip_interval_ms": 150,
-    "suspicion_mult": 3,
-    "reconnect_interval_ms": 1000,
-}
+from .workload import FAST_GOSSIP, Workload
 
 FAULT_NAMES = [
     "kill-one",

@@ -33,14 +33,8 @@ from harness.history import History, history_path
 from harness.nemesis import FAULTS, Nemesis
 
 from ..membership.bounds import agreement_bound_s
+from .workload import FAST_GOSSIP
 
-FAST_GOSSIP = {
-    "probe_interval_ms": 300,
-    "roundtrip_timeout_ms": 120,
-    "gossip_interval_ms": 150,
-    "suspicion_mult": 3,
-    "reconnect_interval_ms": 1000,
-}
 pytestmark = pytest.mark.cluster(gossip=FAST_GOSSIP)
 
 CONSUMERS = ("c1", "c2")

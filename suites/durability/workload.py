@@ -186,3 +186,14 @@ class Workload:
             self.history.ok(drain)
         finally:
             drainer.close()
+
+
+# Gossip timings for the durability clusters: faults are detected in about a second, so a
+# test spends its time on the workload, not on waiting for membership.
+FAST_GOSSIP = {
+    "probe_interval_ms": 300,
+    "roundtrip_timeout_ms": 120,
+    "gossip_interval_ms": 150,
+    "suspicion_mult": 3,
+    "reconnect_interval_ms": 1000,
+}
