@@ -629,7 +629,14 @@ def build(
     """Builds the named images ("base", a recipe name, or "all": the base and every recipe
     that is in_all), in dependency order, holding the machine-wide build lock: two builders
     of one image (parallel workers, a test and the command line) would race on its tag and
-    on the shared wheel folder."""
+    on the shared wheel folder. Bad names and a missing engine are reported before the lock
+    is taken: they need no waiting on another builder to be known."""
+    unknown = [n for n in names if n not in ("all", "base", *RECIPES)]
+    if unknown:
+        raise ImageBuildError(
+            f"unknown image {', '.join(map(repr, unknown))}; known: all, base, {', '.join(RECIPES)}"
+        )
+    client = client or connect()
     with _build_lock(progress, ", ".join(names)):
         return _build_unlocked(names, client=client, base_image=base_image, mirror=mirror,
                                force=force, progress=progress)
@@ -638,18 +645,12 @@ def build(
 def _build_unlocked(
     names: list[str],
     *,
-    client: docker.DockerClient | None,
+    client: docker.DockerClient,
     base_image: str,
     mirror: str | None,
     force: bool,
     progress: Progress,
 ) -> list[BuildResult]:
-    unknown = [n for n in names if n not in ("all", "base", *RECIPES)]
-    if unknown:
-        raise ImageBuildError(
-            f"unknown image {', '.join(map(repr, unknown))}; known: all, base, {', '.join(RECIPES)}"
-        )
-    client = client or connect()
     wanted = set(names)
     results = []
     done: set[str] = set()

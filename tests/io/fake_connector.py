@@ -95,8 +95,12 @@ def read(config, states):
             sys.stderr.write("Traceback (most recent call last):\n  RuntimeError: boom\n")
             sys.exit(3)
         if MODE == "hang" and emitted == 1:
-            with open(os.environ["FAKE_CONNECTOR_PIDFILE"], "w") as fh:
+            # Written aside and renamed: a test polls for the file and reads it at once, so it
+            # must never see the file before the pid is in it.
+            pidfile = os.environ["FAKE_CONNECTOR_PIDFILE"]
+            with open(pidfile + ".tmp", "w") as fh:
                 fh.write(str(os.getpid()))
+            os.replace(pidfile + ".tmp", pidfile)
             time.sleep(3600)
         emit(record(i))
         emitted += 1
