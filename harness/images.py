@@ -35,6 +35,7 @@ import docker
 import docker.errors
 
 from harness import HarnessError
+from harness.debian import ToolMissing, ensure_tools
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKER_DIR = REPO_ROOT / "docker"
@@ -362,20 +363,13 @@ def host_apt_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
 def _install_debootstrap(progress: Progress) -> None:
     """As root on Debian the project installs the one tool the base image needs; anyone else
     is told the command."""
-    hint = ("debootstrap is not installed; install it with `apt-get install debootstrap` "
-            "(or build recipes on a registry image: --base-image python:3.11-slim)")
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise ImageBuildError(hint)
-    progress("debootstrap is missing: installing it with apt-get (running as root)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "debootstrap"]
-    done = subprocess.run(install, capture_output=True, text=True, env=env)
-    if done.returncode != 0:  # a fresh machine may have no package lists yet
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
-        done = subprocess.run(install, capture_output=True, text=True, env=env)
-    if done.returncode != 0 or shutil.which("debootstrap") is None:
-        raise ImageBuildError(f"{hint}; apt-get failed: {done.stderr.strip()[-500:]}")
-    progress("debootstrap installed")
+    try:
+        ensure_tools({"debootstrap": "debootstrap"}, why="building the base image",
+                     progress=progress)
+    except ToolMissing as exc:
+        raise ImageBuildError(
+            f"{exc} (or build recipes on a registry image: --base-image python:3.11-slim)"
+        ) from None
 
 
 def build_base(
