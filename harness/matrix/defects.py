@@ -64,6 +64,13 @@ TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+# defect -> (pytest paths, -k expression): the same property checked under the faults we had
+# before the fault that exposes this defect. With the defect on these must still pass: the
+# defect is missed by the old faults, which is the proof that its new fault adds power. A
+# control that fails says the new fault was not needed to catch it.
+CONTROLS: dict[str, tuple[tuple[str, ...], str]] = {}
+
+
 # defect -> why its broken property cannot be seen on a target that runs with these
 # settings (None: it can). Such a row is "n/a" with the reason, never "MISSED".
 UNOBSERVABLE: dict[str, Callable[[TargetSettings], str | None]] = {
@@ -101,6 +108,7 @@ class Outcome:
     seconds: float = 0.0
     exit_code: int = 0
     not_applicable: str = ""  # why the defect's property cannot be seen on this target
+    control: Outcome | None = None  # the defect under the old faults (CONTROLS), if it has one
 
     @property
     def caught(self) -> bool:
@@ -116,7 +124,15 @@ class Outcome:
             "anomaly": self.anomaly,
             "seconds": round(self.seconds, 1),
             "not_applicable": self.not_applicable,
+            **({"control": {"selected": self.control.selected,
+                            "failed_tests": self.control.failed,
+                            "missed": self.control.passed}}
+               if self.control is not None else {}),
         }
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed and self.exit_code == 0 and self.selected > 0
 
 
 def _junit(path: Path) -> tuple[int, list[str], str]:
@@ -138,10 +154,16 @@ def _junit(path: Path) -> tuple[int, list[str], str]:
 
 
 def run_one(
-    defect: str | None, paths: tuple[str, ...], expression: str, out: Path, extra: list[str]
+    defect: str | None,
+    paths: tuple[str, ...],
+    expression: str,
+    out: Path,
+    extra: list[str],
+    label: str = "",
 ) -> Outcome:
     name = defect or "healthy"
-    junit = out / f"{name}.xml"
+    files = f"{name}.{label.replace(' ', '-')}" if label else name
+    junit = out / f"{files}.xml"
     argv = [
         sys.executable,
         "-m",
@@ -159,13 +181,11 @@ def run_one(
         argv += ["-k", expression]
     if defect:
         argv += ["--defect", defect]
-    print(
-        f"== {name}: pytest {' '.join(paths)}{f' -k {expression!r}' if expression else ''}",
-        flush=True,
-    )
+    selection = " ".join(paths) + (f" -k {expression!r}" if expression else "")
+    print(f"== {name}{f' ({label})' if label else ''}: pytest {selection}", flush=True)
     started = time.monotonic()
     finished = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    (out / f"{name}.log").write_text(finished.stdout)
+    (out / f"{files}.log").write_text(finished.stdout)
     selected, failed, anomaly = _junit(junit)
     return Outcome(name, selected, failed, anomaly, time.monotonic() - started, finished.returncode)
 
@@ -182,18 +202,33 @@ def run_matrix(out: Path, extra: list[str], only: list[str] | None = None) -> li
                   flush=True)
             outcomes.append(Outcome(defect, not_applicable=reason))
         else:
-            outcomes.append(run_one(defect, *TARGETS[defect], out, extra))
-    every_path = tuple(sorted({p for d in chosen for p in TARGETS[d][0]}))
-    expression = " or ".join(f"({TARGETS[d][1]})" if TARGETS[d][1] else "" for d in chosen)
-    # The healthy run selects the union of what the defects selected.
-    if any(not TARGETS[d][1] for d in chosen):
+            outcome = run_one(defect, *TARGETS[defect], out, extra)
+            if defect in CONTROLS:
+                control = run_one(defect, *CONTROLS[defect], out, extra, label="old faults")
+                outcome.control = control
+            outcomes.append(outcome)
+    # The healthy run selects the union of what the defects and their controls selected.
+    selections = [TARGETS[d] for d in chosen] + [CONTROLS[d] for d in chosen if d in CONTROLS]
+    every_path = tuple(sorted({p for paths, _ in selections for p in paths}))
+    expression = " or ".join(f"({k})" for _, k in selections if k)
+    if any(not k for _, k in selections):
         expression = ""
     outcomes.append(run_one(None, every_path, expression, out, extra))
     return outcomes
 
 
+def control_verdict(o: Outcome) -> str:
+    """What the faults we had did to this defect: "missed" is what a new fault's defect
+    must show (its fault adds power); "caught too" says the old faults already catch it."""
+    if o.control is None:
+        return "-"
+    if o.control.passed:
+        return "missed"
+    return "caught too" if o.control.failed else "no run"
+
+
 def table(outcomes: list[Outcome]) -> str:
-    rows = [("defect", "verdict", "tests", "failed", "anomaly found")]
+    rows = [("defect", "verdict", "old faults", "tests", "failed", "anomaly found")]
     for o in outcomes:
         if o.defect == "healthy":
             verdict = "clean" if not o.failed and o.exit_code == 0 else "FAILED"
@@ -201,16 +236,23 @@ def table(outcomes: list[Outcome]) -> str:
             verdict = "n/a"
         else:
             verdict = "caught" if o.caught else "MISSED"
-        rows.append((o.defect, verdict, str(o.selected), str(len(o.failed)),
+        rows.append((o.defect, verdict, control_verdict(o), str(o.selected), str(len(o.failed)),
                      (o.not_applicable or o.anomaly)[:90]))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows)
+    last = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(last)]
+    return "\n".join(
+        "  ".join(r[i].ljust(widths[i]) for i in range(last)) + "  " + r[last] for r in rows
+    )
 
 
 def healthy_and_all_caught(outcomes: list[Outcome]) -> bool:
+    """Every defect caught (or n/a), every control missed by the old faults, the healthy run
+    clean."""
     healthy = [o for o in outcomes if o.defect == "healthy"]
-    return all(o.caught or o.not_applicable for o in outcomes if o.defect != "healthy") and all(
-        not o.failed and o.exit_code == 0 and o.selected > 0 for o in healthy
+    return (
+        all(o.caught or o.not_applicable for o in outcomes if o.defect != "healthy")
+        and all(o.control is None or o.control.passed for o in outcomes)
+        and all(o.passed for o in healthy)
     )
 
 

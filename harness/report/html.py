@@ -460,6 +460,17 @@ def _matrix_verdict(row: dict[str, Any]) -> tuple[str, str]:
     return ("pass", "caught") if row.get("caught") else ("fail", "MISSED")
 
 
+def _control_text(row: dict[str, Any]) -> str:
+    """The defect under the faults we had before its own: "missed" proves its fault adds
+    power; empty where the defect has no control run."""
+    control = row.get("control")
+    if not control:
+        return ""
+    if control.get("missed"):
+        return "missed"
+    return "caught too" if control.get("failed_tests") else "no run"
+
+
 def _defect_matrix(report: Report) -> str:
     rows = []
     for directory in report.results_dirs:
@@ -471,13 +482,15 @@ def _defect_matrix(report: Report) -> str:
     body = "".join(
         f'<tr><td class="id">{_esc(r.get("defect"))}</td>'
         f'<td><span class="badge {_matrix_verdict(r)[0]}">{_matrix_verdict(r)[1]}</span></td>'
+        f"<td>{_esc(_control_text(r))}</td>"
         f"<td>{_esc(', '.join(r.get('failed_suites') or []))}</td>"
         f'<td class="asserts">{_esc(r.get("not_applicable") or r.get("anomaly", ""))}</td></tr>'
         for r in rows
     )
     return (
         '<section id="defects"><h2>Defect matrix</h2><table><thead><tr><th>defect</th>'
-        "<th>verdict</th><th>suites that failed</th><th>anomaly found</th></tr></thead>"
+        "<th>verdict</th><th>under the faults we had</th><th>suites that failed</th>"
+        "<th>anomaly found</th></tr></thead>"
         f"<tbody>{body}</tbody></table></section>"
     )
 
