@@ -142,8 +142,14 @@ def check(
     false_suspicions_fail: bool = False,
     absent: str = "dead",
     select: Callable[[Op], bool] | None = None,
+    up_bound_s: float | None = None,
 ) -> Result:
     """Judge membership views against the nemesis' truth; see the module docstring.
+
+    `up_bound_s`, where given, bounds the epochs that began with members coming back up
+    (a healed partition, a resumed node) instead of `bound_s`: members that were confirmed
+    dead come back through the target's reconnect path, whose period (30 s in HStreamDB
+    v0.20) has nothing to do with how fast it detects a failure.
 
     `absent` is what a member missing from a view means: "dead" (gossip implementations
     that drop confirmed-dead members) or "suspect" (HServer's DescribeCluster, whose
@@ -196,6 +202,7 @@ def check(
     lost_at = start  # when agreement was last lost (or the epoch began without it)
     epoch_start = start
     epoch_fault: Any = "start"
+    epoch_came_up = False  # the epoch began with members coming back up
     epochs: list[dict[str, Any]] = []
     episodes: list[dict[str, Any]] = []
     open_down: dict[str, dict[str, Any]] = {}
@@ -227,6 +234,7 @@ def check(
                 "start_s": _rel(epoch_start, start),
                 "end_s": _rel(t, start),
                 "after": epoch_fault,
+                "came_up": epoch_came_up,
                 "down": sorted(down),
                 "observers": len(member_list) - len(down),
                 "agreement_s": _rel(first_agreement, epoch_start),
@@ -247,7 +255,7 @@ def check(
             if not went_down and not came_up:
                 continue
             close_epoch(t)
-            epoch_start, epoch_fault = t, op.f
+            epoch_start, epoch_fault, epoch_came_up = t, op.f, bool(came_up)
             for m in went_down | came_up:
                 for o in member_list:
                     alive_seen.discard((o, m))
@@ -358,17 +366,18 @@ def check(
             continue
         agreement = ep["agreement_s"]
         disagreeing = ep["disagreeing_at_end_s"]
+        bound = up_bound_s if ep["came_up"] and up_bound_s is not None else bound_s
         if agreement is None:
-            if bound_s is not None and ep["duration_s"] >= bound_s:
-                add_anomaly(result, "not_converged", {**ep, "bound_s": bound_s})
+            if bound is not None and ep["duration_s"] >= bound:
+                add_anomaly(result, "not_converged", {**ep, "bound_s": bound})
             else:
                 undecided += 1
             continue
-        if bound_s is not None and agreement > bound_s:
-            add_anomaly(result, "slow_convergence", {**ep, "bound_s": bound_s})
-        if bound_s is not None and disagreeing is not None and disagreeing >= bound_s:
+        if bound is not None and agreement > bound:
+            add_anomaly(result, "slow_convergence", {**ep, "bound_s": bound})
+        if bound is not None and disagreeing is not None and disagreeing >= bound:
             # Agreed once, then lost it for longer than the bound with no change of truth.
-            add_anomaly(result, "not_converged", {**ep, "bound_s": bound_s})
+            add_anomaly(result, "not_converged", {**ep, "bound_s": bound})
     for ep in episodes:
         ep.pop("_t", None)
 
@@ -386,6 +395,7 @@ def check(
     downs = [ep for ep in episodes if ep["event"] == "down"]
     result.figures.update(
         bound_s=bound_s,
+        up_bound_s=up_bound_s,
         time_to_first_suspicion_s=quantiles(
             [ep["first_suspicion_s"] for ep in downs if ep["first_suspicion_s"] is not None]
         ),
