@@ -39,6 +39,9 @@ from harness.parallel import (
 from harness.targets import settings_for, target_for
 from harness.topology import ClusterSpec, build_spec
 
+# --repeat N: each test N times, flaky tests told from failures (harness/repeat.py).
+pytest_plugins = ["harness.repeat"]
+
 _SPEC_KEY = pytest.StashKey[ClusterSpec]()
 _CLUSTERS_KEY = pytest.StashKey[list[Cluster]]()
 # Each cluster the session starts gets its own name (label) and port block (PORT_BLOCK ports
@@ -73,6 +76,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "hstream-0.20 (the real server's observable behaviour)")
     group.addoption("--base-port", type=int, default=None,
                     help="client port of the first cluster; gossip +1, store +2, Toxiproxy +3")
+    group.addoption("--repeat", type=int, default=1, metavar="N",
+                    help="run each selected test N times, each repeat its own item; a test "
+                    "failing in some repeats only is reported flaky (harness/repeat.py)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
