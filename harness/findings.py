@@ -80,6 +80,13 @@ _FINDINGS = [
         "DuplicateNodeId on rejoin",
     ),
     Finding(
+        "reconnect_one_random",
+        "members confirmed dead are retried one at a time, a random one every 30 s, and "
+        "only by a node whose alive list is at least as long as its dead list: after a "
+        "partition heals, the minority waits for the majority to re-admit it",
+        "one reconnect per 30 s",
+    ),
+    Finding(
         "ready_line_before_join",
         "the ready line is printed before gossip has joined; a refused join then ends the "
         "process after it",

@@ -81,6 +81,13 @@ class Profile:
     # peers confirmed its old life dead cannot rejoin (the protocol profile takes such a
     # join for the restart it is).
     refuse_alive_rejoin: bool = _mirrors(_GOSSIP + "Server/Handlers.hs:158-163")
+    # Confirmed-dead members are retried by one loop (scheduleReconnect): as soon as any
+    # member is dead it tries ONE of them, chosen at random, then sleeps the reconnect
+    # interval (30 s) whatever the outcome; and it tries only while its alive list (itself
+    # included) is at least as long as its dead list (prob = dead / min 1 (alive - dead):
+    # negative below that, so a minority side never reconnects and waits to be re-admitted
+    # by the majority). The protocol profile retries every dead member each interval.
+    reconnect_one_random: bool = _mirrors(_GOSSIP + "Reconnect.hs:36-57")
     # "Server is started on port N" is printed once the API serves, before gossip has
     # joined; a refused join then ends the process (non-zero) after the ready line.
     ready_line_before_join: bool = _mirrors(
@@ -152,6 +159,7 @@ HSTREAM_0_20 = Profile(
     alive_only_lists=True,
     no_cli_service=True,
     refuse_alive_rejoin=True,
+    reconnect_one_random=True,
     ready_line_before_join=True,
     status_self_running=True,
     auth_cancels=True,

@@ -42,6 +42,7 @@ def report(argv: list[str]) -> dict[str, object]:
             "retransmit_mult": config.retransmit_mult,
             "indirect_checks": config.indirect_checks,
             "reconnect_interval_s": config.reconnect_interval,
+            "reconnect": "one-random" if profile.reconnect_one_random else "every-dead",
             # How a suspect becomes dead: after a suspicion timeout of
             # suspicion_mult * max(1, log10 n) probe intervals, or by the prober itself
             # once one probe interval passed without an ack.

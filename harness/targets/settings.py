@@ -30,6 +30,12 @@ class GossipSettings:
     confirmation: str = "suspicion-timeout"
     suspicion_mult: int = 4
     retransmit_limit: str = "mult*ceil(log10(n+1))"
+    # How a member confirmed dead is tried again: "every-dead" (each reconnect interval,
+    # every dead member) or "one-random" (HStreamDB v0.20, Reconnect.hs:36-57: one random
+    # dead member per attempt, the interval slept after each attempt, and only by a node
+    # whose alive list is at least as long as its dead list).
+    reconnect_interval_s: float = 30.0
+    reconnect: str = "every-dead"
 
     def suspicion_periods(self, n: int) -> float:
         """Probe intervals from first suspicion to confirmed dead."""
@@ -42,6 +48,12 @@ class GossipSettings:
         if self.retransmit_limit.startswith("mult*ceil(ln"):
             return self.retransmit_mult * math.ceil(math.log(n + 2))
         return self.retransmit_mult * max(1, math.ceil(math.log10(n + 1)))
+
+    def reconnect_attempts(self, cut_off: int) -> int:
+        """Reconnect attempts after a heal until every one of `cut_off` dead members is
+        re-admitted, at worst: one when each attempt tries every dead member; one per member
+        when each node tries a single random one (they may all pick the same)."""
+        return max(1, cut_off) if self.reconnect == "one-random" else 1
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -88,7 +100,9 @@ class TargetSettings:
                 fanout=int(gossip["fanout"]), retransmit_mult=int(gossip["retransmit_mult"]),
                 confirmation=str(gossip["confirmation"]),
                 suspicion_mult=int(gossip["suspicion_mult"]),
-                retransmit_limit=str(gossip["retransmit_limit"])),
+                retransmit_limit=str(gossip["retransmit_limit"]),
+                reconnect_interval_s=float(gossip.get("reconnect_interval_s", 30.0)),
+                reconnect=str(gossip.get("reconnect", "every-dead"))),
             membership_probe=str(report["membership_probe"]),
             member_lists=str(report["member_lists"]),
             deviations=dict(report.get("switches") or {}),
@@ -107,6 +121,7 @@ HSTREAM_DEVIATIONS: dict[str, str] = {
     "alive_only_lists": _GOSSIP + "Utils.hs:296-309",
     "no_cli_service": _GOSSIP + "Server/Handlers.hs:73-81",
     "refuse_alive_rejoin": _GOSSIP + "Server/Handlers.hs:158-163",
+    "reconnect_one_random": _GOSSIP + "Reconnect.hs:36-57",
     "ready_line_before_join": "hstream/app/server.hs:167-180,207",
     "status_self_running": _GOSSIP + "Utils.hs:331-342",
     "auth_cancels": "hs-grpc include/hsgrpc/auth.hpp:37-53",
@@ -124,6 +139,8 @@ def hstream_settings(version: str) -> TargetSettings:
         gossip=GossipSettings(probe_interval_s=2.0, roundtrip_timeout_s=0.5,
                               gossip_interval_s=1.0, fanout=3, retransmit_mult=4,
                               confirmation="one-probe-interval",
-                              retransmit_limit="mult*ceil(ln(n+2))"),
+                              retransmit_limit="mult*ceil(ln(n+2))",
+                              # Reconnect.hs:53 (threadDelay 30 s), :36-57 (one at a time)
+                              reconnect_interval_s=30.0, reconnect="one-random"),
         membership_probe="describe-cluster", member_lists="alive-only",
         deviations=dict(HSTREAM_DEVIATIONS))

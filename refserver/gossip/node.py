@@ -16,7 +16,8 @@ Failure detection (where the real server cuts corners, this follows SWIM):
   Ack to such a sender, so the member can refute it even after the update has run out of
   retransmissions;
 - dead members are tried again every reconnect_interval (SendReconnect, then a Ping that
-  carries their Confirm): a member that was only cut off refutes and rejoins the views.
+  carries their Confirm): a member that was only cut off refutes and rejoins the views
+  (profile hstream-0.20: one random dead member per attempt, Reconnect.hs);
 
 Incarnations start at the node's start time in quarter seconds since 2026-01-01, rounded
 up, and a node does not start before that moment has passed: so every later life of
@@ -822,19 +823,38 @@ class GossipNode:
             pass  # gossip is best effort; the probe decides about failures
 
     async def _reconnect_loop(self) -> None:
-        rtt = self.config.roundtrip_timeout
+        if self.profile.reconnect_one_random:
+            await self._reconnect_one_at_a_time()
+            return
         while True:
             await asyncio.sleep(self.config.reconnect_interval)
             for record in self._table.in_state(MemberState.DEAD):
-                try:
-                    await self._node_stub(record.node).SendReconnect(
-                        HStreamGossip_pb2.Empty(), timeout=rtt
-                    )
-                except grpc.aio.AioRpcError:
-                    continue
-                # It answers: tell it that it is considered dead (it refutes with a higher
-                # incarnation, which rides back on the Ack) and who is asking.
-                await self._ping(record.node, rtt)
+                await self._reconnect(record)
+
+    async def _reconnect(self, record: MemberRecord) -> None:
+        rtt = self.config.roundtrip_timeout
+        try:
+            await self._node_stub(record.node).SendReconnect(HStreamGossip_pb2.Empty(), timeout=rtt)
+        except grpc.aio.AioRpcError:
+            return
+        # It answers: tell it that it is considered dead (it refutes with a higher
+        # incarnation, which rides back on the Ack) and who is asking.
+        await self._ping(record.node, rtt)
+
+    async def _reconnect_one_at_a_time(self) -> None:
+        """hstream-0.20 (Reconnect.hs:36-57): one random dead member per attempt, an attempt
+        as soon as one is dead, the interval slept after each attempt, and none while the
+        dead outnumber the alive (this node included)."""
+        while True:
+            dead = self._table.in_state(MemberState.DEAD)
+            alive = 1 + len(self._table.in_state(MemberState.ALIVE))
+            if not dead or alive < len(dead):
+                # The real loop blocks (STM) on an empty dead list and spins on the refusal;
+                # a short poll gives the same moment of the next attempt.
+                await asyncio.sleep(min(0.1, self.config.probe_interval))
+                continue
+            await self._reconnect(self._rng.choice(dead))
+            await asyncio.sleep(self.config.reconnect_interval)
 
     # ----------------------------------------------------------------- server side
     def _join_response(self) -> HStreamGossip_pb2.JoinResp:

@@ -11,6 +11,14 @@
     dissemination              = retransmit·ceil(ln(n+2))·G     (O(log n) gossip rounds)
     agreement bound            = detection + confirmation + dissemination + one sample
 
+After a partition heals, each side holds the other confirmed dead and nobody probes the
+dead: they come back only through the target's reconnect path (R = reconnect interval,
+a = reconnect attempts until every cut-off member is re-admitted, at worst: 1 where an
+attempt tries every dead member, one per cut-off member where it tries one at random, as
+HStreamDB v0.20 does), then a probe round tells each side the other refuted:
+
+    heal bound                 = a·(R + round trip) + detection + dissemination + one sample
+
 A brand-new node has nothing to detect: it gets the member list from the seed that accepts
 its join, and the seed's Alive(new node) spreads by gossip, so
 
@@ -50,6 +58,23 @@ def agreement_bound_s(settings: TargetSettings, n: int) -> float:
         sample_interval_s=SAMPLE_S,
     )
     return bounds["agreement_bound_s"]
+
+
+def heal_bound_s(settings: TargetSettings, n: int, cut_off: int) -> float:
+    """n nodes, `cut_off` of them on the other side of a partition that just healed."""
+    gossip = settings.gossip
+    bounds = membership.swim_bounds(
+        gossip.probe_interval_s,
+        n,
+        gossip_interval_s=gossip.gossip_interval_s,
+        retransmit_mult=gossip.retransmit_mult,
+        sample_interval_s=SAMPLE_S,
+    )
+    attempts = gossip.reconnect_attempts(cut_off)
+    reconnect = attempts * (gossip.reconnect_interval_s + gossip.roundtrip_timeout_s)
+    return round(
+        reconnect + bounds["detection_bound_s"] + bounds["dissemination_bound_s"] + SAMPLE_S, 3
+    )
 
 
 def join_bound_s(settings: TargetSettings, n: int) -> float:
