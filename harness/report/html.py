@@ -75,8 +75,13 @@ def _anchor(check_id: str, column: str) -> str:
 def _badge(cell: Cell, href: str) -> str:
     return (
         f'<a class="badge {cell.outcome}" href="#{href}" title="{_esc(cell.detail)}">'
-        f"{OUTCOME_LABEL[cell.outcome]}</a>"
+        f"{OUTCOME_LABEL[cell.outcome]}{_attempts(cell)}</a>"
     )
+
+
+def _attempts(cell: Cell) -> str:
+    """" 1 of 3" after a flaky cell's label: how many of its attempts failed."""
+    return f" {cell.failed} of {cell.attempts}" if cell.outcome == "flaky" and cell.attempts else ""
 
 
 def _header(report: Report) -> str:
@@ -123,7 +128,7 @@ def _summary(report: Report) -> str:
     ]
     items = "".join(
         f'<li><a class="badge {cell.outcome}" href="#{_anchor(row.check_id, column)}">'
-        f"{OUTCOME_LABEL[cell.outcome]}</a> <code>{_esc(row.check_id)}</code> on "
+        f"{OUTCOME_LABEL[cell.outcome]}{_attempts(cell)}</a> <code>{_esc(row.check_id)}</code> on "
         f"{_esc(column)}: {_esc(cell.detail[:240])}</li>"
         for row, column, cell in attention
     )
@@ -297,7 +302,8 @@ def _details(report: Report, out_dir: Path, drawn: set[str] | None = None) -> st
                     f'<div class="detail detail-{cell.outcome}" '
                     f'id="{_anchor(row.check_id, column)}">'
                     f"<h3>{_esc(row.check_id)} — {_esc(column)}: "
-                    f'<span class="badge {cell.outcome}">{OUTCOME_LABEL[cell.outcome]}</span> '
+                    f'<span class="badge {cell.outcome}">{OUTCOME_LABEL[cell.outcome]}'
+                    f"{_attempts(cell)}</span> "
                     f'<a class="back" href="#matrix">back to the matrix</a></h3>'
                     f"{expects}{inner}</div>",
                 )

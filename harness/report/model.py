@@ -9,7 +9,8 @@ merged into one page sit side by side.
 
 * pass — every attempt passed;
 * fail — the last attempt failed (or broke) and none passed;
-* flaky — both passing and failing attempts;
+* flaky — both passing and failing attempts, counted: "flaky k of N" (k of the N attempts
+  that passed or failed; `--repeat N` makes N attempts of every test);
 * deviation — a strict xfail: a known deviation of an official client, or a finding of the
   target (harness.findings: "<target label>: <finding> (HStreamDB <source>)"), shown with it;
 * skipped — with the reason.
@@ -94,6 +95,10 @@ class Cell:
     outcome: str
     results: list[TestResult]
     detail: str = ""
+    # Of the attempts that passed or failed (repeats with --repeat, reruns, merged runs),
+    # how many failed: a flaky cell shows "flaky <failed> of <attempts>".
+    failed: int = 0
+    attempts: int = 0
 
 
 @dataclass
@@ -190,7 +195,10 @@ def merge_outcomes(results: list[TestResult]) -> Cell:
     if outcomes == {"pass"}:
         return Cell("pass", ordered)
     if "pass" in outcomes and "fail" in outcomes:
-        return Cell("flaky", ordered, "passed and failed in different attempts")
+        failed = sum(1 for r in ordered if r.outcome == "fail")
+        attempts = failed + sum(1 for r in ordered if r.outcome == "pass")
+        return Cell("flaky", ordered, f"flaky {failed} of {attempts} failed (passed and failed "
+                    "in different attempts)", failed, attempts)
     if "fail" in outcomes:
         failed = [r for r in ordered if r.outcome == "fail"][-1]
         return Cell("fail", ordered, failed.message.splitlines()[0] if failed.message else "")

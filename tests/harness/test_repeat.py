@@ -112,3 +112,20 @@ def test_no_repeat_section_without_the_option(tmp_path: Path, isolated_reports: 
 def test_a_repeat_count_below_one_is_refused(tmp_path: Path, isolated_reports: Path) -> None:
     output = run_pytest(tmp_path, isolated_reports, "--repeat", "0")
     assert "--repeat takes a count of 1 or more, not 0" in output, output
+
+
+def test_the_page_counts_the_flaky_test(tmp_path: Path, isolated_reports: Path) -> None:
+    from harness.report.html import render
+    from harness.report.model import build, load_results
+
+    results = tmp_path / "allure"
+    run_pytest(tmp_path, isolated_reports, "--repeat", "3", f"--alluredir={results}")
+    report = build(*load_results([results]), [results])
+    cells = {row.check_id: next(iter(row.cells.values())) for row in report.rows}
+    flaky = cells["other:test_second_run_fails"]
+    assert (flaky.outcome, flaky.failed, flaky.attempts) == ("flaky", 1, 3), flaky.detail
+    assert cells["other:test_always_fails"].outcome == "fail"
+    assert cells["other:test_always_passes"].outcome == "pass"
+    page = render(report, tmp_path / "page.html")
+    assert ">flaky 1 of 3</a>" in page
+    assert "flaky 1 of 3 failed (passed and failed in different attempts)" in page
