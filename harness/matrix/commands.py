@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from harness.cli import register_command
@@ -29,11 +30,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("reports") / "allure-results",
         help="where defect-matrix.json goes for the HTML report",
     )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every selection N times: each defect's row says in how many runs it was "
+        "caught and its median runs-to-catch; controls must miss and the healthy run must "
+        "be clean in all N",
+    )
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
 
 
 def run(args: argparse.Namespace) -> int:
-    outcomes = run_matrix(args.out, list(args.pytest_args), args.only)
+    if args.runs < 1:
+        print(f"hstream-conformance defect-matrix: --runs takes 1 or more, not {args.runs}",
+              file=sys.stderr)
+        return 2
+    outcomes = run_matrix(args.out, list(args.pytest_args), args.only, runs=args.runs)
     print(table(outcomes))
     print(f"written: {write_json(outcomes, args.results)}; logs in {args.out}/")
     return 0 if healthy_and_all_caught(outcomes) else 1

@@ -3,6 +3,11 @@
 Every defect must be caught (some selected test fails, with the anomaly in its message) and
 the healthy run must pass. The table is printed and written as defect-matrix.json beside
 the allure results, where the HTML report shows it.
+
+With `runs=N` (`--runs N`) every selection runs N times: a defect's row says in how many
+runs it was caught and its median runs-to-catch (harness.matrix.runs); it counts as caught
+if some run caught it, while a control must miss it in all N runs and the healthy run must
+be clean in all N.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import HarnessError
+from harness.matrix.runs import caught_text, median_runs_to_catch
 from harness.targets import settings_for
 from harness.targets.settings import TargetSettings
 from harness.topology import build_spec
@@ -109,6 +115,12 @@ class Outcome:
     exit_code: int = 0
     not_applicable: str = ""  # why the defect's property cannot be seen on this target
     control: Outcome | None = None  # the defect under the old faults (CONTROLS), if it has one
+    runs: list[Outcome] = field(default_factory=list)  # each run, when run N > 1 times
+
+    @property
+    def run_caught(self) -> list[bool]:
+        """Whether each run, in order, failed some selected test (one entry for one run)."""
+        return [bool(r.failed) for r in self.runs] if self.runs else [self.caught]
 
     @property
     def caught(self) -> bool:
@@ -126,8 +138,16 @@ class Outcome:
             "not_applicable": self.not_applicable,
             **({"control": {"selected": self.control.selected,
                             "failed_tests": self.control.failed,
-                            "missed": self.control.passed}}
+                            "missed": self.control.passed,
+                            "runs": len(self.control.run_caught),
+                            "missed_runs": self.control.run_caught.count(False)}}
                if self.control is not None else {}),
+            **({} if self.not_applicable else {
+                "runs": len(self.run_caught),
+                "caught_runs": self.run_caught.count(True),
+                "run_caught": self.run_caught,
+                "median_runs_to_catch": median_runs_to_catch(self.run_caught),
+            }),
         }
 
     @property
@@ -190,7 +210,50 @@ def run_one(
     return Outcome(name, selected, failed, anomaly, time.monotonic() - started, finished.returncode)
 
 
-def run_matrix(out: Path, extra: list[str], only: list[str] | None = None) -> list[Outcome]:
+def merge_runs(runs: list[Outcome]) -> Outcome:
+    """One row from N runs of the same selection: failed tests of every run (so it is caught
+    if any run caught, and passed only if every run passed), the fewest selected, the first
+    failing exit code and anomaly, the total time; the runs are kept in `runs`."""
+    if len(runs) == 1:
+        return runs[0]
+    failed = list(dict.fromkeys(name for r in runs for name in r.failed))
+    return Outcome(
+        runs[0].defect,
+        selected=min(r.selected for r in runs),
+        failed=failed,
+        anomaly=next((r.anomaly for r in runs if r.anomaly), ""),
+        seconds=sum(r.seconds for r in runs),
+        exit_code=next((r.exit_code for r in runs if r.exit_code), 0),
+        runs=list(runs),
+    )
+
+
+def run_times(
+    times: int,
+    defect: str | None,
+    paths: tuple[str, ...],
+    expression: str,
+    out: Path,
+    extra: list[str],
+    label: str = "",
+) -> Outcome:
+    """`run_one` `times` times (each run's files named by its number), merged."""
+    if times == 1:
+        return run_one(defect, paths, expression, out, extra, label)
+    return merge_runs([
+        run_one(defect, paths, expression, out, extra,
+                f"{label} run {i} of {times}" if label else f"run {i} of {times}")
+        for i in range(1, times + 1)
+    ])
+
+
+def run_matrix(
+    out: Path, extra: list[str], only: list[str] | None = None, runs: int = 1
+) -> list[Outcome]:
+    """Each chosen defect's checks (and its control's) and then the healthy run, each selection
+    `runs` times."""
+    if runs < 1:
+        raise HarnessError(f"the defect matrix needs 1 or more runs per selection, not {runs}")
     out.mkdir(parents=True, exist_ok=True)
     chosen = only or list(TARGETS)
     settings = settings_of_run(extra)
@@ -202,9 +265,10 @@ def run_matrix(out: Path, extra: list[str], only: list[str] | None = None) -> li
                   flush=True)
             outcomes.append(Outcome(defect, not_applicable=reason))
         else:
-            outcome = run_one(defect, *TARGETS[defect], out, extra)
+            outcome = run_times(runs, defect, *TARGETS[defect], out, extra)
             if defect in CONTROLS:
-                control = run_one(defect, *CONTROLS[defect], out, extra, label="old faults")
+                control = run_times(runs, defect, *CONTROLS[defect], out, extra,
+                                    label="old faults")
                 outcome.control = control
             outcomes.append(outcome)
     # The healthy run selects the union of what the defects and their controls selected.
@@ -213,7 +277,7 @@ def run_matrix(out: Path, extra: list[str], only: list[str] | None = None) -> li
     expression = " or ".join(f"({k})" for _, k in selections if k)
     if any(not k for _, k in selections):
         expression = ""
-    outcomes.append(run_one(None, every_path, expression, out, extra))
+    outcomes.append(run_times(runs, None, every_path, expression, out, extra))
     return outcomes
 
 
@@ -224,11 +288,15 @@ def control_verdict(o: Outcome) -> str:
         return "-"
     if o.control.passed:
         return "missed"
-    return "caught too" if o.control.failed else "no run"
+    if not o.control.failed:
+        return "no run"
+    runs = o.control.run_caught
+    return "caught too" if len(runs) == 1 else f"caught too ({caught_text(runs)})"
 
 
 def table(outcomes: list[Outcome]) -> str:
-    rows = [("defect", "verdict", "old faults", "tests", "failed", "anomaly found")]
+    rows = [("defect", "verdict", "old faults", "caught in", "median runs to catch", "tests",
+             "failed", "anomaly found")]
     for o in outcomes:
         if o.defect == "healthy":
             verdict = "clean" if not o.failed and o.exit_code == 0 else "FAILED"
@@ -236,8 +304,12 @@ def table(outcomes: list[Outcome]) -> str:
             verdict = "n/a"
         else:
             verdict = "caught" if o.caught else "MISSED"
-        rows.append((o.defect, verdict, control_verdict(o), str(o.selected), str(len(o.failed)),
-                     (o.not_applicable or o.anomaly)[:90]))
+        if o.defect == "healthy" or o.not_applicable:
+            caught_in = median = "-"
+        else:
+            caught_in, median = caught_text(o.run_caught), str(median_runs_to_catch(o.run_caught))
+        rows.append((o.defect, verdict, control_verdict(o), caught_in, median, str(o.selected),
+                     str(len(o.failed)), (o.not_applicable or o.anomaly)[:90]))
     last = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(last)]
     return "\n".join(

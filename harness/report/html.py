@@ -473,8 +473,29 @@ def _control_text(row: dict[str, Any]) -> str:
     if not control:
         return ""
     if control.get("missed"):
-        return "missed"
-    return "caught too" if control.get("failed_tests") else "no run"
+        return "missed" if control.get("runs", 1) == 1 else f"missed in all {control['runs']}"
+    if not control.get("failed_tests"):
+        return "no run"
+    runs = control.get("runs", 1)
+    return "caught too" if runs == 1 else (
+        f"caught too ({runs - control.get('missed_runs', 0)} of {runs})")
+
+
+def _runs_caught(row: dict[str, Any]) -> str:
+    """"k of N" runs that caught a defect (harness.matrix.runs), or how many of its runs the
+    healthy row was clean in; empty for an n/a row and rows written before runs were counted."""
+    if "caught_runs" not in row:
+        return ""
+    runs, caught = row.get("runs", 1), row["caught_runs"]
+    if row.get("defect") == "healthy":
+        return f"failed in {caught} of {runs}" if caught else f"clean in all {runs}"
+    return f"{caught} of {runs}"
+
+
+def _median_text(row: dict[str, Any]) -> str:
+    if row.get("defect") == "healthy" or "median_runs_to_catch" not in row:
+        return ""
+    return str(row["median_runs_to_catch"])
 
 
 def _defect_matrix(report: Report) -> str:
@@ -489,13 +510,15 @@ def _defect_matrix(report: Report) -> str:
         f'<tr><td class="id">{_esc(r.get("defect"))}</td>'
         f'<td><span class="badge {_matrix_verdict(r)[0]}">{_matrix_verdict(r)[1]}</span></td>'
         f"<td>{_esc(_control_text(r))}</td>"
+        f"<td>{_esc(_runs_caught(r))}</td><td>{_esc(_median_text(r))}</td>"
         f"<td>{_esc(', '.join(r.get('failed_suites') or []))}</td>"
         f'<td class="asserts">{_esc(r.get("not_applicable") or r.get("anomaly", ""))}</td></tr>'
         for r in rows
     )
     return (
         '<section id="defects"><h2>Defect matrix</h2><table><thead><tr><th>defect</th>'
-        "<th>verdict</th><th>under the faults we had</th><th>suites that failed</th>"
+        "<th>verdict</th><th>under the faults we had</th><th>runs that caught it</th>"
+        "<th>median runs to catch</th><th>suites that failed</th>"
         "<th>anomaly found</th></tr></thead>"
         f"<tbody>{body}</tbody></table></section>"
     )

@@ -195,10 +195,10 @@ def merge_outcomes(results: list[TestResult]) -> Cell:
     if outcomes == {"pass"}:
         return Cell("pass", ordered)
     if "pass" in outcomes and "fail" in outcomes:
-        failed = sum(1 for r in ordered if r.outcome == "fail")
-        attempts = failed + sum(1 for r in ordered if r.outcome == "pass")
-        return Cell("flaky", ordered, f"flaky {failed} of {attempts} failed (passed and failed "
-                    "in different attempts)", failed, attempts)
+        failures = sum(1 for r in ordered if r.outcome == "fail")
+        attempts = failures + sum(1 for r in ordered if r.outcome == "pass")
+        return Cell("flaky", ordered, f"flaky {failures} of {attempts} failed (passed and "
+                    "failed in different attempts)", failures, attempts)
     if "fail" in outcomes:
         failed = [r for r in ordered if r.outcome == "fail"][-1]
         return Cell("fail", ordered, failed.message.splitlines()[0] if failed.message else "")
