@@ -197,13 +197,15 @@ def base_content_hash() -> str:
     return hashlib.sha256(recipe.encode()).hexdigest()
 
 
-def recipe_content_hash(recipe: Recipe, base_image: str, base_id: str, wheels: list[Path]) -> str:
-    """Dockerfile (and the files beside it) + build args + base image id + wheels + project
+def recipe_content_hash(
+    recipe: Recipe, build_args: dict[str, str], base_id: str, wheels: list[Path]
+) -> str:
+    """Dockerfile (and the files beside it) + build args + base image id(s) + wheels + project
     sources."""
     digest = hashlib.sha256()
     digest.update(recipe.dockerfile.read_bytes())
     _hash_files(digest, recipe.dockerfile.parent, iter(recipe.files))
-    for key, value in sorted({"BASE_IMAGE": base_image, **recipe.build_args}.items()):
+    for key, value in sorted(build_args.items()):
         digest.update(f"{key}={value}\0".encode())
     digest.update(base_id.encode())
     for wheel in sorted(wheels):
@@ -548,14 +550,25 @@ def build_recipe(
     recipe: Recipe,
     *,
     base_image: str = BASE_IMAGE,
+    debian_image: str | None = None,
     force: bool = False,
     progress: Progress = print_progress,
 ) -> BuildResult:
+    """`base_image` is what the recipe builds FROM (another recipe's image for a recipe
+    `on` one); `debian_image`, given to such a recipe, is the plain base below that chain, so
+    its Dockerfile can install its Debian packages there in a layer that a change of the
+    other recipe's image does not invalidate."""
     if not recipe.dockerfile.is_file():
         raise ImageBuildError(f"no Dockerfile for image {recipe.name!r} at {recipe.dockerfile}")
     require_image(client, base_image)
+    build_args = {"BASE_IMAGE": base_image, **recipe.build_args}
+    base_ids = image_id(client, base_image)
+    if debian_image is not None:
+        require_image(client, debian_image)
+        build_args["DEBIAN_IMAGE"] = debian_image
+        base_ids += image_id(client, debian_image)
     wheels = build_wheels(progress=progress)
-    content_hash = recipe_content_hash(recipe, base_image, image_id(client, base_image), wheels)
+    content_hash = recipe_content_hash(recipe, build_args, base_ids, wheels)
     if not force and image_label(client, recipe.tag, HASH_LABEL) == content_hash:
         progress(f"{recipe.tag}: up to date (content hash {content_hash[:12]}), skipped")
         return BuildResult(recipe.tag, content_hash, True, image_id(client, recipe.tag))
@@ -583,7 +596,7 @@ def build_recipe(
         for chunk in client.api.build(
             path=str(context),
             tag=recipe.tag,
-            buildargs={"BASE_IMAGE": base_image, **recipe.build_args},
+            buildargs=build_args,
             labels={HASH_LABEL: content_hash, KIND_LABEL: recipe.name},
             rm=True,
             forcerm=True,
@@ -657,7 +670,8 @@ def _build_unlocked(
             build_named(recipe.on, False)
         base = RECIPES[recipe.on].tag if recipe.on is not None else base_image
         results.append(
-            build_recipe(client, recipe, base_image=base, force=forced, progress=progress)
+            build_recipe(client, recipe, base_image=base, force=forced, progress=progress,
+                         debian_image=base_image if recipe.on is not None else None)
         )
         done.add(name)
 

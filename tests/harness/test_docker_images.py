@@ -86,10 +86,13 @@ def test_hash_changes_with_the_dockerfile_inputs(engine) -> None:  # type: ignor
     recipe = images.RECIPES["refserver"]
     wheels = sorted(images.WHEELS_DIR.glob("*.whl"))
     base_id = images.image_id(engine, images.BASE_IMAGE)
-    one = images.recipe_content_hash(recipe, images.BASE_IMAGE, base_id, wheels)
-    assert one == images.recipe_content_hash(recipe, images.BASE_IMAGE, base_id, wheels)
-    assert one != images.recipe_content_hash(recipe, "python:3.11-slim", base_id, wheels)
-    assert one != images.recipe_content_hash(recipe, images.BASE_IMAGE, base_id, wheels[1:])
+    def hash_of(base: str, some_wheels: list) -> str:  # type: ignore[type-arg]
+        return images.recipe_content_hash(recipe, {"BASE_IMAGE": base}, base_id, some_wheels)
+
+    one = hash_of(images.BASE_IMAGE, wheels)
+    assert one == hash_of(images.BASE_IMAGE, wheels)
+    assert one != hash_of("python:3.11-slim", wheels)
+    assert one != hash_of(images.BASE_IMAGE, wheels[1:])
 
 
 def test_cli_rejects_an_unknown_image_in_one_line() -> None:
