@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import HarnessError
 from harness.cleanup import ClusterRecord, reports_root, track, untrack
@@ -47,6 +47,9 @@ from harness.targets import (
 )
 from harness.targets.settings import TargetSettings
 from harness.topology import SESSION_ENV, ClusterSpec
+
+if TYPE_CHECKING:
+    from harness.lazydisk.control import DiskControl
 
 __all__ = [
     "Cluster",
@@ -135,8 +138,10 @@ class Cluster:
 
     # Means a fault may need: "signal" (kill/restart a process), "pause" (SIGSTOP/SIGCONT),
     # "store" (kill/restart the store), "partition" (cut links between nodes),
-    # "toxiproxy" (proxies in front of ports), "join" (late nodes to start).
-    MEANS = ("signal", "pause", "store", "partition", "toxiproxy", "join")
+    # "toxiproxy" (proxies in front of ports), "join" (late nodes to start),
+    # "clock" (nodes under the clock layer, harness.clocklayer),
+    # "disk" (the store's data directory on the lazy disk, harness.lazydisk).
+    MEANS = ("signal", "pause", "store", "partition", "toxiproxy", "join", "clock", "disk")
 
     def __init__(self, spec: ClusterSpec, progress: Progress | None = None,
                  detached: bool = False) -> None:
@@ -213,6 +218,17 @@ class Cluster:
             return "this cluster has no store process of ours (the target manages its own)"
         if means == "join" and not self.spec.late_node_ids:
             return "this cluster has no late nodes; set late_nodes in its spec"
+        if means == "clock":
+            from harness.clocklayer import cluster_refusal
+
+            return cluster_refusal(self)
+        if means == "disk" and "disk" not in self.processes:
+            if not self.spec.disk_faults:
+                return ("this cluster's store is on a plain directory; start it with "
+                        "disk_faults=True ([cluster] disk_faults = true) for disk faults")
+            from harness.targets.reference import disk_refusal
+
+            return disk_refusal(self.spec) or "this cluster's target has no lazy disk"
         if means == "partition" and (self.provision is None or self.provision.net is None):
             return self.runtime.refusal("partition") or (
                 f"the {self.spec.backend} runtime has no means to cut links")
@@ -244,6 +260,11 @@ class Cluster:
                 env={**proc.env, SESSION_ENV: spec.session,
                      "HSTREAM_CONFORMANCE_CLUSTER": spec.label},
             )
+            if spec.clock_faults and proc.role == "node":
+                from harness.clocklayer import layer_env, spec_path
+
+                box = self.processes[proc.name]
+                box.env.update(layer_env(spec_path(box.host, self.runtime, proc.name)))
         self._add_node_handles(specs, provision.placements)
         # Processes of one role start together (the nodes wait for each other anyway);
         # roles start in layout order, each group ready before the next begins.
@@ -544,6 +565,15 @@ class Cluster:
         store = self._store()
         assert store is not None
         self._restart(store)
+
+    def disk_control(self) -> DiskControl:
+        """The control channel of the lazy disk under the store (harness.lazydisk)."""
+        self._require("disk")
+        from harness.lazydisk.control import DiskControl
+        from harness.targets.reference import disk_control_path
+
+        assert self.provision is not None
+        return DiskControl(disk_control_path(self.provision.placements["disk"].volumes))
 
     def partition(self, grudge: Grudge) -> None:
         """Apply a grudge (node -> nodes whose traffic it drops), replacing any earlier one.

@@ -13,6 +13,8 @@ File format (every section and key optional; unknown ones are errors, so typos s
     defects = ["never-confirm"]  # reference target only; see refserver --help
     tokens = ["hstream:hstream"] # client tokens the servers accept (empty: no auth)
     base_port = 6570           # client port; gossip = base_port+1, store = base_port+2
+    clock_faults = false       # nodes run under the clock layer (libfaketime), for clock faults
+    disk_faults = false        # the store's data dir on the lazy disk (FUSE), for disk faults
 
     [toxiproxy]
     enabled = true             # a proxy in front of every node's client and gossip port
@@ -97,6 +99,12 @@ class ClusterSpec:
     # The reference server's behaviour profile: "protocol" (protocol-correct) or one that
     # mirrors a real server's observable behaviour ("hstream-0.20"); reference target only.
     profile: str = "protocol"
+    # Nodes are spawned under the clock layer (harness.clocklayer: libfaketime preloaded),
+    # which the nemesis' clock faults need; never on otherwise.
+    clock_faults: bool = False
+    # The store's data directory is a lazy disk (harness.lazydisk: FUSE, unsynced writes
+    # lost on demand, IO faults), which the nemesis' disk faults need; never on otherwise.
+    disk_faults: bool = False
     base_port: int = 6570
     session: str = field(default_factory=new_session_label)
     # Distinguishes several clusters of one session (cluster_factory): part of every name.
@@ -176,6 +184,8 @@ class ClusterSpec:
             "gossip": dict(self.gossip),
             "tokens": list(self.tokens),
             "profile": self.profile,
+            "clock_faults": self.clock_faults,
+            "disk_faults": self.disk_faults,
             "base_port": self.base_port,
             "session": self.session,
             "name": self.name,
@@ -196,6 +206,8 @@ class ClusterSpec:
             gossip=dict(data.get("gossip", {})),
             tokens=tuple(data.get("tokens", ())),
             profile=data.get("profile", "protocol"),
+            clock_faults=bool(data.get("clock_faults", False)),
+            disk_faults=bool(data.get("disk_faults", False)),
             base_port=data.get("base_port", 6570),
             session=data["session"],
             name=data.get("name", "c0"),
@@ -236,6 +248,12 @@ def _check_spec(spec: ClusterSpec, source: str) -> None:
         raise bad("inventory", f"must be a file path, got {spec.inventory!r}")
     if not isinstance(spec.seed, int) or isinstance(spec.seed, bool):
         raise bad("seed", f"must be an integer, got {spec.seed!r}")
+    if not isinstance(spec.clock_faults, bool):
+        raise bad("clock_faults", f"must be true or false, got {spec.clock_faults!r}")
+    if not isinstance(spec.disk_faults, bool):
+        raise bad("disk_faults", f"must be true or false, got {spec.disk_faults!r}")
+    if spec.disk_faults and spec.target != REFERENCE_TARGET:
+        raise bad("disk_faults", "the lazy disk goes under the reference target's store only")
     if not isinstance(spec.base_port, int) or not (1024 <= spec.base_port <= 65533):
         raise bad("base_port", f"must be an integer in 1024..65533, got {spec.base_port!r}")
     if spec.toxiproxy_url is not None and not re.match(r"^https?://[^/:]+:\d+/?$",
@@ -272,6 +290,8 @@ _TOML_KEYS: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "defects": ("defects", list),
         "tokens": ("tokens", list),
         "profile": ("profile", str),
+        "clock_faults": ("clock_faults", bool),
+        "disk_faults": ("disk_faults", bool),
         "base_port": ("base_port", int),
     },
     "toxiproxy": {

@@ -211,6 +211,11 @@ async def serve(settings: NodeSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Under the harness's clock layer (libfaketime with a true monotonic clock) Python's
+    # time.sleep fails; this swaps it for an equivalent wait (harness.clocklayer).
+    from harness.clocklayer import adapt_python_sleep
+
+    adapt_python_sleep()
     try:
         settings = settings_from(sys.argv[1:] if argv is None else argv)
         level = settings.log_level.upper()

@@ -5,7 +5,8 @@ and recorded in the history (Jepsen's nemesis, generator and compose).
 * `base`: the family protocol (`setup` / `invoke` / `teardown`, `needs`, `kinds`) and
   `compose`;
 * one module per family: `process` (kill, restart, pause), `store`, `partition`, `toxic`,
-  `join`, `crash` (a process of this machine: a client driver, a connector program);
+  `join`, `crash` (a process of this machine: a client driver, a connector program),
+  `clock` (a node's realtime clock, through the clock layer of harness.clocklayer);
 * `recording`: `Nemesis(cluster, history)`, the families composed, every action recorded;
 * `generator`: `Schedule`, the one type for what happens when, its producers and `play`;
 * `audit`: whether every fault asked for is in the history (suites/conftest.py uses it).

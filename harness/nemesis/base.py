@@ -89,6 +89,11 @@ class Family(abc.ABC):
         """Nodes this family keeps down right now (no other fault's end brings them up)."""
         return set()
 
+    def take_evidence(self) -> dict[str, Any]:
+        """What the last invoke or teardown measured, for its completion in the history
+        (e.g. the clock family's node clocks); handed out once. Nothing by default."""
+        return {}
+
 
 class Undo:
     """Collects undo failures so that every undo is tried before one error reports them."""
@@ -164,6 +169,9 @@ class Composed(Family):
 
     def held_down(self) -> set[int]:
         return set().union(*(f.held_down() for f in self.families))
+
+    def take_evidence(self) -> dict[str, Any]:
+        return {k: v for f in self.families for k, v in f.take_evidence().items()}
 
 
 def compose(*families: Family) -> Composed:

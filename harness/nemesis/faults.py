@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness.faults import partition as grudges
@@ -25,7 +25,20 @@ PROCESS_KINDS = ("kill", "pause", "restart")
 STORE_KINDS = ("kill-store", "restart-store")
 # join: a late node starts for the first time; crash: a process of this machine (a client
 # driver, a connector program) is SIGKILLed, as an application would crash.
-KINDS = (*PROCESS_KINDS, "partition", "toxic", *STORE_KINDS, "join", "crash")
+KINDS: tuple[str, ...] = (*PROCESS_KINDS, "partition", "toxic", *STORE_KINDS, "join", "crash")
+# clock: a node's realtime clock set apart from true time (harness.nemesis.clock).
+KINDS = (*KINDS, "clock")
+# The store's disk (harness.nemesis.disk; the lazy disk, harness.lazydisk): a crash that
+# loses every unsynced write, and IO latency or errno faults on chosen operations.
+DISK_KINDS = ("crash-lose-unsynced", "disk-latency", "disk-errno")
+KINDS = (*KINDS, *DISK_KINDS)
+# stress-cpu, stress-memory, throttle-cpu: a node left short of CPU or memory, still running
+# and a member (harness.nemesis.stress); leave, rolling-restart: membership changes, a node
+# stopped gracefully for good or every node restarted in turn (harness.nemesis
+# .membership_changes).
+STRESS_KINDS = ("stress-cpu", "stress-memory", "throttle-cpu")
+CHANGE_KINDS = ("leave", "rolling-restart")
+KINDS = (*KINDS, *STRESS_KINDS, *CHANGE_KINDS)
 LINKS = ("client", "gossip", "store")
 TARGETS = ("one", "minority", "majority", "all")
 
@@ -38,6 +51,27 @@ TOXICS: dict[str, dict[str, int]] = {
     "reset_peer": {"timeout": 0},
     "slicer": {"average_size": 64, "size_variation": 32, "delay": 100},
     "down": {},
+}
+
+# Clock fault modes with their default attributes (harness.nemesis.clock says what each
+# does): ms for times, per mille for a rate (1500: the clock runs 1.5 times as fast).
+CLOCKS: dict[str, dict[str, int]] = {
+    "offset": {"offset_ms": 30_000},
+    "bump": {"delta_ms": 30_000},
+    "strobe": {"delta_ms": 30_000, "period_ms": 200, "duration_ms": 5_000},
+    "rate": {"rate_permille": 1_500},
+}
+
+# Stress kinds with their default attributes (harness.nemesis.stress says what each does):
+# stress-cpu runs `workers` stress-ng CPU hogs on the node's CPU, each busy `load` percent
+# of the time in bursts of `slice_ms`, real-time (SCHED_FIFO) when `realtime` is 1, so that
+# a burst holds the node off the CPU; stress-memory has `workers` stress-ng VM hogs keep
+# `megabytes` each; throttle-cpu lets the node's cgroup run `quota_percent` of every
+# `period_ms`.
+STRESSES: dict[str, dict[str, int]] = {
+    "stress-cpu": {"workers": 1, "load": 60, "slice_ms": 200, "realtime": 1},
+    "stress-memory": {"workers": 1, "megabytes": 256},
+    "throttle-cpu": {"quota_percent": 10, "period_ms": 250},
 }
 
 
@@ -53,6 +87,10 @@ class Fault:
     attributes: Mapping[str, int] = field(default_factory=dict)  # toxic; crash: {"pid": n}
     stream: str = "downstream"  # toxic direction: downstream (server->client) or upstream
     program: str | None = None  # crash: what the crashed process is ("consumer", ...)
+    clock: str | None = None  # clock: a CLOCKS key (offset, bump, strobe, rate)
+    # Aimed at a role (harness.nemesis.roles: "subscription-owner:<sub>", "seed", ...): the
+    # nodes are whoever holds it when the fault starts, asked of the cluster then.
+    role: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -76,9 +114,31 @@ class Fault:
                 object.__setattr__(self, "attributes", dict(TOXICS[self.toxic]))
         if self.kind == "crash" and not isinstance(self.attributes.get("pid"), int):
             raise NemesisError("a crash needs the process id: attributes={'pid': <pid>}")
+        if self.kind == "clock":
+            if self.clock not in CLOCKS:
+                raise NemesisError(
+                    f"a clock fault needs clock one of {', '.join(CLOCKS)}, got {self.clock!r}"
+                )
+            object.__setattr__(
+                self, "attributes", {**CLOCKS[self.clock], **dict(self.attributes)}
+            )
+        if self.kind in STRESS_KINDS:
+            object.__setattr__(
+                self, "attributes", {**STRESSES[self.kind], **dict(self.attributes)}
+            )
+        if self.kind in DISK_KINDS:
+            from harness.nemesis.disk import check_disk_fault
+
+            object.__setattr__(self, "attributes", check_disk_fault(self.kind, self.attributes))
+        if self.role is not None:
+            from harness.nemesis.roles import check_aim
+
+            check_aim(self.kind, self.role, self.grudge, self.link, self.target)
 
     @property
     def name(self) -> str:
+        if self.role is not None:
+            return f"{replace(self, role=None).name}@{self.role}"
         if self.kind in PROCESS_KINDS:
             return f"{self.kind}-{self.target}"
         if self.kind == "partition":
@@ -89,6 +149,14 @@ class Fault:
             return base if self.link == "store" or self.target == "one" else f"{base}-{self.target}"
         if self.kind == "crash" and self.program:
             return f"crash-{self.program}"
+        if self.kind == "clock":
+            return _clock_name(self)
+        if self.kind in (*STRESS_KINDS, "leave"):
+            return f"{self.kind}-{self.target}"
+        if self.kind == "disk-errno":
+            from harness.nemesis.disk import errno_fault_name
+
+            return errno_fault_name(self.attributes)
         return self.kind
 
     def to_json(self) -> dict[str, Any]:
@@ -101,6 +169,10 @@ class Fault:
             d["attributes"] = dict(self.attributes)
         if self.program is not None:
             d["program"] = self.program
+        if self.clock is not None:
+            d["clock"] = self.clock
+        if self.role is not None:
+            d["role"] = self.role
         return d
 
     @classmethod
@@ -114,7 +186,14 @@ class Fault:
             attributes=dict(d.get("attributes") or {}),
             stream=d.get("stream", "downstream"),
             program=d.get("program"),
+            clock=d.get("clock"),
+            role=d.get("role"),
         )
+
+    def aim(self, role: str) -> FaultInstance:
+        """This fault aimed at `role`: its nodes are resolved by the Nemesis when it starts
+        (harness.nemesis.roles), so the instance holds none until then."""
+        return FaultInstance(fault=replace(self, role=role))
 
     def on(self, *nodes: int) -> FaultInstance:
         """This fault on the given servers (for suites that choose the victims themselves)."""
@@ -129,10 +208,12 @@ class Fault:
         # the node, not what it sends: it still pings the others and hears through their acks
         # that it is suspected, so correct SWIM refutes and the node stays a member (measured
         # as false suspicions and flaps). Cutting a node off both ways is a partition.
-        if self.kind in ("kill", "pause"):
+        if self.kind in ("kill", "pause", "leave"):
             down = chosen
         if (self.kind == "toxic" and self.link == "store") or self.kind in (*STORE_KINDS, "crash"):
             chosen = ()
+        if self.kind in DISK_KINDS:
+            chosen = ()  # the store's disk: no server is hit, none is down
         return FaultInstance(fault=self, nodes=chosen, down=down)
 
     def against(self, grudge: grudges.Grudge, nodes: Sequence[int]) -> FaultInstance:
@@ -155,6 +236,12 @@ class Fault:
         nodes = sorted(nodes)
         if not nodes:
             raise NemesisError("a fault needs at least one server node")
+        if self.role is not None:
+            return FaultInstance(fault=self)  # resolved by the Nemesis when it starts
+        if self.kind == "join":
+            return self.on()  # the next late node: the join family picks it when it starts
+        if self.kind == "rolling-restart":
+            return self.on(*nodes)
         if self.kind in ("join", "crash"):
             raise NemesisError(f"a {self.kind} is aimed by the suite: use on(...)")
         if self.kind == "partition":
@@ -163,9 +250,24 @@ class Fault:
             except grudges.GrudgeError as exc:
                 raise NemesisError(f"partition {self.grudge}: {exc}") from None
             return self.against(grudge, nodes)
-        if self.kind in PROCESS_KINDS or (self.kind == "toxic" and self.link != "store"):
+        if (self.kind in (*PROCESS_KINDS, "clock", *STRESS_KINDS, "leave")
+                or (self.kind == "toxic" and self.link != "store")):
             return self.on(*rng.sample(nodes, _count(self.target, len(nodes))))
         return self.on()
+
+
+def _clock_name(fault: Fault) -> str:
+    """clock-offset-ahead / -behind, clock-bump-forward / -back, clock-strobe,
+    clock-rate-fast / -slow; with the target when it is not one node."""
+    a = fault.attributes
+    base = f"clock-{fault.clock}"
+    if fault.clock == "offset":
+        base += "-ahead" if a.get("offset_ms", 0) >= 0 else "-behind"
+    elif fault.clock == "bump":
+        base += "-forward" if a.get("delta_ms", 0) >= 0 else "-back"
+    elif fault.clock == "rate":
+        base += "-fast" if a.get("rate_permille", 1000) >= 1000 else "-slow"
+    return base if fault.target == "one" else f"{base}-{fault.target}"
 
 
 def _count(target: str, n: int) -> int:
@@ -226,8 +328,33 @@ def _catalogue() -> dict[str, Fault]:
             faults.append(Fault("toxic", link=link, toxic=toxic))
     faults.append(Fault("kill-store"))
     faults.append(Fault("restart-store"))
+    faults.extend(CLOCK_FAULTS)
+    faults.extend(DISK_FAULTS)
+    faults.extend(STRESS_FAULTS)
+    faults.extend(CHANGE_FAULTS)
     return {f.name: f for f in faults}
 
+
+CLOCK_FAULTS = (
+    Fault("clock", clock="offset", attributes={"offset_ms": 30_000}),
+    Fault("clock", clock="offset", attributes={"offset_ms": -30_000}),
+    Fault("clock", clock="bump", attributes={"delta_ms": 30_000}),
+    Fault("clock", clock="bump", attributes={"delta_ms": -30_000}),
+    Fault("clock", clock="strobe"),
+    Fault("clock", clock="rate", attributes={"rate_permille": 1_500}),
+    Fault("clock", clock="rate", attributes={"rate_permille": 500}),
+)
+STRESS_FAULTS = (Fault("stress-cpu"), Fault("stress-memory"), Fault("throttle-cpu"))
+CHANGE_FAULTS = (Fault("leave"), Fault("rolling-restart", target="all"), Fault("join"))
+
+# Attributes: latency in ms per op; errno number, the ops it hits (1 = on), how many calls
+# fail (0: every call) and the chance per call in percent (harness.nemesis.disk).
+DISK_FAULTS = (
+    Fault("crash-lose-unsynced"),
+    Fault("disk-latency", attributes={"write_ms": 20, "fsync_ms": 200}),
+    Fault("disk-errno", attributes={"errno": 5, "write": 1, "fsync": 1}),  # EIO
+    Fault("disk-errno", attributes={"errno": 28, "write": 1}),  # ENOSPC
+)
 
 FAULTS: dict[str, Fault] = _catalogue()
 
@@ -241,6 +368,10 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "gossip-toxics": tuple(f"gossip-{t.replace('_', '-')}" for t in TOXICS),
     "store-toxics": tuple(f"store-{t.replace('_', '-')}" for t in TOXICS),
     "store": ("kill-store", "restart-store"),
+    "clock": tuple(f.name for f in CLOCK_FAULTS),
+    "disk": tuple(f.name for f in DISK_FAULTS),
+    "stress": tuple(f.name for f in STRESS_FAULTS),
+    "membership-changes": tuple(f.name for f in CHANGE_FAULTS),
 }
 
 

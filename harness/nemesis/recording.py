@@ -4,7 +4,9 @@
 and records each action as a nemesis op pair in the history: ``process="nemesis"``, ``f`` =
 the fault's name, value = the instance's JSON plus ``"action"`` (start/stop/heal, and
 ``"phase"`` when one action is carried out as several); the completion adds ``"down"`` and
-``"up"``, the truth the membership checker judges against. A fault the runtime lacks the
+``"up"``, the truth the membership checker judges against, and what the family measured
+(`Family.take_evidence`: the clock family's ``"clock"``, each node's offset as it saw it).
+A fault the runtime lacks the
 means for is refused before anything happens (`UnsupportedFault`, recorded as ``fail``);
 any other error may have hit some nodes already and is recorded as ``info``.
 `teardown()` always heals everything every family broke, also after errors.
@@ -20,11 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from harness.nemesis import audit
 from harness.nemesis.base import Context, Family, NemesisError, TeardownError, compose
+from harness.nemesis.clock import Clock
 from harness.nemesis.crash import Crash
+from harness.nemesis.disk import Disk
 from harness.nemesis.faults import Fault, FaultInstance
 from harness.nemesis.join import Join
 from harness.nemesis.partition import Partition
 from harness.nemesis.process import Kill, Pause
+from harness.nemesis.roles import Aimer
 from harness.nemesis.store import Store
 from harness.nemesis.toxic import Toxic
 
@@ -40,7 +45,7 @@ ACTIONS = ("start", "stop")
 def default_families() -> list[Family]:
     """Every family, in teardown order: links and partitions first, so restarted nodes find
     their links whole; the store last, as it always was."""
-    return [Toxic(), Partition(), Pause(), Kill(), Store(), Join(), Crash()]
+    return [Toxic(), Partition(), Pause(), Kill(), Clock(), Disk(), Store(), Join(), Crash()]
 
 
 class Nemesis:
@@ -63,6 +68,8 @@ class Nemesis:
         self.ctx = Context(cluster, toxiproxy)
         self.families = compose(*(default_families() if families is None else families))
         self.asked: list[tuple[str, str]] = []
+        self._evidence: dict[str, Any] = {}  # what the family measured (take_evidence)
+        self.aimer = Aimer(cluster)
         # Late nodes not started yet are down until they join.
         self._down: set[int] = self._pending_late_nodes()
         self.families.setup(self.ctx)
@@ -77,7 +84,18 @@ class Nemesis:
         if action not in ACTIONS:
             raise NemesisError(f"unknown nemesis action {action!r}; use start or stop")
         self._ask(instance.name, action)
-        value = {"action": action, **instance.to_json()}
+        extra: dict[str, Any] = {}
+        if action == "start":
+            # Resolve a role-aimed fault now, and note what it hits (harness.nemesis.roles).
+            ops = self.history.snapshot() if self.history is not None else []
+            try:
+                instance, extra = self.aimer.start(instance, ops)
+            except NemesisError as exc:
+                self._record(instance.name, {"action": action, **instance.to_json()},
+                             partial(_raise, exc))
+        else:
+            instance = self.aimer.stop(instance)
+        value = {"action": action, **instance.to_json(), **extra}
         family = self.families.family_for(instance.fault.kind)
         phases = family.phases(instance, action)
         completion = None
@@ -97,6 +115,7 @@ class Nemesis:
     def heal(self) -> Op | None:
         """Undo everything every family broke; recorded as one `heal` op."""
         self._ask("heal", "heal")
+        self.aimer.healed()
         return self._record("heal", {"action": "heal"}, self._heal_all)
 
     def teardown(self) -> None:
@@ -140,11 +159,15 @@ class Nemesis:
     ) -> tuple[set[int], set[int]]:
         self._refuse_without_means(family, instance.name)
         down, up = family.invoke(self.ctx, instance, action)
+        self._evidence = family.take_evidence()
         # A node another fault still holds down is not back up.
         return down, up - self.families.held_down()
 
     def _heal_all(self) -> tuple[set[int], set[int]]:
-        self.families.teardown(self.ctx)
+        try:
+            self.families.teardown(self.ctx)
+        finally:
+            self._evidence = self.families.take_evidence()
         # A late node that never joined stays down: healing does not start it.
         return set(), self._down - self._pending_late_nodes()
 
@@ -155,6 +178,7 @@ class Nemesis:
         self, name: str, value: dict[str, Any], effect: Callable[[], tuple[set[int], set[int]]]
     ) -> Op | None:
         inv = self.history.invoke("nemesis", name, value) if self.history is not None else None
+        self._evidence = {}
         try:
             down, up = effect()
         except Exception as exc:
@@ -176,4 +200,9 @@ class Nemesis:
         self._down -= up
         if self.history is None or inv is None:
             return None
-        return self.history.ok(inv, {**value, "down": sorted(down), "up": sorted(up)})
+        return self.history.ok(
+            inv, {**value, **self._evidence, "down": sorted(down), "up": sorted(up)})
+
+
+def _raise(exc: Exception) -> tuple[set[int], set[int]]:
+    raise exc
