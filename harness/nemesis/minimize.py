@@ -16,9 +16,11 @@ time (a start while a fault runs is dropped), no heal or stop of nothing, a fina
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from harness.nemesis.generator import Schedule, Step
@@ -57,6 +59,16 @@ class Minimized:
         verdict = "1-minimal" if self.one_minimal else f"not proven minimal ({self.why})"
         return (f"{verdict}: {self.steps_before} -> {len(self.schedule.steps)} steps in "
                 f"{self.tries} tries, {self.seconds:.0f} s")
+
+
+def save_minimized(result: Minimized, path: str | Path) -> Path:
+    """Write the program as `Schedule.save` does, plus a "minimized" entry saying whether it
+    is 1-minimal or why not (`Schedule.load` reads it back, ignoring that entry)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    data = {**result.schedule.to_json(), "minimized": result.to_json()}
+    p.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return p
 
 
 def meaningful(steps: tuple[Step, ...] | list[Step]) -> tuple[Step, ...]:

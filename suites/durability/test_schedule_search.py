@@ -2,22 +2,28 @@
 
 The invariant is the stream-set's: nothing acknowledged is lost. Schedules are drawn by
 `program_strategy` (harness.nemesis.generator); a failing one is shrunk by Hypothesis to its
-shortest form and saved as JSON under reports/schedules/ (the path is in the failure
-message); `hstream-conformance replay <file>` runs it again on a fresh cluster. Runs on the
-local backend with one shared cluster; every example gets its own stream and ends healed.
+shortest form, then one step at a time until no single step can go, each candidate played on
+a fresh cluster (harness.nemesis.minimize, within MINIMIZE_BUDGET), and saved as JSON under
+reports/schedules/ with how far that got ("minimized": 1-minimal, or not proven minimal and
+why; the path is in the failure message); `hstream-conformance replay <file>` runs it again
+on a fresh cluster. The search runs on the local backend with one shared cluster; every
+example gets its own stream and ends healed.
 """
 
 from __future__ import annotations
 
 import itertools
+from functools import partial
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from harness import HarnessError
 from harness.faults.schedule_runner import ScheduleRunner
 from harness.history import History, history_path
 from harness.nemesis import Schedule, program_strategy
+from harness.nemesis.minimize import MinimizeBudget, minimize, save_minimized
 
 SEARCH_FAULTS = ["kill-one", "pause-one", "kill-store", "client-reset-peer"]
 GOSSIP = {
@@ -28,6 +34,14 @@ GOSSIP = {
     "reconnect_interval_ms": 1000,
 }
 SCHEDULES = Path("reports") / "schedules"
+# Each try of the step-by-step shrinking starts a fresh cluster (a few seconds locally) and
+# plays the candidate (a few more): about 30 tries fit in 5 minutes.
+MINIMIZE_BUDGET = MinimizeBudget(seconds=300, tries=30)
+
+
+def _search_spec(cluster_spec):
+    backend = "local" if cluster_spec.target_kind == "reference" else cluster_spec.backend
+    return cluster_spec.with_(backend=backend, gossip=GOSSIP)
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +50,32 @@ def search_cluster(request, cluster_spec):
     seconds; started like every cluster of the run (its worker's port block, its teardown)."""
     from harness.plugin import start_run_cluster, stop_run_cluster
 
-    backend = "local" if cluster_spec.target_kind == "reference" else cluster_spec.backend
-    cluster = start_run_cluster(request.config, cluster_spec.with_(backend=backend, gossip=GOSSIP))
+    cluster = start_run_cluster(request.config, _search_spec(cluster_spec))
     yield cluster
     stop_run_cluster(request.config, cluster)
 
 
-def test_no_schedule_loses_acknowledged_records(request, search_cluster):
+def _fails_on_a_fresh_cluster(request, cluster_spec, node_id: str, tries, schedule) -> bool:
+    """Play `schedule` on a cluster of its own: does it still lose acknowledged records?"""
+    from harness.plugin import start_run_cluster, stop_run_cluster
+
+    cluster = start_run_cluster(request.config, _search_spec(cluster_spec))
+    history = History(history_path(f"{node_id}-minimize-{next(tries)}"))
+    try:
+        runner = ScheduleRunner(cluster, history)
+        try:
+            runner.play(schedule)
+        finally:
+            result = runner.finish()
+        return result.valid is False
+    except HarnessError:
+        return False  # a run that broke is not the failure being shrunk
+    finally:
+        history.close()
+        stop_run_cluster(request.config, cluster)
+
+
+def test_no_schedule_loses_acknowledged_records(request, search_cluster, cluster_spec):
     node_id = request.node.nodeid.split("::")[-1]
     spec = search_cluster.spec
     replay_as = {
@@ -85,4 +118,18 @@ def test_no_schedule_loses_acknowledged_records(request, search_cluster):
                 f"history {history.path}\n{schedule.describe()}"
             )
 
-    search()
+    try:
+        search()
+    except Exception as failure:
+        if not shortest:
+            raise
+        saved = SCHEDULES / f"{node_id}.json"
+        fails = partial(_fails_on_a_fresh_cluster, request, cluster_spec, node_id,
+                        itertools.count())
+        minimized = minimize(Schedule.load(saved), fails, MINIMIZE_BUDGET)
+        save_minimized(minimized, saved)
+        failure.add_note(
+            f"shrunk step by step: {minimized.summary()}; saved to {saved}\n"
+            f"{minimized.schedule.describe()}"
+        )
+        raise

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 
 import pytest
 
 from harness.nemesis import FAULTS, Schedule, Step
-from harness.nemesis.minimize import MinimizeBudget, meaningful, minimize, without
+from harness.nemesis.minimize import (
+    MinimizeBudget,
+    meaningful,
+    minimize,
+    save_minimized,
+    without,
+)
 
 NODES = (1, 2, 3)
 ROOMY = MinimizeBudget(seconds=60, tries=1000)
@@ -152,3 +159,14 @@ def test_a_failure_that_does_not_reproduce_is_not_minimized() -> None:
 def test_candidates_stay_meaningful(steps: tuple[Step, ...], kept: list[str]) -> None:
     assert describe(program(*meaningful(steps))) == kept
     program(*meaningful(steps)).validate()
+
+
+def test_the_saved_file_says_how_far_it_got_and_loads_as_a_schedule(tmp_path) -> None:
+    proven = minimize(PADDED, append_a_then_store_killed, ROOMY)
+    path = save_minimized(proven, tmp_path / "s.json")
+    assert Schedule.load(path) == proven.schedule
+    assert json.loads(path.read_text())["minimized"]["verdict"] == "1-minimal"
+    cut = minimize(PADDED, append_a_then_store_killed, MinimizeBudget(seconds=60, tries=2))
+    saved = json.loads(save_minimized(cut, tmp_path / "t.json").read_text())["minimized"]
+    assert saved["one_minimal"] is False
+    assert saved["verdict"].startswith("not proven minimal: the budget of 2 tries ran out")
