@@ -13,6 +13,13 @@ DEFECTS: dict[str, str] = {
         "Append is acknowledged before the store has made the record durable; a store "
         "crash loses acknowledged records (breaks: no acknowledged record is lost)."
     ),
+    "fsync-lie": (
+        "The store acknowledges appends once they are written, before they are on disk: its "
+        "database runs with synchronous=OFF, so no commit is ever fsynced. A kill -9 of the "
+        "store loses nothing (the data is in the page cache), a power loss loses "
+        "acknowledged records (breaks: no acknowledged record is lost; only the disk "
+        "family's crash-lose-unsynced reveals it)."
+    ),
     "never-confirm": (
         "Suspected members are never confirmed dead; a killed node stays in every view "
         "(breaks: membership converges after a failure)."
@@ -55,6 +62,35 @@ DEFECTS: dict[str, str] = {
         "place in the rebuilt batch instead of keeping each record's own batch index, so "
         "one record id names two different records (breaks: a record id always names the "
         "same record -- the queue checker's inconsistent offsets)."
+    ),
+    "wall-clock-deadlines": (
+        "Subscription ack deadlines are measured on the wall clock (time.time) instead of a "
+        "monotonic clock, so a forward jump of the server's clock makes every unacked "
+        "record in flight due at once (mass early redelivery) and a backward jump stalls "
+        "redelivery (breaks: no record is redelivered before its ack deadline; only the "
+        "clock faults reveal it)."
+    ),
+    "checkpoint-on-send": (
+        "The subscription's owner saves its checkpoint past every record it has sent, acked "
+        "or not. While it lives it still resends unacked records from memory, so only a node "
+        "taking the subscription over from a dead owner starts past records that were "
+        "delivered and never acknowledged (breaks: unacked records are redelivered, after "
+        "the subscription owner is killed mid-flight)."
+    ),
+    "starved-probes": (
+        "The prober times an Ack on its own clock when it gets round to handling it: an Ack "
+        "handled later than the round-trip timeout after its Ping counts as a timeout, even "
+        "though it arrived in time and only the prober's own event loop was held up, and "
+        "the prober then confirms the member dead at once (breaks: no live member is "
+        "confirmed dead; only CPU starvation of the prober reveals it -- a killed, paused or "
+        "cut-off peer answers late or not at all, which every prober rightly times out)."
+    ),
+    "leave-tombstone": (
+        "A member that announced a graceful leave is remembered as gone for good: every "
+        "later Alive about it is dropped, whatever its incarnation, so a node stopped "
+        "gracefully and started again (a rolling restart) never comes back into the views "
+        "of the members that heard it leave (breaks: a restarted node rejoins and every "
+        "view converges; a kill -9 restart sends no leave and is unaffected)."
     ),
     "io-checkpoint-before-append": (
         "A source connector's task stores each STATE as its checkpoint before it has "

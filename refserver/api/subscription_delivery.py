@@ -117,7 +117,10 @@ class SubscriptionDelivery:
         self._store = store
         self._checkpoint_store = checkpoint_store
         self._defects = defects
-        self._clock = clock
+        # Ack deadlines are measured on a monotonic clock, which no change of the wall clock
+        # moves. The wall-clock-deadlines defect measures them on the wall clock instead: a
+        # forward jump makes every in-flight record due at once, a backward one stalls them.
+        self._clock = time.time if "wall-clock-deadlines" in defects else clock
         self.consumers: dict[str, Consumer] = {}
         self.unacked = 0
         self.closed = False
@@ -380,6 +383,8 @@ class SubscriptionDelivery:
         consumer.send(
             self._response(shard.shard_id, entry.lsn, inflight, list(range(first, batch.batchSize)))
         )
+        if "checkpoint-on-send" in self._defects:
+            self._dirty.set()  # the defect saves what was sent: a send moves the checkpoint
 
     # Checkpoints -----------------------------------------------------------------------
 
@@ -399,6 +404,11 @@ class SubscriptionDelivery:
     async def save_checkpoints(self) -> None:
         for shard in list(self._shards.values()):
             position = shard.progress.checkpoint
+            if "checkpoint-on-send" in self._defects:
+                # The defect: past every record sent, acked or not. This node still resends
+                # its unacked records from memory; a node taking the subscription over after
+                # this one died starts here and never sends them again.
+                position = max(position, Position(shard.next_lsn, shard.resume_index))
             if position > shard.saved:
                 await self._checkpoint_store.save(self.subscription_id, shard.shard_id, position)
                 shard.saved = max(shard.saved, position)
