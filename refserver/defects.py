@@ -78,12 +78,12 @@ DEFECTS: dict[str, str] = {
         "the subscription owner is killed mid-flight)."
     ),
     "starved-probes": (
-        "The prober times an Ack on its own clock when it gets round to handling it: an Ack "
-        "handled later than the round-trip timeout after its Ping counts as a timeout, even "
-        "though it arrived in time and only the prober's own event loop was held up, and "
-        "the prober then confirms the member dead at once (breaks: no live member is "
-        "confirmed dead; only CPU starvation of the prober reveals it -- a killed, paused or "
-        "cut-off peer answers late or not at all, which every prober rightly times out)."
+        "The prober takes its own timeout for the member's death: a Ping not answered "
+        "within the round-trip timeout on the prober's clock confirms the member dead at "
+        "once, with no PingReq through other members and no suspicion to refute. A prober "
+        "whose event loop is starved of CPU times out Pings that were answered in time and "
+        "declares live members dead (breaks: no live member is confirmed dead; a killed or "
+        "paused peer is really gone, so only starving the prober reveals it)."
     ),
     "leave-tombstone": (
         "A member that announced a graceful leave is remembered as gone for good: every "

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from harness import HarnessError
-from harness.checkers import membership, order, queue, stream_set, subscription
+from harness.checkers import membership, order, queue, reach, stream_set, subscription
 from harness.checkers.result import Result, Validity, gc_paused, merge_valid
 from harness.history import READ_FS, History, Op, as_ops
 
@@ -40,6 +40,7 @@ class CheckOptions:
     nodes: Sequence[Any] | None = None  # all HServer ids, if views may miss some
     false_suspicions_fail: bool = False
     membership_absent: str = "dead"  # what a member missing from a view means (or "suspect")
+    reached: Sequence[str] = ()  # what some fault must have reached, else "vacuous" (reach)
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any] | None) -> CheckOptions:
@@ -82,12 +83,17 @@ def _membership(ops: list[Op], o: CheckOptions) -> Result:
     )
 
 
+def _reach(ops: list[Op], o: CheckOptions) -> Result:
+    return reach.check(ops, reached=o.reached)
+
+
 CHECKERS: dict[str, Callable[[list[Op], CheckOptions], Result]] = {
     stream_set.NAME: _stream_set,
     order.NAME: _order,
     subscription.NAME: _subscription,
     membership.NAME: _membership,
     queue.NAME: _queue,
+    reach.NAME: _reach,
 }
 
 
@@ -135,6 +141,8 @@ class CheckReport:
 def verdict_word(valid: Validity) -> str:
     if valid is True:
         return "VALID"
+    if valid == "vacuous":
+        return "VACUOUS"
     return "INVALID" if valid is False else "UNKNOWN"
 
 
@@ -145,6 +153,8 @@ def check_all(
     opts = options if isinstance(options, CheckOptions) else CheckOptions.from_mapping(options)
     ops = as_ops(history)
     names = list(opts.checkers) if opts.checkers else applicable_checkers(ops)
+    if opts.reached and reach.NAME not in names:
+        names.append(reach.NAME)
     unknown = [n for n in names if n not in CHECKERS]
     if unknown:
         raise HarnessError(

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar
 
-Validity = bool | Literal["unknown"]
+# "vacuous": the faults never reached what the test is about (harness.checkers.reach).
+Validity = bool | Literal["unknown", "vacuous"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -51,13 +52,15 @@ class Result:
 
 
 def merge_valid(values: Iterable[Validity]) -> Validity:
-    """False beats "unknown" beats True; nothing to judge is True."""
+    """False beats "unknown" beats "vacuous" beats True; nothing to judge is True."""
     out: Validity = True
     for v in values:
         if v is False:
             return False
         if v == "unknown":
             out = "unknown"
+        elif v == "vacuous" and out is True:
+            out = "vacuous"
     return out
 
 

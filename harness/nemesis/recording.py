@@ -27,10 +27,12 @@ from harness.nemesis.crash import Crash
 from harness.nemesis.disk import Disk
 from harness.nemesis.faults import Fault, FaultInstance
 from harness.nemesis.join import Join
+from harness.nemesis.membership_changes import MembershipChanges
 from harness.nemesis.partition import Partition
 from harness.nemesis.process import Kill, Pause
 from harness.nemesis.roles import Aimer
 from harness.nemesis.store import Store
+from harness.nemesis.stress import Stress
 from harness.nemesis.toxic import Toxic
 
 if TYPE_CHECKING:
@@ -45,7 +47,8 @@ ACTIONS = ("start", "stop")
 def default_families() -> list[Family]:
     """Every family, in teardown order: links and partitions first, so restarted nodes find
     their links whole; the store last, as it always was."""
-    return [Toxic(), Partition(), Pause(), Kill(), Clock(), Disk(), Store(), Join(), Crash()]
+    return [Toxic(), Partition(), Stress(), Pause(), Kill(), Clock(), Disk(), Store(), Join(),
+            Crash(), MembershipChanges()]
 
 
 class Nemesis:

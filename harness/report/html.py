@@ -18,6 +18,7 @@ OUTCOME_LABEL = {
     "fail": "FAIL",
     "flaky": "flaky",
     "deviation": "known deviation",
+    "vacuous": "vacuous",
     "skipped": "skipped",
 }
 INLINE_LIMIT = 256 * 1024  # larger evidence is linked, not embedded
@@ -48,6 +49,7 @@ font-size:12px;font-weight:600;text-decoration:none}
 .pass{background:#d7f0e0;color:#1e6b3e}.fail{background:#f7d4d2;color:#9b1c16}
 .flaky{background:#fbe7c2;color:#7a4b00}.deviation{background:#e3dcf7;color:#4b2f99}
 .skipped{background:#e9ebef;color:#5b6475}
+.vacuous{background:#fdf3b0;color:#6b5600}.detail-vacuous{border-color:#c9a800}
 details{margin:6px 0}summary{cursor:pointer}
 pre{background:#f3f4f7;padding:8px;overflow:auto;max-height:360px;font-size:12px;
 white-space:pre-wrap;overflow-wrap:anywhere}
@@ -124,7 +126,7 @@ def _summary(report: Report) -> str:
         (row, column, cell)
         for row in report.rows
         for column, cell in row.cells.items()
-        if cell.outcome in ("fail", "flaky")
+        if cell.outcome in ("fail", "flaky", "vacuous")
     ]
     items = "".join(
         f'<li><a class="badge {cell.outcome}" href="#{_anchor(row.check_id, column)}">'
@@ -226,7 +228,8 @@ def _matrix(report: Report) -> str:
         '<section id="matrix"><h2>Conformance matrix</h2>'
         '<p class="legend"><span class="badge pass">pass</span><span class="badge fail">FAIL'
         '</span><span class="badge flaky">flaky</span><span class="badge deviation">known '
-        'deviation</span><span class="badge skipped">skipped</span> — click a cell for its '
+        'deviation</span><span class="badge vacuous">vacuous</span>'
+        '<span class="badge skipped">skipped</span> — click a cell for its '
         "evidence. Columns: target (+ seeded defects) / client, or writer → reader.</p>"
         + "".join(tables)
         + "</section>"
@@ -284,7 +287,7 @@ def _result_detail(result: TestResult, out_dir: Path, drawn: frozenset[str] = fr
     return "".join(parts)
 
 
-EVIDENCE_ORDER = ("fail", "flaky", "deviation", "skipped", "pass")
+EVIDENCE_ORDER = ("fail", "flaky", "vacuous", "deviation", "skipped", "pass")
 
 
 def _details(report: Report, out_dir: Path, drawn: set[str] | None = None) -> str:

@@ -13,6 +13,8 @@ merged into one page sit side by side.
   that passed or failed; `--repeat N` makes N attempts of every test);
 * deviation — a strict xfail: a known deviation of an official client, or a finding of the
   target (harness.findings: "<target label>: <finding> (HStreamDB <source>)"), shown with it;
+* vacuous — the faults never reached what the check is about (harness.checkers.reach):
+  neither pass nor fail, shown with what was missed;
 * skipped — with the reason.
 """
 
@@ -59,6 +61,8 @@ class TestResult:
             return "pass"
         if self.status in ("failed", "broken"):
             return "fail"
+        if self.status == "skipped" and is_vacuous(self.message):
+            return "vacuous"
         if (
             self.message.lower().startswith("xfail")
             or "known" in self.message
@@ -182,6 +186,13 @@ def load_results(dirs: Iterable[Path]) -> tuple[list[TestResult], list[dict[str,
     return results, runs
 
 
+def is_vacuous(message: str) -> bool:
+    """A skip whose reason says the run was vacuous (harness.checkers.reach.require_reached;
+    pytest or allure may put "Skipped: " in front)."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return first.removeprefix("Skipped: ").startswith("vacuous:")
+
+
 def finding_of(message: str) -> str:
     """The finding a known deviation carries: allure writes "XFAIL <reason>", then a blank
     line and the exception again; the reason is the finding."""
@@ -202,6 +213,9 @@ def merge_outcomes(results: list[TestResult]) -> Cell:
     if "fail" in outcomes:
         failed = [r for r in ordered if r.outcome == "fail"][-1]
         return Cell("fail", ordered, failed.message.splitlines()[0] if failed.message else "")
+    if "vacuous" in outcomes:  # never pass: an attempt that reached nothing proves nothing
+        vacuous = [r for r in ordered if r.outcome == "vacuous"][-1]
+        return Cell("vacuous", ordered, vacuous.message.removeprefix("Skipped: ")[:300])
     if "deviation" in outcomes:
         finding = next(r.message for r in ordered if r.outcome == "deviation")
         return Cell("deviation", ordered, finding_of(finding))

@@ -121,6 +121,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    """A vacuous run (harness.checkers.reach) is its own outcome in the terminal too."""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        from harness.report.model import is_vacuous
+
+        if is_vacuous(str(report.longrepr[2])):
+            return "vacuous", "V", "VACUOUS"
+    return None
+
+
 def _workers(config: pytest.Config) -> int | None:
     """xdist workers of the run (None: not parallel)."""
     workers = getattr(config.option, "numprocesses", None)
