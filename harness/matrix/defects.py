@@ -67,6 +67,14 @@ TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
         ("tests/refserver/test_io_runtime.py",),
         "test_killed_connector_resumes_from_its_last_state",
     ),
+    "checkpoint-on-send": (
+        ("suites/durability/test_role_faults.py",),
+        "test_unacked_redelivered_after_the_subscription_owner_is_killed",
+    ),
+    "wall-clock-deadlines": (
+        ("suites/durability/test_clock.py",),
+        "test_no_redelivery_before_ack_deadline_across_clock_bump",
+    ),
 }
 
 
@@ -74,7 +82,17 @@ TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
 # before the fault that exposes this defect. With the defect on these must still pass: the
 # defect is missed by the old faults, which is the proof that its new fault adds power. A
 # control that fails says the new fault was not needed to catch it.
-CONTROLS: dict[str, tuple[tuple[str, ...], str]] = {}
+CONTROLS: dict[str, tuple[tuple[str, ...], str]] = {
+    # A kill of a node that is not the subscription's owner: no takeover happens.
+    "checkpoint-on-send": (
+        ("suites/durability/test_role_faults.py",),
+        "test_unacked_redelivered_after_another_node_is_killed",
+    ),
+    "wall-clock-deadlines": (
+        ("suites/durability/test_clock.py",),
+        "test_no_redelivery_before_ack_deadline_across_owner_pause",
+    ),
+}
 
 
 # defect -> why its broken property cannot be seen on a target that runs with these
