@@ -64,6 +64,7 @@ __all__ = [
 
 KILL_WAIT_S = 10.0  # how long a SIGKILLed process may take to be reaped
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this long
+GRACEFUL_STOP_S = 10.0  # a node's graceful stop (stop_node) may take this long
 
 
 class UnsupportedFault(HarnessError):
@@ -529,6 +530,25 @@ class Cluster:
         """SIGCONT a paused node."""
         self._require("pause")
         self._signal_running(self._node_process(n), signal.SIGCONT, "running")
+
+    def stop_node(self, n: int, grace_s: float = GRACEFUL_STOP_S) -> None:
+        """SIGTERM node n, as an operator stops a server: a graceful stop, in which the
+        server may tell its peers it leaves. SIGKILL if it still runs after `grace_s`.
+        `restart(n)` starts it again."""
+        self._require("signal")
+        box = self._node_process(n)
+        if box.handle is None or box.host.exit_status(box.handle) is not None:
+            raise HarnessError(f"{box.spec.name} is not running (state {box.state})")
+        box.host.signal(box.handle, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while box.host.exit_status(box.handle) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if box.host.exit_status(box.handle) is None:
+            self.progress(f"{box.spec.name} still ran {grace_s:g}s after SIGTERM; SIGKILL")
+        self._kill(box)
+        box.state = "stopped"
+        self._sync_node_handle(box)
+        self._write_status()
 
     def restart(self, n: int) -> None:
         """(Re)start node n with the same id, ports and flags; kills it first if running.

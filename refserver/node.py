@@ -208,6 +208,12 @@ class RefServerNode:
         if not profile.ready_line_before_join:
             log.info("Server is started on port %d", s.port)
 
+    async def leave(self) -> None:
+        """A graceful stop's first step: tell the cluster this node leaves (GossipNode.leave)
+        while everything still runs; `stop()` follows."""
+        if self._gossip is not None and not self._stopped:
+            await self._gossip.leave()
+
     async def stop(self) -> None:
         if self._stopped:
             return
@@ -231,5 +237,6 @@ async def run_until_signalled(node: RefServerNode, stop: asyncio.Event) -> None:
         await node.start()
         await stop.wait()
         log.info("Server is stopping")
+        await node.leave()
     finally:
         await node.stop()

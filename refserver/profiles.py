@@ -97,6 +97,13 @@ class Profile:
     # entry is overwritten by the member list's, which holds it as alive); DescribeCluster
     # still says Starting before the cluster is ready.
     status_self_running: bool = _mirrors(_GOSSIP + "Utils.hs:331-342")
+    # SIGTERM ends the process without a word to its peers: the server installs handlers
+    # for fatal signals only (SIGSEGV, SIGABRT, ...), so no leave is announced and the
+    # peers confirm it dead by probing (the protocol profile announces a graceful leave,
+    # GossipNode.leave).
+    silent_leave: bool = _mirrors(
+        "hstream/app/server.hs:107-109; common/base/cbits/fatalsignal.cpp:197-201"
+    )
 
     # --- authentication -----------------------------------------------------------------
     # Without TLS a refused call is cancelled by the interceptor (TryCancel): the client
@@ -162,6 +169,7 @@ HSTREAM_0_20 = Profile(
     reconnect_one_random=True,
     ready_line_before_join=True,
     status_self_running=True,
+    silent_leave=True,
     auth_cancels=True,
     tokens_verbatim=True,
     admin_parse_error_internal=True,

@@ -165,6 +165,7 @@ class GossipNode:
         self._suspicion_timers: dict[int, asyncio.TimerHandle] = {}
         self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._left: set[int] = set()  # members heard leaving (defect leave-tombstone)
         self._started = False
         self._stopped = False
 
@@ -267,6 +268,34 @@ class GossipNode:
         except BaseException:
             await self.stop()  # JoinFailed or cancellation: leave no loop or channel behind
             raise
+
+    async def leave(self) -> None:
+        """Announce a graceful departure before `stop()`: a Confirm of this node by itself,
+        sent straight to every member it lists (memberlist's leave: a Dead from the node
+        itself). Receivers apply it as any Confirm at this node's incarnation, so the
+        member is dead in their views at once instead of after a suspicion; a later life
+        starts with a larger incarnation and outbids it. The gossip wire format has no other
+        way to say goodbye.
+
+        Profile hstream-0.20 sends nothing: the real server installs no SIGTERM handler
+        (hstream/app/server.hs), so the process just ends and its peers find out by probing.
+        """
+        if self._stopped or self.profile.silent_leave or not self._inited:
+            return
+        goodbye = wire.state_message("confirm", self._incarnation, self._self, self._self)
+        peers = [r.node for r in self._listed()]
+        log.info("node %d: leaving; telling %s", self._self.id, [p.id for p in peers])
+        rtt = self.config.roundtrip_timeout
+
+        async def tell(peer: NodeAddress) -> None:
+            try:
+                await self._node_stub(peer).SendGossip(
+                    HStreamGossip_pb2.Gossip(msg=[goodbye]), timeout=max(4 * rtt, 0.5)
+                )
+            except grpc.aio.AioRpcError:
+                pass  # a peer that misses it finds out by probing
+
+        await asyncio.gather(*(tell(peer) for peer in peers))
 
     async def stop(self) -> None:
         """Stop probing and gossiping and close every channel; idempotent."""
@@ -381,6 +410,8 @@ class GossipNode:
                 self._learn_reporter(report.reporter)
                 if report.HasField("reportee"):
                     reportee = wire.from_server_node(report.reportee)
+                    if kind == "confirm" and report.reporter.id == reportee.id:
+                        self._heard_leave(reportee.id)
                     if self._drops_newcomer(reportee.id):
                         continue
                     self._apply_state(kind, report.incarnation, reportee, message)
@@ -397,6 +428,11 @@ class GossipNode:
         record = self._table.apply_alive(wire.from_server_node(reporter), 0)
         if record is not None:
             self._changed(record)
+
+    def _heard_leave(self, member_id: int) -> None:
+        """A member confirmed itself dead: it is leaving (GossipNode.leave)."""
+        if "leave-tombstone" in self.config.defects and member_id != self._self.id:
+            self._left.add(member_id)
 
     def _drops_newcomer(self, member_id: int) -> bool:
         """Defect no-new-members: gossip about a member this node has never heard of is
@@ -418,6 +454,11 @@ class GossipNode:
             self._about_self(kind, incarnation)
             return
         if kind == "alive":
+            if node.id in self._left:
+                # Defect leave-tombstone: a member heard leaving never comes back.
+                log.info("node %d: dropping alive(%d) of %d, which left (defect "
+                         "leave-tombstone)", self._self.id, incarnation, node.id)
+                return
             before = self._table.get(node.id)
             record = self._table.apply_alive(node, incarnation)
             if record is not None and before is not None and before.state is MemberState.DEAD:
@@ -743,7 +784,12 @@ class GossipNode:
             await self._probe_then_confirm(target, deadline)
             return
         rtt = self.config.roundtrip_timeout
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
         if await self._ping(target.node, rtt):
+            return
+        if "starved-probes" in self.config.defects:
+            self._confirm_overdue(target, loop.time() - sent)
             return
         helpers = [
             r.node for r in self._table.in_state(MemberState.ALIVE) if r.node.id != target.node.id
@@ -758,6 +804,26 @@ class GossipNode:
             if any(answers):
                 return
         self._suspect_unanswered(target, len(helpers))
+
+    def _confirm_overdue(self, target: MemberRecord, taken: float) -> None:
+        """Defect starved-probes: a Ping not answered within the round-trip timeout, as this
+        node's clock and gRPC's deadline see it, is taken for proof that the member is dead:
+        it is confirmed at once, without a PingReq through other members or a suspicion the
+        member could refute. A prober whose own event loop was held up (CPU starvation)
+        times out Pings that were answered in time; the correct path asks members whose
+        loops ran meanwhile, and a suspicion gives the member time to refute."""
+        current = self._table.get(target.node.id)
+        if current is None or current.state is MemberState.DEAD:
+            return
+        log.info(
+            "node %d: no ack from %d within %.0f ms by this node's clock (%.0f ms passed); "
+            "confirming it dead (defect starved-probes)",
+            self._self.id,
+            target.node.id,
+            self.config.roundtrip_timeout * 1000,
+            taken * 1000,
+        )
+        self._apply_state("confirm", current.incarnation, current.node)
 
     def _suspect_unanswered(self, target: MemberRecord, indirect: int) -> None:
         """A probe got no ack, direct or indirect: an alive member becomes a suspect."""
