@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 from HStream.Server import HStreamApi_pb2 as api
+from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
 from harness import credentials
-from harness.cluster import Cluster
 from harness.clients.driver import ClientDriver, raw_payload
+from harness.cluster import Cluster
 from harness.history import History, history_path
 from harness.nemesis import FAULTS, Fault, FaultInstance, Nemesis
 
@@ -59,9 +60,7 @@ class Held:
 
 def owner_of(cluster: Cluster, subscription: str) -> int:
     """The node serving `subscription`, as the cluster answers LookupSubscription."""
-    from HStream.Server import HStreamApi_pb2_grpc as api_grpc
-
-    with credentials.channel(str(cluster.node(cluster.nodes[0].id).client)) as channel:
+    with credentials.channel(str(cluster.nodes[0].client)) as channel:
         stub = api_grpc.HStreamApiStub(channel)
         reply = stub.LookupSubscription(
             api.LookupSubscriptionRequest(subscriptionId=subscription), timeout=10
