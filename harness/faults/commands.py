@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if settings.get("gossip"):
             spec = spec.with_(gossip=dict(settings["gossip"]))
+        if any(s.fault is not None and s.fault.fault.kind == "clock" for s in schedule.steps):
+            spec = spec.with_(clock_faults=True)  # its nodes need the clock layer
         history_path = args.history or Path("reports") / "replays" / (
             args.schedule.stem + ".history.jsonl"
         )

@@ -17,7 +17,7 @@ from HStream.Server import HStreamApi_pb2, HStreamApi_pb2_grpc
 
 from harness.cluster import Cluster, UnsupportedFault
 from harness.history import History, history_path
-from harness.nemesis import FAULTS, Fault, Nemesis
+from harness.nemesis import FAULTS, Fault, Nemesis, Schedule, generate_schedule
 from harness.nemesis.clock import Clock
 from harness.nemesis.faults import CLOCKS
 
@@ -173,3 +173,27 @@ def test_refused_without_the_layer(cluster_factory) -> None:  # type: ignore[no-
         nemesis.invoke(FAULTS["clock-bump-forward"].on(1), "start")
     # And no node of it carries the layer.
     assert all("LD_PRELOAD" not in box.env for box in plain.processes.values())
+
+
+def test_a_generated_schedule_plays_clock_faults(cluster: Cluster, nemesis: Nemesis) -> None:
+    """The schedule producers draw clock faults like any other (the `clock` package), a
+    saved schedule keeps them, and playing it leaves every clock true at its final heal."""
+    schedule = generate_schedule(7, [1, 2], "clock", duration_s=4.0, fault_s=(0.5, 1.0),
+                                 heal_s=(0.2, 0.4))
+    assert Schedule.from_json(schedule.to_json()) == schedule
+    started = [s.fault for s in schedule if s.action == "start" and s.fault is not None]
+    assert started and all(f.fault.kind == "clock" for f in started)
+    nemesis.run(schedule)
+    assert nemesis.history is not None
+    ops = [op for op in nemesis.history.snapshot() if op.process == "nemesis"
+           and op.type == "ok"]
+    starts = [op for op in ops if op.value.get("action") == "start"]
+    assert len(starts) == len(started)
+    for op in starts:
+        for reading in op.value["clock"].values():
+            assert "offset" in reading["after"], op.value
+    final = ops[-1]
+    assert final.f == "heal"
+    assert final.value["clock"], final.value
+    for reading in final.value["clock"].values():
+        assert abs(reading["after"]["offset"]) < MEASURE_TOLERANCE_S
