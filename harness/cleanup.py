@@ -268,6 +268,10 @@ def teardown_record(record: ClusterRecord) -> list[int]:
     for proxy in meta.get("external_proxies", []):
         _delete_external_proxy(proxy["api_url"], proxy["name"])
     for data_dir in meta.get("data_dirs", []):
+        # A lazy disk (harness.lazydisk) of a killed run leaves a dead mount in its data dir.
+        from harness.lazydisk.mounts import unmount_under
+
+        unmount_under(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
     record.remove()
     return killed

@@ -531,15 +531,26 @@ class Cluster:
         self._require("pause")
         self._signal_running(self._node_process(n), signal.SIGCONT, "running")
 
-    def stop_node(self, n: int, grace_s: float = GRACEFUL_STOP_S) -> None:
+    def stop_node(self, n: int, grace_s: float = GRACEFUL_STOP_S, wait: bool = True) -> None:
         """SIGTERM node n, as an operator stops a server: a graceful stop, in which the
-        server may tell its peers it leaves. SIGKILL if it still runs after `grace_s`.
-        `restart(n)` starts it again."""
+        server may tell its peers it leaves. With `wait`, returns once it has exited
+        (`wait_stopped`); else as soon as the signal is sent. `restart(n)` starts it again."""
         self._require("signal")
         box = self._node_process(n)
         if box.handle is None or box.host.exit_status(box.handle) is not None:
             raise HarnessError(f"{box.spec.name} is not running (state {box.state})")
         box.host.signal(box.handle, signal.SIGTERM)
+        box.state = "stopped"
+        self._sync_node_handle(box)
+        if wait:
+            self.wait_stopped(n, grace_s)
+
+    def wait_stopped(self, n: int, grace_s: float = GRACEFUL_STOP_S) -> None:
+        """Wait until node n, sent SIGTERM by `stop_node`, has exited; SIGKILL it if it
+        still runs after `grace_s`."""
+        box = self._node_process(n)
+        if box.handle is None:
+            return
         deadline = time.monotonic() + grace_s
         while box.host.exit_status(box.handle) is None and time.monotonic() < deadline:
             time.sleep(0.05)

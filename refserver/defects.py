@@ -14,11 +14,11 @@ DEFECTS: dict[str, str] = {
         "crash loses acknowledged records (breaks: no acknowledged record is lost)."
     ),
     "fsync-lie": (
-        "The store acknowledges appends once they are written, before they are on disk: its "
-        "database runs with synchronous=OFF, so no commit is ever fsynced. A kill -9 of the "
-        "store loses nothing (the data is in the page cache), a power loss loses "
-        "acknowledged records (breaks: no acknowledged record is lost; only the disk "
-        "family's crash-lose-unsynced reveals it)."
+        "The store acknowledges appends once they are written, before they are on disk: it "
+        "commits them with SQLite's synchronous=OFF, so they are not fsynced (metadata "
+        "still is). A kill -9 of the store loses nothing (the data is in the page cache), a "
+        "power loss loses acknowledged records (breaks: no acknowledged record is lost; only "
+        "the disk family's crash-lose-unsynced reveals it)."
     ),
     "never-confirm": (
         "Suspected members are never confirmed dead; a killed node stays in every view "
@@ -80,10 +80,11 @@ DEFECTS: dict[str, str] = {
     "starved-probes": (
         "The prober takes its own timeout for the member's death: a Ping not answered "
         "within the round-trip timeout on the prober's clock confirms the member dead at "
-        "once, with no PingReq through other members and no suspicion to refute. A prober "
-        "whose event loop is starved of CPU times out Pings that were answered in time and "
-        "declares live members dead (breaks: no live member is confirmed dead; a killed or "
-        "paused peer is really gone, so only starving the prober reveals it)."
+        "once, with no PingReq through other members and no suspicion to refute. A node "
+        "starved of CPU handles answers late and answers late: it times out Pings its peers "
+        "answered in time, and they time out its own, and each declares a live member dead "
+        "(breaks: no live member is confirmed dead; a killed or paused peer is really gone, "
+        "so only CPU starvation reveals it)."
     ),
     "leave-tombstone": (
         "A member that announced a graceful leave is remembered as gone for good: every "

@@ -75,6 +75,10 @@ TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
         ("suites/durability/test_clock.py",),
         "test_no_redelivery_before_ack_deadline_across_clock_bump",
     ),
+    "fsync-lie": (
+        ("suites/durability/test_disk.py",),
+        "test_acked_appends_survive_a_crash_that_loses_unsynced_writes",
+    ),
 }
 
 
@@ -91,6 +95,11 @@ CONTROLS: dict[str, tuple[tuple[str, ...], str]] = {
     "wall-clock-deadlines": (
         ("suites/durability/test_clock.py",),
         "test_no_redelivery_before_ack_deadline_across_owner_pause",
+    ),
+    # A kill -9 of the store keeps the page cache: what it wrote without fsync survives.
+    "fsync-lie": (
+        ("suites/durability/test_disk.py",),
+        "test_acked_appends_survive_a_store_kill",
     ),
 }
 

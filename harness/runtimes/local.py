@@ -205,6 +205,10 @@ class LocalRuntime:
     def teardown(self) -> None:
         self.host.stop_all()
         if self.data_dir is not None:
+            # A lazy disk killed before it unmounted leaves a dead mount rmtree cannot remove.
+            from harness.lazydisk.mounts import unmount_under
+
+            unmount_under(self.data_dir)
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     @staticmethod

@@ -30,7 +30,8 @@ from harness.topology import ClusterSpec
 if TYPE_CHECKING:
     from harness.targets.settings import TargetSettings
 
-Role = Literal["node", "store", "metastore"]
+# "disk": the lazy disk under the store's data directory (harness.lazydisk), started first.
+Role = Literal["node", "store", "metastore", "disk"]
 
 
 class TargetError(HarnessError):

@@ -22,6 +22,8 @@ from harness.targets.settings import TargetSettings
 from harness.topology import ClusterSpec
 
 STORE = "store"
+DISK = "disk"
+DISK_READY = r"lazydisk is mounted at"
 
 
 def node_name(node_id: int) -> str:
@@ -104,7 +106,16 @@ class ReferenceTarget:
             )
             for i in spec.all_node_ids
         ]
-        return [store, *nodes]
+        return [*self._disk_layout(spec), store, *nodes]
+
+    def _disk_layout(self, spec: ClusterSpec) -> list[ProcessLayout]:
+        """The lazy disk mounted over the store's data volume, backed by a volume of its own;
+        only for a spec with disk faults on a backend where one process's mount is the
+        store's (the local one), and where FUSE is (else `Cluster.refusal("disk")` says why).
+        """
+        if not spec.disk_faults or disk_refusal(spec) is not None:
+            return []
+        return [ProcessLayout(name=DISK, role="disk", ports={}, volumes=dict(DISK_VOLUMES))]
 
     def processes(
         self, spec: ClusterSpec, placements: Mapping[str, Placement]
@@ -118,6 +129,8 @@ class ReferenceTarget:
                 "--data-dir", store_at.volumes["store-data"],
                 "--port", str(spec.store_port),
                 "--bind-address", store_at.bind_host,
+                # The store acts on its own defects (fsync-lie) and accepts the others.
+                *(arg for defect in spec.defects for arg in ("--defect", defect)),
             ),
             ports={"store": spec.store_port},
             ready_log=rf"Store is started on port {spec.store_port}\b",
@@ -143,7 +156,29 @@ class ReferenceTarget:
             )
             for i in spec.all_node_ids
         ]
-        return [store, *nodes]
+        return [*self._disk_processes(spec, placements), store, *nodes]
+
+    def _disk_processes(
+        self, spec: ClusterSpec, placements: Mapping[str, Placement]
+    ) -> list[ProcessSpec]:
+        if DISK not in placements:
+            return []
+        volumes = placements[DISK].volumes
+        return [ProcessSpec(
+            name=DISK,
+            role="disk",
+            argv=(
+                "python", "-m", "harness.lazydisk",
+                "--backing", volumes["store-backing"],
+                "--mount", volumes["store-data"],
+                "--control", disk_control_path(volumes),
+                "--seed", str(spec.seed),
+            ),
+            ports={},
+            ready_log=DISK_READY,
+            env=_python_env(),
+            volumes=dict(DISK_VOLUMES),
+        )]
 
     def _node_argv(
         self, spec: ClusterSpec, node_id: int, at: Placement, seeds: str, store: str
@@ -244,6 +279,26 @@ class ReferenceTarget:
             for i in spec.node_ids
         ]
         return steps
+
+
+# The store's data volume is the mount point; the data really lives in the backing volume.
+DISK_VOLUMES = {"store-data": "/data/store", "store-backing": "/data/store-backing",
+                "disk-control": "/data/disk-control"}
+
+
+def disk_control_path(volumes: Mapping[str, str]) -> str:
+    """The lazy disk's control socket, as its process's placement sees it."""
+    return f"{volumes['disk-control']}/control.sock"
+
+
+def disk_refusal(spec: ClusterSpec) -> str | None:
+    """Why a cluster of this spec has no lazy disk under its store (one line), or None."""
+    if spec.backend != "local":
+        return (f"the lazy disk runs on the local backend only (a FUSE mount made in one "
+                f"{spec.backend} host is not seen by the store's); use --backend local")
+    from harness.lazydisk.mounts import fuse_refusal
+
+    return fuse_refusal()
 
 
 def _gossip_flags(spec: ClusterSpec) -> tuple[str, ...]:

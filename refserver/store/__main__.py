@@ -18,6 +18,7 @@ from typing import NoReturn
 
 import grpc
 
+from refserver.defects import DEFECTS, UnknownDefect, parse_defects
 from refserver.protos import Store_pb2_grpc
 from refserver.store.engine import StoreEngine
 from refserver.store.service import GRPC_OPTIONS, StoreService
@@ -49,7 +50,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=500,
         help="how often entries appended with durable=false are committed",
     )
+    parser.add_argument(
+        "--defect",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="switch on a seeded defect (repeatable); the store acts on those of the store "
+        "(fsync-lie) and accepts the others, so a cluster passes every store the same list: "
+        + ", ".join(sorted(DEFECTS)),
+    )
     args = parser.parse_args(argv)
+    try:
+        args.defect = parse_defects(args.defect)
+    except UnknownDefect as error:
+        parser.error(str(error))
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port} is not a TCP port (1-65535)")
     if args.flush_interval_ms <= 0:
@@ -75,7 +89,10 @@ def check_port_free(host: str, port: int) -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    engine = StoreEngine(args.data_dir, flush_interval=args.flush_interval_ms / 1000)
+    engine = StoreEngine(args.data_dir, flush_interval=args.flush_interval_ms / 1000,
+                         fsync="fsync-lie" not in args.defect)
+    if not engine.fsync:
+        log.warning("defect fsync-lie: commits are acknowledged without fsync")
     try:
         engine.open()
     except (OSError, sqlite3.Error) as error:

@@ -16,6 +16,12 @@ order), start at 1, and are never reused: `logs.next_lsn` survives trims, delete
 restarts. `durable=False` (the ack-before-durable defect) answers at once and leaves the
 entry in memory until the flush timer commits it; those entries are readable while they
 wait, and a kill -9 loses them.
+
+`fsync=False` (the fsync-lie defect) commits appends with `synchronous=OFF`: SQLite then
+does not fsync, so the COMMIT returns once its pages are written to the OS. That survives a
+kill -9 of the store (the page cache keeps them) but not a power loss. Commits holding
+metadata writes keep `synchronous=FULL` (their fsync of the WAL also makes the appends
+before them durable): the lie is about appends, so streams and subscriptions survive.
 """
 
 from __future__ import annotations
@@ -69,10 +75,10 @@ def _db_id(log_id: int) -> int:
     return log_id - _U64_OFFSET
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, fsync: bool = True) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA synchronous=FULL" if fsync else "PRAGMA synchronous=OFF")
     connection.execute("PRAGMA busy_timeout=10000")
     return connection
 
@@ -139,9 +145,10 @@ class _WriteOp:
 class StoreEngine:
     """Single-process owner of the database; every method runs on the event loop."""
 
-    def __init__(self, data_dir: Path, flush_interval: float = 0.5) -> None:
+    def __init__(self, data_dir: Path, flush_interval: float = 0.5, fsync: bool = True) -> None:
         self.path = data_dir / "store.sqlite3"
         self.flush_interval = flush_interval
+        self.fsync = fsync
         self.stats = StoreStats()
         self._logs: dict[int, LogState] = {}
         self._queued_ops: list[_WriteOp] = []
@@ -159,7 +166,7 @@ class StoreEngine:
     def open(self) -> None:
         """Create or open the database (raises OSError / sqlite3.Error on a bad dir)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _connect(self.path)
+        writer = _connect(self.path, self.fsync)
         writer.executescript(SCHEMA)
         for log_id, next_lsn, trim_point, last_ts in writer.execute(
             "SELECT log_id, next_lsn, trim_point, last_ts FROM logs"
@@ -292,6 +299,8 @@ class StoreEngine:
         writer = self._writer
         assert writer is not None
         results: list[Any] = []
+        if not self.fsync:
+            writer.execute("PRAGMA synchronous=FULL" if ops else "PRAGMA synchronous=OFF")
         writer.execute("BEGIN IMMEDIATE")
         try:
             writer.executemany(
