@@ -33,6 +33,10 @@ from harness.cluster import Cluster
 from harness.history import History
 from harness.nemesis import Nemesis, Schedule, Step, play
 
+# What a search may aim its faults at: the owners of the shards its keys (program_strategy's
+# "a", "b", "c") go to, and a seed; bound to each runner's own stream when played.
+ROLES = tuple(f"shard-owner:{{stream}}/key={key}" for key in ("a", "b", "c")) + ("seed",)
+
 
 class ScheduleRunner:
     """Plays schedules on one cluster; one runner per schedule (it owns a fresh stream)."""
@@ -75,7 +79,8 @@ class ScheduleRunner:
                 f"the schedule is for nodes {list(schedule.nodes)}, this cluster has "
                 f"{sorted(nodes)}"
             )
-        play(schedule, self.nemesis, client=self.client_step)
+        # Roles drawn before this runner named its stream ("shard-owner:{stream}/key=a").
+        play(schedule.bind(stream=self.stream), self.nemesis, client=self.client_step)
 
     def _until_answered(self, what: str, call: Callable[[], Reply], within_s: float) -> Reply:
         """Repeat `call` while its outcome is indeterminate (`info`: UNAVAILABLE, deadline).

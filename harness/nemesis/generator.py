@@ -172,6 +172,21 @@ class Schedule:
         if not self.steps or self.steps[-1].action != "heal":
             raise NemesisError("a schedule must end with a heal step")
 
+    def bind(self, **names: str) -> Schedule:
+        """The schedule with each ``{name}`` in its faults' roles replaced (a role drawn before
+        the workload named its resources: ``shard-owner:{stream}/key=a``)."""
+
+        def bound(step: Step) -> Step:
+            if step.fault is None or step.fault.fault.role is None:
+                return step
+            role = step.fault.fault.role
+            for name, value in names.items():
+                role = role.replace("{" + name + "}", value)
+            return replace(step, fault=replace(step.fault, fault=replace(step.fault.fault,
+                                                                         role=role)))
+
+        return replace(self, steps=tuple(bound(s) for s in self.steps))
+
     def describe(self) -> str:
         """One line per step, for failure messages (replay with the seed or the JSON)."""
         lines = [f"fault schedule seed={self.seed} nodes={list(self.nodes)}"]
@@ -242,6 +257,18 @@ def fault_pool(faults: Sequence[Fault | str] | str) -> list[Fault]:
     return pool
 
 
+def aimed(fault: Fault, role: str | None, nodes: Sequence[int], rng: random.Random
+          ) -> FaultInstance:
+    """`fault` aimed at `role` (resolved when it starts), or drawn with `rng` as before when
+    there is no role or the fault's kind cannot be aimed at it."""
+    if role is not None:
+        try:
+            return fault.aim(role)
+        except NemesisError:
+            pass
+    return fault.resolve(nodes, rng)
+
+
 def generate_schedule(
     seed: int,
     nodes: Sequence[int],
@@ -250,12 +277,15 @@ def generate_schedule(
     duration_s: float,
     fault_s: tuple[float, float] = (5.0, 10.0),
     heal_s: tuple[float, float] = (5.0, 10.0),
+    roles: Sequence[str] = (),
 ) -> Schedule:
     """Heal period, fault period, repeated until `duration_s`, then a final heal.
 
     Each cycle waits a heal period drawn from `heal_s`, starts one fault drawn from
     `faults` (resolved against `nodes`), keeps it for a period drawn from `fault_s` and stops
-    it. Every draw comes from `random.Random(seed)`, so a seed names a schedule.
+    it. Every draw comes from `random.Random(seed)`, so a seed names a schedule. With
+    `roles` (harness.nemesis.roles; e.g. `Resources.roles()` of what the workload created)
+    each fault is also drawn aimed at one of them or, as before, at nodes drawn by number.
     """
     if duration_s <= 0:
         raise NemesisError("duration_s must be positive")
@@ -273,7 +303,9 @@ def generate_schedule(
         stop = start + rng.uniform(*fault_s)
         if stop > duration_s:
             break
-        instance = rng.choice(pool).resolve(nodes, rng)
+        fault = rng.choice(pool)
+        role = rng.choice([None, *roles]) if roles else None
+        instance = aimed(fault, role, nodes, rng)
         steps.append(Step(round(start, 3), "start", instance))
         steps.append(Step(round(stop, 3), "stop", instance))
         t = stop
@@ -288,6 +320,7 @@ def schedule_strategy(
     max_faults: int = 6,
     heal_s: tuple[float, float] = (1.0, 10.0),
     fault_s: tuple[float, float] = (1.0, 10.0),
+    roles: Sequence[str] = (),
 ) -> Any:
     """A Hypothesis strategy of schedules (same shape as `generate_schedule`).
 
@@ -300,13 +333,13 @@ def schedule_strategy(
     pool = fault_pool(faults)
     ordered = sorted(nodes)
 
-    def build(cycles: list[tuple[Fault, int, float, float]]) -> Schedule:
+    def build(cycles: list[tuple[Fault, int, float, float, str | None]]) -> Schedule:
         steps: list[Step] = []
         t = 0.0
-        for fault, victims_seed, heal, hold in cycles:
+        for fault, victims_seed, heal, hold, role in cycles:
             start = round(t + heal, 3)
             stop = round(start + hold, 3)
-            instance = fault.resolve(ordered, random.Random(victims_seed))
+            instance = aimed(fault, role, ordered, random.Random(victims_seed))
             steps += [Step(start, "start", instance), Step(stop, "stop", instance)]
             t = stop
         steps.append(Step(t, "heal"))
@@ -317,6 +350,7 @@ def schedule_strategy(
         st.integers(0, 2**32 - 1),
         st.floats(*heal_s, allow_nan=False),
         st.floats(*fault_s, allow_nan=False),
+        st.sampled_from([None, *roles]) if roles else st.none(),
     )
     return st.lists(cycle, max_size=max_faults).map(build)
 
@@ -329,12 +363,15 @@ def program_strategy(
     keys: Sequence[str] = ("a", "b", "c"),
     max_records: int = 5,
     cluster: Mapping[str, Any] | None = None,
+    roles: Sequence[str] = (),
 ) -> Any:
     """A Hypothesis strategy of untimed schedules mixing client steps and faults.
 
     Moves are drawn freely (append, read, start a fault, heal) and then kept meaningful: one
     fault at a time (a majority stays up), no heal of nothing, and always a final heal.
     Shrinking removes moves, so a failure shrinks toward the fewest steps that still fail.
+    With `roles`, a start may be aimed at one of them (templates such as
+    ``shard-owner:{stream}/key=a`` are bound by the player: `Schedule.bind`).
     """
     from hypothesis import strategies as st
 
@@ -348,7 +385,7 @@ def program_strategy(
             kind = move[0]
             if kind == "start" and not active:
                 fault, victims_seed = move[1], move[2]
-                instance = fault.resolve(ordered, random.Random(victims_seed))
+                instance = aimed(fault, move[3], ordered, random.Random(victims_seed))
                 steps.append(Step(None, "start", instance))
                 active = True
             elif kind == "heal" and active:
@@ -365,7 +402,8 @@ def program_strategy(
     move = st.one_of(
         st.tuples(st.just("append"), st.sampled_from(list(keys)), st.integers(1, max_records)),
         st.tuples(st.just("read")),
-        st.tuples(st.just("start"), st.sampled_from(pool), st.integers(0, 2**32 - 1)),
+        st.tuples(st.just("start"), st.sampled_from(pool), st.integers(0, 2**32 - 1),
+                  st.sampled_from([None, *roles]) if roles else st.none()),
         st.tuples(st.just("heal")),
     )
     return st.lists(move, max_size=max_steps).map(build)

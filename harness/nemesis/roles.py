@@ -372,6 +372,11 @@ class Aimer:
         resolved = instance
         fault = instance.fault
         if fault.role is not None:
+            if "{" in fault.role:
+                raise NemesisError(
+                    f"role {fault.role} has an unbound name: bind the schedule first "
+                    "(Schedule.bind(stream=...))"
+                )
             answer = self.resolver.resolve(fault.role)
             if fault.kind == "partition":
                 from harness.faults import partition as grudges

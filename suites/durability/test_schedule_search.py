@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from harness import HarnessError
-from harness.faults.schedule_runner import ScheduleRunner
+from harness.faults.schedule_runner import ROLES, ScheduleRunner
 from harness.history import History, history_path
 from harness.nemesis import Schedule, program_strategy
 from harness.nemesis.minimize import MinimizeBudget, minimize, save_minimized
@@ -98,7 +98,8 @@ def test_no_schedule_loses_acknowledged_records(request, search_cluster, cluster
         deadline=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(program_strategy(nodes, SEARCH_FAULTS, max_steps=8, cluster=replay_as))
+    @given(program_strategy(nodes, SEARCH_FAULTS, max_steps=8, cluster=replay_as,
+                            roles=ROLES))
     def search(schedule: Schedule) -> None:
         history = History(history_path(f"{node_id}-example-{next(examples)}"))
         runner = ScheduleRunner(search_cluster, history)

@@ -41,7 +41,7 @@ from harness.io import acceptance as acc
 from harness.io import pipeline
 from harness.io.connectors import ConnectorDefinition, load_connectors
 from harness.io.install import InstallError
-from harness.nemesis import FAULTS, Fault, Nemesis
+from harness.nemesis import Fault, Nemesis
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
@@ -475,12 +475,14 @@ def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[...,
     p.create()
     pid, checkpoint = wait_mid_read(p, connector_catalogue, before)
     runner = p.connector(p.source).node
-    victims = [n for n in cluster.nodes if str(n.client) == runner]
-    assert victims, f"connector node {runner!r} is none of {[str(n.client) for n in cluster.nodes]}"
-    victim = victims[0]
     sink_node = p.connector(p.sink).node
-    # The cluster is this test's own and stops with it: the victim stays down, no teardown.
-    Nemesis(cluster, history).invoke(FAULTS["kill-one"].on(victim.id), "start")
+    # The kill is aimed at the node running the source's task, as the cluster answers it
+    # (GetConnector) when the kill starts. The cluster is this test's own and stops with it:
+    # the victim stays down, no teardown.
+    killed = Nemesis(cluster, history).invoke(Fault("kill").aim(f"connector-task:{p.source}"))
+    assert killed is not None and killed.value["aim"]["call"].startswith("GetConnector(")
+    victim = cluster.node(killed.value["aim"]["nodes"][0])
+    assert str(victim.client) == runner, f"killed {victim.client}, the source ran on {runner}"
     p.endpoints = [str(n.client) for n in cluster.nodes if n.id != victim.id]
 
     def moved() -> str:
