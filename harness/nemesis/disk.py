@@ -12,13 +12,17 @@ Needs the store (ours) on a lazy disk: a cluster started with `disk_faults=True`
 local backend where FUSE is (`Cluster.refusal("disk")` says what is missing). Servers stay
 members meanwhile: no node is down. Teardown clears every IO fault and restarts a store a
 failed crash left dead.
+
+Each completion carries the disk's own word (`take_evidence`) under ``"disk"``: what a
+lose-unsynced dropped (``lost``: files, dirty bytes), and after an IO fault starts or stops
+the faults the disk has in force and its per-op counts of failed calls and added delay.
 """
 
 from __future__ import annotations
 
 import errno as errno_module
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.lazydisk.fs import FAULT_OPS
 from harness.nemesis.base import Context, Family, NemesisError, Undo
@@ -72,6 +76,7 @@ class Disk(Family):
     def __init__(self) -> None:
         self.killed = False
         self.io_faults = False
+        self.evidence: dict[str, Any] = {}
 
     def phases(self, instance: FaultInstance, action: str) -> tuple[str, ...]:
         if instance.fault.kind == "crash-lose-unsynced" and action == "start":
@@ -90,6 +95,7 @@ class Disk(Family):
                 self.killed = True
             elif action == "lose-unsynced":
                 lost = cluster.disk_control().lose_unsynced()
+                self.evidence = {"disk": {"lost": lost}}
                 cluster.progress(f"crash-lose-unsynced: the store's unsynced writes are gone "
                                  f"({lost['files']} files, {lost['dirty_bytes']} dirty bytes)")
             elif action == "start" and self.killed:
@@ -109,14 +115,32 @@ class Disk(Family):
                         op, errno=attrs["errno"] if on else 0, count=attrs["count"],
                         probability=attrs["percent"] / 100, seed=cluster.spec.seed)
         self.io_faults = on or self.io_faults
+        self.evidence = {"disk": _io_truth(control.status())}
         return set(), set()
 
     def teardown(self, ctx: Context) -> None:
         undo = Undo(self.name)
         if self.io_faults:
-            undo.attempt("clear the disk's IO faults", lambda: ctx.cluster.disk_control().clear())
+            def clear() -> None:
+                control = ctx.cluster.disk_control()
+                control.clear()
+                self.evidence = {"disk": _io_truth(control.status())}
+
+            undo.attempt("clear the disk's IO faults", clear)
             self.io_faults = False
         if self.killed:
             undo.attempt("restart the store", ctx.cluster.restart_store)
             self.killed = False
         undo.done()
+
+    def take_evidence(self) -> dict[str, Any]:
+        evidence, self.evidence = self.evidence, {}
+        return evidence
+
+
+def _io_truth(status: dict[str, Any]) -> dict[str, Any]:
+    """The faults in force on the disk and what they did so far, as the disk reports it."""
+    in_force = {op: {k: v for k, v in fault.items() if v}
+                for op, fault in status["faults"].items()
+                if fault.get("latency_ms") or fault.get("errno")}
+    return {"faults": in_force, "failed": status["failed"], "delayed_ms": status["delayed_ms"]}

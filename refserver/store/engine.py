@@ -320,7 +320,10 @@ class StoreEngine:
                 results.append(self._apply_op(writer, op))
             writer.execute("COMMIT")
         except BaseException:
-            writer.execute("ROLLBACK")
+            # On an IO error (EIO, ENOSPC) SQLite has rolled back already; a second ROLLBACK
+            # would replace the disk's error with "no transaction is active".
+            if writer.in_transaction:
+                writer.execute("ROLLBACK")
             raise
         return results
 
