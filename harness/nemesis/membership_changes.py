@@ -5,13 +5,15 @@
   reference server announces its departure first (refserver.gossip GossipNode.leave: a
   Confirm of itself, the wire format's only goodbye); real HStreamDB v0.20 has no SIGTERM
   handler and just ends, so its peers find out by probing. Either way it is gone from every
-  view; the truth has it down from the moment it has exited. Its stop starts it again and
-  waits until it is ready and back in every view.
+  view; the truth has it down from the moment it is signalled (its goodbye may reach the
+  peers before it has exited). Its stop starts it again and waits until it is ready and
+  back in every view.
 * ``rolling-restart``: every node of the instance in turn, one at a time: graceful stop,
   start, wait until it is ready (the start returns then) and rejoined (every running node's
   view has it alive and its own view has every running node alive), each wait with a named
   deadline, before the next node. Each step is its own recorded phase (``stop:<n>``,
-  ``start:<n>``, ``rejoined:<n>``), so the history holds who is a member when.
+  ``exited:<n>``, ``start:<n>``, ``rejoined:<n>``), so the history holds who is a member
+  when.
 
 Teardown starts every node this family stopped and has not started again.
 """
@@ -49,10 +51,11 @@ class MembershipChanges(Family):
         nodes = instance.nodes
         if instance.fault.kind == "leave":
             if action == "start":
-                return tuple(f"stop:{n}" for n in nodes)
+                return tuple(p for n in nodes for p in (f"stop:{n}", f"exited:{n}"))
             return tuple(p for n in nodes for p in (f"start:{n}", f"rejoined:{n}"))
         if action == "start":
-            return tuple(p for n in nodes for p in (f"stop:{n}", f"start:{n}", f"rejoined:{n}"))
+            return tuple(p for n in nodes
+                         for p in (f"stop:{n}", f"exited:{n}", f"start:{n}", f"rejoined:{n}"))
         return (action,)  # a rolling restart is over once its last node rejoined
 
     def invoke(
@@ -64,9 +67,14 @@ class MembershipChanges(Family):
         n = int(node)
         cluster = ctx.cluster
         if step == "stop":
-            cluster.stop_node(n)
+            # Down from the signal on: a leaving server tells its peers at once, before it
+            # has exited, and their views may drop it from then.
+            cluster.stop_node(n, wait=False)
             self.stopped.add(n)
             return {n}, set()
+        if step == "exited":
+            cluster.wait_stopped(n)
+            return set(), set()
         if step == "start":
             if n not in self.stopped:
                 return set(), set()  # started again already (a heal came first)
