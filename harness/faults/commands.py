@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.faults.schedule_runner import replay
     from harness.history import History
     from harness.nemesis import Schedule
+    from harness.nemesis.faults import DISK_KINDS
     from harness.topology import build_spec
 
     try:
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
             spec = spec.with_(gossip=dict(settings["gossip"]))
         if any(s.fault is not None and s.fault.fault.kind == "clock" for s in schedule.steps):
             spec = spec.with_(clock_faults=True)  # its nodes need the clock layer
+        if any(s.fault is not None and s.fault.fault.kind in DISK_KINDS for s in schedule.steps):
+            spec = spec.with_(disk_faults=True)  # its store needs the lazy disk
         history_path = args.history or Path("reports") / "replays" / (
             args.schedule.stem + ".history.jsonl"
         )
