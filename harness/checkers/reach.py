@@ -66,7 +66,7 @@ class FaultReach:
         held = "; ".join(f"node {n}: {', '.join(r) or 'no role'}" for n, r in self.roles.items())
         got = ", ".join(f"{k}={v}" for k, v in self.events.items() if v) or "nothing"
         where = f"nodes {self.nodes}" if self.nodes else "no server node"
-        roles = held or "not surveyed"
+        roles = held or ("surveyed" if self.surveyed else "not surveyed")
         return f"{self.name} (op {self.index}) hit {where} [{roles}], reached {got}"
 
 

@@ -16,7 +16,7 @@ import random
 
 import pytest
 
-from harness.checkers import CheckOptions, check_all, order
+from harness.checkers import CheckOptions, check_all, order, reach
 from harness.checkers.result import Result
 from harness.clients.driver import ClientDriver
 from harness.history import History, history_path
@@ -37,6 +37,18 @@ FAULT_NAMES = [
     "store-latency",
     "kill-store",
 ]
+
+
+# What each fault must have reached (harness.checkers.reach), else the run is "vacuous": a
+# node is drawn by number, and one that owned none of the stream's shards while appends
+# were in flight proves nothing about losing them.
+REACHED = {
+    "kill-one": ("shard-owner", "in-flight-append"),
+    "restart-one": ("shard-owner", "in-flight-append"),
+    "kill-minority": ("shard-owner", "in-flight-append"),
+    "pause-one": ("shard-owner", "in-flight-append"),
+    "kill-store": ("store", "in-flight-append"),
+}
 
 
 # Anomalies a fault may legitimately cause under at-least-once delivery (module docstring).
@@ -99,6 +111,8 @@ def test_no_acknowledged_record_lost(request, cluster_factory, evidence, fault):
         finally:
             nemesis.teardown()
         judge(history, evidence, workload)
+        if fault in REACHED:
+            reach.require_reached(history, REACHED[fault], evidence)
 
 
 @pytest.mark.nemesis
