@@ -79,6 +79,14 @@ TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
         ("suites/durability/test_disk.py",),
         "test_acked_appends_survive_a_crash_that_loses_unsynced_writes",
     ),
+    "starved-probes": (
+        ("suites/membership/test_pressure.py",),
+        "test_no_false_death_under_pressure and stress-cpu",
+    ),
+    "leave-tombstone": (
+        ("suites/membership/test_changes.py",),
+        "test_rolling_restart_converges",
+    ),
 }
 
 
@@ -101,6 +109,16 @@ CONTROLS: dict[str, tuple[tuple[str, ...], str]] = {
         ("suites/durability/test_disk.py",),
         "test_acked_appends_survive_a_store_kill",
     ),
+    # A killed or paused peer really is gone: timing it out and confirming it is right.
+    "starved-probes": (
+        ("suites/membership/test_pressure.py",),
+        "test_no_false_death_when_a_peer_fails",
+    ),
+    # A kill -9 sends no leave: a node killed and restarted comes back as before.
+    "leave-tombstone": (
+        ("suites/membership/test_changes.py",),
+        "test_every_node_killed_and_restarted_in_turn_converges",
+    ),
 }
 
 
@@ -113,6 +131,15 @@ UNOBSERVABLE: dict[str, Callable[[TargetSettings], str | None]] = {
     "never-confirm": lambda s: (
         "suspect and dead look the same to clients (alive-only member lists)"
         if s.member_lists == "alive-only" else None),
+    # The defect lives in the suspicion path; a prober that confirms after one probe
+    # interval itself (HStreamDB v0.20, hstream-gossip Probe.hs:111-137) never takes it.
+    "starved-probes": lambda s: (
+        "the target's prober confirms after a probe interval, without the suspicion path "
+        "the defect breaks" if s.gossip.confirmation == "one-probe-interval" else None),
+    # No leave is ever announced where SIGTERM just ends the server (HStreamDB v0.20).
+    "leave-tombstone": lambda s: (
+        "the target announces no leave (SIGTERM just ends it)"
+        if s.deviates("silent_leave") else None),
 }
 
 
