@@ -7,6 +7,7 @@ and recorded in the history (Jepsen's nemesis, generator and compose).
 * one module per family: `process` (kill, restart, pause), `store`, `partition`, `toxic`,
   `join`, `crash` (a process of this machine: a client driver, a connector program),
   `clock` (a node's realtime clock, through the clock layer of harness.clocklayer);
+  `disk` (the store's disk, through the lazy disk of harness.lazydisk);
 * `recording`: `Nemesis(cluster, history)`, the families composed, every action recorded;
 * `generator`: `Schedule`, the one type for what happens when, its producers and `play`;
 * `audit`: whether every fault asked for is in the history (suites/conftest.py uses it).
