@@ -170,3 +170,19 @@ def test_a_cluster_without_the_lazy_disk_refuses_in_one_line(cluster_factory) ->
     with pytest.raises(UnsupportedFault, match="crash-lose-unsynced needs disk"):
         nemesis.invoke(FAULTS["crash-lose-unsynced"].on(), "start")
     assert plain.processes["store"].state == "running"  # refused before anything happened
+
+
+def test_the_schedule_search_draws_disk_faults() -> None:
+    """The fault search's programs (program_strategy) take the `disk` package like any other,
+    and a drawn program survives its saved form (what `replay` reads)."""
+    from hypothesis import find
+
+    from harness.nemesis import Schedule, program_strategy
+
+    def crashes(schedule: Schedule) -> bool:
+        return any(step.fault is not None and step.fault.fault.kind == "crash-lose-unsynced"
+                   for step in schedule.steps)
+
+    program = find(program_strategy([1], "disk"), crashes)
+    assert Schedule.from_json(program.to_json()) == program
+    assert program.steps[-1].action == "heal"
