@@ -110,11 +110,14 @@ def minimize(
     budget: MinimizeBudget,
     *,
     confirm: bool = True,
+    attempts: int = 1,
     clock: Callable[[], float] = time.monotonic,
 ) -> Minimized:
     """The failing `schedule` with every step the failure does not need removed.
 
-    `fails(candidate)` runs the oracle once (True: the failure reproduced). With `confirm`,
+    `fails(candidate)` runs the oracle once (True: the failure reproduced). A failure that
+    depends on a race may not come back every run: each candidate gets up to `attempts`
+    runs, and fails if any of them does (each run is a try of the budget). With `confirm`,
     the given program is run first: a failure that does not reproduce proves nothing about
     the removals, so then the result is the program unchanged, not proven minimal. The last
     step (the final heal) is never removed; a removal that leaves a step meaningless (the
@@ -136,10 +139,24 @@ def minimize(
             return f"the budget of {budget.seconds:.0f} s ran out after {tries} tries"
         return ""
 
+    def reproduces(candidate: Schedule) -> bool | None:
+        """Failed in one of its attempts; None if the budget ended before that was known."""
+        nonlocal tries
+        for attempt in range(max(1, attempts)):
+            if attempt and out_of_budget():
+                return None
+            tries += 1
+            if fails(candidate):
+                return True
+        return False
+
     if confirm:
-        tries += 1
-        if not fails(current):
-            return done(False, "the program did not fail again when re-run")
+        again = reproduces(current)
+        if again is None:
+            return done(False, f"{out_of_budget()} while re-running the program")
+        if not again:
+            runs = f"in {tries} runs" if tries > 1 else "when re-run"
+            return done(False, f"the program did not fail again {runs}")
     seen.add(_key(current))
     while True:
         removed = False
@@ -155,8 +172,12 @@ def minimize(
                 return done(False, f"{spent}; step {index + 1} of {len(current.steps)} and "
                             "those after it were not all tried without")
             seen.add(key)
-            tries += 1
-            if fails(candidate):
+            verdict = reproduces(candidate)
+            if verdict is None:
+                return done(False, f"{out_of_budget()}; step {index + 1} of "
+                            f"{len(current.steps)} and those after it were not all tried "
+                            "without")
+            if verdict:
                 current = candidate  # the next step has moved into `index`
                 removed = True
             else:

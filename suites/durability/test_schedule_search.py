@@ -34,9 +34,11 @@ GOSSIP = {
     "reconnect_interval_ms": 1000,
 }
 SCHEDULES = Path("reports") / "schedules"
-# Each try of the step-by-step shrinking starts a fresh cluster (a few seconds locally) and
-# plays the candidate (a few more): about 30 tries fit in 5 minutes.
-MINIMIZE_BUDGET = MinimizeBudget(seconds=300, tries=30)
+# Each try of the step-by-step shrinking starts a fresh cluster and plays the candidate
+# (about 13 s locally): 36 tries fit in 7 minutes. A lost record depends on where the kill
+# lands, so each candidate gets up to MINIMIZE_ATTEMPTS runs to fail again.
+MINIMIZE_BUDGET = MinimizeBudget(seconds=420, tries=36)
+MINIMIZE_ATTEMPTS = 3
 
 
 def _search_spec(cluster_spec):
@@ -127,7 +129,8 @@ def test_no_schedule_loses_acknowledged_records(request, search_cluster, cluster
         saved = SCHEDULES / f"{node_id}.json"
         fails = partial(_fails_on_a_fresh_cluster, request, cluster_spec, node_id,
                         itertools.count())
-        minimized = minimize(Schedule.load(saved), fails, MINIMIZE_BUDGET)
+        minimized = minimize(Schedule.load(saved), fails, MINIMIZE_BUDGET,
+                             attempts=MINIMIZE_ATTEMPTS)
         save_minimized(minimized, saved)
         failure.add_note(
             f"shrunk step by step: {minimized.summary()}; saved to {saved}\n"

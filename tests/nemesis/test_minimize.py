@@ -170,3 +170,28 @@ def test_the_saved_file_says_how_far_it_got_and_loads_as_a_schedule(tmp_path) ->
     saved = json.loads(save_minimized(cut, tmp_path / "t.json").read_text())["minimized"]
     assert saved["one_minimal"] is False
     assert saved["verdict"].startswith("not proven minimal: the budget of 2 tries ran out")
+
+
+def test_a_race_gets_several_attempts_per_candidate() -> None:
+    # The failure comes back on every third run only; three attempts find it each time.
+    runs = [0]
+
+    def every_third_run(schedule: Schedule) -> bool:
+        runs[0] += 1
+        return runs[0] % 3 == 0 and append_a_then_store_killed(schedule)
+
+    result = minimize(PADDED, every_third_run, ROOMY, attempts=3)
+    assert result.one_minimal, result.why
+    assert describe(result.schedule) == ["append a", "start kill-store", "read", "heal"]
+    assert result.tries == runs[0]
+    once = minimize(PADDED, every_third_run, ROOMY)
+    assert not once.one_minimal and once.why == "the program did not fail again when re-run"
+    thrice = minimize(PADDED, lambda schedule: False, ROOMY, attempts=3)
+    assert thrice.tries == 3 and "did not fail again in 3 runs" in thrice.why
+
+
+def test_the_budget_ending_between_attempts_leaves_it_unproven() -> None:
+    result = minimize(PADDED, lambda schedule: False, MinimizeBudget(seconds=60, tries=2),
+                      attempts=3)
+    assert result.tries == 2 and not result.one_minimal
+    assert result.why == "the budget of 2 tries ran out while re-running the program"
