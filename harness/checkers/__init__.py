@@ -13,6 +13,7 @@ from typing import Any
 
 from harness import HarnessError
 from harness.checkers import membership, order, queue, reach, stream_set, subscription
+from harness.checkers.columns import shared_columns
 from harness.checkers.result import Result, Validity, gc_paused, merge_valid
 from harness.history import READ_FS, History, Op, as_ops
 
@@ -160,7 +161,8 @@ def check_all(
         raise HarnessError(
             f"unknown checker(s) {', '.join(unknown)}; choose from {', '.join(CHECKERS)}"
         )
-    with gc_paused():
+    # One read's record fields are taken once and shared by every checker (columns.py).
+    with gc_paused(), shared_columns():
         results = {name: CHECKERS[name](ops, opts) for name in names}
     return CheckReport(
         valid=merge_valid(r.valid for r in results.values()), results=results, ops=len(ops)

@@ -27,11 +27,12 @@ Checks (anomaly kinds):
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import chain, compress, count, islice, pairwise, repeat, starmap, tee
+from collections.abc import Callable, Iterable, Sequence
+from itertools import chain, compress, count, islice, pairwise, repeat, starmap
 from operator import and_, eq, gt, is_not, le, lt, ne, rshift
 from typing import Any, cast
 
+from harness.checkers.columns import Columns, columns_of
 from harness.checkers.result import Result, add_anomaly, without_gc
 from harness.history import READ_FS, History, Op, as_ops
 
@@ -252,10 +253,10 @@ class _Fold:
     def _bound_columns(self, records: Any) -> tuple[list[Any], list[Any]] | None:
         """Payload ids and record ids of `records` if every one is a dict whose payload id
         is bound, both ways, to that very record id (given as a list)."""
-        if type(records) is not list or set(map(type, records)) != {dict}:
+        columns = columns_of(records)
+        if columns is None:
             return None
-        pids = list(map(dict.get, records, repeat("payload_id")))
-        raws = list(map(dict.get, records, repeat("record_id")))
+        pids, raws = columns.pids, columns.rids
         try:
             bound = list(map(self.payload_rid.get, pids, repeat(_NONE)))
         except TypeError:  # an unhashable payload id: the slow pass says what it is
@@ -267,32 +268,32 @@ class _Fold:
     def complete_read(self, op: Op, records: Any) -> bool:
         """A fresh read of the stream: one reader sequence of its own. One pass in C over
         a read that may hold the whole stream, so each record is touched once."""
-        if type(records) is not list or set(map(type, records)) != {dict}:
+        columns = columns_of(records)
+        if columns is None:
             return False
-        raws_bound, raws_order = tee(map(dict.get, records, repeat("record_id")))
-        pids = map(dict.get, records, repeat("payload_id"))
-        bound = map(eq, map(self.payload_rid.get, pids, repeat(_NONE)), raws_bound)
-        increasing = chain(starmap(lt, pairwise(raws_order)), (True,))
+        raws = columns.rids
+        bound = map(eq, map(self.payload_rid.get, columns.pids, repeat(_NONE)), raws)
+        increasing = chain(starmap(lt, pairwise(raws)), (True,))
         try:
-            if not all(map(and_, bound, increasing)) and not self._binds_only_new(records):
+            if not all(map(and_, bound, increasing)) and not self._binds_only_new(columns):
                 return False
         except TypeError:  # an unhashable payload id, record ids that do not compare
             return False
         reader = ("op", op.index)
         if reader in self.first_seen:  # two ops with one index: a sequence of both
             self.unclean.add(reader)
-        self.first_seen.setdefault(reader, []).append(_PayloadIds(records))
+        self.first_seen.setdefault(reader, []).append(columns.pids)
         self.complete_readers.add(reader)
         return True
 
-    def _binds_only_new(self, records: list[dict[str, Any]]) -> bool:
+    def _binds_only_new(self, columns: Columns) -> bool:
         """For a complete read in increasing record id order whose records are bound but
         for a few (an indeterminate append, first read here): bind those, as the
         record-by-record pass would, if each is a new payload id under a new record id."""
-        raws: list[Any] = list(map(dict.get, records, repeat("record_id")))
+        raws: list[Any] = columns.rids
         if not all(map(lt, raws, islice(raws, 1, None))):
             return False
-        pids = list(map(dict.get, records, repeat("payload_id")))
+        pids = columns.pids
         rid_payload, payload_rid = self.rid_payload, self.payload_rid
         bound = map(payload_rid.get, pids, repeat(_NONE))
         new_rids: dict[tuple[Any, ...], Any] = {}
@@ -333,7 +334,7 @@ class _Fold:
             runs = self.runs[reader] = {}
             self.out_of_order[reader] = set()
         if run is None:
-            runs[shard] = raws
+            runs[shard] = list(raws)  # the run grows; the column is shared
         else:
             run.extend(raws)
         if reader in self.complete_readers:  # a consumer named like a complete read
@@ -422,18 +423,6 @@ class _Fold:
             if pid is not None:
                 cur_first.append(pid)
                 unclean.add(reader)
-
-
-class _PayloadIds:
-    """The payload ids of a clean complete read, taken from its records when wanted."""
-
-    __slots__ = ("records",)
-
-    def __init__(self, records: list[dict[str, Any]]) -> None:
-        self.records = records
-
-    def __iter__(self) -> Iterator[Any]:
-        return map(dict.get, self.records, repeat("payload_id"))
 
 
 def _seen(

@@ -72,6 +72,7 @@ from itertools import compress, count, repeat
 from operator import eq, itemgetter, ne, not_
 from typing import Any
 
+from harness.checkers.columns import columns_of
 from harness.checkers.result import NS_PER_S, Result, add_anomaly, without_gc
 from harness.history import History, Op, as_ops
 
@@ -357,7 +358,17 @@ def _fields(
     recs: list[Any], want_consumers: bool
 ) -> tuple[list[Any], list[Any], list[int], list[Any]]:
     """The records (a record that is not a dict becomes an empty one), then their record
-    ids, the hashes of their payload ids and (if wanted) their consumers, aligned."""
+    ids, the hashes of their payload ids and (if wanted) their consumers, aligned. The
+    record id and consumer columns are shared with the other checkers
+    (harness.checkers.columns): read, never changed."""
+    columns = columns_of(recs)
+    if columns is not None:
+        try:
+            hashes = list(map(hash, columns.pids))
+        except TypeError:  # an unhashable payload id: the pass below hashes its repr
+            pass
+        else:
+            return recs, columns.rids, hashes, columns.consumers if want_consumers else []
     try:
         rids = list(map(dict.get, recs, repeat("record_id")))
         hashes = list(map(hash, map(dict.get, recs, repeat("payload_id"))))

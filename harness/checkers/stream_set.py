@@ -34,6 +34,7 @@ from itertools import compress, filterfalse, islice, repeat
 from operator import not_, truediv
 from typing import Any
 
+from harness.checkers.columns import columns_of
 from harness.checkers.result import (
     NS_PER_MS,
     Result,
@@ -155,12 +156,15 @@ class _Fold:
         self.n_reads += 1
         read_count = self.read_count
         known = len(read_count)
-        if type(records) is list and set(map(type, records)) == {dict}:
-            # One pass in C; a missing or null payload id is counted under None, then taken
-            # back out as malformed.
-            read_count.update(map(dict.get, records, repeat("payload_id")))
+        columns = columns_of(records)
+        if columns is not None:
+            # One pass in C over the read's payload ids (shared with the other checkers); a
+            # missing or null payload id is counted under None, then taken back out as
+            # malformed.
+            pids = columns.pids
+            read_count.update(pids)
             self.malformed += read_count.pop(None, 0)
-            read = _Read(records, records=True)
+            read = _Read(pids)
         else:
             pids = []
             for rec in records:

@@ -31,6 +31,7 @@ from itertools import compress, filterfalse, repeat
 from operator import add, is_not, itemgetter, le, not_
 from typing import Any, cast
 
+from harness.checkers.columns import Columns, columns_of
 from harness.checkers.result import NS_PER_S, Result, add_anomaly, quantiles, without_gc
 from harness.history import History, Op, as_ops
 
@@ -213,8 +214,9 @@ class _Fold:
         pids = self.delivered_pids.setdefault(sub, set())
         records = v.get("records") or ()
         first = self.first_delivery
-        keys = _delivered_keys(sub, records)
-        if keys is not None:
+        columns = columns_of(records)
+        keys = _delivered_keys(sub, columns)
+        if keys is not None and columns is not None:
             consumers = set(map(dict.get, records, repeat("consumer"), repeat(default_consumer)))
             if len(consumers) == 1 and not any(map(first.__contains__, keys)):
                 # New records for one consumer, the usual fetch: in C.
@@ -224,7 +226,7 @@ class _Fold:
                 if len(first) - known == len(keys):
                     self.sub_keys.setdefault(sub, []).extend(keys)
                     self.sub_times.setdefault(sub, []).extend(repeat(t, len(keys)))
-                    pids.update(map(dict.get, records, repeat("payload_id")))
+                    pids.update(columns.pids)
                     pids.discard(None)
                     return
                 for key in keys:  # a record twice in one fetch: undo, go record by record
@@ -245,11 +247,12 @@ class _Fold:
                 pids.add(pid)
 
 
-def _delivered_keys(sub: Any, records: Any) -> list[tuple[Any, ...]] | None:
-    """The keys of `records` when every one is a dict with a (shard, batch, index) list."""
-    if type(records) is not list or not records or set(map(type, records)) != {dict}:
+def _delivered_keys(sub: Any, columns: Columns | None) -> list[tuple[Any, ...]] | None:
+    """The keys of a fetch's records (`columns_of` them) when every one is a dict with a
+    (shard, batch, index) list."""
+    if columns is None:
         return None
-    raws: list[Any] = list(map(dict.get, records, repeat("record_id")))
+    raws: list[Any] = columns.rids
     if set(map(type, raws)) != {list} or set(map(len, raws)) != {3}:
         return None
     return list(map(tuple.__add__, repeat((sub,)), map(tuple, raws)))

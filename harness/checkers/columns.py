@@ -1,0 +1,83 @@
+"""Columns of a read's records, taken once and shared by the checkers that `check_all` runs.
+
+Most of a checker's time on a long history goes into the records of its reads and fetches
+(a complete read returns the whole stream), and every checker wants the same few fields of
+each record: its payload id, its record id, its consumer. `columns_of(records)` takes one
+field of every record as a list, in C, the first time a checker asks for it; inside
+`shared_columns()` (what `check_all` opens around its checkers) the lists are kept, so the
+next checker that asks for the same read's field gets the same list instead of walking a
+million scattered dicts again. Outside it every call builds its columns afresh, so a
+checker run alone gives the same verdict. Columns are read-only: a checker that needs to
+change one copies it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from itertools import repeat
+from typing import Any
+
+_MEMO: ContextVar[dict[int, tuple[list[Any], Columns | None]] | None] = ContextVar(
+    "hstream_conformance_record_columns", default=None
+)
+
+
+class Columns:
+    """One read's records (a list of dicts) as columns, each taken on first use."""
+
+    __slots__ = ("records", "_pids", "_rids", "_consumers")
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = records
+        self._pids: list[Any] | None = None
+        self._rids: list[Any] | None = None
+        self._consumers: list[Any] | None = None
+
+    @property
+    def pids(self) -> list[Any]:
+        """`record.get("payload_id")` of each record."""
+        if self._pids is None:
+            self._pids = list(map(dict.get, self.records, repeat("payload_id")))
+        return self._pids
+
+    @property
+    def rids(self) -> list[Any]:
+        """`record.get("record_id")` of each record, as the history spelt it (lists)."""
+        if self._rids is None:
+            self._rids = list(map(dict.get, self.records, repeat("record_id")))
+        return self._rids
+
+    @property
+    def consumers(self) -> list[Any]:
+        """`record.get("consumer")` of each record (None where it names none)."""
+        if self._consumers is None:
+            self._consumers = list(map(dict.get, self.records, repeat("consumer")))
+        return self._consumers
+
+
+def columns_of(records: Any) -> Columns | None:
+    """The columns of `records` if it is a non-empty list of dicts, else None (the caller's
+    record-by-record path says what is wrong with it)."""
+    if type(records) is not list:
+        return None
+    memo = _MEMO.get()
+    if memo is not None:
+        hit = memo.get(id(records))
+        if hit is not None and hit[0] is records:
+            return hit[1]
+    columns = Columns(records) if records and set(map(type, records)) == {dict} else None
+    if memo is not None:
+        memo[id(records)] = (records, columns)  # the list is kept, so its id stays its own
+    return columns
+
+
+@contextmanager
+def shared_columns() -> Iterator[None]:
+    """Inside: columns are taken once per read and shared by every checker that asks."""
+    token = _MEMO.set({})
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)

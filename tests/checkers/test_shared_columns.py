@@ -1,0 +1,58 @@
+"""Columns shared by the checkers of one check_all: the same verdicts as each alone."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.checkers import check_all
+from harness.checkers.columns import columns_of, shared_columns
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "checker_bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("checker_bench_for_columns", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _json(result) -> str:
+    return json.dumps(result.to_json(), sort_keys=True, default=str)
+
+
+@pytest.mark.parametrize("inject", [0, 5])
+def test_check_all_gives_each_checkers_own_verdict(bench, inject: int) -> None:
+    ops = bench.generate(30_000, 3)
+    if inject:
+        bench.inject_anomalies(ops, inject, 3)
+    names = [name for name, _ in bench.CHECKERS]
+    report = check_all(ops, {"membership_bound_s": bench.MEMBERSHIP_BOUND_S,
+                             "checkers": names})
+    for name, check in bench.CHECKERS:
+        assert _json(report.results[name]) == _json(check(ops)), name
+    if inject:
+        assert report.results["stream-set"].counts["lost"] == inject
+
+
+def test_columns_are_taken_once_inside_and_afresh_outside() -> None:
+    records = [{"payload_id": "p1", "record_id": [1, 1, 0], "consumer": "c"},
+               {"payload_id": "p2", "record_id": [1, 2, 0]}]
+    outside = columns_of(records)
+    assert outside is not None and outside.pids == ["p1", "p2"]
+    assert columns_of(records) is not outside
+    with shared_columns():
+        inside = columns_of(records)
+        assert inside is not None and columns_of(records) is inside
+        assert inside.pids is inside.pids and inside.consumers == ["c", None]
+        assert inside.rids == [[1, 1, 0], [1, 2, 0]]
+    assert columns_of([]) is None and columns_of([{"payload_id": 1}, "x"]) is None
+    assert columns_of(({"payload_id": 1},)) is None  # not a list: the record-by-record path
