@@ -356,9 +356,16 @@ def _plot_anchor(result: TestResult) -> str:
     return "plot-" + "".join(c if c.isalnum() else "-" for c in result.uuid)
 
 
+def _unseen(checkers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The queue checker's unseen-records series of a result (empty without one)."""
+    queue = next((d for d in checkers if d.get("checker") == "queue"), None)
+    return ((queue or {}).get("figures") or {}).get("unseen") or {}
+
+
 def _plots(report: Report) -> tuple[str, set[str]]:
     """The pictures of every result that left a history or checker figures: per history,
-    membership views and appends over time with the faults shaded; over all of them,
+    membership views, appends and (where the queue checker judged it) the consumers' lag
+    over time with the faults shaded; over all of them,
     detection and agreement against the bound, and lost and duplicated records per fault.
 
     Returns the section and the uuids of the results drawn (their evidence links here).
@@ -401,6 +408,7 @@ def _plots(report: Report) -> tuple[str, set[str]]:
             for svg in (
                 plots.membership_timeline(ops, f"views: {result.name}"),
                 plots.throughput_latency(ops, f"appends: {result.name}"),
+                plots.consumer_lag(ops, _unseen(checkers), f"consumer lag: {result.name}"),
             )
             if svg
         ]

@@ -8,7 +8,9 @@ and returns an SVG string, or "" when there is nothing to draw:
 * `detection_vs_bound` — time to first suspicion, to confirmed dead and to full agreement
   of each membership check, against the bound it was judged by;
 * `loss_per_fault` — lost and duplicated records in each fault window (`records_per_fault`
-  attributes them).
+  attributes them);
+* `consumer_lag` — per shard, acknowledged records not yet seen by any consumer or reader
+  over time (the queue checker's `unseen` figure), faults shaded.
 """
 
 from __future__ import annotations
@@ -512,3 +514,59 @@ def loss_per_fault(
                 "</text>"
             )
     return _frame(WIDTH, top + row_h * len(data) + 6, body, title)
+
+
+LAG_COLOURS = ("#4a78c2", "#2e9e5b", "#b5179e", "#e0a526", "#7b4fc4", "#c8403a", "#1b8a8a",
+               "#6b4423")
+
+
+def consumer_lag(
+    ops: Sequence[dict[str, Any]], unseen: dict[str, Any], title: str = "consumer lag"
+) -> str:
+    """The queue checker's `unseen` figure: per shard, acknowledged appends no consumer or
+    reader had seen yet, over time (seconds since the history's first op), one line per
+    shard, faults shaded. "" when the figure is empty."""
+    series: list[tuple[str, list[tuple[float, float]]]] = []
+    for shard, points in (unseen or {}).items():
+        clean = [(float(p[0]), float(p[1])) for p in points or [] if len(p) == 2]
+        if clean:
+            series.append((str(shard), clean))
+    if not series:
+        return ""
+    series.sort(key=lambda item: _num(item[0]))
+    origin = min((op.get("time", 0) for op in ops), default=0)
+    end_s = max((op.get("time", 0) - origin) / _NS for op in ops) if ops else 0.0
+    span = max(end_s, max(t for _, pts in series for t, _ in pts), 1.0)
+    peak = max(max(c for _, c in pts) for _, pts in series) or 1.0
+    left, right, top, plot_h = 60, WIDTH - 60, 40, 140
+    scale = (right - left) / span
+    bottom = top + plot_h
+    legend = "  ".join(
+        f'<tspan fill="{LAG_COLOURS[i % len(LAG_COLOURS)]}">—</tspan> shard {_esc(shard)} '
+        f"(max {max(c for _, c in pts):.0f})"
+        for i, (shard, pts) in enumerate(series)
+    )
+    body = [
+        f'<text x="4" y="12" class="plot-title">{_esc(title)}</text>',
+        f'<text x="{right}" y="26" class="tick" text-anchor="end">{legend}</text>',
+    ]
+    body += _fault_shading(ops, origin, left, scale, top, plot_h)
+    for i, (shard, pts) in enumerate(series):
+        # A step line: the count holds until the next sample.
+        coords = [f"{left:.1f},{bottom:.1f}"]
+        y_prev = float(bottom)
+        for t, c in pts:
+            x = left + t * scale
+            y = bottom - plot_h * c / peak
+            coords += [f"{x:.1f},{y_prev:.1f}", f"{x:.1f},{y:.1f}"]
+            y_prev = y
+        body.append(
+            f'<polyline points="{" ".join(coords)}" fill="none" '
+            f'stroke="{LAG_COLOURS[i % len(LAG_COLOURS)]}" stroke-width="1.5">'
+            f"<title>shard {_esc(shard)}: at most {max(c for _, c in pts):.0f} unseen, "
+            f"{pts[-1][1]:.0f} at the end</title></polyline>"
+        )
+    body.append(f'<text x="{left - 4}" y="{top + 8}" class="lane">{peak:.0f} unseen</text>')
+    body.append(f'<text x="{left - 4}" y="{bottom}" class="lane">0</text>')
+    body += _axis(left, right, bottom + 14, span)
+    return _frame(WIDTH, bottom + 44, body, title)
