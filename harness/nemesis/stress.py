@@ -7,7 +7,8 @@
   `load` percent of the time in bursts of `slice_ms`; with `realtime` it runs SCHED_FIFO,
   so each burst holds the node off its CPU for the whole burst -- the node's event loop is
   starved in stretches, as on an overloaded machine, but never for long enough to stop
-  answering (the default bursts are shorter than any suspicion timeout).
+  answering (the default bursts are shorter than any suspicion timeout). A container has no
+  real-time CPU time, so there the hogs run at nice -15 instead (`CONTAINER_HOG_NICE`).
 * ``stress-memory``: stress-ng VM hogs next to the node keep `megabytes` each resident.
 * ``throttle-cpu``: the node's cgroup may use `quota_percent` of every `period_ms` (CFS
   bandwidth control): docker ``container.update(cpu_quota=, cpu_period=)``, locally a cgroup
@@ -31,6 +32,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,8 @@ HOG_LIFETIME_S = 900
 HOG_START_CHECK_S = 0.3
 # The real-time priority of the hogs: any SCHED_FIFO priority beats every normal task.
 HOG_RT_PRIORITY = 10
+# In a container (no real-time time there) the hogs outweigh the node by niceness instead.
+CONTAINER_HOG_NICE = -15
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 STOP_WAIT_S = 5.0
 
@@ -349,15 +353,26 @@ class Stress(Family):
                 # The node and the hogs share the container's cpuset: one CPU for both.
                 container.update(cpuset_cpus=str(cpu))
             applied.hog_pidfile = f"/tmp/{cluster.spec.label}-{kind}.pid"
-            hog = " ".join(stress_argv(kind, attributes, None))
+            # A container gets no real-time CPU time under group scheduling (docker's
+            # --cpu-rt-runtime defaults to none), so `realtime` hogs are given the highest
+            # normal priority instead, from this machine (the container may not renice).
+            hog = " ".join(stress_argv(kind, {**attributes, "realtime": 0}, None))
             script = f"echo $$ > {applied.hog_pidfile}; exec {hog}"
             container.exec_run(["sh", "-c", script], detach=True)
             time.sleep(HOG_START_CHECK_S)
             code, _ = container.exec_run(["sh", "-c", f"kill -0 $(cat {applied.hog_pidfile})"])
             if code != 0:
-                raise NemesisError(
-                    f"{kind}: stress-ng ended at once in node {n}'s container (a container "
-                    "without CAP_SYS_NICE cannot run it real-time: set realtime=0)")
+                raise NemesisError(f"{kind}: stress-ng ended at once in node {n}'s container")
+            if kind == "stress-cpu" and attributes.get("realtime"):
+                hogs = _host_pids(container.id, "stress-ng")
+                if not hogs:
+                    raise NemesisError(
+                        f"{kind}: the stress-ng in node {n}'s container is not visible from "
+                        "this machine (a remote docker engine?) to be given its priority; "
+                        "set realtime=0")
+                for pid in hogs:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.setpriority(os.PRIO_PROCESS, pid, CONTAINER_HOG_NICE)
             return applied
         except BaseException:
             self._stop(cluster, applied)
@@ -398,14 +413,14 @@ class Stress(Family):
                              f"rm -f {applied.hog_pidfile}; true")
             if applied.cpuset is not None:
                 everything = f"0-{(os.cpu_count() or 1) - 1}"
-                undo.attempt("restore cpuset", container.update,
-                             **{"cpuset_cpus": applied.cpuset or everything})
+                undo.attempt("restore cpuset",
+                             partial(container.update, cpuset_cpus=applied.cpuset or everything))
             if applied.cpu_quota is not None:
                 before_quota, before_period = applied.cpu_quota
                 # -1: no limit (0 would mean "unchanged" to the update call).
-                undo.attempt("restore cpu quota", container.update,
-                             **{"cpu_quota": before_quota or -1,
-                                "cpu_period": before_period or 100_000})
+                undo.attempt("restore cpu quota",
+                             partial(container.update, cpu_quota=before_quota or -1,
+                                     cpu_period=before_period or 100_000))
         undo.done()
 
 
@@ -437,6 +452,19 @@ def _stop_hog(hog: subprocess.Popen[bytes]) -> None:
     # Workers of a group whose leader is gone: none may survive.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(hog.pid, signal.SIGKILL)
+
+
+def _host_pids(container_id: str, comm_prefix: str) -> list[int]:
+    """Processes of this machine named `comm_prefix`* that run in the container."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "comm").read_text().startswith(comm_prefix) and \
+                    container_id in (entry / "cgroup").read_text():
+                found.append(int(entry.name))
+    return found
 
 
 def _exec_ok(container: Any, script: str) -> None:
