@@ -51,6 +51,9 @@ HOG_RT_PRIORITY = 10
 # In a container (no real-time time there) the hogs outweigh the node by niceness instead.
 CONTAINER_HOG_NICE = -15
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Our cgroups are named this, then the cluster's label and the node: a run killed before
+# its teardown leaves an empty one behind, which the next Stress family's setup removes.
+CGROUP_PREFIX = "hstream-conformance-"
 STOP_WAIT_S = 5.0
 
 
@@ -153,8 +156,25 @@ class LocalCgroup:
             (group.path / "cpu.cfs_period_us").write_text(f"{period_us}\n")
             (group.path / "cpu.cfs_quota_us").write_text(f"{quota_us}\n")
         # cgroup.procs moves every thread of the process (both versions).
-        (group.path / "cgroup.procs").write_text(f"{pid}\n")
+        try:
+            (group.path / "cgroup.procs").write_text(f"{pid}\n")
+        except OSError:
+            group.release(None)
+            raise
         return group
+
+    @staticmethod
+    def sweep() -> list[Path]:
+        """Remove our cgroups that no process is in any more (left by a killed run); one in
+        use (another run's) refuses the rmdir and stays."""
+        removed = []
+        for root in filter(None, (_v2_cpu(), _v1_cpu())):
+            for group in root.glob(f"{CGROUP_PREFIX}*"):
+                with contextlib.suppress(OSError):
+                    if not (group / "cgroup.procs").read_text().strip():
+                        group.rmdir()
+                        removed.append(group)
+        return removed
 
     def throttled_s(self) -> float:
         """Time the group was held back by its quota so far, in seconds (cpu.stat)."""
@@ -237,6 +257,10 @@ class Stress(Family):
     def __init__(self) -> None:
         self.applied: dict[tuple[str, int], Applied] = {}
 
+    def setup(self, ctx: Context) -> None:
+        if ctx.cluster.spec.backend == "local":
+            LocalCgroup.sweep()
+
     # -- queries tests use to measure what a fault does
     def cgroup(self, n: int) -> LocalCgroup | None:
         found = self.applied.get(("throttle-cpu", n))
@@ -317,7 +341,8 @@ class Stress(Family):
             if kind == "throttle-cpu":
                 quota_us, period_us = quota(attributes)
                 applied.cgroup = LocalCgroup.create(
-                    f"{cluster.spec.label}-node-{n}", node.pid, quota_us, period_us)
+                    f"{CGROUP_PREFIX}{cluster.spec.label}-node-{n}", node.pid, quota_us,
+                    period_us)
                 return applied
             cpu = None
             if kind == "stress-cpu":

@@ -177,3 +177,21 @@ def test_teardown_heals_every_stress_and_bad_input_is_refused(cluster: Cluster):
             nemesis.invoke(Fault("stress-cpu").on(3))
     finally:
         nemesis.teardown()
+
+
+def test_a_cgroup_left_by_a_killed_run_is_swept(cluster: Cluster):
+    reason = LocalCgroup.refusal()
+    if reason:
+        pytest.skip(reason)
+    from harness.nemesis.stress import CGROUP_PREFIX, _v1_cpu, _v2_cpu
+
+    root = _v2_cpu() or _v1_cpu()
+    assert root is not None
+    stale = root / f"{CGROUP_PREFIX}killed-run-node-1"
+    stale.mkdir()
+    try:
+        Nemesis(cluster).teardown()  # the family's setup sweeps
+        assert not stale.exists(), f"{stale} was not swept"
+    finally:
+        if stale.exists():
+            stale.rmdir()
