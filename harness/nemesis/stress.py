@@ -52,7 +52,7 @@ HOG_RT_PRIORITY = 10
 CONTAINER_HOG_NICE = -15
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Our cgroups are named this, then the cluster's label and the node: a run killed before
-# its teardown leaves an empty one behind, which the next Stress family's setup removes.
+# its teardown leaves an empty one behind, which the next one made here removes.
 CGROUP_PREFIX = "hstream-conformance-"
 STOP_WAIT_S = 5.0
 
@@ -140,6 +140,7 @@ class LocalCgroup:
 
     @classmethod
     def create(cls, name: str, pid: int, quota_us: int, period_us: int) -> LocalCgroup:
+        cls.sweep()
         v2 = _v2_cpu()
         if v2 is not None:
             origin = v2 / _own_cgroup(pid, "").lstrip("/")
@@ -256,10 +257,6 @@ class Stress(Family):
 
     def __init__(self) -> None:
         self.applied: dict[tuple[str, int], Applied] = {}
-
-    def setup(self, ctx: Context) -> None:
-        if ctx.cluster.spec.backend == "local":
-            LocalCgroup.sweep()
 
     # -- queries tests use to measure what a fault does
     def cgroup(self, n: int) -> LocalCgroup | None:

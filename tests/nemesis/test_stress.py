@@ -190,7 +190,11 @@ def test_a_cgroup_left_by_a_killed_run_is_swept(cluster: Cluster):
     stale = root / f"{CGROUP_PREFIX}killed-run-node-1"
     stale.mkdir()
     try:
-        Nemesis(cluster).teardown()  # the family's setup sweeps
+        nemesis = Nemesis(cluster)
+        try:
+            nemesis.invoke(Fault("throttle-cpu").on(1))  # making a cgroup sweeps first
+        finally:
+            nemesis.teardown()
         assert not stale.exists(), f"{stale} was not swept"
     finally:
         if stale.exists():
