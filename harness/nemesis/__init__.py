@@ -8,6 +8,8 @@ and recorded in the history (Jepsen's nemesis, generator and compose).
   `join`, `crash` (a process of this machine: a client driver, a connector program),
   `clock` (a node's realtime clock, through the clock layer of harness.clocklayer);
   `disk` (the store's disk, through the lazy disk of harness.lazydisk);
+  `stress` (a node short of CPU or memory: stress-ng next to it, cgroup CPU throttling);
+  `membership_changes` (a graceful leave, a rolling restart of every node);
 * `recording`: `Nemesis(cluster, history)`, the families composed, every action recorded;
 * `generator`: `Schedule`, the one type for what happens when, its producers and `play`;
 * `audit`: whether every fault asked for is in the history (suites/conftest.py uses it).
