@@ -90,9 +90,13 @@ def write_argv(path: str, offset_s: float) -> list[str]:
 
 def measure_argv(path: str) -> list[str]:
     """A command printing the host's true time, the time a process under the layer reading
-    `path` sees, and the true time again (seconds since the epoch, one per line)."""
+    `path` sees, and the true time again (seconds since the epoch, one per line).
+
+    The true times are read with LD_PRELOAD unset: a command run in a node's container
+    (`docker exec`) inherits the container's environment, the layer included."""
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in layer_env(path).items())
-    return ["sh", "-c", f"date +%s.%N; env {env} date +%s.%N; date +%s.%N"]
+    true = "env -u LD_PRELOAD date +%s.%N"
+    return ["sh", "-c", f"{true}; env {env} date +%s.%N; {true}"]
 
 
 def probe_argv() -> list[str]:

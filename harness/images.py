@@ -63,6 +63,8 @@ BASE_PACKAGES = (
     "ca-certificates",
     # the ssh runtime's test hosts (`hstream-conformance hosts up`) run sshd from this base
     "openssh-server",
+    # the clock layer (harness.clocklayer) preloads it into nodes started with clock faults
+    "libfaketime",
 )
 # Bump when the way the base is made changes in a way its inputs above don't show.
 BASE_RECIPE_VERSION = "1"
