@@ -604,7 +604,11 @@ class Cluster:
         from harness.targets.reference import disk_control_path
 
         assert self.provision is not None
-        return DiskControl(disk_control_path(self.provision.placements["disk"].volumes))
+        path = disk_control_path(self.provision.placements["disk"].volumes)
+        if self.spec.backend == "local":
+            return DiskControl(path)
+        # Elsewhere the socket is inside the disk's host (a container): asked through it.
+        return DiskControl(path, via=self.processes["disk"].host.exec)
 
     def partition(self, grudge: Grudge) -> None:
         """Apply a grudge (node -> nodes whose traffic it drops), replacing any earlier one.

@@ -21,6 +21,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from harness import HarnessError
@@ -86,13 +87,24 @@ def serve(state: LazyDiskState, path: str) -> socket.socket:
     return server
 
 
-class DiskControl:
-    """The harness's client of one lazy disk's control socket."""
+# Runs argv where the socket is (a container's `exec`): (exit status, output).
+Exec = Callable[[Sequence[str], float], tuple[int, str]]
 
-    def __init__(self, socket_path: str) -> None:
+
+class DiskControl:
+    """The harness's client of one lazy disk's control socket.
+
+    With `via`, the socket is not on this machine (it is in the store's container): each
+    request runs this module's command line there, through `via`.
+    """
+
+    def __init__(self, socket_path: str, via: Exec | None = None) -> None:
         self.socket_path = socket_path
+        self.via = via
 
     def request(self, cmd: str, **args: Any) -> dict[str, Any]:
+        if self.via is not None:
+            return self._request_via(self.via, cmd, args)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
                 conn.settimeout(CONTROL_TIMEOUT_S)
@@ -109,6 +121,28 @@ class DiskControl:
         reply: dict[str, Any] = json.loads(line)
         if not reply.get("ok"):
             raise DiskControlError(f"lazy disk refused {cmd}: {reply.get('error')}")
+        return reply
+
+    def _request_via(self, via: Exec, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        argv = ["python", "-m", "harness.lazydisk.control", self.socket_path, cmd,
+                json.dumps(args)]
+        try:
+            code, output = via(argv, CONTROL_TIMEOUT_S)
+        except HarnessError as exc:
+            raise DiskControlError(f"cannot reach the lazy disk's control socket "
+                                   f"{self.socket_path}: {exc}") from None
+        lines = output.strip().splitlines() or ["no output"]
+        if code != 0:
+            # main() prints the client's one-line error ("lazydisk control: ...") last.
+            raise DiskControlError(lines[-1].removeprefix("lazydisk control: "))
+        # The output is stdout and stderr together (runpy may warn first): the reply is
+        # the last JSON line.
+        answer = next((line for line in reversed(lines) if line.startswith("{")), lines[-1])
+        try:
+            reply: dict[str, Any] = json.loads(answer)
+        except json.JSONDecodeError:
+            raise DiskControlError(f"the lazy disk's control command answered no JSON to "
+                                   f"{cmd}: {answer}") from None
         return reply
 
     def lose_unsynced(self) -> dict[str, int]:

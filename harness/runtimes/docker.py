@@ -7,6 +7,8 @@
   freezing every process in it; NET_ADMIN lets partitions be iptables rules inside it.
 - Toxiproxy runs in one more container (the real image when present, else our embedded
   server); proxies listen on its address at 20000+k and processes advertise them.
+- Disk faults: the lazy disk's container alone gets /dev/fuse and CAP_SYS_ADMIN, and the
+  store runs inside it, started and killed by `docker exec` (harness.runtimes.docker_colocated).
 The harness reaches containers by address (Linux routes to bridge networks). Everything is
 labelled with session, cluster and owner run; cleanup is by label (Ryuk cannot be pulled).
 """
@@ -41,6 +43,7 @@ from harness.runtimes import (
     proxy_listen_ports,
     run_here,
 )
+from harness.runtimes.docker_colocated import DockerExecHost
 from harness.targets import Endpoint, ImageMissing, InitStep, Placement, ProcessLayout, ProcessSpec
 from harness.topology import ClusterSpec
 
@@ -60,12 +63,15 @@ IMAGE_ENV = "HSTREAM_CONFORMANCE_REFSERVER_IMAGE"
 class DockerHost:
     """One process's container."""
 
-    def __init__(self, runtime: DockerRuntime, process: str, ip: str, image: str) -> None:
+    def __init__(self, runtime: DockerRuntime, process: str, ip: str, image: str,
+                 fuse: bool = False) -> None:
         self.runtime = runtime
         self.name = f"{runtime.spec.label}-{process}"
         self.process = process
         self.ip = ip
         self.image = image
+        # The lazy disk's container (harness.runtimes.docker_colocated): it alone may mount.
+        self.fuse = fuse
         self.container: Any = None
 
     def spawn(self, spec: ProcessSpec, env: Mapping[str, str], log_path: Path) -> ProcHandle:
@@ -76,11 +82,19 @@ class DockerHost:
             self.image = spec.image or self.image
             mounts = {rt.volume(v): {"bind": path, "mode": "rw"}
                       for v, path in spec.volumes.items()}
+            # FUSE needs the device and mount(2) (CAP_SYS_ADMIN; AppArmor's docker-default
+            # profile denies mounts where AppArmor is on). Every other container stays
+            # unprivileged.
+            privileges: dict[str, Any] = {"cap_add": ["NET_ADMIN"]}
+            if self.fuse:
+                privileges = {"cap_add": ["NET_ADMIN", "SYS_ADMIN"],
+                              "devices": ["/dev/fuse:/dev/fuse:rwm"],
+                              "security_opt": ["apparmor:unconfined"]}
             try:
                 self.container = rt.client.containers.create(
                     self.image, list(spec.argv) or None, name=self.name, hostname=self.process,
                     environment=dict(env), volumes=mounts, labels=rt.labels(self.process),
-                    cap_add=["NET_ADMIN"], network=rt.network.name,
+                    network=rt.network.name, **privileges,
                     networking_config={rt.network.name: EndpointConfig(
                         rt.client.api._version, aliases=[self.process], ipv4_address=self.ip)},
                 )
@@ -204,8 +218,13 @@ class DockerRuntime:
         ips = {layout.name: str(hosts_ips[9 + i]) for i, layout in enumerate(layouts)}
         toxiproxy_ip = str(hosts_ips[1])
         listen_ports = proxy_listen_ports(layouts, PROXY_LISTEN_BASE) if spec.toxiproxy else {}
+        # A process sharing a volume with a lazy disk runs in the disk's container, where
+        # the disk's FUSE mount is (harness.runtimes.docker_colocated).
+        colocated = _colocated(layouts)
+        for name, main in colocated.items():
+            ips[name] = ips[main]
         placements: dict[str, Placement] = {}
-        hosts: dict[str, DockerHost] = {}
+        hosts: dict[str, DockerHost | DockerExecHost] = {}
         for layout in layouts:
             advertised = {
                 port_name: Endpoint(toxiproxy_ip, listen_ports[(layout.name, port_name)])
@@ -214,7 +233,14 @@ class DockerRuntime:
             }
             placements[layout.name] = Placement("0.0.0.0", ips[layout.name], advertised,
                                                 dict(layout.volumes))
-            hosts[layout.name] = DockerHost(self, layout.name, ips[layout.name], self.image)
+            if layout.name in colocated:
+                continue
+            hosts[layout.name] = DockerHost(self, layout.name, ips[layout.name], self.image,
+                                            fuse=layout.role == "disk")
+        for name, main in colocated.items():
+            main_host = hosts[main]
+            assert isinstance(main_host, DockerHost)
+            hosts[name] = DockerExecHost(main_host, name)
         site = self._toxiproxy_site(toxiproxy_ip, listen_ports) if spec.toxiproxy else None
         nodes = {layout.node_id: layout.name for layout in layouts if layout.node_id is not None}
         addresses = {n: NodeAddress(ips[name], tuple(port for (proc, _), port
@@ -350,6 +376,17 @@ def sweep_orphans(client: Any, progress: Progress | None = None) -> list[str]:
             progress(f"sweeping docker leftovers of dead runs: {', '.join(stale)}")
         remove_clusters(stale, client)
     return stale
+
+
+def _colocated(layouts: Sequence[ProcessLayout]) -> dict[str, str]:
+    """Process name -> the lazy disk process (role "disk") whose container it runs in: a
+    process that shares a volume with it (the store, whose data dir the disk mounts over)."""
+    found = {}
+    for disk in (layout for layout in layouts if layout.role == "disk"):
+        for layout in layouts:
+            if layout.role != "disk" and set(layout.volumes) & set(disk.volumes):
+                found[layout.name] = disk.name
+    return found
 
 
 def _local_image(client: Any, repository: str) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -111,7 +112,8 @@ class ReferenceTarget:
     def _disk_layout(self, spec: ClusterSpec) -> list[ProcessLayout]:
         """The lazy disk mounted over the store's data volume, backed by a volume of its own;
         only for a spec with disk faults on a backend where one process's mount is the
-        store's (the local one), and where FUSE is (else `Cluster.refusal("disk")` says why).
+        store's (the local one; docker runs the store in the disk's container), and where
+        FUSE is (else `Cluster.refusal("disk")` says why).
         """
         if not spec.disk_faults or disk_refusal(spec) is not None:
             return []
@@ -291,11 +293,23 @@ def disk_control_path(volumes: Mapping[str, str]) -> str:
     return f"{volumes['disk-control']}/control.sock"
 
 
+# The FUSE device the docker runtime passes into the lazy disk's container.
+DOCKER_FUSE_DEVICE = "/dev/fuse"
+
+
 def disk_refusal(spec: ClusterSpec) -> str | None:
     """Why a cluster of this spec has no lazy disk under its store (one line), or None."""
+    if spec.backend == "docker":
+        # The disk runs in the store's container, from our image (fuse3 and mfusepy in it);
+        # the engine is this machine's (the docker runtime routes to its bridge networks), so
+        # its /dev/fuse is the one passed into that container.
+        if not os.path.exists(DOCKER_FUSE_DEVICE):
+            return ("no /dev/fuse on the docker host: the store's container cannot mount the "
+                    "lazy disk; load the kernel's FUSE (modprobe fuse) or use --backend local")
+        return None
     if spec.backend != "local":
-        return (f"the lazy disk runs on the local backend only (a FUSE mount made in one "
-                f"{spec.backend} host is not seen by the store's); use --backend local")
+        return (f"the lazy disk runs on the local and docker backends only (a FUSE mount made "
+                f"in one {spec.backend} host is not seen by the store's); use --backend local")
     from harness.lazydisk.mounts import fuse_refusal
 
     return fuse_refusal()

@@ -16,6 +16,7 @@ from test_sweep import READY_S, wait_for_line
 
 from harness.cleanup import all_records, sweep
 from harness.lazydisk import fuse_refusal, lazydisk_mounts
+from harness.targets import reference
 from harness.targets.reference import disk_refusal
 from harness.topology import ClusterSpec
 
@@ -104,8 +105,14 @@ def test_ctrl_c_unmounts_the_lazy_disk(
             subprocess.run(["fusermount3", "-u", "-z", point], check=False)
 
 
-def test_the_lazy_disk_is_refused_in_one_line_off_the_local_backend() -> None:
-    for backend in ("docker", "ssh"):
-        reason = disk_refusal(ClusterSpec(backend=backend, disk_faults=True))
-        assert reason is not None and backend in reason and "\n" not in reason
+def test_the_lazy_disk_is_refused_in_one_line_off_the_local_and_docker_backends(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    reason = disk_refusal(ClusterSpec(backend="ssh", disk_faults=True))
+    assert reason is not None and "ssh" in reason and "\n" not in reason
     assert disk_refusal(ClusterSpec(disk_faults=True)) is None  # here, FUSE is
+    assert disk_refusal(ClusterSpec(backend="docker", disk_faults=True)) is None
+    # A docker host without the FUSE device: the store's container could not mount.
+    monkeypatch.setattr(reference, "DOCKER_FUSE_DEVICE", str(tmp_path / "no-fuse"))
+    reason = disk_refusal(ClusterSpec(backend="docker", disk_faults=True))
+    assert reason is not None and "/dev/fuse" in reason and "\n" not in reason
