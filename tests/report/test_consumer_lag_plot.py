@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import json
 import re
-
-from conftest import T0, S, nemesis_ops, write_checker, write_history, write_result
+from pathlib import Path
 
 from harness.checkers import queue
 from harness.history import Op
 from harness.report.html import render
 from harness.report.model import build, load_results
 from harness.report.plots import consumer_lag
+
+T0 = 10**12
+S = 10**9
+
+
+def nemesis_ops(name: str, start_s: float, stop_s: float, node: int = 2) -> list[dict]:
+    fault = {"kind": "kill", "target": "one"}
+    return [
+        {"process": "nemesis", "type": "ok", "f": name, "time": T0 + int(start_s * S),
+         "value": {"action": "start", "fault": fault, "nodes": [node], "down": [node], "up": []}},
+        {"process": "nemesis", "type": "ok", "f": name, "time": T0 + int(stop_s * S),
+         "value": {"action": "stop", "fault": fault, "nodes": [node], "down": [], "up": [node]}},
+    ]
+
+
+def attach(directory: Path, name: str, source: str, content: str) -> dict:
+    (directory / source).write_text(content)
+    return {"name": name, "source": source, "type": "text/plain"}
 
 
 def lagging_history() -> list[dict]:
@@ -76,14 +93,16 @@ def test_the_lag_of_the_stalled_shard_grows_in_the_fault() -> None:
     assert consumer_lag(ops, {}) == ""
 
 
-def test_the_page_draws_it_next_to_the_other_plots(tmp_path) -> None:
+def test_the_page_draws_it_next_to_the_other_plots(tmp_path, result) -> None:
     ops = lagging_history()
     d = tmp_path / "allure-results"
     d.mkdir()
-    write_result(d, "test_queue_through_a_kill[kill-one]", "passed", suite="durability",
-                 fault="fault=kill-one",
-                 attachments=[write_checker(d, queue_result(ops), "q1"),
-                              write_history(d, ops, "q2")])
+    attachments = [
+        attach(d, "checker:queue", "q1-attachment.json", json.dumps(queue_result(ops))),
+        attach(d, "history", "q2-attachment.jsonl", "\n".join(json.dumps(op) for op in ops)),
+    ]
+    result(d, "test_queue_through_a_kill[kill-one]", "passed", suite="durability",
+           fault="fault=kill-one", attachments=attachments)
     page = render(build(*load_results([d]), [d]), tmp_path / "page.html")
     section = page[page.index('<section id="plots">'):page.index('<section id="details">')]
     labels = re.findall(r'<svg [^>]*aria-label="([^"]*)"', section)
