@@ -177,11 +177,28 @@ def cluster_refusal(cluster: Any) -> str | None:
         if node.state not in ("running", "paused") or node.name in checked:
             continue
         box = cluster.processes[node.name]
+        marker = shlex.quote(box.env.get("FAKETIME_TIMESTAMP_FILE", "") + ".probe")
         try:
             code, _ = box.host.exec(probe_argv(), 15.0)
+            # A file written by one command and read by the next: the spec file reaches the
+            # node only where commands run in the node's own filesystem (not, e.g., in a
+            # throwaway container that shares just its network, as docker does for images
+            # other than ours).
+            box.host.exec(["sh", "-c", f"echo {node.name} > {marker}"], 15.0)
+            seen, output = box.host.exec(["sh", "-c", f"cat {marker} && rm -f {marker}"], 15.0)
         except HostDown:
             continue
-        checked[node.name] = None if code == 0 else (
-            f"{node.name}'s host {box.host.name} has no libfaketime ({LIBRARY_GLOB} is "
-            f"missing): install the Debian package {PACKAGE} there (apt-get install {PACKAGE})")
+        if code != 0:
+            checked[node.name] = (
+                f"{node.name}'s host {box.host.name} has no libfaketime ({LIBRARY_GLOB} is "
+                f"missing): install the Debian package {PACKAGE} there (apt-get install "
+                f"{PACKAGE})")
+        elif seen != 0 or output.strip() != node.name:
+            checked[node.name] = (
+                f"commands on {node.name}'s host {box.host.name} run outside its filesystem "
+                f"(the {cluster.spec.backend} runtime runs them in a container of their own "
+                "for this node's image), so its clock cannot be set: clock faults need nodes "
+                "whose host runs commands beside them")
+        else:
+            checked[node.name] = None
     return next((why for why in checked.values() if why), None)
