@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -159,6 +159,23 @@ def adapt_python_sleep() -> bool:
 
     time.sleep = sleep  # type: ignore[assignment]
     return True
+
+
+def library_here() -> str:
+    """The layer's library path on this machine (Debian's multiarch directory)."""
+    import sysconfig
+
+    multiarch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+    return LIBRARY.replace("$LIB", f"lib/{multiarch}")
+
+
+def ensure_library_here(progress: Callable[[str], None] = print) -> None:
+    """Install libfaketime on this machine on first use (as root), else raise ToolMissing
+    naming the command (harness.debian)."""
+    from harness.debian import ensure_tools
+
+    ensure_tools({library_here(): PACKAGE}, why="clock faults on local nodes",
+                 progress=progress)
 
 
 def cluster_refusal(cluster: Any) -> str | None:

@@ -262,8 +262,12 @@ class Cluster:
                      "HSTREAM_CONFORMANCE_CLUSTER": spec.label},
             )
             if spec.clock_faults and proc.role == "node":
-                from harness.clocklayer import layer_env, spec_path
+                from harness.clocklayer import ensure_library_here, layer_env, spec_path
 
+                if spec.backend == "local":
+                    # Installed on first use where we may; else refusal("clock") says how.
+                    with contextlib.suppress(HarnessError):
+                        ensure_library_here(self.progress)
                 box = self.processes[proc.name]
                 box.env.update(layer_env(spec_path(box.host, self.runtime, proc.name)))
         self._add_node_handles(specs, provision.placements)

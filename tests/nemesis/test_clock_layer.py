@@ -15,7 +15,9 @@ import pytest
 from google.protobuf import empty_pb2
 from HStream.Server import HStreamApi_pb2, HStreamApi_pb2_grpc
 
+from harness.clocklayer import ensure_library_here
 from harness.cluster import Cluster, UnsupportedFault
+from harness.debian import ToolMissing
 from harness.history import History, history_path
 from harness.nemesis import FAULTS, Fault, Nemesis, Schedule, generate_schedule
 from harness.nemesis.clock import Clock
@@ -56,6 +58,16 @@ def node_uptime(cluster: Cluster, n: int) -> int:
     with grpc.insecure_channel(str(cluster.node(n).direct_client)) as channel:
         stub = HStreamApi_pb2_grpc.HStreamApiStub(channel)
         return int(stub.DescribeCluster(empty_pb2.Empty(), timeout=10).clusterUpTime)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def libfaketime() -> None:
+    """This machine's nodes need the library: installed on first use, else skipped naming
+    the command."""
+    try:
+        ensure_library_here(progress=lambda line: None)
+    except ToolMissing as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture
