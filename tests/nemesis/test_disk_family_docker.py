@@ -6,8 +6,8 @@ beside it on the mount, started and killed by `docker exec`. Each fault is measu
 store (its gRPC Append, called directly) and in the container: crash-lose-unsynced kills the
 store, drops exactly the unsynced writes and leaves the disk's container running;
 disk-latency slows the store's appends by the fsync delay; disk-eio fails them until it
-stops. A docker host without /dev/fuse refuses in one line, and a stopped cluster leaves no
-container, volume or mount.
+stops. A generated schedule of the `disk` package plays there; a docker host without
+/dev/fuse refuses in one line, and a stopped cluster leaves no container, volume or mount.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from harness.cluster import Cluster, UnsupportedFault
 from harness.history import History, history_path
 from harness.images import connect
 from harness.lazydisk import lazydisk_mounts
-from harness.nemesis import FAULTS, Fault, Nemesis
+from harness.nemesis import FAULTS, Fault, Nemesis, generate_schedule
 from harness.runtimes.docker import LABEL_CLUSTER
 from harness.targets import reference
 from refserver.protos import Store_pb2, Store_pb2_grpc
@@ -191,6 +191,20 @@ def test_teardown_clears_io_faults_and_restarts_a_dead_store(
     status = cluster.disk_control().status()
     assert all(not f["errno"] and not f["latency_ms"] for f in status["faults"].values())
     store_append(cluster, b"after heal")
+
+
+def test_a_generated_schedule_plays_the_disk_package(cluster: Cluster, nemesis: Nemesis) -> None:
+    schedule = generate_schedule(11, [1], "disk", duration_s=4.0, fault_s=(0.3, 0.6),
+                                 heal_s=(0.2, 0.4))
+    assert any(s.fault is not None and s.fault.fault.kind == "crash-lose-unsynced"
+               for s in schedule), "seed 11 drew no crash: pick a seed that does"
+    nemesis.run(schedule)
+    ops = [op for op in nemesis_ops(nemesis) if op.type == "ok"]
+    assert ops[-1].f == "heal"
+    assert "lose-unsynced" in [op.value.get("phase") for op in ops]
+    store_append(cluster, b"after the schedule")
+    status = cluster.disk_control().status()
+    assert all(not f["errno"] and not f["latency_ms"] for f in status["faults"].values())
 
 
 def test_a_docker_host_without_fuse_refuses_in_one_line(
