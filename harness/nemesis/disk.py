@@ -9,7 +9,9 @@
   (5 EIO, 28 ENOSPC) on every call, on the next `count` calls, or with `percent` chance.
 
 Needs the store (ours) on a lazy disk: a cluster started with `disk_faults=True` on the
-local backend where FUSE is (`Cluster.refusal("disk")` says what is missing). Servers stay
+local backend where FUSE is, or on docker where the host has /dev/fuse (the store then runs
+in the disk's container, harness.runtimes.docker_colocated); `Cluster.refusal("disk")` says
+what is missing. Servers stay
 members meanwhile: no node is down. Teardown clears every IO fault and restarts a store a
 failed crash left dead.
 
