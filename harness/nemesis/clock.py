@@ -44,15 +44,15 @@ RATE_TICK_S = 0.1  # how often a rate fault moves the offset (its clock steps th
 WRITE_TIMEOUT_S = 15.0
 DRIVER_JOIN_S = 20.0
 
-# step(elapsed seconds) -> (offset to set, seconds until the next step), or None: done.
-Step = Callable[[float], "tuple[float, float] | None"]
+# plan(elapsed seconds) -> (offset to set, seconds until the next step), or None: done.
+Plan = Callable[[float], "tuple[float, float] | None"]
 
 
 class _Driver:
     """A thread moving some nodes' offsets over time (strobe, rate) until done or stopped."""
 
-    def __init__(self, name: str, step: Step, write: Callable[[float], None]) -> None:
-        self.step = step
+    def __init__(self, name: str, plan: Plan, write: Callable[[float], None]) -> None:
+        self.plan = plan
         self.write = write
         self.stopping = threading.Event()
         self.error: Exception | None = None
@@ -63,7 +63,7 @@ class _Driver:
         began = time.monotonic()
         last: float | None = None
         while not self.stopping.is_set():
-            planned = self.step(time.monotonic() - began)
+            planned = self.plan(time.monotonic() - began)
             if planned is None:
                 return
             offset, wait_s = planned
@@ -85,7 +85,7 @@ class _Driver:
             raise NemesisError(f"{self.thread.name} failed: {self.error}")
 
 
-def strobe_step(base: float, delta: float, period: float, duration: float) -> Step:
+def strobe_plan(base: float, delta: float, period: float, duration: float) -> Plan:
     """Flip between base + delta and base every `period` seconds; base after `duration`."""
 
     def step(elapsed: float) -> tuple[float, float] | None:
@@ -97,7 +97,7 @@ def strobe_step(base: float, delta: float, period: float, duration: float) -> St
     return step
 
 
-def rate_step(base: float, rate: float) -> Step:
+def rate_plan(base: float, rate: float) -> Plan:
     """An offset growing (or shrinking) by rate - 1 seconds per true second."""
 
     def step(elapsed: float) -> tuple[float, float] | None:
@@ -186,6 +186,10 @@ class Clock(Family):
         nodes = list(instance.nodes)
         if key in self.saved:
             raise NemesisError(f"{instance.name} on nodes {nodes} is already on: stop it first")
+        if fault.clock == "strobe" and (a["period_ms"] <= 0 or a["duration_ms"] <= 0):
+            raise NemesisError("a strobe needs period_ms > 0 and duration_ms > 0")
+        if fault.clock == "rate" and a["rate_permille"] < 0:
+            raise NemesisError("a clock rate is rate_permille >= 0 (1000: true speed)")
         base = {n: self.offsets.get(n, 0.0) for n in nodes}
         self.saved[key] = base
         if fault.clock == "offset":
@@ -195,23 +199,20 @@ class Clock(Family):
             for n in nodes:
                 self._set(ctx, n, base[n] + a["delta_ms"] / 1000)
         else:
-            steps = {
-                n: strobe_step(base[n], a["delta_ms"] / 1000, a["period_ms"] / 1000,
-                               a["duration_ms"] / 1000)
-                if fault.clock == "strobe" else rate_step(base[n], a["rate_permille"] / 1000)
-                for n in nodes
-            }
-            if fault.clock == "strobe" and a["period_ms"] <= 0:
-                raise NemesisError("a strobe needs period_ms > 0")
-            # One step for every node: they move together (offsets differ by their bases).
             first = nodes[0]
+            if fault.clock == "strobe":
+                plan = strobe_plan(base[first], a["delta_ms"] / 1000, a["period_ms"] / 1000,
+                                   a["duration_ms"] / 1000)
+            else:
+                plan = rate_plan(base[first], a["rate_permille"] / 1000)
+            # One plan for every node: they move together (offsets differ by their bases).
             shift = {n: base[n] - base[first] for n in nodes}
 
             def write(offset: float) -> None:
                 for n in nodes:
                     self._set(ctx, n, offset + shift[n])
 
-            self.drivers[key] = _Driver(instance.name, steps[first], write)
+            self.drivers[key] = _Driver(instance.name, plan, write)
 
     def _stop(self, ctx: Context, key: tuple[str, tuple[int, ...]]) -> None:
         undo = Undo(self.name)

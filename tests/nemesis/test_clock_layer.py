@@ -19,8 +19,8 @@ from harness.clocklayer import ensure_library_here
 from harness.cluster import Cluster, UnsupportedFault
 from harness.debian import ToolMissing
 from harness.history import History, history_path
-from harness.nemesis import FAULTS, Fault, Nemesis, Schedule, generate_schedule
-from harness.nemesis.clock import Clock
+from harness.nemesis import FAULTS, Fault, Nemesis, NemesisError, Schedule, generate_schedule
+from harness.nemesis.clock import RATE_TICK_S, Clock, rate_plan, strobe_plan
 from harness.nemesis.faults import CLOCKS
 
 pytestmark = [
@@ -209,3 +209,23 @@ def test_a_generated_schedule_plays_clock_faults(cluster: Cluster, nemesis: Neme
     assert final.value["clock"], final.value
     for reading in final.value["clock"].values():
         assert abs(reading["after"]["offset"]) < MEASURE_TOLERANCE_S
+
+
+def test_strobe_and_rate_plans() -> None:
+    strobe = strobe_plan(base=1.0, delta=20.0, period=0.5, duration=2.0)
+    assert strobe(0.0) == (21.0, 0.5)
+    assert strobe(0.6) == pytest.approx((1.0, 0.4))
+    assert strobe(1.1) == pytest.approx((21.0, 0.4))
+    assert strobe(2.0) is None  # over: the fault settles back on its base
+    rate = rate_plan(base=-2.0, rate=1.5)
+    assert rate(4.0) == (0.0, RATE_TICK_S)  # -2 + 4 * 0.5
+
+
+def test_bad_clock_attributes_are_refused_before_any_change(cluster: Cluster,
+                                                            nemesis: Nemesis) -> None:
+    bad = Fault("clock", clock="strobe", attributes={"period_ms": 0}).on(1)
+    with pytest.raises(NemesisError, match="a strobe needs period_ms > 0"):
+        nemesis.invoke(bad, "start")
+    with pytest.raises(NemesisError, match="rate_permille >= 0"):
+        nemesis.invoke(Fault("clock", clock="rate", attributes={"rate_permille": -1}).on(1))
+    assert abs(Clock().measure(nemesis.ctx, 1)["offset"]) < MEASURE_TOLERANCE_S
