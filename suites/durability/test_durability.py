@@ -23,7 +23,7 @@ from harness.history import History, history_path
 from harness.nemesis import FAULTS, Fault, Nemesis
 
 from ..membership.bounds import agreement_bound_s
-from .workload import FAST_GOSSIP, Workload
+from .workload import FAST_GOSSIP, KEYS, Workload
 
 FAULT_NAMES = [
     "kill-one",
@@ -105,9 +105,10 @@ def test_no_acknowledged_record_lost(request, cluster_factory, evidence, fault):
                             duration_s=max(10.0, 2.0 + window + 1.0 + 3.0))
         chosen = FAULTS[fault]
         if chosen.target == "one" and chosen.kind in AIMED_AT_SHARD_OWNER:
-            # Aimed at the owner of the stream's first shard, as the cluster answers when
-            # the fault starts: a node drawn by number may own none of the shards.
-            instance = chosen.aim(f"shard-owner:{workload.stream}")
+            # Aimed at the owner of the shard the workload's first key goes to, as the
+            # cluster answers when the fault starts: a node drawn by number may own none of
+            # the shards, or only shards none of the keys hash to.
+            instance = chosen.aim(f"shard-owner:{workload.stream}/key={KEYS[0]}")
         else:
             instance = chosen.resolve(
                 [n.id for n in cluster.nodes], random.Random(cluster.spec.seed)
