@@ -17,13 +17,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.history import History, history_path
-from harness.nemesis import FAULTS, Fault, Nemesis, NemesisError
+from harness.nemesis import FAULTS, Fault, NemesisError
 from harness.nemesis.membership_changes import wait_rejoined
-from harness.probes import ViewSampler, probe_for
 
-from .bounds import SAMPLE_S, TIMINGS, agreement_bound_s, join_bound_s
-from .test_membership import Observed, judge, verdict, wait
+from .bounds import join_bound_s
+from .test_membership import Observed, judge, observe, verdict, wait
 
 # A server that announces its leave is dead in every view within a few samples; one that
 # leaves silently (hstream-0.20) only once probed and confirmed, within the agreement bound.
@@ -38,17 +36,8 @@ def rejoin_deadline_s(observed: Observed) -> int:
 
 @pytest.fixture
 def observed(request, cluster_factory, evidence) -> Iterator[Observed]:
-    n = 3
-    cluster = cluster_factory(nodes=n, gossip=TIMINGS)
-    path = history_path(request.node.nodeid)
-    evidence.history(path)
-    probe = probe_for(cluster.settings, [node.id for node in cluster.nodes])
-    with History(path) as history, ViewSampler(cluster, history, probe, SAMPLE_S):
-        nemesis = Nemesis(cluster, history)
-        try:
-            yield Observed(cluster, history, nemesis, agreement_bound_s(cluster.settings, n))
-        finally:
-            nemesis.teardown()
+    with observe(request, cluster_factory, evidence, 3) as watched:
+        yield watched
 
 
 def announces_leave(observed: Observed) -> bool:

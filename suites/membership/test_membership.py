@@ -11,6 +11,7 @@ can read.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Iterator
@@ -34,9 +35,10 @@ class Observed:
     bound_s: float
 
 
-@pytest.fixture(params=[3, 5], ids=["n3", "n5"])
-def observed(request, cluster_factory, evidence) -> Iterator[Observed]:
-    n = request.param
+@contextlib.contextmanager
+def observe(request, cluster_factory, evidence, n: int) -> Iterator[Observed]:
+    """An n-node cluster at the suite's timings, its views sampled into the test's history
+    and a nemesis on it, healed at the end: what every membership test here watches."""
     cluster = cluster_factory(nodes=n, gossip=TIMINGS)
     path = history_path(request.node.nodeid)
     evidence.history(path)
@@ -47,6 +49,12 @@ def observed(request, cluster_factory, evidence) -> Iterator[Observed]:
             yield Observed(cluster, history, nemesis, agreement_bound_s(cluster.settings, n))
         finally:
             nemesis.teardown()
+
+
+@pytest.fixture(params=[3, 5], ids=["n3", "n5"])
+def observed(request, cluster_factory, evidence) -> Iterator[Observed]:
+    with observe(request, cluster_factory, evidence, request.param) as watched:
+        yield watched
 
 
 def settle(history: History, cluster, within_s: float) -> None:

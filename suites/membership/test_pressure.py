@@ -22,12 +22,9 @@ import pytest
 
 from harness.checkers import membership
 from harness.cluster import UnsupportedFault
-from harness.history import History, history_path
-from harness.nemesis import FAULTS, Nemesis
-from harness.probes import ViewSampler, probe_for
+from harness.nemesis import FAULTS
 
-from .bounds import SAMPLE_S, TIMINGS, agreement_bound_s
-from .test_membership import Observed, settle, verdict, wait
+from .test_membership import Observed, observe, settle, verdict, wait
 
 # Long enough for every node to probe the starved one, and be probed by it, many times
 # over (a probe period is 0.3 s at TIMINGS); longer on targets with slower timings.
@@ -36,17 +33,8 @@ PRESSURE_S = 8.0
 
 @pytest.fixture
 def observed(request, cluster_factory, evidence) -> Iterator[Observed]:
-    n = 3
-    cluster = cluster_factory(nodes=n, gossip=TIMINGS)
-    path = history_path(request.node.nodeid)
-    evidence.history(path)
-    probe = probe_for(cluster.settings, [node.id for node in cluster.nodes])
-    with History(path) as history, ViewSampler(cluster, history, probe, SAMPLE_S):
-        nemesis = Nemesis(cluster, history)
-        try:
-            yield Observed(cluster, history, nemesis, agreement_bound_s(cluster.settings, n))
-        finally:
-            nemesis.teardown()
+    with observe(request, cluster_factory, evidence, 3) as watched:
+        yield watched
 
 
 def false_deaths(result: membership.Result) -> list[dict]:
