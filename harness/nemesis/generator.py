@@ -313,6 +313,33 @@ def generate_schedule(
     return Schedule(seed=seed, nodes=tuple(sorted(nodes)), steps=tuple(steps))
 
 
+def each_fault_once(
+    seed: int,
+    nodes: Sequence[int],
+    faults: Sequence[Fault | str] | str,
+    *,
+    fault_s: tuple[float, float] = (5.0, 10.0),
+    heal_s: tuple[float, float] = (5.0, 10.0),
+) -> Schedule:
+    """Every fault of `faults` once, in an order drawn from `seed`, each after a heal period
+    and kept for a fault period drawn from `heal_s` and `fault_s`, then a final heal: where
+    `generate_schedule`'s draw with replacement would leave some out. A seed names it."""
+    pool = fault_pool(faults)
+    if not pool:
+        raise NemesisError("no faults to schedule")
+    rng = random.Random(seed)
+    steps: list[Step] = []
+    t = 0.0
+    for fault in rng.sample(pool, len(pool)):
+        start = t + rng.uniform(*heal_s)
+        stop = start + rng.uniform(*fault_s)
+        instance = aimed(fault, None, nodes, rng)
+        steps += [Step(round(start, 3), "start", instance), Step(round(stop, 3), "stop", instance)]
+        t = stop
+    steps.append(Step(round(t + heal_s[0], 3), "heal"))
+    return Schedule(seed=seed, nodes=tuple(sorted(nodes)), steps=tuple(steps))
+
+
 def schedule_strategy(
     nodes: Sequence[int],
     faults: Sequence[Fault | str] | str,

@@ -12,14 +12,13 @@ windows.
 
 from __future__ import annotations
 
-import random
 import threading
 
 import pytest
 
 from harness.cluster import UnsupportedFault
 from harness.history import History, history_path
-from harness.nemesis import FAULTS, Nemesis, Schedule, Step, play
+from harness.nemesis import Nemesis, each_fault_once, play
 
 from ..membership.bounds import agreement_bound_s
 from .test_durability import judge
@@ -42,23 +41,6 @@ HEAL_S = (2.0, 4.0)
 PLAY_GRACE_S = 60.0
 
 
-def every_fault_once(seed: int, ids: list[int]) -> Schedule:
-    """Each of NEW_FAULTS once, in an order, on nodes and with heal and fault periods drawn
-    from `seed` (a random draw of six from six would leave some out)."""
-    rng = random.Random(seed)
-    order = rng.sample(NEW_FAULTS, len(NEW_FAULTS))
-    steps: list[Step] = []
-    t = 0.0
-    for name in order:
-        start = t + rng.uniform(*HEAL_S)
-        stop = start + rng.uniform(*FAULT_S)
-        instance = FAULTS[name].resolve(ids, rng)
-        steps += [Step(round(start, 3), "start", instance), Step(round(stop, 3), "stop", instance)]
-        t = stop
-    steps.append(Step(round(t + HEAL_S[0], 3), "heal"))
-    return Schedule(seed=seed, nodes=tuple(sorted(ids)), steps=tuple(steps))
-
-
 @pytest.mark.nemesis
 def test_no_acknowledged_record_lost_through_a_schedule_of_new_faults(
     request, cluster_factory, evidence
@@ -69,7 +51,7 @@ def test_no_acknowledged_record_lost_through_a_schedule_of_new_faults(
         if reason:
             pytest.skip(f"a schedule of the newer faults needs {means}: {reason}")
     ids = [n.id for n in cluster.nodes]
-    schedule = every_fault_once(cluster.spec.seed, ids)
+    schedule = each_fault_once(cluster.spec.seed, ids, NEW_FAULTS, fault_s=FAULT_S, heal_s=HEAL_S)
     schedule.validate()
     drawn = sorted({step.fault.name for step in schedule if step.fault is not None})
     path = history_path(request.node.nodeid)

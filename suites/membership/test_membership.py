@@ -36,10 +36,11 @@ class Observed:
 
 
 @contextlib.contextmanager
-def observe(request, cluster_factory, evidence, n: int) -> Iterator[Observed]:
-    """An n-node cluster at the suite's timings, its views sampled into the test's history
-    and a nemesis on it, healed at the end: what every membership test here watches."""
-    cluster = cluster_factory(nodes=n, gossip=TIMINGS)
+def observe(request, cluster_factory, evidence, n: int, **options) -> Iterator[Observed]:
+    """An n-node cluster at the suite's timings (and `options` for the cluster factory), its
+    views sampled into the test's history and a nemesis on it, healed at the end: what every
+    membership test here watches."""
+    cluster = cluster_factory(nodes=n, gossip=TIMINGS, **options)
     path = history_path(request.node.nodeid)
     evidence.history(path)
     probe = probe_for(cluster.settings, [node.id for node in cluster.nodes])

@@ -279,3 +279,18 @@ def test_replay_refuses_a_file_that_is_no_schedule_naming_the_step(tmp_path, cap
     bad.write_text('{"cluster": {}, "steps": [{"op": "explode"}]}')
     assert main(["replay", str(bad)]) == 2
     assert "step 0 {'op': 'explode'} is not one of append, read" in capsys.readouterr().err
+
+
+def test_each_fault_once_plays_every_fault_in_a_seeded_order() -> None:
+    from harness.nemesis import each_fault_once
+
+    faults = ["kill-one", "pause-one", "clock-strobe", "stress-cpu-one", "leave-one"]
+    one = each_fault_once(7, [1, 2, 3], faults, fault_s=(1.0, 2.0), heal_s=(1.0, 2.0))
+    one.validate()
+    starts = [s.fault.name for s in one if s.action == "start"]
+    assert sorted(starts) == sorted(faults), one.describe()
+    assert one.steps[-1].action == "heal"
+    assert one.to_json() == each_fault_once(7, [1, 2, 3], faults, fault_s=(1.0, 2.0),
+                                            heal_s=(1.0, 2.0)).to_json()
+    other = each_fault_once(8, [1, 2, 3], faults, fault_s=(1.0, 2.0), heal_s=(1.0, 2.0))
+    assert other.to_json() != one.to_json()
