@@ -252,8 +252,6 @@ def _check_spec(spec: ClusterSpec, source: str) -> None:
         raise bad("clock_faults", f"must be true or false, got {spec.clock_faults!r}")
     if not isinstance(spec.disk_faults, bool):
         raise bad("disk_faults", f"must be true or false, got {spec.disk_faults!r}")
-    if spec.disk_faults and spec.target != REFERENCE_TARGET:
-        raise bad("disk_faults", "the lazy disk goes under the reference target's store only")
     if not isinstance(spec.base_port, int) or not (1024 <= spec.base_port <= 65533):
         raise bad("base_port", f"must be an integer in 1024..65533, got {spec.base_port!r}")
     if spec.toxiproxy_url is not None and not re.match(r"^https?://[^/:]+:\d+/?$",
