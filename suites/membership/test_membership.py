@@ -58,20 +58,21 @@ def observed(request, cluster_factory, evidence) -> Iterator[Observed]:
         yield watched
 
 
-def settle(history: History, cluster, within_s: float) -> None:
+def settle(history: History, cluster, within_s: float, after: int = 0) -> None:
     """Wait (event-driven, at most `within_s`) until every node's latest view has every
     node alive: the truth once everything is healed, as at the end of every test here.
 
     The history then ends at a moment of agreement instead of at an arbitrary instant,
     which on a loaded machine can fall inside a short refuted suspicion and leave the
     last epoch undecided. A disagreement that outlasts the bound still ends the history
-    disagreeing, and the checker fails it as not converged.
+    disagreeing, and the checker fails it as not converged. `after`: only views taken after
+    that many history ops count (those of a fault's aftermath, not the ones before it).
     """
     ids = {str(node.id) for node in cluster.nodes}
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         latest: dict[str, dict[str, str]] = {}
-        for op in reversed(history.snapshot()):
+        for op in reversed(history.snapshot()[after:]):
             if op.f == "view" and op.value["observer"] not in latest:
                 latest[op.value["observer"]] = op.value["view"]
                 if len(latest) == len(ids):

@@ -29,25 +29,34 @@ def last_views(history: History) -> dict[str, dict[str, str]]:
     return views
 
 
-def wrongly_alive(views: dict[str, dict[str, str]], sides: list[set[str]]) -> dict[str, list]:
-    """observer -> members of another side it still sees alive (absent counts as dead)."""
+def seen_across(views: dict[str, dict[str, str]], sides: list[set[str]],
+                states: tuple[str, ...]) -> dict[str, list]:
+    """observer -> members of another side it sees in one of `states` (absent is dead); an
+    observer with no view yet is listed too, with nothing."""
     wrong = {}
     for side in sides:
         others = set().union(*sides) - side
         for observer in side:
             seen = views.get(observer, {})
-            alive = sorted(m for m in others if seen.get(m, "dead") == "alive")
-            if alive or observer not in views:
-                wrong[observer] = alive
+            found = sorted(m for m in others if seen.get(m, "dead") in states)
+            if found or observer not in views:
+                wrong[observer] = found
     return wrong
 
 
+def wrongly_alive(views: dict[str, dict[str, str]], sides: list[set[str]]) -> dict[str, list]:
+    """observer -> members of another side it still sees alive."""
+    return seen_across(views, sides, ("alive",))
+
+
 def wait_for_split(history: History, sides: list[set[str]], within_s: float) -> None:
-    """Until every observer sees the other side not alive, or `within_s` has passed (the
-    assertions then show who still saw whom): the partition's views are known as soon as
-    both sides have confirmed it, not after a fixed sleep."""
+    """Until every observer holds the other side dead (confirmed, not merely suspected: a
+    heal before the confirmation would test a refuted suspicion, not a rejoin), or
+    `within_s` has passed (the assertions then show who still saw whom)."""
     deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline and wrongly_alive(last_views(history), sides):
+    while time.monotonic() < deadline and seen_across(
+        last_views(history), sides, ("alive", "suspect")
+    ):
         time.sleep(SAMPLE_S)
 
 
@@ -80,7 +89,7 @@ def test_partition_then_heal(request, cluster_factory, cluster_spec, evidence, g
                 wait_for_split(history, [majority, cut_off], bound + 1)
                 during = last_views(history)
                 nemesis.heal()
-                settle(history, cluster, heal_bound + 2)
+                settle(history, cluster, heal_bound + 2, after=len(history.snapshot()))
             finally:
                 nemesis.teardown()
         wrong = wrongly_alive(during, [majority, cut_off])
