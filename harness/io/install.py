@@ -88,6 +88,10 @@ def _wanted(package: ConnectorPackage) -> dict[str, object]:
     }
 
 
+# The pip step is tried this many times (the venv step once).
+PIP_TRIES = 2
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     # Two pytest processes (e.g. xdist workers) may ask for the same connector at once.
@@ -150,19 +154,26 @@ def install(
                     *[str(p) for p in local_copies],
                 ],
             ]
-            for argv in steps:
-                log.write("$ " + " ".join(argv) + "\n")
-                log.flush()
-                remaining = timeout_s - (time.monotonic() - started)
-                try:
-                    proc = subprocess.run(
-                        argv, stdout=log, stderr=subprocess.STDOUT, timeout=max(remaining, 1)
-                    )
-                except subprocess.TimeoutExpired:
-                    raise InstallError(
-                        f"installing connector {package.name!r} took longer than {timeout_s:.0f}s"
-                        f" (step: {' '.join(argv[:4])} ...); pip log: {log_path}"
-                    ) from None
+            for argv, tries in zip(steps, (1, PIP_TRIES), strict=True):
+                for attempt in range(1, tries + 1):
+                    log.write("$ " + " ".join(argv) + "\n")
+                    log.flush()
+                    remaining = timeout_s - (time.monotonic() - started)
+                    try:
+                        proc = subprocess.run(
+                            argv, stdout=log, stderr=subprocess.STDOUT, timeout=max(remaining, 1)
+                        )
+                    except subprocess.TimeoutExpired:
+                        raise InstallError(
+                            f"installing connector {package.name!r} took longer than "
+                            f"{timeout_s:.0f}s (step: {' '.join(argv[:4])} ...); "
+                            f"pip log: {log_path}"
+                        ) from None
+                    if proc.returncode == 0 or attempt == tries:
+                        break
+                    # A download from the package index can fail once on a loaded machine;
+                    # the log keeps both tries.
+                    log.write(f"# pip exited {proc.returncode}; trying once more\n")
                 if proc.returncode != 0:
                     raise InstallError(
                         f"installing connector {package.name!r} failed (exit {proc.returncode})"

@@ -57,6 +57,9 @@ def test_broken_package_names_the_pip_log(tmp_path: Path, tiny_copy: Path):
     assert "installing connector 'broken' failed (exit" in message
     log = tmp_path / "cache" / "broken.install.log"
     assert str(log) in message and log.exists()
+    # pip was tried twice (a failed download may pass the second time), both in the log.
+    assert log.read_text().count("pip install") == 2
+    assert "trying once more" in log.read_text()
     assert installed_executable(pkg, tmp_path / "cache") is None, "no marker after a failure"
 
 
