@@ -20,7 +20,7 @@ from harness.checkers import CheckOptions, check_all, order, reach
 from harness.checkers.result import Result
 from harness.clients.driver import ClientDriver
 from harness.history import History, history_path
-from harness.nemesis import FAULTS, Fault, Nemesis
+from harness.nemesis import FAULTS, Fault, FaultInstance, Nemesis
 
 from ..membership.bounds import agreement_bound_s
 from .workload import FAST_GOSSIP, KEYS, Workload
@@ -90,6 +90,17 @@ def judge(history: History, evidence, workload: Workload) -> None:
     assert not failing, f"{summary}; history {history.path}"
 
 
+def minority_with(fault: Fault, role: str, nemesis: Nemesis, cluster) -> FaultInstance:
+    """`fault` (a minority fault) on a minority that holds `role`'s node, the rest of it
+    drawn from the seed: aiming takes one node, a minority may be more."""
+    ids = [n.id for n in cluster.nodes]
+    held = list(nemesis.aimer.resolver.resolve(role).nodes)[:1]
+    others = [n for n in ids if n not in held]
+    random.Random(cluster.spec.seed).shuffle(others)
+    size = len(fault.resolve(ids, random.Random(cluster.spec.seed)).nodes)
+    return fault.on(*held, *others[: max(0, size - len(held))])
+
+
 @pytest.mark.nemesis
 @pytest.mark.parametrize("fault", FAULT_NAMES)
 def test_no_acknowledged_record_lost(request, cluster_factory, evidence, fault):
@@ -104,19 +115,26 @@ def test_no_acknowledged_record_lost(request, cluster_factory, evidence, fault):
         workload = Workload([str(n.client) for n in cluster.nodes], history,
                             duration_s=max(10.0, 2.0 + window + 1.0 + 3.0))
         chosen = FAULTS[fault]
-        if chosen.target == "one" and chosen.kind in AIMED_AT_SHARD_OWNER:
-            # Aimed at the owner of the shard the workload's first key goes to, as the
-            # cluster answers when the fault starts: a node drawn by number may own none of
-            # the shards, or only shards none of the keys hash to.
-            instance = chosen.aim(f"shard-owner:{workload.stream}/key={KEYS[0]}")
-        else:
-            instance = chosen.resolve(
-                [n.id for n in cluster.nodes], random.Random(cluster.spec.seed)
-            )
+        # Server faults go to the owner of the shard the workload's first key goes to, as
+        # the cluster answers when the fault starts: a node drawn by number may own none of
+        # the shards, or only shards none of the keys hash to (the run would be vacuous).
+        owner_role = f"shard-owner:{workload.stream}/key={KEYS[0]}"
+        instances = []
+
+        def start_fault() -> None:
+            if chosen.target == "one" and chosen.kind in AIMED_AT_SHARD_OWNER:
+                instances.append(chosen.aim(owner_role))
+            elif chosen.target == "minority" and chosen.kind in AIMED_AT_SHARD_OWNER:
+                instances.append(minority_with(chosen, owner_role, nemesis, cluster))
+            else:
+                instances.append(chosen.resolve(
+                    [n.id for n in cluster.nodes], random.Random(cluster.spec.seed)))
+            nemesis.invoke(instances[0], "start")
+
         try:
             workload.run(
-                start_fault=lambda: nemesis.invoke(instance, "start"),
-                stop_fault=lambda: nemesis.invoke(instance, "stop"),
+                start_fault=start_fault,
+                stop_fault=lambda: nemesis.invoke(instances[0], "stop"),
                 heal=nemesis.heal,
             )
         finally:
