@@ -10,8 +10,8 @@ Two kinds of image:
 
 Every image carries a content-hash label; a build whose inputs hash to the label of the image
 already present is skipped. ``python -m harness.images build [base|refserver|all]`` is the
-command line (`build hstream-standin` builds the stand-in for the real HStreamDB image on
-the refserver image, which it builds first).
+command line (`build hstream-standin` builds the stand-in for the real HStreamDB image from
+the refserver image, which it builds first, and the base below it).
 """
 
 from __future__ import annotations
