@@ -21,8 +21,10 @@ from harness.topology import ClusterSpec
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
+# A member confirmed dead comes back only through the reconnect loop: at its default of 30 s
+# the heal below would race its 30 s wait.
 GOSSIP = {"probe_interval_ms": 300, "roundtrip_timeout_ms": 150, "gossip_interval_ms": 150,
-          "suspicion_mult": 3}
+          "suspicion_mult": 3, "reconnect_interval_ms": 1000}
 ALL_ALIVE = {"1": "alive", "2": "alive", "3": "alive"}
 
 
