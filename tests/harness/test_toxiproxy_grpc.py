@@ -8,7 +8,6 @@ server and client, not on raw sockets.
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -62,21 +61,23 @@ def test_grpc_call_slows_by_the_latency(toxiproxy_server: ToxiproxyHandle,
             echo = channel.unary_unary(ECHO_METHOD, request_serializer=_identity,
                                        response_deserializer=_identity)
 
-            def median_call_s(count: int) -> float:
+            def fastest_call_s(count: int) -> float:
+                # The fastest of several calls: the toxic's delay is a floor every call pays,
+                # while a loaded machine (parallel workers) only ever adds to some of them.
                 samples = []
                 for i in range(count):
                     payload = b"x%d" % i
                     started = time.monotonic()
                     assert echo(payload, timeout=10) == payload
                     samples.append(time.monotonic() - started)
-                return statistics.median(samples)
+                return min(samples)
 
-            median_call_s(3)  # connection set-up and HTTP/2 settings exchange
-            baseline = median_call_s(5)
+            fastest_call_s(3)  # connection set-up and HTTP/2 settings exchange
+            baseline = fastest_call_s(7)
             toxiproxy_server.add_toxic(name, "latency", {"latency": 100})
-            slowed = median_call_s(5)
+            slowed = fastest_call_s(7)
             toxiproxy_server.remove_toxic(name, "latency_downstream")
-            recovered = median_call_s(5)
+            recovered = fastest_call_s(7)
     finally:
         toxiproxy_server.delete_proxy(name)
     added = slowed - baseline
