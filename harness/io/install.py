@@ -1,19 +1,25 @@
 """Install an Airbyte connector as a local executable in its own virtual environment.
 
 Python connectors pin their own stacks (airbyte-cdk, pydantic, jsonschema, ...) that clash
-with the harness's, so each one gets a private venv under a git-ignored cache folder
-(``~/.cache/hstream-conformance/connectors/<name>/``, shared by every checkout of the
-machine, or ``$HSTREAM_CONFORMANCE_CACHE/connectors``).
+with the harness's, so each one gets a private venv under a cache folder outside the checkout
+(``~/.cache/hstream-conformance/connectors/<name>-<digest>/``, or
+``$HSTREAM_CONFORMANCE_CACHE/connectors``), shared by every checkout of the machine.
 The harness only ever talks to the connector through its entry-point executable, exactly as
 the Airbyte platform talks to a connector image: argv in, JSON lines out.
 
-An install is reused when its recorded requirements match; a half-finished one (no marker)
-is discarded and redone, so an interrupted ``pip install`` never leaves a broken cache.
+A venv is named by a digest of what it holds -- the requirements, the Python version and the
+*content* of its local package folders -- not by where a checkout keeps them: two clones of
+the same commit share one venv, and a clone with an edited fixture gets a venv of its own
+instead of rebuilding (and so evicting) another checkout's. An install is reused when its
+marker is there; a half-finished one (no marker) is discarded and redone, so an interrupted
+``pip install`` never leaves a broken cache. Venvs of a connector unused for
+``STALE_AFTER_S`` are removed when another of its venvs is installed.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +35,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MARKER = "installed.json"
 # pip resolving airbyte-cdk from scratch takes ~30 s here; leave room for slow mirrors.
 DEFAULT_INSTALL_TIMEOUT_S = 900.0
+# A connector's venv that no run has used for this long is removed when another of its
+# venvs is installed (each edit of a local package leaves one behind).
+STALE_AFTER_S = 14 * 24 * 3600.0
 
 
 class InstallError(RuntimeError):
@@ -68,24 +77,34 @@ def _is_litter(rel: Path) -> bool:
                for part in rel.parts)
 
 
-def _fingerprint(paths: tuple[Path, ...]) -> str:
-    """mtime+size of every source file under the local paths: cheap, enough to see edits."""
-    parts: list[str] = []
+def _content_digest(paths: tuple[Path, ...]) -> str:
+    """sha256 over every source file under the local paths, by relative path and bytes: the
+    same sources in two checkouts (or after a fresh clone resets mtimes) give one digest."""
+    digest = hashlib.sha256()
     for base in paths:
+        digest.update(f"\0{base.name}\0".encode())
         for p in sorted(base.rglob("*")):
-            if p.is_file() and not _is_litter(p.relative_to(base)):
-                st = p.stat()
-                parts.append(f"{p.relative_to(base)}:{st.st_size}:{int(st.st_mtime)}")
-    return "|".join(parts)
+            rel = p.relative_to(base)
+            if p.is_file() and not _is_litter(rel):
+                digest.update(f"{rel}\0".encode())
+                digest.update(hashlib.sha256(p.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _wanted(package: ConnectorPackage) -> dict[str, object]:
+    """What the venv holds (its marker's content); the venv's name is a digest of it."""
     return {
         "requirements": list(package.requirements),
-        "local_paths": [str(p) for p in package.local_paths],
-        "fingerprint": _fingerprint(package.local_paths),
+        "local_packages": [p.name for p in package.local_paths],
+        "content": _content_digest(package.local_paths),
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
     }
+
+
+def venv_path(package: ConnectorPackage, root: Path | None = None) -> Path:
+    """Where this package's venv lives: ``<root>/<name>-<digest of what it holds>``."""
+    wanted = json.dumps(_wanted(package), sort_keys=True).encode()
+    return (root or cache_root()) / f"{package.name}-{hashlib.sha256(wanted).hexdigest()[:12]}"
 
 
 # The pip step is tried this many times (the venv step once).
@@ -105,17 +124,38 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def installed_executable(package: ConnectorPackage, root: Path | None = None) -> Path | None:
-    """The entry point of a complete, up-to-date install, or None."""
-    venv = (root or cache_root()) / package.name
+    """The entry point of a complete install of exactly this package, or None."""
+    venv = venv_path(package, root)
     exe = venv / "bin" / package.entry_point
-    marker = venv / MARKER
-    if not (exe.exists() and marker.exists()):
+    if not (exe.exists() and (venv / MARKER).exists()):
         return None
-    try:
-        recorded = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return None
-    return exe if recorded == _wanted(package) else None
+    os.utime(venv)  # last used: what the pruning of stale venvs goes by
+    return exe
+
+
+def _prune_stale(package: ConnectorPackage, root: Path, keep: Path) -> None:
+    """Remove this connector's other venvs that no run has used for STALE_AFTER_S. One
+    that another process holds (its lock taken) is left alone."""
+    now = time.time()
+    for other in root.glob(f"{package.name}-*"):
+        if other == keep or not other.is_dir():
+            continue
+        try:
+            if now - other.stat().st_mtime < STALE_AFTER_S:
+                continue
+            with open(_lock_path(other), "w") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                shutil.rmtree(other, ignore_errors=True)
+                Path(f"{other}.install.log").unlink(missing_ok=True)
+        except OSError:
+            continue
+
+
+def _lock_path(venv: Path) -> Path:
+    return venv.parent / f".{venv.name}.lock"
 
 
 def install(
@@ -123,20 +163,20 @@ def install(
     root: Path | None = None,
     timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S,
 ) -> Path:
-    """Create ``<root>/<name>`` with the package installed; return its entry-point path.
+    """Create ``venv_path(package, root)`` with the package installed; return its entry point.
 
-    Skipped when an up-to-date install is already there. The pip log is kept next to the
+    Skipped when that venv is already complete. The pip log is kept next to the
     venv (``install.log``) and named in the error when the install fails.
     """
     root = root or cache_root()
-    venv = root / package.name
-    with _locked(root / f".{package.name}.lock"):
+    venv = venv_path(package, root)
+    with _locked(_lock_path(venv)):
         exe = installed_executable(package, root)
         if exe is not None:
             return exe
         if venv.exists():
             shutil.rmtree(venv)
-        log_path = root / f"{package.name}.install.log"
+        log_path = root / f"{venv.name}.install.log"
         started = time.monotonic()
         # pip builds a local project in place (build/, *.egg-info); build from a copy so
         # the source folder, which may be a fixture in the checkout, stays clean.
@@ -187,7 +227,8 @@ def install(
                 f" {exe.parent}; check the package's console_scripts; pip log: {log_path}"
             )
         (venv / MARKER).write_text(json.dumps(_wanted(package), indent=1))
-        return exe
+    _prune_stale(package, root, venv)
+    return exe
 
 
 def main(argv: list[str] | None = None) -> int:

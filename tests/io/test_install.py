@@ -3,13 +3,21 @@ that name the pip log."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from harness.io.install import ConnectorPackage, InstallError, install, installed_executable
+from harness.io.install import (
+    STALE_AFTER_S,
+    ConnectorPackage,
+    InstallError,
+    install,
+    installed_executable,
+    venv_path,
+)
 from harness.io.runner import Connector, LocalExecutable
 
 TINY = Path(__file__).with_name("tiny_connector")
@@ -28,13 +36,14 @@ def test_install_runs_reuses_and_rebuilds(tmp_path: Path, tiny_copy: Path):
     pkg = ConnectorPackage("tiny", (), "tiny-connector", (tiny_copy,))
     assert installed_executable(pkg, root) is None
     exe = install(pkg, root)
-    assert exe == root / "tiny" / "bin" / "tiny-connector"
+    venv = venv_path(pkg, root)
+    assert venv.name.startswith("tiny-") and exe == venv / "bin" / "tiny-connector"
     spec = Connector("tiny", LocalExecutable(exe), tmp_path / "runs").spec()
     # The entry point runs inside its own venv, not the harness's interpreter.
-    assert spec["documentationUrl"] == str(root / "tiny")
+    assert spec["documentationUrl"] == str(venv)
     assert not (tiny_copy / "build").exists(), "the source folder must stay clean"
 
-    marker = root / "tiny" / "installed.json"
+    marker = venv / "installed.json"
     stamp = marker.stat().st_mtime_ns
     t0 = time.monotonic()
     assert install(pkg, root) == exe
@@ -42,10 +51,40 @@ def test_install_runs_reuses_and_rebuilds(tmp_path: Path, tiny_copy: Path):
 
     source = tiny_copy / "tiny_connector.py"
     source.write_text(source.read_text().replace('GREETING = "tiny"', 'GREETING = "edited!"'))
-    install(pkg, root)
-    assert marker.stat().st_mtime_ns != stamp, "an edited package must be reinstalled"
-    spec = Connector("tiny", LocalExecutable(exe), tmp_path / "runs2").spec()
+    edited = install(pkg, root)
+    assert edited != exe, "an edited package must be installed into a venv of its own"
+    spec = Connector("tiny", LocalExecutable(edited), tmp_path / "runs2").spec()
     assert spec["connectionSpecification"]["title"] == "edited!"
+    # The first venv stays for the checkout that still has the old sources...
+    assert marker.stat().st_mtime_ns == stamp and exe.exists()
+
+
+def test_checkouts_with_the_same_sources_share_one_venv(tmp_path: Path):
+    """Two clones hold the fixture at different paths, with different mtimes: one venv."""
+    root = tmp_path / "cache"
+    first = tmp_path / "clone-a" / "tiny_connector"
+    second = tmp_path / "clone-b" / "tiny_connector"
+    shutil.copytree(TINY, first)
+    time.sleep(1.1)  # a later clone: every file's mtime differs by at least a second
+    shutil.copytree(TINY, second)
+    exe = install(ConnectorPackage("tiny", (), "tiny-connector", (first,)), root)
+    t0 = time.monotonic()
+    again = install(ConnectorPackage("tiny", (), "tiny-connector", (second,)), root)
+    assert again == exe and time.monotonic() - t0 < 1, "the second clone rebuilt the venv"
+    assert [p.name for p in root.iterdir() if p.is_dir()] == [exe.parent.parent.name]
+
+
+def test_a_venv_unused_for_long_is_removed_when_another_is_installed(tmp_path: Path,
+                                                                      tiny_copy: Path):
+    root = tmp_path / "cache"
+    old = install(ConnectorPackage("tiny", (), "tiny-connector", (tiny_copy,)), root)
+    old_venv = old.parent.parent
+    long_ago = time.time() - STALE_AFTER_S - 60
+    os.utime(old_venv, (long_ago, long_ago))
+    source = tiny_copy / "tiny_connector.py"
+    source.write_text(source.read_text().replace('GREETING = "tiny"', 'GREETING = "new"'))
+    new = install(ConnectorPackage("tiny", (), "tiny-connector", (tiny_copy,)), root)
+    assert new.exists() and not old_venv.exists(), "the stale venv was kept"
 
 
 def test_broken_package_names_the_pip_log(tmp_path: Path, tiny_copy: Path):
@@ -55,7 +94,7 @@ def test_broken_package_names_the_pip_log(tmp_path: Path, tiny_copy: Path):
         install(pkg, tmp_path / "cache")
     message = str(err.value)
     assert "installing connector 'broken' failed (exit" in message
-    log = tmp_path / "cache" / "broken.install.log"
+    log = tmp_path / "cache" / f"{venv_path(pkg, tmp_path / 'cache').name}.install.log"
     assert str(log) in message and log.exists()
     # pip was tried twice (a failed download may pass the second time), both in the log.
     assert log.read_text().count("pip install") == 2
