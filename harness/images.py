@@ -11,7 +11,9 @@ Two kinds of image:
 Every image carries a content-hash label; a build whose inputs hash to the label of the image
 already present is skipped. ``python -m harness.images build [base|refserver|all]`` is the
 command line (`build hstream-standin` builds the stand-in for the real HStreamDB image from
-the refserver image, which it builds first, and the base below it).
+the refserver image, which it builds first, and the base below it; `build refserver-io` builds
+the node image of the IO suite: the refserver recipe on the connectors image, which holds the
+fixture connectors installed from wheels the host builds, harness.io.connector_image).
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ REFSERVER_IMAGE = "hstream-conformance/refserver:latest"
 # The stand-in for hstreamdb/hstream (docker/hstream-standin): its tag names the HStreamDB
 # version whose interface it answers to, which the hstream target reads from the tag.
 STANDIN_IMAGE = "hstream-conformance/hstream-standin:v0.20.3"
+# The fixture connectors installed on the base (docker/connectors), and the reference server's
+# recipe built on that image: the node image of the IO suite on the docker backend.
+CONNECTORS_IMAGE = "hstream-conformance/connectors:latest"
+REFSERVER_IO_IMAGE = "hstream-conformance/refserver-io:latest"
 
 SUITE = "bookworm"
 BASE_PACKAGES = (
@@ -110,10 +116,19 @@ class Recipe:
     # In "all": the images every run needs. An opt-in image (the stand-in, which apt-gets a
     # JRE) is built by name only, or by the tests that use it.
     in_all: bool = True
+    # The folder under docker/ whose Dockerfile this is, when not `name` (one recipe built on
+    # another base).
+    directory: str | None = None
+    # Whether the project's wheels go into the context (and its sources into the hash): an
+    # image without them is not rebuilt for a change of the project's sources.
+    project_wheels: bool = True
+    # More of the build context: context name -> file on the host, made (or found current)
+    # when the recipe is built; the files' content is part of the image's hash.
+    context: Callable[[Progress], dict[str, Path]] | None = None
 
     @property
     def dockerfile(self) -> Path:
-        return DOCKER_DIR / self.name / "Dockerfile"
+        return DOCKER_DIR / (self.directory or self.name) / "Dockerfile"
 
     @property
     def files(self) -> list[Path]:
@@ -130,7 +145,22 @@ RECIPES: dict[str, Recipe] = {
     "hstream-standin": Recipe(
         name="hstream-standin", tag=STANDIN_IMAGE, on="refserver", in_all=False
     ),
+    "connectors": Recipe(
+        name="connectors", tag=CONNECTORS_IMAGE, in_all=False, project_wheels=False,
+        context=lambda progress: _connector_context(progress),
+    ),
+    "refserver-io": Recipe(
+        name="refserver-io", tag=REFSERVER_IO_IMAGE, on="connectors", in_all=False,
+        directory="refserver",
+    ),
 }
+
+
+def _connector_context(progress: Progress) -> dict[str, Path]:
+    # Imported on use: building the connectors' wheels is the IO harness's business.
+    from harness.io.connector_image import context_files
+
+    return context_files(progress)
 
 
 # ---------------------------------------------------------------- the engine
@@ -200,10 +230,11 @@ def base_content_hash() -> str:
 
 
 def recipe_content_hash(
-    recipe: Recipe, build_args: dict[str, str], base_id: str, wheels: list[Path]
+    recipe: Recipe, build_args: dict[str, str], base_id: str, wheels: list[Path],
+    extra: dict[str, Path] | None = None,
 ) -> str:
     """Dockerfile (and the files beside it) + build args + base image id(s) + wheels + project
-    sources."""
+    sources (for a recipe with the project's wheels) + the recipe's own context files."""
     digest = hashlib.sha256()
     digest.update(recipe.dockerfile.read_bytes())
     _hash_files(digest, recipe.dockerfile.parent, iter(recipe.files))
@@ -214,7 +245,11 @@ def recipe_content_hash(
         digest.update(wheel.name.encode())
         if not wheel.name.startswith(PROJECT_WHEEL_PREFIX):
             digest.update(hashlib.sha256(wheel.read_bytes()).digest())
-    digest.update(project_source_hash().encode())
+    if recipe.project_wheels:
+        digest.update(project_source_hash().encode())
+    for name, path in sorted((extra or {}).items()):
+        digest.update(f"{name}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
 
@@ -569,8 +604,9 @@ def build_recipe(
         require_image(client, debian_image)
         build_args["DEBIAN_IMAGE"] = debian_image
         base_ids += image_id(client, debian_image)
-    wheels = build_wheels(progress=progress)
-    content_hash = recipe_content_hash(recipe, build_args, base_ids, wheels)
+    wheels = build_wheels(progress=progress) if recipe.project_wheels else []
+    extra = recipe.context(progress) if recipe.context is not None else {}
+    content_hash = recipe_content_hash(recipe, build_args, base_ids, wheels, extra)
     if not force and image_label(client, recipe.tag, HASH_LABEL) == content_hash:
         progress(f"{recipe.tag}: up to date (content hash {content_hash[:12]}), skipped")
         return BuildResult(recipe.tag, content_hash, True, image_id(client, recipe.tag))
@@ -592,6 +628,9 @@ def build_recipe(
     for wheel in wheels:
         part = "project" if wheel.name.startswith(PROJECT_WHEEL_PREFIX) else "deps"
         os.link(wheel, context / "wheels" / part / wheel.name)
+    for name, path in extra.items():
+        (context / name).parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, context / name)
     progress(f"{recipe.tag}: docker build on {base_image}")
     tail: list[str] = []
     try:
