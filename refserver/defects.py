@@ -63,6 +63,21 @@ DEFECTS: dict[str, str] = {
         "one record id names two different records (breaks: a record id always names the "
         "same record -- the queue checker's inconsistent offsets)."
     ),
+    "skip-held-back": (
+        "The subscription's reader moves a shard's read position past every batch a store "
+        "read returned before sending them; when flow control (maxUnackedRecords) stops the "
+        "sending midway, the batches it held back are never delivered to any consumer, "
+        "though every reader of the shard sees them (breaks: a consumer is delivered every "
+        "record of the shards it owns, in order -- the queue checker's poll skip)."
+    ),
+    "ack-on-sequence": (
+        "The store answers an append as soon as its sequencer has given the entry an LSN "
+        "and commits it with the next periodic group commit (readers see it only then); a "
+        "restarted store begins a new epoch of LSNs instead of reusing numbers, as a log "
+        "store's sequencer does. A kill -9 of the store loses the acknowledged appends not "
+        "committed yet, while the records appended after the restart are read past the gap "
+        "(breaks: no acknowledged record is lost -- the queue checker's lost)."
+    ),
     "wall-clock-deadlines": (
         "Subscription ack deadlines are measured on the wall clock (time.time) instead of a "
         "monotonic clock, so a forward jump of the server's clock makes every unacked "

@@ -320,6 +320,10 @@ class SubscriptionDelivery:
             )
             for entry in reply.entries:
                 if self.closed or self.unacked >= self.subscription.max_unacked_records:
+                    if "skip-held-back" in self._defects and reply.entries:
+                        # The defect: the read position already counts the batches that
+                        # flow control holds back, so the next read starts after them.
+                        shard.next_lsn = max(shard.next_lsn, reply.entries[-1].lsn + 1)
                     return progressed
                 consumer = self.consumers.get(shard.owner) if shard.owner else None
                 if consumer is None:

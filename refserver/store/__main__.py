@@ -56,7 +56,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=[],
         metavar="NAME",
         help="switch on a seeded defect (repeatable); the store acts on those of the store "
-        "(fsync-lie) and accepts the others, so a cluster passes every store the same list: "
+        "(fsync-lie, ack-on-sequence) and accepts the others, so a cluster passes every "
+        "store the same list: "
         + ", ".join(sorted(DEFECTS)),
     )
     args = parser.parse_args(argv)
@@ -90,9 +91,12 @@ def check_port_free(host: str, port: int) -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     engine = StoreEngine(args.data_dir, flush_interval=args.flush_interval_ms / 1000,
-                         fsync="fsync-lie" not in args.defect)
+                         fsync="fsync-lie" not in args.defect,
+                         ack_on_sequence="ack-on-sequence" in args.defect)
     if not engine.fsync:
         log.warning("defect fsync-lie: commits are acknowledged without fsync")
+    if engine.ack_on_sequence:
+        log.warning("defect ack-on-sequence: appends are answered before their commit")
     try:
         engine.open()
     except (OSError, sqlite3.Error) as error:

@@ -17,6 +17,12 @@ restarts. `durable=False` (the ack-before-durable defect) answers at once and le
 entry in memory until the flush timer commits it; those entries are readable while they
 wait, and a kill -9 loses them.
 
+`ack_on_sequence=True` (the ack-on-sequence defect) answers every append as soon as it has
+its LSN and leaves it for the flush timer's commit (commits of metadata meanwhile do not
+take it); unlike a non-durable append it stays unreadable until committed. Opened with it,
+the store starts each log at a new LSN epoch (the next multiple of 2^32, plus 1), so the
+LSNs of entries a kill -9 lost are never given again and readers go past the gap.
+
 `fsync=False` (the fsync-lie defect) commits appends with `synchronous=OFF`: SQLite then
 does not fsync, so the COMMIT returns once its pages are written to the OS. That survives a
 kill -9 of the store (the page cache keeps them) but not a power loss. Commits holding
@@ -67,6 +73,8 @@ CREATE TABLE IF NOT EXISTS counters (
 # SQLite stores signed 64-bit integers; log ids are u64 on the wire, so they are stored
 # shifted into the signed range.
 _U64_OFFSET = 1 << 63
+# With the ack-on-sequence defect a restarted store numbers each log from its next epoch.
+EPOCH_BITS = 32
 # Bounds one Read answer so it stays well under the gRPC message limit.
 MAX_READ_BYTES = 32 * 1024 * 1024
 
@@ -145,14 +153,23 @@ class _WriteOp:
 class StoreEngine:
     """Single-process owner of the database; every method runs on the event loop."""
 
-    def __init__(self, data_dir: Path, flush_interval: float = 0.5, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        flush_interval: float = 0.5,
+        fsync: bool = True,
+        ack_on_sequence: bool = False,
+    ) -> None:
         self.path = data_dir / "store.sqlite3"
         self.flush_interval = flush_interval
         self.fsync = fsync
+        self.ack_on_sequence = ack_on_sequence
         self.stats = StoreStats()
         self._logs: dict[int, LogState] = {}
         self._queued_ops: list[_WriteOp] = []
         self._appends_waiting: list[tuple[PendingEntry, asyncio.Future[Entry] | None]] = []
+        # ack-on-sequence: answered appends that only the flush timer hands to a commit.
+        self._appends_sequenced: list[PendingEntry] = []
         self._writer: sqlite3.Connection | None = None
         self._write_executor = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         self._read_executor = ThreadPoolExecutor(4, thread_name_prefix="store-reader")
@@ -168,9 +185,12 @@ class StoreEngine:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         writer = _connect(self.path, self.fsync)
         writer.executescript(SCHEMA)
-        for log_id, next_lsn, trim_point, last_ts in writer.execute(
+        for log_id, stored_next_lsn, trim_point, last_ts in writer.execute(
             "SELECT log_id, next_lsn, trim_point, last_ts FROM logs"
         ):
+            next_lsn = stored_next_lsn
+            if self.ack_on_sequence:  # the defect's new epoch: lost LSNs are not reused
+                next_lsn = ((((stored_next_lsn - 1) >> EPOCH_BITS) + 1) << EPOCH_BITS) + 1
             self._logs[log_id + _U64_OFFSET] = LogState(
                 next_lsn=next_lsn,
                 trim_point=trim_point,
@@ -190,6 +210,7 @@ class StoreEngine:
         self._closing = True
         writer, flush_timer = self._tasks
         flush_timer.cancel()
+        self._hand_over_sequenced()
         self._wake.set()
         await asyncio.gather(flush_timer, writer, return_exceptions=True)
         if self._writer is not None:
@@ -218,6 +239,11 @@ class StoreEngine:
         pending = PendingEntry(log_id, entry, acked=not durable)
         state.pending.append(pending)
         self.stats.appends += 1
+        if self.ack_on_sequence and durable:
+            # The defect: answered now, unreadable (`acked` stays False) and left for the
+            # flush timer's commit; commits of metadata meanwhile do not take it.
+            self._appends_sequenced.append(pending)
+            return entry
         if not durable:
             self._appends_waiting.append((pending, None))
             return entry
@@ -231,8 +257,13 @@ class StoreEngine:
     async def _flush_timer(self) -> None:
         while True:
             await asyncio.sleep(self.flush_interval)
+            self._hand_over_sequenced()
             if self._appends_waiting:
                 self._wake.set()
+
+    def _hand_over_sequenced(self) -> None:
+        self._appends_waiting.extend((pending, None) for pending in self._appends_sequenced)
+        self._appends_sequenced.clear()
 
     async def _write_loop(self) -> None:
         while True:
