@@ -63,6 +63,14 @@ TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
         ("suites/durability/test_queue.py",),
         "test_queue_through_a_kill_of_the_subscription_owner",
     ),
+    "skip-held-back": (
+        ("suites/durability/test_queue.py",),
+        "test_queue_through_slow_consumers",
+    ),
+    "ack-on-sequence": (
+        ("suites/durability/test_queue.py",),
+        "test_queue_through_a_store_kill",
+    ),
     "io-checkpoint-before-append": (
         ("tests/refserver/test_io_runtime.py",),
         "test_killed_connector_resumes_from_its_last_state",

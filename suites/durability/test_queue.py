@@ -1,178 +1,53 @@
-"""The subscription as a queue (Jepsen's queue checker) while its owner is killed.
+"""The subscription as a queue (Jepsen's queue checker) while its owner or its store is
+killed, and while its consumers are slow.
 
-A producer appends keyed batches of five records to a 4-shard stream; two consumers, each
-its own raw driver process, fetch from one subscription and acknowledge what they get,
-except that one record in seven is acknowledged only when it comes again after the ack
-timeout, so batches are resent in part. After a warm-up the node that owns the
-subscription (as LookupSubscription names it) is killed through the nemesis: the
-consumers' streams break and they join again on the new owner, which resumes from the
-stored checkpoints. The killed node is started again, the producer stops, the consumers
-drain the subscription, and every shard is read from EARLIEST.
+The workload (queue_workload.py): a producer appends keyed batches of five records to a
+4-shard stream; two consumers, each its own raw driver process, fetch from one subscription
+and acknowledge what they get, except that one record in seven is acknowledged only when it
+comes again after the ack timeout, so batches are resent in part. At the end the producer
+stops, the consumers drain the subscription, and every shard is read from EARLIEST.
 
-The queue checker judges the history under the at-least-once promise: no record id with
+* Owner kill: after a warm-up the node that owns the subscription (as LookupSubscription
+  names it) is killed through the nemesis: the consumers' streams break and they join again
+  on the new owner, which resumes from the stored checkpoints. The killed node is started
+  again before the drain.
+* Store kill: the store is killed -9 while the producer appends and started again; the
+  appends it acknowledged must all be there, with the ones that came after.
+* Slow consumers: with a small maxUnackedRecords both consumers stop fetching for a while;
+  flow control holds back what the server reads meanwhile, and each consumer must then
+  get its shards' records without a gap.
+
+The queue checker judges each history under the at-least-once promise: no record id with
 two payloads, no acknowledged append passed over, no poll skip or step back within an
 ownership epoch; duplicates (acknowledged records the new owner resends) are counted only.
 """
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
-import uuid
-from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from HStream.Server import HStreamApi_pb2 as api
-from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
-from harness import credentials, wire
 from harness.checkers import queue
-from harness.clients.driver import ClientDriver, DriverError, raw_payload
+from harness.checkers.result import Result
 from harness.history import History, history_path
 from harness.nemesis import FAULTS, Nemesis
 
 from ..membership.bounds import agreement_bound_s
+from .queue_workload import QueueWorkload, subscription_owner, wait_for
 from .workload import FAST_GOSSIP
 
 pytestmark = pytest.mark.cluster(gossip=FAST_GOSSIP)
 
-CONSUMERS = ("c1", "c2")
-KEYS = [f"key-{i}" for i in range(8)]
-ACK_TIMEOUT_S = 2
-HOLD_EVERY = 7  # payload numbers n with n % HOLD_EVERY == HOLD_AT are acked on their resend
-HOLD_AT = 3
 WARMUP_S = 4.0
 COOLDOWN_S = 3.0
 DRAIN_S = 30.0
-
-
-class QueueWorkload:
-    """One producer and two consumers on one subscription, each a driver process."""
-
-    def __init__(self, endpoints: list[str], history: History) -> None:
-        self.endpoints = endpoints
-        self.history = history
-        self.stream = f"q_{uuid.uuid4().hex[:10]}"
-        self.subscription = f"qsub_{uuid.uuid4().hex[:10]}"
-        self.producing = threading.Event()
-        self.consuming = threading.Event()
-        self.held: set[str] = set()
-        self.lock = threading.Lock()
-        self.errors: list[str] = []
-        self.threads: list[threading.Thread] = []
-
-    def setup(self) -> None:
-        with ClientDriver("raw", history=self.history, process="setup") as setup:
-            assert setup.connect(self.endpoints).ok, "raw driver could not connect for setup"
-            created = setup.simple("create_stream", stream=self.stream, shards=4)
-            assert created.ok, f"create_stream: {created.error}"
-            subscribed = setup.subscribe(self.subscription, self.stream, ACK_TIMEOUT_S)
-            assert subscribed.ok, f"subscribe: {subscribed.error}"
-
-    def start(self) -> None:
-        self.producing.set()
-        self.consuming.set()
-        self.threads = [threading.Thread(target=self._produce, daemon=True)] + [
-            threading.Thread(target=self._consume, args=(name,), daemon=True)
-            for name in CONSUMERS
-        ]
-        for thread in self.threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self.producing.clear()
-        self.consuming.clear()
-        for thread in self.threads:
-            thread.join(timeout=60)
-
-    def acknowledged(self) -> set[str]:
-        return {op.value["payload_id"] for op in self.history
-                if op.f == "append" and op.type == "ok"}
-
-    def delivered(self, after: int = -1, upto: int | None = None) -> set[str]:
-        """Payload ids delivered by fetches recorded after op `after` (up to op `upto`)."""
-        return {r["payload_id"] for op in self.history
-                if op.f == "fetch" and op.type == "ok" and op.index > after
-                and (upto is None or op.index <= upto)
-                for r in op.value.get("records", [])}
-
-    def _produce(self) -> None:
-        numbers = itertools.count()
-        try:
-            with ClientDriver("raw", history=self.history, process="producer",
-                              timeout=20) as driver:
-                while self.producing.is_set() and not driver.connect(self.endpoints).ok:
-                    time.sleep(0.5)
-                for n in itertools.count():
-                    if not self.producing.is_set():
-                        break
-                    batch = [raw_payload(f"q-{next(numbers)}") for _ in range(5)]
-                    reply = driver.append(self.stream, batch, key=KEYS[n % len(KEYS)])
-                    time.sleep(0.05 if reply.ok else 0.3)  # bounded rate; no spinning
-        except DriverError as error:
-            self.errors.append(f"producer: {error}")
-
-    def _consume(self, name: str) -> None:
-        """Fetch and ack as consumer `name`; each stream's life is a `consume` op, and a
-        broken one is stopped and joined again (the new owner, once lookups move)."""
-        sub = self.subscription
-        try:
-            with ClientDriver("raw", history=self.history, process=f"consumer-{name}",
-                              timeout=20) as driver:
-                while self.consuming.is_set() and not driver.connect(self.endpoints).ok:
-                    time.sleep(0.5)
-                while self.consuming.is_set():
-                    life = self.history.invoke(f"{name}-life", "consume",
-                                               {"subscription": sub, "consumer": name})
-                    broken = None
-                    while self.consuming.is_set() and broken is None:
-                        reply = driver.fetch(sub, name, max=200, timeout_ms=500, ack=False)
-                        if not reply.ok:
-                            broken = reply.error or reply.type
-                            break
-                        ids = [r["record_id"] for r in reply.value["records"]
-                               if not self._hold(r["payload_id"])]
-                        if ids:
-                            driver.invoke("ack", {"subscription": sub, "consumer": name,
-                                                  "record_ids": ids},
-                                          "ack", subscription=sub, consumer=name,
-                                          record_ids=ids)
-                    if broken is None:
-                        self.history.ok(life)
-                        break
-                    self.history.info(life, f"stream ended: {broken}")
-                    driver.call("stop_consumer", subscription=sub, consumer=name)
-                    time.sleep(0.5)  # a failing consumer is not allowed to spin
-        except DriverError as error:
-            self.errors.append(f"consumer {name}: {error}")
-
-    def _hold(self, payload_id: str) -> bool:
-        """Leave this record unacked the first time any consumer gets it."""
-        if int(payload_id.rsplit("-", 1)[1]) % HOLD_EVERY != HOLD_AT:
-            return False
-        with self.lock:
-            if payload_id in self.held:
-                return False
-            self.held.add(payload_id)
-            return True
-
-
-def subscription_owner(endpoint: str, subscription: str) -> str:
-    with credentials.channel(endpoint) as channel:
-        answer = api_grpc.HStreamApiStub(channel).LookupSubscription(
-            api.LookupSubscriptionRequest(subscriptionId=subscription), timeout=10
-        )
-    return wire.endpoint_of(answer.serverNode)
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.25) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval_s)
-    return True
+STORE_DOWN_S = 1.0
+# Above the about 30 records the held ones keep unacked, so the consumers keep up; a pause
+# fills it, and the appends made meanwhile are read and sent under flow control.
+SLOW_MAX_UNACKED = 40
+PAUSE_S = 1.5  # under the ack timeout: a pause alone resends nothing
 
 
 @pytest.mark.nemesis
@@ -207,32 +82,95 @@ def test_queue_through_a_kill_of_the_subscription_owner(request, cluster, eviden
             nemesis.invoke(kill, "stop")
             time.sleep(COOLDOWN_S)
         finally:
-            work.producing.clear()
-            time.sleep(0.5)
-            drain = history.invoke("drain", "drain", {"subscription": work.subscription})
-            wait_for(lambda: work.acknowledged() <= work.delivered(), DRAIN_S, 0.5)
-            history.ok(drain)
-            work.stop()
+            work.drain(DRAIN_S)
             nemesis.teardown()
-        with ClientDriver("raw", history=history, process="final-read", timeout=30) as reader:
-            assert wait_for(lambda: reader.connect(endpoints).ok, 30, 1.0)
-            shards = reader.call("list_shards", stream=work.stream)
-            assert shards.ok, f"list_shards: {shards.error}"
-            for shard in shards.value["shards"]:
-                read = reader.read_shard(work.stream, shard["shard_id"], final=True)
-                assert read.ok, f"final read of shard {shard['shard_id']}: {read.error}"
+        work.final_read()
 
+    result = judged(history, evidence)
+    assert resumed, (
+        f"no new record was delivered within {window + 20:.0f} s of killing node {owner}, "
+        f"the subscription's owner; errors: {work.errors}; history {path}"
+    )
+    assert_valid(result, path)
+
+
+@pytest.mark.nemesis
+def test_queue_through_a_store_kill(request, cluster, evidence):
+    endpoints = [str(n.client) for n in cluster.nodes]
+    path = history_path(request.node.nodeid)
+    evidence.history(path)
+    with History(path) as history:
+        work = QueueWorkload(endpoints, history)
+        work.setup()
+        nemesis = Nemesis(cluster, history)
+        work.start()
+        try:
+            assert wait_for(lambda: len(work.delivered()) >= 50, WARMUP_S + 20), (
+                f"fewer than 50 records delivered before any fault; errors: {work.errors}; "
+                f"history {path}"
+            )
+            time.sleep(WARMUP_S)
+            kill = FAULTS["kill-store"].on()
+            assert nemesis.invoke(kill, "start") is not None
+            time.sleep(STORE_DOWN_S)
+            restarted = nemesis.invoke(kill, "stop")
+            assert restarted is not None
+            # Appends acknowledged after the restart must reach the consumers.
+            resumed = wait_for(
+                lambda: bool(work.delivered(after=restarted.index)
+                             - work.delivered(upto=restarted.index)),
+                30,
+            )
+            time.sleep(COOLDOWN_S)
+        finally:
+            work.drain(DRAIN_S)
+            nemesis.teardown()
+        work.final_read()
+
+    result = judged(history, evidence)
+    assert resumed, (
+        f"no new record was delivered within 30 s of restarting the store; "
+        f"errors: {work.errors}; history {path}"
+    )
+    assert_valid(result, path)
+
+
+def test_queue_through_slow_consumers(request, cluster, evidence):
+    endpoints = [str(n.client) for n in cluster.nodes]
+    path = history_path(request.node.nodeid)
+    evidence.history(path)
+    with History(path) as history:
+        work = QueueWorkload(endpoints, history, max_unacked=SLOW_MAX_UNACKED)
+        work.setup()
+        work.start()
+        try:
+            assert wait_for(lambda: len(work.delivered()) >= 50, WARMUP_S + 20), (
+                f"fewer than 50 records delivered before the pause; errors: {work.errors}; "
+                f"history {path}"
+            )
+            work.pause_consumers(PAUSE_S)
+            time.sleep(COOLDOWN_S)
+        finally:
+            work.drain(DRAIN_S)
+        work.final_read()
+
+    assert_valid(judged(history, evidence), path)
+
+
+def judged(history: History, evidence) -> Result:
+    """The queue checker's verdict (at-least-once), kept as evidence with the lag figures."""
     result = queue.check(history, promise="at-least-once")
     evidence.result(queue.NAME, result)
     evidence.figures("queue lag", {
         "unseen_max": result.figures["unseen_max"],
         "unseen_final": result.figures["unseen_final"],
     })
-    assert resumed, (
-        f"no new record was delivered within {window + 20:.0f} s of killing node {owner}, "
-        f"the subscription's owner; errors: {work.errors}; history {path}"
-    )
+    return result
+
+
+def assert_valid(result: Result, path: Path) -> None:
     assert result.counts["deliveries"] > 0 and result.counts["redeliveries"] > 0, (
         f"the workload did not exercise redelivery: {result.counts}; history {path}"
     )
+    # The summary names every anomaly kind found, with its count.
     assert result.valid is True, f"{result.summary()}; history {path}"
