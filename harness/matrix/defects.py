@@ -144,6 +144,12 @@ UNOBSERVABLE: dict[str, Callable[[TargetSettings], str | None]] = {
     "starved-probes": lambda s: (
         "the target's prober confirms after a probe interval, without the suspicion path "
         "the defect breaks" if s.gossip.confirmation == "one-probe-interval" else None),
+    # The defect lives in the check of maxUnackedRecords before each batch a read returned;
+    # a server that checks it once per read and sends the whole read (HStreamDB v0.20,
+    # Core/Subscription.hs:562,628-635,669) never holds back part of a read.
+    "skip-held-back": lambda s: (
+        "the target checks maxUnackedRecords once per read and sends all of it, so no read "
+        "is held back in part" if s.deviates("unacked_checked_per_read") else None),
     # No leave is ever announced where SIGTERM just ends the server (HStreamDB v0.20).
     "leave-tombstone": lambda s: (
         "the target announces no leave (SIGTERM just ends it)"
