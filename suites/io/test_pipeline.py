@@ -11,23 +11,25 @@ process SIGKILLed mid-read; the server running the tasks SIGKILLed; pause and re
 The per-fault figures (emitted, written to the stream, read by the sink, duplicates and
 where they came from) are attached as `figures:io-accounting`.
 
-On the reference target, connectors come from the node's connector catalogue, which this
-suite writes and hands over in $REFSERVER_IO_CONNECTORS (the `--io-connectors` default).
-Each connector command is wrapped so that its pid is recorded: that is how the suite finds
-the process to kill, as a user would find a task's container on real HStreamDB.
+On the reference target, connectors come from the node's connector catalogue
+(harness.io.catalogue), whose launcher records every run's pid: that is how the suite finds
+the process to kill, as a user would find a task's container on real HStreamDB. On the local
+backend the suite writes the catalogue (the host's connector venvs) and hands it over in
+$REFSERVER_IO_CONNECTORS (the `--io-connectors` default); on the docker backend the nodes run
+the refserver-io image, whose catalogue names the connectors installed in it
+(harness.io.connector_image), and the run logs and the sinks' files are read from the nodes'
+containers (harness.io.task_programs).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import closing
-from pathlib import Path
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -37,11 +39,15 @@ from HStream.Server import HStreamApi_pb2 as api
 
 from harness import wire
 from harness.history import History, history_path
+from harness.images import REFSERVER_IO_IMAGE
 from harness.io import acceptance as acc
-from harness.io import pipeline
+from harness.io import catalogue, pipeline
+from harness.io.catalogue import Run
 from harness.io.connectors import ConnectorDefinition, load_connectors
 from harness.io.install import InstallError
+from harness.io.task_programs import ContainerPrograms, LocalPrograms, Programs, alive
 from harness.nemesis import Fault, Nemesis
+from harness.runtimes.docker import IMAGE_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
@@ -84,46 +90,56 @@ def _definition(name: str) -> ConnectorDefinition:
     raise AssertionError(f"no connector definition {name!r} in fixtures/connectors")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def connector_catalogue(request: pytest.FixtureRequest,
-                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Write the catalogue and export it before the module's cluster starts."""
-    spec = request.getfixturevalue("cluster_spec")
-    if spec.target_kind != "reference" or spec.backend != "local":
-        pytest.skip("the IO pipeline suite runs connectors as local programs of a reference "
-                    f"cluster; target {spec.target} on backend {spec.backend} would need "
-                    "connector images in its source-images/sink-images (not configured)")
-    folder = tmp_path_factory.mktemp("io-catalogue")
-    wrapper = 'echo "$$ $1" >> "$CONNECTOR_PIDS"; exec "$0" "$@"'
-
-    def entry(name: str) -> dict[str, Any]:
-        try:
-            exe = _definition(name).launch().path  # type: ignore[union-attr]
-        except InstallError as exc:
-            pytest.fail(f"connector {name} could not be installed:\n{exc}", pytrace=False)
-        return {"command": ["sh", "-c", wrapper, str(exe)],
-                "env": {"CONNECTOR_PIDS": str(folder / f"{name}.pids")}}
-
-    path = folder / "connectors.json"
-    path.write_text(json.dumps({"sources": {"faker": entry("source-faker")},
-                                "sinks": {"sqlite": entry("destination-sqlite")}}, indent=2))
-    previous = os.environ.get(CATALOGUE_ENV)
-    os.environ[CATALOGUE_ENV] = str(path)
+@contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    previous = os.environ.get(name)
+    os.environ[name] = value
     try:
-        yield path
+        yield
     finally:
         if previous is None:
-            os.environ.pop(CATALOGUE_ENV, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[CATALOGUE_ENV] = previous
+            os.environ[name] = previous
 
 
-def recorded_pids(catalogue: Path, connector: str, subcommand: str) -> list[int]:
-    path = catalogue.parent / f"{connector}.pids"
-    if not path.exists():
-        return []
-    return [int(parts[0]) for parts in (line.split() for line in path.read_text().splitlines())
-            if parts[1:2] == [subcommand]]
+@pytest.fixture(scope="module", autouse=True)
+def connector_programs(request: pytest.FixtureRequest,
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Programs]:
+    """Give the module's nodes their connector catalogue before its cluster starts: written
+    here (local backend) or in the nodes' image (docker backend)."""
+    spec = request.getfixturevalue("cluster_spec")
+    if spec.target_kind != "reference" or spec.backend not in ("local", "docker"):
+        pytest.skip("the IO pipeline suite runs connectors as programs of a reference "
+                    f"cluster's nodes (local or docker backend); target {spec.target} on "
+                    f"backend {spec.backend} would need connector images in its "
+                    "source-images/sink-images (not configured)")
+    if spec.backend == "docker":
+        # The nodes' image holds the connectors and names them in its default catalogue; an
+        # image given in $HSTREAM_CONFORMANCE_REFSERVER_IMAGE must do the same.
+        with _environ(IMAGE_ENV, os.environ.get(IMAGE_ENV) or REFSERVER_IO_IMAGE):
+            yield ContainerPrograms()
+        return
+    folder = tmp_path_factory.mktemp("io-catalogue")
+    programs = LocalPrograms(folder)
+
+    def entry(name: str) -> tuple[ConnectorDefinition, dict[str, Any]]:
+        defn = _definition(name)
+        try:
+            exe = defn.launch().path  # type: ignore[union-attr]
+        except InstallError as exc:
+            pytest.fail(f"connector {name} could not be installed:\n{exc}", pytrace=False)
+        return defn, catalogue.entry(str(exe), str(programs.run_log(defn)))
+
+    path = folder / "connectors.json"
+    path.write_text(json.dumps(catalogue.catalogue(
+        [entry("source-faker"), entry("destination-sqlite")]), indent=2))
+    with _environ(CATALOGUE_ENV, str(path)):
+        yield programs
+
+
+def source_reads(programs: Programs, cluster: Any) -> list[Run]:
+    return programs.runs(cluster, _definition("source-faker"), "read")
 
 
 # What the source emits, outside the cluster -------------------------------------------------
@@ -162,14 +178,16 @@ def _without_volatile(keyed: pipeline.Keyed) -> pipeline.Keyed:
 class Pipeline:
     """One source → stream → sink pipeline on the cluster, spoken to over RPCs."""
 
-    def __init__(self, endpoints: list[str], tag: str, database: Path,
-                 count: int = COUNT) -> None:
-        self.endpoints = endpoints
+    def __init__(self, cluster: Any, programs: Programs, tag: str, count: int = COUNT) -> None:
+        self.cluster = cluster
+        self.programs = programs
+        self.endpoints = endpoints_of(cluster)
         self.count = count
         self.stream = f"io_{tag}_{uuid.uuid4().hex[:6]}"
         self.source = f"{self.stream}_faker"
         self.sink = f"{self.stream}_sqlite"
-        self.database = database
+        # Where the sink task writes, on the machine (or in the container) that runs it.
+        self.database = programs.output_path(f"{self.stream}.sqlite")
 
     def call(self, method: str, request: Any, timeout: float = CALL_TIMEOUT_S,
              idempotent: bool = True) -> Any:
@@ -197,7 +215,7 @@ class Pipeline:
         self.call("CreateConnector", api.CreateConnectorRequest(
             name=self.sink, type="SINK", target="sqlite",
             config=json.dumps({"stream": self.stream, "airbyte_stream": "users",
-                               "database_path": str(self.database)})),
+                               "database_path": self.database})),
             timeout=CREATE_CONNECTOR_TIMEOUT_S, idempotent=False)
         self.call("CreateConnector", api.CreateConnectorRequest(
             name=self.source, type="SOURCE", target="faker",
@@ -248,13 +266,11 @@ class Pipeline:
         return out
 
     def sink_rows(self) -> list[dict[str, Any]]:
-        if not self.database.exists():
-            return []
-        with closing(sqlite3.connect(self.database)) as conn:
-            try:
-                return [json.loads(r[0]) for r in conn.execute('SELECT data FROM "airbyte_users"')]
-            except sqlite3.OperationalError:  # not created yet
-                return []
+        return [json.loads(row[0]) for row in self.programs.output_rows(
+            self.cluster, self.database, 'SELECT data FROM "airbyte_users"')]
+
+    def source_reads(self) -> list[Run]:
+        return source_reads(self.programs, self.cluster)
 
 
 def _struct(payload: bytes) -> dict[str, Any]:
@@ -357,26 +373,19 @@ def finish(p: Pipeline, emitted: Callable[[int], pipeline.Keyed], evidence: Any,
 # The suite ------------------------------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has already exited
-
-
-def wait_mid_read(p: Pipeline, catalogue: Path, before: set[int]) -> tuple[int, list[Any]]:
-    """The pid of the source's running read once its first checkpoint is stored."""
+def wait_mid_read(p: Pipeline, before: list[Run]) -> tuple[Run, int, list[Any]]:
+    """The source's running read once its first checkpoint is stored: the run, its pid on
+    this machine, and the checkpoint."""
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
         connector = p.connector(p.source)
         if connector.status == "COMPLETED":
             pytest.fail("the source finished before the fault could hit it; raise FAULT_COUNT",
                         pytrace=False)
-        reads = [pid for pid in recorded_pids(catalogue, "source-faker", "read")
-                 if pid not in before]
-        if reads and connector.offsets and _alive(reads[-1]):
-            return reads[-1], [json_format.MessageToDict(o) for o in connector.offsets]
+        reads = [run for run in p.source_reads() if run not in before]
+        pid = p.programs.live_pid(p.cluster, reads[-1]) if reads and connector.offsets else None
+        if pid is not None:
+            return reads[-1], pid, [json_format.MessageToDict(o) for o in connector.offsets]
         time.sleep(0.1)
     pytest.fail(f"no checkpointed read of the source within {DEADLINE_S:.0f}s:\n"
                 f"{p.logs(p.source)}", pytrace=False)
@@ -393,8 +402,8 @@ def history(request: pytest.FixtureRequest, evidence: Any) -> Iterator[History]:
 
 
 def test_pipeline_healthy(cluster: Any, emitted: Callable[[int], Any], evidence: Any,
-                          tmp_path: Path) -> None:
-    p = Pipeline(endpoints_of(cluster), "healthy", tmp_path / "out.sqlite")
+                          connector_programs: Programs) -> None:
+    p = Pipeline(cluster, connector_programs, "healthy")
     p.create()
     listed = {c.name: c for c in p.call("ListConnectors", api.ListConnectorsRequest()).connectors}
     assert {p.source, p.sink} <= set(listed), f"ListConnectors shows {sorted(listed)}"
@@ -407,38 +416,38 @@ def test_pipeline_healthy(cluster: Any, emitted: Callable[[int], Any], evidence:
 
 @pytest.mark.nemesis
 def test_pipeline_connector_killed_mid_read(cluster: Any, emitted: Callable[[int], Any],
-                                            evidence: Any, connector_catalogue: Path,
-                                            history: History, tmp_path: Path) -> None:
-    before = set(recorded_pids(connector_catalogue, "source-faker", "read"))
-    p = Pipeline(endpoints_of(cluster), "connkill", tmp_path / "out.sqlite", FAULT_COUNT)
+                                            evidence: Any, connector_programs: Programs,
+                                            history: History) -> None:
+    before = source_reads(connector_programs, cluster)
+    p = Pipeline(cluster, connector_programs, "connkill", FAULT_COUNT)
     p.create()
-    pid, checkpoint = wait_mid_read(p, connector_catalogue, before)
+    run, pid, checkpoint = wait_mid_read(p, before)
     crash = Fault("crash", program="connector", attributes={"pid": pid})
     Nemesis(cluster, history).invoke(crash.on(), "start")
-    facts = {"killed_pid": pid, "checkpoint_at_kill": checkpoint}
+    facts = {"killed_pid": pid, "killed_run": f"{run.where or 'here'}:{run.pid}",
+             "checkpoint_at_kill": checkpoint}
     figures, stream_copies = finish(p, emitted, evidence, "connector-sigkill", facts)
-    runs = [pid for pid in recorded_pids(connector_catalogue, "source-faker", "read")
-            if pid not in before]
-    assert len(runs) == 2, f"expected the killed read and one resumed read, saw pids {runs}"
+    runs = [r for r in p.source_reads() if r not in before]
+    assert len(runs) == 2, f"expected the killed read and one resumed read, saw runs {runs}"
     # Faker re-emits every user on a resumed read (always_updated), so each key is in the
     # stream at most twice: once from the killed run, once from the resume.
     assert max(stream_copies.values()) <= 2, figures
 
 
 def test_pipeline_pause_and_resume(cluster: Any, emitted: Callable[[int], Any], evidence: Any,
-                                   connector_catalogue: Path, tmp_path: Path) -> None:
-    before = set(recorded_pids(connector_catalogue, "source-faker", "read"))
-    p = Pipeline(endpoints_of(cluster), "pause", tmp_path / "out.sqlite", FAULT_COUNT)
+                                   connector_programs: Programs) -> None:
+    before = source_reads(connector_programs, cluster)
+    p = Pipeline(cluster, connector_programs, "pause", FAULT_COUNT)
     p.create()
-    pid, checkpoint = wait_mid_read(p, connector_catalogue, before)
+    run, pid, checkpoint = wait_mid_read(p, before)
     paused_at = time.monotonic()
     for name in (p.source, p.sink):
         p.call("PauseConnector", api.PauseConnectorRequest(name=name))
         assert p.connector(name).status == "STOPPED"
-    while _alive(pid) and time.monotonic() - paused_at < PAUSE_STOP_BOUND_S:
+    while alive(pid) and time.monotonic() - paused_at < PAUSE_STOP_BOUND_S:
         time.sleep(0.1)
     stop_s = time.monotonic() - paused_at
-    assert not _alive(pid), \
+    assert not alive(pid), \
         f"the paused source's read (pid {pid}) still runs {stop_s:.1f}s after the pause " \
         f"(bound {PAUSE_STOP_BOUND_S:.1f}s); source logs:\n{p.logs(p.source)}"
     # The program gone, each task still ends its own way (the source appends what it had
@@ -456,7 +465,9 @@ def test_pipeline_pause_and_resume(cluster: Any, emitted: Callable[[int], Any], 
     for name in (p.source, p.sink):
         p.call("ResumeConnector", api.ResumeConnectorRequest(name=name))
     figures, _ = finish(p, emitted, evidence, "pause-resume",
-                     {"read_pid_at_pause": pid, "checkpoint_at_pause": checkpoint,
+                     {"read_pid_at_pause": pid, "read_run_at_pause": f"{run.where or 'here'}:"
+                                                                    f"{run.pid}",
+                      "checkpoint_at_pause": checkpoint,
                       "read_gone_after_pause_s": round(stop_s, 2),
                       "stream_records_while_paused": stream_paused,
                       "sink_rows_while_paused": sink_paused})
@@ -467,13 +478,13 @@ def test_pipeline_pause_and_resume(cluster: Any, emitted: Callable[[int], Any], 
 @pytest.mark.nemesis
 def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[..., Any],
                                                   emitted: Callable[[int], Any],
-                                                  evidence: Any, connector_catalogue: Path,
-                                                  history: History, tmp_path: Path) -> None:
+                                                  evidence: Any, connector_programs: Programs,
+                                                  history: History) -> None:
     cluster = cluster_factory()
-    before = set(recorded_pids(connector_catalogue, "source-faker", "read"))
-    p = Pipeline(endpoints_of(cluster), "srvkill", tmp_path / "out.sqlite", FAULT_COUNT)
+    before = source_reads(connector_programs, cluster)
+    p = Pipeline(cluster, connector_programs, "srvkill", FAULT_COUNT)
     p.create()
-    pid, checkpoint = wait_mid_read(p, connector_catalogue, before)
+    run, pid, checkpoint = wait_mid_read(p, before)
     runner = p.connector(p.source).node
     sink_node = p.connector(p.sink).node
     # The kill is aimed at the node running the source's task, as the cluster answers it
@@ -493,6 +504,5 @@ def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[...,
              "sink_ran_on_killed_node": sink_node == runner, "read_pid_at_kill": pid,
              "checkpoint_at_kill": checkpoint}
     finish(p, emitted, evidence, "server-sigkill", facts)
-    runs = [pid for pid in recorded_pids(connector_catalogue, "source-faker", "read")
-            if pid not in before]
+    runs = [r for r in p.source_reads() if r not in before]
     assert len(runs) == 2, f"expected the interrupted read and one on the new node: {runs}"

@@ -1,0 +1,57 @@
+"""The IO suite's node image (refserver-io): the reference server's recipe on the connectors
+image, whose default catalogue runs every fixture connector from the image's own venvs and
+logs each run. Built on first use like the other images (the first build takes minutes)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from harness import images
+from harness.io.catalogue import parse_run_log
+from harness.io.connector_image import CATALOGUE_PATH, RUN_LOG_DIR, packaged
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def engine():  # type: ignore[no-untyped-def]
+    try:
+        client = images.connect()
+    except images.DockerUnavailable as exc:
+        pytest.skip(str(exc))
+    images.ensure_image(images.REFSERVER_IO_IMAGE, client=client)
+    return client
+
+
+def test_every_catalogue_connector_answers_spec_in_the_node_image(engine) -> None:  # type: ignore[no-untyped-def]
+    # The node's own entry point reads the catalogue the image names in its environment.
+    sections = {"source": "sources", "destination": "sinks"}
+    script = " && ".join(
+        f"{shlex.join(['python', '-c', _RUN_SPEC, CATALOGUE_PATH, sections[d.kind], d.name])}"
+        for d in packaged())
+    logs = " && ".join(f"cat {RUN_LOG_DIR}/{d.name}.pids" for d in packaged())
+    out = engine.containers.run(images.REFSERVER_IO_IMAGE, ["sh", "-c", f"{script} && {logs}"],
+                                remove=True, network_mode="none").decode()
+    specs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [s["type"] for s in specs] == ["SPEC"] * len(packaged()), out
+    # Each connector's run log holds its one spec run.
+    assert len(parse_run_log(out, "", "spec")) == len(packaged()), out
+
+
+# Looks the connector up as the reference server does, then runs its `spec` the same way.
+_RUN_SPEC = """
+import json, os, subprocess, sys
+from pathlib import Path
+from refserver.io.catalog import SINK, SOURCE, ConnectorCatalog
+path, section, name = sys.argv[1:]
+assert os.environ["REFSERVER_IO_CONNECTORS"] == path
+kind = SOURCE if section == "sources" else SINK
+target = name.split("-", 1)[1]
+launch = ConnectorCatalog.load(Path(path)).lookup(kind, target)
+done = subprocess.run([*launch.argv, "spec"], env={**os.environ, **launch.env},
+                      capture_output=True, text=True, check=True)
+print(next(line for line in done.stdout.splitlines() if '"SPEC"' in line))
+"""
