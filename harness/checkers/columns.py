@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 _MEMO: ContextVar[dict[int, tuple[list[Any], Columns | None]] | None] = ContextVar(
@@ -39,22 +40,31 @@ class Columns:
     def pids(self) -> list[Any]:
         """`record.get("payload_id")` of each record."""
         if self._pids is None:
-            self._pids = list(map(dict.get, self.records, repeat("payload_id")))
+            self._pids = _column(self.records, "payload_id")
         return self._pids
 
     @property
     def rids(self) -> list[Any]:
         """`record.get("record_id")` of each record, as the history spelt it (lists)."""
         if self._rids is None:
-            self._rids = list(map(dict.get, self.records, repeat("record_id")))
+            self._rids = _column(self.records, "record_id")
         return self._rids
 
     @property
     def consumers(self) -> list[Any]:
         """`record.get("consumer")` of each record (None where it names none)."""
         if self._consumers is None:
-            self._consumers = list(map(dict.get, self.records, repeat("consumer")))
+            self._consumers = _column(self.records, "consumer")
         return self._consumers
+
+
+def _column(records: list[dict[str, Any]], field: str) -> list[Any]:
+    """`record.get(field)` of each record. Subscripting is a third cheaper than `dict.get`
+    on a million records; a record without the field sends the whole column to `get`."""
+    try:
+        return list(map(itemgetter(field), records))
+    except KeyError:
+        return list(map(dict.get, records, repeat(field)))
 
 
 def columns_of(records: Any) -> Columns | None:
