@@ -105,12 +105,11 @@ class _Fold:
         self.retried: set[Any] = set()
         # appends in flight: payload id -> (producer, invoke index, highest batches then);
         # the same payload id in flight from another producer too: (producer, payload id) ->
-        # (invoke index, highest batches then)
+        # the same triple
         self.open_append: dict[Any, tuple[Any, int, dict[Any, Any]]] = {}
-        self.open_elsewhere: dict[tuple[Any, Any], tuple[int, dict[Any, Any]]] = {}
+        self.open_elsewhere: dict[tuple[Any, Any], tuple[Any, int, dict[Any, Any]]] = {}
         # shard -> op indexes of append completions (increasing) and the running max batch
-        self.done_index: dict[int, list[int]] = {}
-        self.done_max: dict[int, list[int]] = {}
+        self.done: dict[Any, tuple[list[int], list[int]]] = {}
         # record id -> payload id; payload id -> record id (a list: what records carry)
         self.rid_payload: dict[tuple[Any, ...], Any] = {}
         self.payload_rid: dict[Any, list[Any]] = {}
@@ -133,7 +132,7 @@ class _Fold:
         open_append, acked_add = self.open_append, self.acked.add
         open_elsewhere = self.open_elsewhere
         rid_payload, payload_rid = self.rid_payload, self.payload_rid
-        done_index, done_max = self.done_index, self.done_max
+        done = self.done
         maybe_unacked = self.maybe_unacked
         invocations = 0
         # shard -> highest batch acknowledged so far, a new dict at each change: an
@@ -173,12 +172,11 @@ class _Fold:
                         if open_elsewhere:
                             open_elsewhere.pop((process, pid), None)
                     else:
-                        open_elsewhere[(process, pid)] = (index, highest)
+                        open_elsewhere[(process, pid)] = (process, index, highest)
                     continue
-                in_flight = open_append.get(pid)
-                if in_flight is not None and in_flight[0] == process:
+                opened = open_append.get(pid)
+                if opened is not None and opened[0] == process:
                     del open_append[pid]
-                    opened: tuple[int, dict[Any, Any]] | None = in_flight[1:]
                 else:
                     opened = open_elsewhere.pop((process, pid), None) if open_elsewhere else None
                 if op.type != "ok":
@@ -207,18 +205,15 @@ class _Fold:
                     if had != raw:
                         _moved(result, pid, had, rid, op.index, "append")
                 shard, batch = rid[0], rid[1]
-                idx = done_index.get(shard)
-                if idx is None:
-                    idx = done_index[shard] = []
-                    mx = done_max[shard] = []
-                else:
-                    mx = done_max[shard]
+                shard_done = done.get(shard)
+                if shard_done is None:
+                    shard_done = done[shard] = ([], [])
+                idx, mx = shard_done
                 if opened is not None:
-                    inv_index, at_invocation = opened
                     if in_index_order:
-                        earlier = at_invocation.get(shard)
+                        earlier = opened[2].get(shard)
                     else:
-                        k = bisect_left(idx, inv_index) if idx else 0
+                        k = bisect_left(idx, opened[1]) if idx else 0
                         earlier = mx[k - 1] if k else None
                     if earlier is not None and earlier >= batch:
                         add_anomaly(
@@ -233,7 +228,9 @@ class _Fold:
                             },
                         )
                 idx.append(index)
-                top = max(batch, mx[-1]) if mx else batch
+                top = mx[-1] if mx else batch
+                if batch > top:
+                    top = batch
                 mx.append(top)
                 if highest.get(shard) != top:
                     highest = {**highest, shard: top}
