@@ -106,6 +106,12 @@ class QueueWorkload:
         return {op.value["payload_id"] for op in self.history
                 if op.f == "append" and op.type == "ok"}
 
+    def next_append_answered(self, timeout_s: float) -> bool:
+        """Wait until one more append is acknowledged (a fault started right then hits a
+        store with that append just answered)."""
+        answered = len(self.acknowledged())
+        return wait_for(lambda: len(self.acknowledged()) > answered, timeout_s, 0.005)
+
     def delivered(self, after: int = -1, upto: int | None = None) -> set[str]:
         """Payload ids delivered by fetches recorded after op `after` (up to op `upto`)."""
         return {r["payload_id"] for op in self.history

@@ -63,8 +63,7 @@ Run = Callable[[str | None, str | None], Result]
 def kill_and_restart_store(cluster: RefCluster, work: QueueWorkload, history: History) -> None:
     """kill -9 the store right after an append was answered, then start it again; recorded
     as a nemesis op pair (a fault may move what consumers own)."""
-    answered = len(work.acknowledged())
-    assert wait_for(lambda: len(work.acknowledged()) > answered, APPEND_DEADLINE_S, 0.02), (
+    assert work.next_append_answered(APPEND_DEADLINE_S), (
         f"no append answered within {APPEND_DEADLINE_S} s before the store kill; "
         f"errors: {work.errors}"
     )
