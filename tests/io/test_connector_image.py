@@ -55,3 +55,38 @@ done = subprocess.run([*launch.argv, "spec"], env={**os.environ, **launch.env},
                       capture_output=True, text=True, check=True)
 print(next(line for line in done.stdout.splitlines() if '"SPEC"' in line))
 """
+
+
+def test_sink_output_is_read_from_running_and_killed_node_containers(engine) -> None:  # type: ignore[no-untyped-def]
+    """A sink task moved off a killed node leaves its rows in that node's container: both
+    copies are read (the killed one from its files, without its uncommitted transaction)."""
+    from types import SimpleNamespace
+
+    from harness.io.connector_image import OUTPUT_DIR
+    from harness.io.task_programs import ContainerPrograms
+
+    path = f"{OUTPUT_DIR}/t.sqlite"
+    write = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+             "c.execute('CREATE TABLE t (v)'); "
+             "[c.execute('INSERT INTO t VALUES (?)', (v,)) for v in sys.argv[2:]]")
+    # The last one holds a transaction open when it is killed: its row must not be read.
+    hold = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('INSERT INTO t VALUES (?)', ('uncommitted',)); "
+            "print('held', flush=True); time.sleep(600)")
+    containers = [engine.containers.run(images.REFSERVER_IO_IMAGE, ["sleep", "600"], detach=True,
+                                        network_mode="none") for _ in range(2)]
+    try:
+        for index, container in enumerate(containers):
+            values = [f"{index}-{n}" for n in range(3)]
+            assert container.exec_run(["python3", "-c", write, path, *values]).exit_code == 0
+        held = containers[1].exec_run(["python3", "-c", hold, path], stream=True)
+        assert b"held" in next(held.output)
+        containers[1].kill()
+        nodes = [SimpleNamespace(name=f"node-{i}", container_id=c.id)
+                 for i, c in enumerate(containers, 1)]
+        rows = ContainerPrograms(engine).output_rows(SimpleNamespace(nodes=nodes), path,
+                                                      "SELECT v FROM t")
+        assert sorted(r[0] for r in rows) == [f"{i}-{n}" for i in range(2) for n in range(3)]
+    finally:
+        for container in containers:
+            container.remove(force=True)
