@@ -247,9 +247,9 @@ class _Fold:
 
     # -- clean reads, in C
 
-    def _bound_columns(self, records: Any) -> tuple[list[Any], list[Any]] | None:
-        """Payload ids and record ids of `records` if every one is a dict whose payload id
-        is bound, both ways, to that very record id (given as a list)."""
+    def _bound_columns(self, records: Any) -> Columns | None:
+        """The columns of `records` if every one is a dict whose payload id is bound, both
+        ways, to that very record id (given as a list)."""
         columns = columns_of(records)
         if columns is None:
             return None
@@ -260,7 +260,7 @@ class _Fold:
             return None
         if bound != raws:
             return None
-        return pids, raws
+        return columns
 
     def complete_read(self, op: Op, records: Any) -> bool:
         """A fresh read of the stream: one reader sequence of its own. One pass in C over
@@ -314,9 +314,13 @@ class _Fold:
         columns = self._bound_columns(records)
         if columns is None:
             return False
-        pids, raws = columns
-        default_reader = v.get("consumer", op.process)
-        readers = set(map(dict.get, records, repeat("consumer"), repeat(default_reader)))
+        pids, raws = columns.pids, columns.rids
+        # the consumer column is shared with the other checkers; a record that names none
+        # (or None) takes the op's
+        readers = set(columns.consumers)
+        if None in readers:
+            default_reader = v.get("consumer", op.process)
+            readers = set(map(dict.get, records, repeat("consumer"), repeat(default_reader)))
         if len(readers) != 1:
             return False
         shard = raws[0][0]

@@ -217,7 +217,13 @@ class _Fold:
         columns = columns_of(records)
         keys = _delivered_keys(sub, columns)
         if keys is not None and columns is not None:
-            consumers = set(map(dict.get, records, repeat("consumer"), repeat(default_consumer)))
+            # the consumer column is shared with the other checkers; a record that names
+            # none (or None) takes the op's
+            consumers = set(columns.consumers)
+            if None in consumers:
+                consumers = set(
+                    map(dict.get, records, repeat("consumer"), repeat(default_consumer))
+                )
             if len(consumers) == 1 and not any(map(first.__contains__, keys)):
                 # New records for one consumer, the usual fetch: in C.
                 (consumer,) = consumers
