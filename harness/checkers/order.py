@@ -315,8 +315,9 @@ class _Fold:
         if columns is None:
             return False
         pids, raws = columns.pids, columns.rids
-        # the consumer column is shared with the other checkers; a record that names none
-        # (or None) takes the op's
+        # The consumer column is shared with the other checkers. It says None both for a
+        # record without a consumer (the op's reads it) and for one naming None: dict.get
+        # tells the two apart.
         readers = set(columns.consumers)
         if None in readers:
             default_reader = v.get("consumer", op.process)

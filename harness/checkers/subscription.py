@@ -217,8 +217,9 @@ class _Fold:
         columns = columns_of(records)
         keys = _delivered_keys(sub, columns)
         if keys is not None and columns is not None:
-            # the consumer column is shared with the other checkers; a record that names
-            # none (or None) takes the op's
+            # The consumer column is shared with the other checkers. It says None both for
+            # a record without a consumer (the op's got it) and for one naming None:
+            # dict.get tells the two apart.
             consumers = set(columns.consumers)
             if None in consumers:
                 consumers = set(

@@ -6,11 +6,13 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harness.checkers import check_all
+from harness.checkers import check_all, order
 from harness.checkers.columns import columns_of, shared_columns
+from harness.history import Op
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "checker_bench.py"
 
@@ -56,3 +58,37 @@ def test_columns_are_taken_once_inside_and_afresh_outside() -> None:
         assert inside.rids == [[1, 1, 0], [1, 2, 0]]
     assert columns_of([]) is None and columns_of([{"payload_id": 1}, "x"]) is None
     assert columns_of(({"payload_id": 1},)) is None  # not a list: the record-by-record path
+
+
+def _fetch_history(second_consumer: dict[str, Any]) -> list[Op]:
+    ops = [Op(0, "admin", "ok", "subscribe",
+              {"subscription": "s", "stream": "st", "ack_timeout_s": 5.0}, 0)]
+    for i, pid in enumerate(("a", "b")):
+        v = {"stream": "st", "key": "k", "payload_id": pid}
+        ops.append(Op(len(ops), "p1", "invoke", "append", v, 10 * i + 1))
+        ops.append(Op(len(ops), "p1", "ok", "append", {**v, "record_id": [7, i + 1, 0]},
+                      10 * i + 2))
+    records = [{"payload_id": "a", "record_id": [7, 1, 0]},
+               {"payload_id": "b", "record_id": [7, 2, 0], **second_consumer}]
+    ops.append(Op(len(ops), "c1", "invoke", "fetch", {"subscription": "s"}, 30))
+    ops.append(Op(len(ops), "c1", "ok", "fetch",
+                  {"subscription": "s", "consumer": "c1", "records": records}, 31))
+    return ops
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_record_naming_no_consumer_is_the_ops_and_one_naming_none_is_nones(
+    shared: bool,
+) -> None:
+    # The consumer column says None for both; the checkers must still tell them apart.
+    def sequences(second_consumer: dict[str, Any]) -> int:
+        ops = _fetch_history(second_consumer)
+        if shared:
+            return check_all(ops, {"checkers": ["order"]}).results["order"].counts[
+                "reader_sequences"]
+        return order.check(ops).counts["reader_sequences"]
+
+    assert sequences({}) == 1  # both records the op's consumer's
+    assert sequences({"consumer": "c1"}) == 1
+    assert sequences({"consumer": None}) == 2  # a reader named None beside c1
+    assert sequences({"consumer": "c2"}) == 2
