@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -80,12 +79,13 @@ def main() -> int:
 
         args.workers = str(auto_workers())  # the count `-n auto` resolves to, shown in the table
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="wall-bench-") as scratch:
-        for backend in [b for b in args.backends.split(",") if b]:
-            for workers in ("0", args.workers):
-                out = Path(scratch) / f"{backend}-{workers}"
-                out.mkdir()
-                rows.append(run_once(backend, workers, suites, out))
+    # Kept after the run (reports/ is git-ignored): a red row's log is its evidence.
+    scratch = ROOT / "reports" / "wall-bench" / time.strftime("%Y%m%d-%H%M%S")
+    for backend in [b for b in args.backends.split(",") if b]:
+        for workers in ("0", args.workers):
+            out = scratch / f"{backend}-{workers}"
+            out.mkdir(parents=True)
+            rows.append(run_once(backend, workers, suites, out))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
