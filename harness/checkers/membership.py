@@ -23,7 +23,10 @@ shows as `stable_from_s` / `disagreeing_at_end_s`. Figures:
   confirmed dead (sees it dead), from the nemesis completion;
 * per epoch: time to full agreement;
 * **false suspicions**: an observer that had seen a member alive since the member's last
-  truth change, later seeing it not alive while it still is;
+  truth change, later seeing it not alive while it still is. A member that a nemesis op in
+  flight is taking down (named in its invoke's ``"down"``) may be gone at any point before
+  the op completes -- a graceful stop can be announced and seen before `docker stop`
+  returns -- so seeing it not alive then is no suspicion;
 * **flaps**: every change of an observer's alive/not-alive opinion of a member beyond the
   first within one truth period of that member (one change per real event is expected).
 
@@ -211,6 +214,7 @@ def check(
     opinion: dict[tuple[str, str], bool] = {}
     changes: dict[tuple[str, str], int] = {}
     false_suspicions = 0
+    in_flight: set[str] = set()  # members the nemesis op in flight is taking down
     flaps = 0
 
     def mismatches(observer: str, view: dict[str, str]) -> int:
@@ -249,7 +253,11 @@ def check(
         if not isinstance(v, dict):
             continue
         t = op.time
+        if op.process == "nemesis" and op.type == "invoke":
+            in_flight = {str(m) for m in v.get("down") or ()}
+            continue
         if op.process == "nemesis" and op.type != "invoke":
+            in_flight = set()
             went_down = {str(m) for m in v.get("down") or ()} - down
             came_up = {str(m) for m in v.get("up") or ()} & down
             if not went_down and not came_up:
@@ -347,6 +355,8 @@ def check(
                 alive_seen.add(key)
             elif key in alive_seen:
                 alive_seen.discard(key)
+                if m in in_flight:
+                    continue  # the op taking it down may already have taken effect
                 false_suspicions += 1
                 add_anomaly(
                     result,

@@ -440,3 +440,30 @@ def test_the_detection_is_not_judged_against_the_heal_bound(hb):
     _sample_all(hb, {"1": "alive", "2": "alive", "3": "dead"}, ("1", "2"))
     r = membership.check(hb.ops, bound_s=5, up_bound_s=35)
     assert r.counts["slow_convergence"] == 1
+
+
+def _stop_in_flight(hb, seen_dead):
+    """Node 3 is stopped by an op that takes 0.4 s to complete; at 0.2 s into it, views of
+    1 and 2 list `seen_dead` as dead (a leave announced before the stop command returned)."""
+    hb.at(0)
+    _sample_all(hb, ALL_ALIVE)
+    hb.at(1).op("nemesis", "invoke", "leave-one", {"action": "start", "down": [3]})
+    hb.at(1.2)
+    view = {m: ("dead" if m in seen_dead else "alive") for m in ALL_ALIVE}
+    _sample_all(hb, view, ("1", "2"))
+    hb.at(1.4).op("nemesis", "ok", "leave-one", {"action": "start", "down": [3], "up": []})
+    hb.at(2)
+    _sample_all(hb, {"1": "alive", "2": "alive", "3": "dead"}, ("1", "2"))
+    return membership.check(hb.ops, bound_s=5, false_suspicions_fail=True)
+
+
+def test_a_member_seen_gone_while_the_op_stopping_it_is_in_flight_is_no_suspicion(hb):
+    r = _stop_in_flight(hb, seen_dead={"3"})
+    assert r.valid is True, r.summary()
+    assert r.counts["false_suspicion"] == 0
+
+
+def test_another_member_seen_gone_during_that_op_is_still_a_false_suspicion(hb):
+    r = _stop_in_flight(hb, seen_dead={"2", "3"})
+    assert r.valid is False
+    assert [(a["observer"], a["member"]) for a in r.anomalies["false_suspicion"]] == [("1", "2")]
