@@ -38,6 +38,7 @@ from google.protobuf import json_format, struct_pb2
 from HStream.Server import HStreamApi_pb2 as api
 
 from harness import wire
+from harness.checkers.reach import VACUOUS_PREFIX
 from harness.history import History, history_path
 from harness.images import REFSERVER_IO_IMAGE
 from harness.io import acceptance as acc
@@ -503,6 +504,16 @@ def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[...,
     facts = {"killed_node": victim.id, "source_ran_on": runner, "source_moved_to": new_runner,
              "sink_ran_on_killed_node": sink_node == runner, "read_pid_at_kill": pid,
              "checkpoint_at_kill": checkpoint}
-    finish(p, emitted, evidence, "server-sigkill", facts)
+    figures, _ = finish(p, emitted, evidence, "server-sigkill", facts)
     runs = [r for r in p.source_reads() if r not in before]
+    if len(runs) == 1 and figures["stream_duplicates"] == 0:
+        # Nothing was lost (finish judged the stream and the sink against what the source
+        # emits), nothing was read twice (a read resumed from any checkpoint short of the
+        # end would re-emit records) and no second read ran: the read had emitted every
+        # record before the kill landed (on docker the kill takes ~0.4 s after the mid-read
+        # sample), so the kill hit no running read. That run says nothing about resuming
+        # one: vacuous, not pass.
+        pytest.skip(f"{VACUOUS_PREFIX}the source's read {runs[0]} had emitted all "
+                    f"{FAULT_COUNT} records before node {victim.id} was killed; no read was "
+                    f"interrupted, so none had to resume on {new_runner}")
     assert len(runs) == 2, f"expected the interrupted read and one on the new node: {runs}"
