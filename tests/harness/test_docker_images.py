@@ -102,5 +102,6 @@ def test_cli_rejects_an_unknown_image_in_one_line() -> None:
     )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "error: unknown image 'nonsense'; known: all, base, refserver, hstream-standin"
+        "error: unknown image 'nonsense'; known: all, base, refserver, hstream-standin, "
+        "connectors, refserver-io"
     ], done.stderr
