@@ -26,7 +26,11 @@ ownership epoch; duplicates (acknowledged records the new owner resends) are cou
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,117 +58,109 @@ SLOW_MAX_UNACKED = 40
 PAUSE_S = 1.5  # under the ack timeout: a pause alone resends nothing
 
 
-@pytest.mark.nemesis
-def test_queue_through_a_kill_of_the_subscription_owner(request, cluster, evidence):
+@dataclass
+class QueueRun:
+    work: QueueWorkload
+    history: History
+    path: Path
+    nemesis: Nemesis | None
+
+
+@contextmanager
+def queue_run(request, cluster, evidence, *, faults: bool = True, settle_s: float = WARMUP_S,
+              **workload: Any) -> Iterator[QueueRun]:
+    """The workload set up, started and warmed up (50 records delivered, then `settle_s`);
+    the body injects its fault; then the subscription is drained, faults healed and every
+    shard read from EARLIEST, all into the test's history."""
     endpoints = [str(n.client) for n in cluster.nodes]
     path = history_path(request.node.nodeid)
     evidence.history(path)
     with History(path) as history:
-        work = QueueWorkload(endpoints, history)
+        work = QueueWorkload(endpoints, history, **workload)
         work.setup()
-        nemesis = Nemesis(cluster, history)
+        nemesis = Nemesis(cluster, history) if faults else None
         work.start()
         try:
             assert wait_for(lambda: len(work.delivered()) >= 50, WARMUP_S + 20), (
-                f"fewer than 50 records delivered before any fault; errors: {work.errors}; "
+                f"fewer than 50 records delivered before the fault; errors: {work.errors}; "
                 f"history {path}"
             )
-            time.sleep(WARMUP_S)
-            owner_at = subscription_owner(endpoints[0], work.subscription)
-            owner = next(n.id for n in cluster.nodes if str(n.client) == owner_at)
-            kill = FAULTS["kill-one"].on(owner)
-            killed = nemesis.invoke(kill, "start")
-            assert killed is not None
-            # The consumers move once the survivors agree the owner is gone; then new
-            # records must flow from the new owner before the killed node comes back.
-            window = agreement_bound_s(cluster.settings, len(cluster.nodes))
-            resumed = wait_for(
-                lambda: bool(work.delivered(after=killed.index)
-                             - work.delivered(upto=killed.index)),
-                window + 20,
-            )
-            nemesis.invoke(kill, "stop")
-            time.sleep(COOLDOWN_S)
+            time.sleep(settle_s)
+            yield QueueRun(work, history, path, nemesis)
         finally:
             work.drain(DRAIN_S)
-            nemesis.teardown()
+            if nemesis is not None:
+                nemesis.teardown()
         work.final_read()
 
-    result = judged(history, evidence)
+
+@pytest.mark.nemesis
+def test_queue_through_a_kill_of_the_subscription_owner(request, cluster, evidence):
+    with queue_run(request, cluster, evidence) as run:
+        assert run.nemesis is not None
+        endpoints = [str(n.client) for n in cluster.nodes]
+        owner_at = subscription_owner(endpoints[0], run.work.subscription)
+        owner = next(n.id for n in cluster.nodes if str(n.client) == owner_at)
+        kill = FAULTS["kill-one"].on(owner)
+        killed = run.nemesis.invoke(kill, "start")
+        assert killed is not None
+        # The consumers move once the survivors agree the owner is gone; then new
+        # records must flow from the new owner before the killed node comes back.
+        window = agreement_bound_s(cluster.settings, len(cluster.nodes))
+        resumed = wait_for(
+            lambda: bool(run.work.delivered(after=killed.index)
+                         - run.work.delivered(upto=killed.index)),
+            window + 20,
+        )
+        run.nemesis.invoke(kill, "stop")
+        time.sleep(COOLDOWN_S)
+
+    result = judged(run.history, evidence)
     assert resumed, (
         f"no new record was delivered within {window + 20:.0f} s of killing node {owner}, "
-        f"the subscription's owner; errors: {work.errors}; history {path}"
+        f"the subscription's owner; errors: {run.work.errors}; history {run.path}"
     )
-    assert_valid(result, path)
+    assert_valid(result, run.path)
 
 
 @pytest.mark.nemesis
 def test_queue_through_a_store_kill(request, cluster, evidence):
-    endpoints = [str(n.client) for n in cluster.nodes]
-    path = history_path(request.node.nodeid)
-    evidence.history(path)
-    with History(path) as history:
-        work = QueueWorkload(endpoints, history)
-        work.setup()
-        nemesis = Nemesis(cluster, history)
-        work.start()
-        try:
-            assert wait_for(lambda: len(work.delivered()) >= 50, WARMUP_S + 20), (
-                f"fewer than 50 records delivered before any fault; errors: {work.errors}; "
-                f"history {path}"
+    with queue_run(request, cluster, evidence) as run:
+        assert run.nemesis is not None
+        kill = FAULTS["kill-store"].on()
+        resumed = True
+        for _ in range(STORE_KILLS):
+            assert run.work.next_append_answered(10), (
+                f"no append was acknowledged within 10 s before a store kill; "
+                f"errors: {run.work.errors}; history {run.path}"
             )
-            time.sleep(WARMUP_S)
-            kill = FAULTS["kill-store"].on()
-            resumed = True
-            for _ in range(STORE_KILLS):
-                assert work.next_append_answered(10), (
-                    f"no append was acknowledged within 10 s before a store kill; "
-                    f"errors: {work.errors}; history {path}"
-                )
-                assert nemesis.invoke(kill, "start") is not None
-                time.sleep(STORE_DOWN_S)
-                restarted = nemesis.invoke(kill, "stop")
-                assert restarted is not None
-                # Appends acknowledged after the restart must reach the consumers.
-                resumed = resumed and wait_for(
-                    lambda at=restarted.index: bool(work.delivered(after=at)
-                                                    - work.delivered(upto=at)),
-                    30,
-                )
-            time.sleep(COOLDOWN_S)
-        finally:
-            work.drain(DRAIN_S)
-            nemesis.teardown()
-        work.final_read()
+            assert run.nemesis.invoke(kill, "start") is not None
+            time.sleep(STORE_DOWN_S)
+            restarted = run.nemesis.invoke(kill, "stop")
+            assert restarted is not None
+            # Appends acknowledged after the restart must reach the consumers.
+            resumed = resumed and wait_for(
+                lambda at=restarted.index: bool(run.work.delivered(after=at)
+                                                - run.work.delivered(upto=at)),
+                30,
+            )
+        time.sleep(COOLDOWN_S)
 
-    result = judged(history, evidence)
+    result = judged(run.history, evidence)
     assert resumed, (
         f"no new record was delivered within 30 s of restarting the store; "
-        f"errors: {work.errors}; history {path}"
+        f"errors: {run.work.errors}; history {run.path}"
     )
-    assert_valid(result, path)
+    assert_valid(result, run.path)
 
 
 def test_queue_through_slow_consumers(request, cluster, evidence):
-    endpoints = [str(n.client) for n in cluster.nodes]
-    path = history_path(request.node.nodeid)
-    evidence.history(path)
-    with History(path) as history:
-        work = QueueWorkload(endpoints, history, max_unacked=SLOW_MAX_UNACKED)
-        work.setup()
-        work.start()
-        try:
-            assert wait_for(lambda: len(work.delivered()) >= 50, WARMUP_S + 20), (
-                f"fewer than 50 records delivered before the pause; errors: {work.errors}; "
-                f"history {path}"
-            )
-            work.pause_consumers(PAUSE_S)
-            time.sleep(COOLDOWN_S)
-        finally:
-            work.drain(DRAIN_S)
-        work.final_read()
+    with queue_run(request, cluster, evidence, faults=False, settle_s=0,
+                   max_unacked=SLOW_MAX_UNACKED) as run:
+        run.work.pause_consumers(PAUSE_S)
+        time.sleep(COOLDOWN_S)
 
-    assert_valid(judged(history, evidence), path)
+    assert_valid(judged(run.history, evidence), run.path)
 
 
 def judged(history: History, evidence) -> Result:
