@@ -22,7 +22,7 @@ from pathlib import Path
 from harness.images import BUILD_DIR, ImageBuildError, Progress
 from harness.io.catalogue import catalogue, entry, run_log_name
 from harness.io.connectors import ConnectorDefinition, load_connectors
-from harness.io.install import ConnectorPackage, venv_path
+from harness.io.install import BUILD_LITTER, ConnectorPackage, venv_path
 
 IMAGE_ROOT = "/opt/hstream-io"
 CATALOGUE_PATH = f"{IMAGE_ROOT}/connectors.json"
@@ -57,8 +57,8 @@ def connector_wheels(package: ConnectorPackage, progress: Progress) -> list[Path
     progress(f"connector wheels: pip wheel {package.name} -> {folder.name}")
     with tempfile.TemporaryDirectory(prefix="hsc-connector-src-") as scratch:
         # pip may build a local project in place: build from a copy, the fixture stays clean.
-        local = [shutil.copytree(src, Path(scratch) / src.name, ignore=shutil.ignore_patterns(
-            "__pycache__", "*.egg-info", "build", "dist", "*.pyc")) for src in package.local_paths]
+        local = [shutil.copytree(src, Path(scratch) / src.name, ignore=BUILD_LITTER)
+                 for src in package.local_paths]
         argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
                 *package.requirements, *map(str, local), "-w", str(folder)]
         try:

@@ -69,7 +69,8 @@ def cache_root() -> Path:
     return root / "connectors"
 
 
-_BUILD_LITTER = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist", "*.pyc")
+# What pip leaves in a local project it builds: never copied into a build.
+BUILD_LITTER = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist", "*.pyc")
 
 
 def _is_litter(rel: Path) -> bool:
@@ -183,7 +184,7 @@ def install(
         local_copies = []
         for src in package.local_paths:
             dst = venv / "src" / src.name
-            shutil.copytree(src, dst, ignore=_BUILD_LITTER)
+            shutil.copytree(src, dst, ignore=BUILD_LITTER)
             local_copies.append(dst)
         with open(log_path, "w") as log:
             steps = [
