@@ -20,13 +20,12 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable
 
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 
 from harness import credentials, wire
-from harness.clients.driver import ClientDriver, DriverError, raw_payload
+from harness.clients.driver import ClientDriver, DriverError, raw_payload, wait_until
 from harness.history import History
 
 CONSUMERS = ("c1", "c2")
@@ -110,7 +109,7 @@ class QueueWorkload:
         """Wait until one more append is acknowledged (a fault started right then hits a
         store with that append just answered)."""
         answered = len(self.acknowledged())
-        return wait_for(lambda: len(self.acknowledged()) > answered, timeout_s, 0.005)
+        return wait_until(lambda: len(self.acknowledged()) > answered, timeout_s, 0.005)
 
     def delivered(self, after: int = -1, upto: int | None = None) -> set[str]:
         """Payload ids delivered by fetches recorded after op `after` (up to op `upto`)."""
@@ -119,6 +118,12 @@ class QueueWorkload:
                 and (upto is None or op.index <= upto)
                 for r in op.value.get("records", [])}
 
+    def delivers_new_records_after(self, index: int, timeout_s: float) -> bool:
+        """Whether, within `timeout_s`, a record never delivered up to op `index` is
+        delivered after it: the subscription moves on after a fault, not only resends."""
+        return wait_until(lambda: bool(self.delivered(after=index) - self.delivered(upto=index)),
+                          timeout_s)
+
     def drain(self, deadline_s: float) -> bool:
         """Stop producing and let the consumers fetch until every acknowledged append was
         delivered, recorded as a `drain` op; then stop them. False if `deadline_s` passed
@@ -126,7 +131,7 @@ class QueueWorkload:
         self.producing.clear()
         time.sleep(0.5)  # the producer's last append completes
         drain = self.history.invoke("drain", "drain", {"subscription": self.subscription})
-        drained = wait_for(lambda: self.acknowledged() <= self.delivered(), deadline_s, 0.5)
+        drained = wait_until(lambda: self.acknowledged() <= self.delivered(), deadline_s, 0.5)
         self.history.ok(drain)
         self.stop()
         return drained
@@ -135,7 +140,7 @@ class QueueWorkload:
         """Every shard read from EARLIEST by a fresh reader (`final`)."""
         with ClientDriver("raw", history=self.history, process="final-read",
                           timeout=30) as reader:
-            assert wait_for(lambda: reader.connect(self.endpoints).ok, connect_s, 1.0), (
+            assert wait_until(lambda: reader.connect(self.endpoints).ok, connect_s, 1.0), (
                 f"the final reader could not connect within {connect_s} s"
             )
             shards = reader.call("list_shards", stream=self.stream)
@@ -214,11 +219,3 @@ def subscription_owner(endpoint: str, subscription: str) -> str:
         )
     return wire.endpoint_of(answer.serverNode)
 
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.25) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval_s)
-    return True

@@ -36,11 +36,12 @@ import pytest
 
 from harness.checkers import queue
 from harness.checkers.result import Result
+from harness.clients.driver import wait_until
 from harness.history import History, history_path
 from harness.nemesis import FAULTS, Nemesis
 
 from ..membership.bounds import agreement_bound_s
-from .queue_workload import QueueWorkload, subscription_owner, wait_for
+from .queue_workload import QueueWorkload, subscription_owner
 from .workload import FAST_GOSSIP
 
 pytestmark = pytest.mark.cluster(gossip=FAST_GOSSIP)
@@ -81,7 +82,7 @@ def queue_run(request, cluster, evidence, *, faults: bool = True, settle_s: floa
         nemesis = Nemesis(cluster, history) if faults else None
         work.start()
         try:
-            assert wait_for(lambda: len(work.delivered()) >= 50, WARMUP_S + 20), (
+            assert wait_until(lambda: len(work.delivered()) >= 50, WARMUP_S + 20), (
                 f"fewer than 50 records delivered before the fault; errors: {work.errors}; "
                 f"history {path}"
             )
@@ -107,11 +108,7 @@ def test_queue_through_a_kill_of_the_subscription_owner(request, cluster, eviden
         # The consumers move once the survivors agree the owner is gone; then new
         # records must flow from the new owner before the killed node comes back.
         window = agreement_bound_s(cluster.settings, len(cluster.nodes))
-        resumed = wait_for(
-            lambda: bool(run.work.delivered(after=killed.index)
-                         - run.work.delivered(upto=killed.index)),
-            window + 20,
-        )
+        resumed = run.work.delivers_new_records_after(killed.index, window + 20)
         run.nemesis.invoke(kill, "stop")
         time.sleep(COOLDOWN_S)
 
@@ -139,11 +136,7 @@ def test_queue_through_a_store_kill(request, cluster, evidence):
             restarted = run.nemesis.invoke(kill, "stop")
             assert restarted is not None
             # Appends acknowledged after the restart must reach the consumers.
-            resumed = resumed and wait_for(
-                lambda at=restarted.index: bool(run.work.delivered(after=at)
-                                                - run.work.delivered(upto=at)),
-                30,
-            )
+            resumed = resumed and run.work.delivers_new_records_after(restarted.index, 30)
         time.sleep(COOLDOWN_S)
 
     result = judged(run.history, evidence)

@@ -26,8 +26,9 @@ from refcluster_launcher import RefCluster, launch
 
 from harness.checkers import queue
 from harness.checkers.result import Result
+from harness.clients.driver import wait_until
 from harness.history import History
-from suites.durability.queue_workload import QueueWorkload, wait_for
+from suites.durability.queue_workload import QueueWorkload
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,7 @@ def kill_and_restart_store(cluster: RefCluster, work: QueueWorkload, history: Hi
     cluster.store.start()
     cluster.store.wait_ready(occurrence=2)
     history.ok(restart, {"target": "store", "up": ["store"]})
-    assert wait_for(lambda: bool(work.delivered(after=restart.index)), RECOVERY_DEADLINE_S), (
+    assert wait_until(lambda: bool(work.delivered(after=restart.index)), RECOVERY_DEADLINE_S), (
         f"nothing delivered within {RECOVERY_DEADLINE_S} s of the store's restart; "
         f"errors: {work.errors}; logs {cluster.logs()}"
     )
@@ -90,7 +91,7 @@ def run_queue(workdir: Path, defect: str | None, fault: str | None) -> Result:
             work.setup()
             work.start()
             try:
-                assert wait_for(lambda: len(work.delivered()) >= FIRST_DELIVERIES,
+                assert wait_until(lambda: len(work.delivered()) >= FIRST_DELIVERIES,
                                 WARMUP_DEADLINE_S), (
                     f"fewer than {FIRST_DELIVERIES} records delivered within "
                     f"{WARMUP_DEADLINE_S} s; errors: {work.errors}; logs {cluster.logs()}"
