@@ -119,10 +119,22 @@ class QueueWorkload:
                 for r in op.value.get("records", [])}
 
     def delivers_new_records_after(self, index: int, timeout_s: float) -> bool:
-        """Whether, within `timeout_s`, a record never delivered up to op `index` is
-        delivered after it: the subscription moves on after a fault, not only resends."""
-        return wait_until(lambda: bool(self.delivered(after=index) - self.delivered(upto=index)),
-                          timeout_s)
+        """Whether, within `timeout_s`, a fetch invoked after op `index` delivers a record
+        never delivered up to it: the subscription moves on after a fault, not only resends.
+        By invocation, not completion: a fetch already in flight when a node is killed can
+        complete after the kill with what the dead owner sent before it."""
+        def moved_on() -> bool:
+            invoked: dict[object, int] = {}
+            later: set[str] = set()
+            for op in self.history:
+                if op.f != "fetch":
+                    continue
+                if op.type == "invoke":
+                    invoked[op.process] = op.index
+                elif op.type == "ok" and invoked.get(op.process, -1) > index:
+                    later.update(r["payload_id"] for r in op.value.get("records", []))
+            return bool(later - self.delivered(upto=index))
+        return wait_until(moved_on, timeout_s)
 
     def drain(self, deadline_s: float) -> bool:
         """Stop producing and let the consumers fetch until every acknowledged append was
