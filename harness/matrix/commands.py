@@ -39,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "caught and its median runs-to-catch; controls must miss and the healthy run must "
         "be clean in all N",
     )
+    parser.add_argument(
+        "--separate-runs",
+        action="store_true",
+        help="with --runs N, start pytest N times per selection (every run on fresh clusters) "
+        "instead of once with --repeat N (the repeats of a test share its module's cluster "
+        "unless -n spreads them over workers)",
+    )
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
 
 
@@ -47,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"hstream-conformance defect-matrix: --runs takes 1 or more, not {args.runs}",
               file=sys.stderr)
         return 2
-    outcomes = run_matrix(args.out, list(args.pytest_args), args.only, runs=args.runs)
+    outcomes = run_matrix(args.out, list(args.pytest_args), args.only, runs=args.runs,
+                          separate=args.separate_runs)
     print(table(outcomes))
     print(f"written: {write_json(outcomes, args.results)}; logs in {args.out}/")
     return 0 if healthy_and_all_caught(outcomes) else 1

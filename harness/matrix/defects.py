@@ -7,7 +7,11 @@ the allure results, where the HTML report shows it.
 With `runs=N` (`--runs N`) every selection runs N times: a defect's row says in how many
 runs it was caught and its median runs-to-catch (harness.matrix.runs); it counts as caught
 if some run caught it, while a control must miss it in all N runs and the healthy run must
-be clean in all N.
+be clean in all N. The N runs are one pytest invocation with `--repeat N` (harness.repeat):
+run i is repeat i of every selected test, so pytest starts once per selection and, with
+`-n W` among the pytest arguments, the repeats spread over W workers, each with clusters of
+its own. `separate=True` (`--separate-runs`) starts pytest N times instead, every run on
+fresh clusters, for a defect whose damage could outlive a test in its module's cluster.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from harness import HarnessError
 from harness.matrix.runs import caught_text, median_runs_to_catch
+from harness.repeat import base_nodeid, repeat_of
 from harness.targets import settings_for
 from harness.targets.settings import TargetSettings
 from harness.topology import build_spec
@@ -223,22 +228,46 @@ class Outcome:
         return not self.failed and self.exit_code == 0 and self.selected > 0
 
 
-def _junit(path: Path) -> tuple[int, list[str], str]:
+@dataclass
+class _Cases:
+    """What one run's test cases in a JUnit file did."""
+
+    selected: int = 0
+    failed: list[str] = field(default_factory=list)
+    anomaly: str = ""  # the first failure's message, its first line
+    seconds: float = 0.0
+
+
+def _junit_runs(path: Path) -> dict[int, _Cases]:
+    """The JUnit file's test cases by run: repeat index -> cases, names without the repeat's
+    id piece; a file without repeats is run 1."""
     if not path.exists():
-        return 0, [], ""
-    root = ElementTree.parse(path).getroot()
-    selected, failed, first = 0, [], ""
-    for case in root.iter("testcase"):
-        selected += 1
+        return {}
+    runs: dict[int, _Cases] = {}
+    for case in ElementTree.parse(path).getroot().iter("testcase"):
+        name = f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
+        index = (repeat_of(name) or (1, 1))[0]
+        cases = runs.setdefault(index, _Cases())
+        cases.selected += 1
+        cases.seconds += float(case.get("time") or 0)
         problem = case.find("failure")
         if problem is None:
             problem = case.find("error")
         if problem is not None:
-            name = f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
-            failed.append(name)
-            if not first:
-                first = (problem.get("message") or "").splitlines()[0][:300]
-    return selected, failed, first
+            cases.failed.append(base_nodeid(name))
+            if not cases.anomaly:
+                cases.anomaly = (problem.get("message") or "").splitlines()[0][:300]
+    return runs
+
+
+def _junit(path: Path) -> tuple[int, list[str], str]:
+    cases = _junit_runs(path).get(1, _Cases())
+    return cases.selected, cases.failed, cases.anomaly
+
+
+def _file_stem(name: str, label: str) -> str:
+    """The name of a run's log and JUnit files under the matrix's folder."""
+    return f"{name}.{label.replace(' ', '-')}" if label else name
 
 
 def run_one(
@@ -250,7 +279,7 @@ def run_one(
     label: str = "",
 ) -> Outcome:
     name = defect or "healthy"
-    files = f"{name}.{label.replace(' ', '-')}" if label else name
+    files = _file_stem(name, label)
     junit = out / f"{files}.xml"
     argv = [
         sys.executable,
@@ -304,22 +333,43 @@ def run_times(
     out: Path,
     extra: list[str],
     label: str = "",
+    separate: bool = False,
 ) -> Outcome:
-    """`run_one` `times` times (each run's files named by its number), merged."""
+    """The selection run `times` times, merged: one pytest with `--repeat times` whose
+    repeats are split back into runs, or with `separate` `run_one` `times` times (each run's
+    files named by its number)."""
     if times == 1:
         return run_one(defect, paths, expression, out, extra, label)
-    return merge_runs([
-        run_one(defect, paths, expression, out, extra,
-                f"{label} run {i} of {times}" if label else f"run {i} of {times}")
-        for i in range(1, times + 1)
-    ])
+    if separate:
+        return merge_runs([
+            run_one(defect, paths, expression, out, extra,
+                    f"{label} run {i} of {times}" if label else f"run {i} of {times}")
+            for i in range(1, times + 1)
+        ])
+    whole_label = f"{label} {times} runs" if label else f"{times} runs"
+    whole = run_one(defect, paths, expression, out, [*extra, "--repeat", str(times)],
+                    whole_label)
+    by_run = _junit_runs(out / f"{_file_stem(whole.defect, whole_label)}.xml")
+    runs = []
+    for i in range(1, times + 1):
+        cases = by_run.get(i, _Cases())
+        # A run's exit code: pytest's own when that run failed a test or when pytest itself
+        # broke (neither 0 nor 1: a usage, collection or internal error), else clean.
+        broke = whole.exit_code not in (0, 1)
+        code = whole.exit_code if cases.failed or broke or not cases.selected else 0
+        runs.append(Outcome(whole.defect, cases.selected, cases.failed, cases.anomaly,
+                            cases.seconds, code))
+    merged = merge_runs(runs)
+    merged.seconds = whole.seconds  # the wall time of the one invocation
+    return merged
 
 
 def run_matrix(
-    out: Path, extra: list[str], only: list[str] | None = None, runs: int = 1
+    out: Path, extra: list[str], only: list[str] | None = None, runs: int = 1,
+    separate: bool = False,
 ) -> list[Outcome]:
     """Each chosen defect's checks (and its control's) and then the healthy run, each selection
-    `runs` times."""
+    `runs` times (see run_times for `separate`)."""
     if runs < 1:
         raise HarnessError(f"the defect matrix needs 1 or more runs per selection, not {runs}")
     out.mkdir(parents=True, exist_ok=True)
@@ -333,10 +383,11 @@ def run_matrix(
                   flush=True)
             outcomes.append(Outcome(defect, not_applicable=reason))
         else:
-            outcome = run_times(runs, defect, *TARGETS[defect], out, extra)
+            outcome = run_times(runs, defect, *TARGETS[defect], out, extra,
+                                separate=separate)
             if defect in CONTROLS:
                 control = run_times(runs, defect, *CONTROLS[defect], out, extra,
-                                    label="old faults")
+                                    label="old faults", separate=separate)
                 outcome.control = control
             outcomes.append(outcome)
     # The healthy run selects the union of what the defects and their controls selected.
@@ -345,7 +396,8 @@ def run_matrix(
     expression = " or ".join(f"({k})" for _, k in selections if k)
     if any(not k for _, k in selections):
         expression = ""
-    outcomes.append(run_times(runs, None, every_path, expression, out, extra))
+    outcomes.append(run_times(runs, None, every_path, expression, out, extra,
+                              separate=separate))
     return outcomes
 
 

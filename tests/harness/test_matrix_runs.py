@@ -107,7 +107,10 @@ def test_second_run_fails():
 """
 
 
-def test_three_real_runs_of_a_selection(tmp_path: Path, isolated_reports: Path) -> None:
+@pytest.mark.parametrize("separate", [False, True], ids=["one-pytest-repeats", "separate"])
+def test_three_real_runs_of_a_selection(
+    separate: bool, tmp_path: Path, isolated_reports: Path
+) -> None:
     # isolated_reports gives the child runs their own reports/ and session
     checks = tmp_path / "checks"
     checks.mkdir()
@@ -115,12 +118,31 @@ def test_three_real_runs_of_a_selection(tmp_path: Path, isolated_reports: Path) 
     out = tmp_path / "out"
     out.mkdir()
     outcome = run_times(3, None, (str(checks / "test_counter.py"),), "second_run", out,
-                        ["-c", "/dev/null", "--rootdir", str(checks)])
+                        ["-c", "/dev/null", "--rootdir", str(checks)], separate=separate)
     assert outcome.run_caught == [False, True, False]
+    assert [run.selected for run in outcome.runs] == [1, 1, 1]
     assert caught_text(outcome.run_caught) == "1 of 3"
     assert median_runs_to_catch(outcome.run_caught) == 2
     assert "the second run fails on purpose" in outcome.anomaly
+    # The failed test is named as the test, not as its repeat.
+    assert [name.split("::")[1] for name in outcome.failed] == ["test_second_run_fails"]
     assert not outcome.passed  # as a healthy or control run it is not clean in all three
-    assert sorted(p.name for p in out.glob("*.xml")) == [
-        f"healthy.run-{i}-of-3.xml" for i in (1, 2, 3)
-    ]
+    assert [run.passed for run in outcome.runs] == [True, False, True]
+    expected = ([f"healthy.run-{i}-of-3.xml" for i in (1, 2, 3)] if separate
+                else ["healthy.3-runs.xml"])
+    assert sorted(p.name for p in out.glob("*.xml")) == expected
+
+
+def test_a_run_that_breaks_pytest_is_no_clean_run(tmp_path: Path, isolated_reports: Path) -> None:
+    # A selection that does not even collect: no run may pass as clean (a healthy run must
+    # not be "clean" because nothing ran).
+    checks = tmp_path / "checks"
+    checks.mkdir()
+    (checks / "test_broken.py").write_text("import no_such_module_here\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    outcome = run_times(2, None, (str(checks / "test_broken.py"),), "", out,
+                        ["-c", "/dev/null", "--rootdir", str(checks)])
+    assert outcome.exit_code != 0
+    assert not outcome.passed
+    assert not any(run.passed for run in outcome.runs)
