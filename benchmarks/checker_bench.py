@@ -9,12 +9,14 @@ acknowledging them (with redeliveries after the ack timeout), a shard reader, pr
 5 nodes' membership views every half second, a nemesis killing and restarting a node every
 minute, and complete reads of the stream plus a final read. Everything is drawn from
 `random.Random(seed)`. The checkers must judge it valid; the script exits 1 if not, or if
-the checkers together take more than --budget CPU seconds (CPU, not wall time: on a shared
-machine the wall time mostly measures the wait for a core). With --inject N, N acknowledged
-appends vanish from every read and N unwritten records are read: the checkers must report
-exactly those (lost, unexpected, undelivered), so the benchmark also proves detection.
+`check_all` of every checker (queue included) takes more than --budget CPU seconds (CPU, not
+wall time: on a shared machine the wall time mostly measures the wait for a core). With
+--inject N, N acknowledged appends vanish from every read and N unwritten records are read:
+the checkers must report exactly those (lost, unexpected, undelivered), so the benchmark
+also proves detection.
 Each checker in CHECKERS is timed on its own and reported per checker (also in the closing
-JSON line, `cpu_seconds_per_checker`), then `check_all` composes them.
+JSON line, `cpu_seconds_per_checker`), then `check_all` composes them all, the queue checker
+included (it runs only when named), and its time is the one the budget judges.
 """
 
 from __future__ import annotations
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--budget", type=float, default=30.0,
-                        help="fail if the checkers together use more CPU seconds")
+                        help="fail if check_all of every checker uses more CPU seconds")
     parser.add_argument("--save", type=Path, help="also write the history as JSON lines")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
                         help="run each checker N times and report its least time")
@@ -299,14 +301,19 @@ def main(argv: list[str] | None = None) -> int:
         verdicts.append(result.valid)
     print(f"{'all':<14} {total:7.2f} s wall {total_cpu:7.2f} s cpu "
           f"{n / total_cpu:12,.0f} ops/cpu-s")
-    began, began_cpu = time.perf_counter(), time.process_time()
-    report = check_all(ops, {"membership_bound_s": MEMBERSHIP_BOUND_S})
-    composed = time.perf_counter() - began
-    composed_cpu = time.process_time() - began_cpu
+    # Every checker timed, named: check_all runs the queue checker only when named.
+    options = {"membership_bound_s": MEMBERSHIP_BOUND_S, "checkers": [c for c, _ in CHECKERS]}
+    composed = composed_cpu = math.inf
+    for _ in range(max(1, args.repeat)):
+        began, began_cpu = time.perf_counter(), time.process_time()
+        report = check_all(ops, options)
+        composed = min(composed, time.perf_counter() - began)
+        composed_cpu = min(composed_cpu, time.process_time() - began_cpu)
     # check_all shares each read's record columns between its checkers (columns.py), so
     # together they cost less than the sum of each alone.
-    print(f"{'check_all':<14} {composed:7.2f} s wall {composed_cpu:7.2f} s cpu  "
-          f"valid={report.valid}  ({', '.join(report.results)})")
+    print(f"{'check_all':<14} {composed:7.2f} s wall {composed_cpu:7.2f} s cpu "
+          f"{n / composed_cpu:12,.0f} ops/cpu-s  valid={report.valid}  "
+          f"({', '.join(report.results)})")
     summary = {"ops": n, "seconds": round(total, 2), "cpu_seconds": round(total_cpu, 2),
                "cpu_seconds_per_checker": per_checker,
                "check_all_seconds": round(composed, 2),
@@ -331,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         print("the generated history should be valid: a checker disagrees", file=sys.stderr)
         print(report.table(), file=sys.stderr)
         return 1
-    if total_cpu > args.budget:
-        print(f"checkers took {total_cpu:.1f} CPU seconds, over the {args.budget} s budget",
+    if composed_cpu > args.budget:
+        print(f"check_all took {composed_cpu:.1f} CPU seconds, over the {args.budget} s budget",
               file=sys.stderr)
         return 1
     return 0

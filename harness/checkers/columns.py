@@ -8,7 +8,12 @@ field of every record as a list, in C, the first time a checker asks for it; ins
 next checker that asks for the same read's field gets the same list instead of walking a
 million scattered dicts again. Outside it every call builds its columns afresh, so a
 checker run alone gives the same verdict. Columns are read-only: a checker that needs to
-change one copies it.
+change one copies it. The history's ops grouped by `f` (harness.checkers.table) are kept
+the same way.
+
+`record_by_record()` turns every shared fast path off (`columns_of` and `table_of` say
+None): the checkers then walk each op and record in Python, which is what the tests
+compare the fast paths with.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ from typing import Any
 _MEMO: ContextVar[dict[int, tuple[list[Any], Columns | None]] | None] = ContextVar(
     "hstream_conformance_record_columns", default=None
 )
+# Other shared things (harness.checkers.table): kind -> what was kept.
+_KEPT: ContextVar[dict[str, Any] | None] = ContextVar(
+    "hstream_conformance_shared_tables", default=None
+)
+_FAST: ContextVar[bool] = ContextVar("hstream_conformance_fast_paths", default=True)
 
 
 class Columns:
@@ -70,7 +80,7 @@ def _column(records: list[dict[str, Any]], field: str) -> list[Any]:
 def columns_of(records: Any) -> Columns | None:
     """The columns of `records` if it is a non-empty list of dicts, else None (the caller's
     record-by-record path says what is wrong with it)."""
-    if type(records) is not list:
+    if type(records) is not list or not _FAST.get():
         return None
     memo = _MEMO.get()
     if memo is not None:
@@ -87,7 +97,29 @@ def columns_of(records: Any) -> Columns | None:
 def shared_columns() -> Iterator[None]:
     """Inside: columns are taken once per read and shared by every checker that asks."""
     token = _MEMO.set({})
+    kept = _KEPT.set({})
     try:
         yield
     finally:
+        _KEPT.reset(kept)
         _MEMO.reset(token)
+
+
+def kept() -> dict[str, Any] | None:
+    """Inside `shared_columns()`, where other shared things are kept (None outside)."""
+    return _KEPT.get()
+
+
+def fast_paths() -> bool:
+    """Whether the checkers may take their shared fast paths (see `record_by_record`)."""
+    return _FAST.get()
+
+
+@contextmanager
+def record_by_record() -> Iterator[None]:
+    """Inside: no shared fast path; every checker walks each op and record in Python."""
+    token = _FAST.set(False)
+    try:
+        yield
+    finally:
+        _FAST.reset(token)

@@ -1,0 +1,124 @@
+"""The checkers' shared fast paths give what their op-by-op, record-by-record paths give.
+
+Each history is judged twice by every checker: as usual, and inside `record_by_record()`,
+where no shared column or table is taken and every op and record is walked in Python. The
+two results must be the same, to the last example. The histories are the benchmark's
+(valid, and with injected losses) and copies of it bent where the fast paths give way to
+the slow ones: a record id bound twice, records out of order, an ack recorded after the
+read that returned its record, a retried append, a record naming no consumer.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.checkers import check_all
+from harness.checkers.columns import record_by_record
+from harness.history import Op
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "checker_bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("checker_bench_for_fast_paths", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _json(result: Any) -> str:
+    return json.dumps(result.to_json(), sort_keys=True, default=str)
+
+
+def _reads(ops: list[Op], f: str) -> list[Op]:
+    return [op for op in ops if op.f == f and op.type == "ok" and op.value.get("records")]
+
+
+def _conflicting_record_id(ops: list[Op]) -> None:
+    fetch = _reads(ops, "fetch")[3]
+    fetch.value["records"][0]["record_id"] = list(_reads(ops, "fetch")[1].value["records"][0]
+                                                  ["record_id"])
+
+
+def _out_of_order(ops: list[Op]) -> None:
+    for op in _reads(ops, "fetch")[5:40:7] + _reads(ops, "read")[:3]:
+        records = op.value["records"]
+        if len(records) > 1:
+            records[0], records[-1] = records[-1], records[0]
+
+
+def _ack_after_read(ops: list[Op]) -> None:
+    # an append's ok recorded after the first fetch that delivered its record
+    fetch = _reads(ops, "fetch")[2]
+    pid = fetch.value["records"][0]["payload_id"]
+    done = next(op for op in ops if op.f == "append" and op.type == "ok"
+                and op.value["payload_id"] == pid)
+    ops.remove(done)
+    ops.insert(ops.index(fetch) + 1, done)
+    for i, op in enumerate(ops):
+        op.index = i
+
+
+def _retried_append(ops: list[Op]) -> None:
+    first = next(op for op in ops if op.f == "append" and op.type == "invoke")
+    again = copy.deepcopy(first)
+    at = len(ops) // 2
+    ops.insert(at, again)
+    ops.insert(at + 1, Op(0, again.process, "info", "append", dict(again.value), again.time,
+                          error="timeout"))
+    for i, op in enumerate(ops):
+        op.index = i
+
+
+def _no_consumer(ops: list[Op]) -> None:
+    for op in _reads(ops, "fetch")[::9]:
+        op.value["records"][0].pop("consumer", None)
+    _reads(ops, "fetch")[4].value["records"][-1]["consumer"] = None
+
+
+BENDS: dict[str, Callable[[list[Op]], None]] = {
+    "conflicting_record_id": _conflicting_record_id,
+    "out_of_order": _out_of_order,
+    "ack_after_read": _ack_after_read,
+    "retried_append": _retried_append,
+    "no_consumer": _no_consumer,
+}
+
+
+def _same_both_ways(bench: Any, ops: list[Op]) -> None:
+    names = [name for name, _ in bench.CHECKERS]
+    options = {"membership_bound_s": bench.MEMBERSHIP_BOUND_S, "checkers": names}
+    fast = check_all(ops, options)
+    with record_by_record():
+        slow = check_all(ops, options)
+        alone = {name: check(ops) for name, check in bench.CHECKERS}
+    for name, check in bench.CHECKERS:
+        assert _json(fast.results[name]) == _json(slow.results[name]), name
+        assert _json(check(ops)) == _json(alone[name]), name
+
+
+@pytest.mark.parametrize("seed,inject", [(1, 0), (2, 0), (3, 4), (4, 9)])
+def test_benchmark_histories_judged_the_same_both_ways(bench: Any, seed: int,
+                                                       inject: int) -> None:
+    ops = bench.generate(6_000, seed)
+    if inject:
+        bench.inject_anomalies(ops, inject, seed)
+    _same_both_ways(bench, ops)
+
+
+@pytest.mark.parametrize("bend", sorted(BENDS))
+def test_bent_histories_judged_the_same_both_ways(bench: Any, bend: str) -> None:
+    ops = bench.generate(6_000, 7)
+    BENDS[bend](ops)
+    _same_both_ways(bench, ops)
