@@ -329,27 +329,37 @@ class SubscriptionService:
         consumer.end()
 
     async def _open(self, subscription_id: str) -> SubscriptionDelivery:
-        """This node's delivery state for a subscription, loaded from the store if needed."""
-        delivery = await self._settled(subscription_id)
-        if delivery is not None and not delivery.consumers:
+        """This node's one delivery state for a subscription, loaded from the store if
+        needed. Consumers arriving together (as they do after an owner change) share it, as
+        HStreamDB keeps one subscription context per server and a StreamingFetch arriving
+        while it is initialised waits for it (hstream/src/HStream/Server/Core/Subscription.hs,
+        initSub)."""
+        while True:
+            delivery = await self._settled(subscription_id)
+            if delivery is None:
+                break
+            if delivery.consumers:
+                return delivery
             # An idle state may be stale: another node may have served the subscription
             # since (its owner moved while this node was unreachable), or it may have been
             # deleted and created again elsewhere. Keep it only if the stored subscription
             # is the same and no stored checkpoint is ahead of it.
             record = await load_subscription(self._store, subscription_id)
             stored = await self._load_checkpoints(subscription_id)
+            if self._deliveries.get(subscription_id) is not delivery or delivery.consumers:
+                # Joined, or replaced by a fresh state, while the store was read: look
+                # again. Going on with this one would load a second state next to the
+                # fresh one, and its consumers would be served by two states at once.
+                continue
             mine = delivery.checkpoints()
             stale = record != delivery.subscription or any(
                 position > mine.get(shard, position) for shard, position in stored.items()
             )
-            # Someone may have joined while the store was read: then the state is in use.
-            if stale and not delivery.consumers:
-                if self._deliveries.get(subscription_id) is delivery:
-                    del self._deliveries[subscription_id]
-                await delivery.close()
-                delivery = None
-        if delivery is not None:
-            return delivery
+            if not stale:
+                return delivery
+            del self._deliveries[subscription_id]
+            await delivery.close()
+            # Another consumer may have loaded a fresh state meanwhile: look again.
         task = self._opening.get(subscription_id)
         if task is None:
             task = asyncio.create_task(self._load(subscription_id))
