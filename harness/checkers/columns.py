@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from itertools import repeat
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import is_, itemgetter
 from typing import Any
 
 _MEMO: ContextVar[dict[int, tuple[list[Any], Columns | None]] | None] = ContextVar(
@@ -38,13 +38,14 @@ _FAST: ContextVar[bool] = ContextVar("hstream_conformance_fast_paths", default=T
 class Columns:
     """One read's records (a list of dicts) as columns, each taken on first use."""
 
-    __slots__ = ("records", "_pids", "_rids", "_consumers")
+    __slots__ = ("records", "_pids", "_rids", "_consumers", "_ids")
 
     def __init__(self, records: list[dict[str, Any]]) -> None:
         self.records = records
         self._pids: list[Any] | None = None
         self._rids: list[Any] | None = None
         self._consumers: list[Any] | None = None
+        self._ids: tuple[PayloadIds, list[int] | None] | None = None
 
     @property
     def pids(self) -> list[Any]:
@@ -66,6 +67,56 @@ class Columns:
         if self._consumers is None:
             self._consumers = _column(self.records, "consumer")
         return self._consumers
+
+
+    def ids(self, registry: PayloadIds) -> list[int] | None:
+        """The dense id (`registry`'s) of each record's payload id, or None if one of them
+        cannot key a dict."""
+        if self._ids is None or self._ids[0] is not registry:
+            self._ids = (registry, registry.of(self.pids))
+        return self._ids[1]
+
+
+class PayloadIds:
+    """Dense ids 0, 1, ... for payload ids, in the order they were first met (None is one
+    too). Looking a million read payload ids up in a big table is most of what a checker
+    pays for them; inside `shared_columns()` one registry serves every checker, and each
+    read's ids are looked up once (`Columns.ids`)."""
+
+    __slots__ = ("index", "pids")
+
+    def __init__(self) -> None:
+        self.index: dict[Any, int] = {}
+        self.pids: list[Any] = []  # id -> payload id
+
+    def of(self, pids: list[Any]) -> list[int] | None:
+        """The ids of `pids` (new ones numbered as met), or None if one is unhashable."""
+        index = self.index
+        try:
+            ids: list[Any] = list(map(index.get, pids))
+        except TypeError:
+            return None
+        if None in ids:
+            known = self.pids
+            for k in compress(range(len(ids)), map(is_, ids, repeat(None))):
+                pid = pids[k]
+                got = index.get(pid)
+                if got is None:
+                    got = index[pid] = len(known)
+                    known.append(pid)
+                ids[k] = got
+        return ids
+
+
+def payload_ids() -> PayloadIds:
+    """The registry of payload ids: the shared one inside `shared_columns()`, else a new one."""
+    memo = _KEPT.get()
+    if memo is None or not _FAST.get():
+        return PayloadIds()
+    registry = memo.get("payload-ids")
+    if registry is None:
+        registry = memo["payload-ids"] = PayloadIds()
+    return registry  # type: ignore[no-any-return]
 
 
 def _column(records: list[dict[str, Any]], field: str) -> list[Any]:

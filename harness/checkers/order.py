@@ -32,8 +32,11 @@ from itertools import chain, compress, count, islice, pairwise, repeat, starmap
 from operator import and_, eq, gt, is_not, le, lt, ne, rshift
 from typing import Any, cast
 
+import numpy as np
+
 from harness.checkers.columns import Columns, columns_of
 from harness.checkers.result import Result, add_anomaly, without_gc
+from harness.checkers.table import INVOKE, OK, Appends, table_of
 from harness.history import READ_FS, History, Op, as_ops
 
 NAME = "order"
@@ -42,6 +45,10 @@ _SEQUENCES = (list, tuple)
 # An append's place in producer order, as one int: (producer and key id) << 40 | invocation.
 _SHIFT = 40
 _LOW = (1 << _SHIFT) - 1
+
+
+class _Redo(Exception):
+    """A read binds a record id that the appends taken in bulk bound otherwise."""
 
 
 def _rid(raw: Any) -> tuple[int, int, int] | None:
@@ -66,7 +73,12 @@ def check(
         ops = [op for op in ops if select(op)]
     result = Result(valid=True, checker=NAME)
     fold = _Fold(result)
-    fold.run(ops, read_fs)
+    try:
+        fold.run(ops, read_fs)
+    except _Redo:
+        result = Result(valid=True, checker=NAME)
+        fold = _Fold(result)
+        fold.walk(ops, read_fs)
     _judge_key_order(fold, result)
 
     for kind in ("shard_order", "key_order", "append_order", "record_id_conflict"):
@@ -125,8 +137,126 @@ class _Fold:
         self.complete_readers: set[Any] = set()
         self.redeliveries = 0
         self.checked_records = 0
+        # the appends were taken in bulk (fold_appends): a read that binds a record id
+        # otherwise must start over op by op (_Redo), where it came before the append
+        self.bulk = False
 
     def run(self, ops: list[Op], read_fs: frozenset[str]) -> None:
+        table = table_of(ops)
+        appends = table.appends if table is not None else None
+        if table is None or appends is None or not self.fold_appends(appends):
+            self.walk(ops, read_fs)
+            return
+        for op in map(ops.__getitem__, table.positions(read_fs)):
+            v = op.value
+            if op.type != "invoke" and (type(v) is dict or isinstance(v, dict)):
+                self.read(op, v)
+
+    def fold_appends(self, appends: Appends) -> bool:
+        """What `walk` makes of the append ops, in bulk from the shared append columns,
+        for the usual history: op indexes increasing, each payload id invoked once and
+        completed at most once, after it, by the same process, the acknowledged ones under
+        distinct record ids, lists of three ints. False (nothing changed) for any other."""
+        types, ids, processes = appends.types, appends.pids, appends.processes
+        rids, rows = appends.rids, appends.rid_array
+        null = appends.registry.index.get(None)
+        if (
+            rows is None
+            or (len(rids) and set(map(type, rids)) != {list})
+            or np.any(appends.indexes[1:] <= appends.indexes[:-1])
+            or (null is not None and np.any(ids == null))
+        ):
+            return False
+        invoked = np.flatnonzero(types == INVOKE)
+        completed = np.flatnonzero(types != INVOKE)
+        opened_at = np.full(len(appends.registry.pids), -1, dtype=np.int64)
+        opened_at[ids[invoked]] = invoked
+        opened = opened_at[ids[completed]]
+        if (
+            len(np.unique(ids[invoked])) != len(invoked)  # a retry
+            or len(np.unique(ids[completed])) != len(completed)
+            or np.any(opened < 0)
+            or np.any(opened > completed)
+            or np.any(processes[opened] != processes[completed])
+        ):
+            return False
+        if len(rows) > 1:
+            by_rid = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))
+            sorted_rows = rows[by_rid]
+            if np.any(np.all(sorted_rows[1:] == sorted_rows[:-1], axis=1)):
+                return False  # one record id acknowledged twice: the walk says how
+        pid_of = appends.registry.pids.__getitem__
+        try:
+            keys = list(map(dict.get, appends.values(invoked), repeat("key")))
+            key_ids = dict.fromkeys(keys)
+        except TypeError:  # an unhashable key
+            return False
+        key_id = np.array(list(map(dict(zip(key_ids, count())).__getitem__, keys)),
+                          dtype=np.int64)
+        # producer keys (process, key) numbered in the order first invoked
+        pairs = processes[invoked] * max(1, len(key_ids)) + key_id
+        _, first, pk = np.unique(pairs, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        pk_ids = rank[pk]
+        names = appends.process_names
+        firsts = np.sort(first)
+        self.producer_keys = {
+            (names[int(processes[invoked[k]])], keys[k]): n
+            for n, k in enumerate(firsts.tolist())
+        }
+        places = (pk_ids << _SHIFT) | np.arange(len(invoked), dtype=np.int64)
+        inv_pids = list(map(pid_of, ids[invoked].tolist()))
+        self.order = dict(zip(inv_pids, places.tolist(), strict=True))
+        oks = np.flatnonzero(types == OK)
+        ok_pids = list(map(pid_of, ids[oks].tolist()))
+        self.acked = set(ok_pids)
+        self.maybe_unacked = set(map(pid_of, ids[completed[types[completed] != OK]].tolist()))
+        left_open = np.ones(len(appends.registry.pids), dtype=bool)
+        left_open[ids[completed]] = False
+        # (only the payload ids left open count, in _judge_key_order)
+        self.open_append = dict.fromkeys(
+            map(pid_of, ids[invoked[left_open[ids[invoked]]]].tolist()), (None, -1, {}))
+        self.rid_payload = dict(zip(map(tuple, rids), ok_pids, strict=True))
+        self.payload_rid = dict(zip(ok_pids, rids, strict=True))
+        self._append_order(appends, oks, opened_at[ids[oks]], ok_pids)
+        self.bulk = True
+        return True
+
+    def _append_order(self, appends: Appends, oks: np.ndarray, invoked: np.ndarray,
+                      pids: list[Any]) -> None:
+        """append_order, in bulk: per shard, the highest batch acknowledged before each
+        acknowledged append was invoked (appends numbered in history order)."""
+        rows = appends.rid_array
+        if rows is None or not len(oks):
+            return
+        shards, batches = rows[:, 0], rows[:, 1]
+        found: list[tuple[int, int]] = []
+        for s in np.unique(shards):
+            mine = np.flatnonzero(shards == s)
+            batch = batches[mine]
+            highest = np.maximum.accumulate(batch)
+            before = np.searchsorted(oks[mine], invoked[mine])  # acks before its invocation
+            late = np.flatnonzero(before > 0)
+            earlier = highest[before[late] - 1]
+            bad = earlier >= batch[late]
+            found.extend(zip(mine[late[bad]].tolist(), earlier[bad].tolist(), strict=True))
+        rids = appends.rids
+        for k, earlier in sorted(found):
+            add_anomaly(
+                self.result,
+                "append_order",
+                {
+                    "shard": rids[k][0],
+                    "payload_id": pids[k],
+                    "batch": rids[k][1],
+                    "earlier_acked_max_batch": earlier,
+                    "op_index": int(appends.indexes[oks[k]]),
+                },
+            )
+
+    def walk(self, ops: list[Op], read_fs: frozenset[str]) -> None:
+        """Op by op: every append in turn, then each read as it comes."""
         result = self.result
         order, producer_keys, retried = self.order, self.producer_keys, self.retried
         open_append, acked_add = self.open_append, self.acked.add
@@ -235,15 +365,18 @@ class _Fold:
                 if highest.get(shard) != top:
                     highest = {**highest, shard: top}
             elif f in read_fs and op.type != "invoke":
-                records = v.get("records")
-                if not records:
-                    continue
-                self.checked_records += len(records)
-                if v.get("complete") or v.get("final"):
-                    if not self.complete_read(op, records):
-                        self.read_records(op, v, records, True)
-                elif not self.running_read(op, v, records):
-                    self.read_records(op, v, records, False)
+                self.read(op, v)
+
+    def read(self, op: Op, v: dict[str, Any]) -> None:
+        records = v.get("records")
+        if not records:
+            return
+        self.checked_records += len(records)
+        if v.get("complete") or v.get("final"):
+            if not self.complete_read(op, records):
+                self.read_records(op, v, records, True)
+        elif not self.running_read(op, v, records):
+            self.read_records(op, v, records, False)
 
     # -- clean reads, in C
 
@@ -389,8 +522,12 @@ class _Fold:
                     if payload_rid.setdefault(pid, rid_list) != rid_list and (
                         pid not in self.retried
                     ):
+                        if self.bulk:
+                            raise _Redo
                         _moved(result, pid, payload_rid[pid], rid, op.index, "read")
                 elif bound != pid:
+                    if self.bulk:
+                        raise _Redo
                     _conflict(result, rid, bound, pid, op.index)
             shard = rid[0]
             run = runs.get(shard)

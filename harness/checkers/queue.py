@@ -57,10 +57,12 @@ them.
 `check_all` and ``python -m harness.checkers`` run it when named (``queue``); their
 ``exactly_once`` option states the exactly-once promise.
 
-Built for million-op histories: record ids are placed in a per-shard index of positions
+Built for million-op histories: the acknowledged appends come from the shared append
+columns (harness.checkers.table), record ids are placed in a per-shard index of positions
 with one lookup per run of consecutive records (the rest of the run is compared with the
-index in C), payload ids are compared by hash, and delivered / seen / acknowledged flags
-are bytearrays indexed by position, so a run is judged as one interval.
+index in C), payload ids are compared by their shared dense ids (by hash where a read's
+cannot be taken), and delivered / seen / acknowledged flags are bytearrays indexed by
+position, so a run is judged as one interval.
 """
 
 from __future__ import annotations
@@ -72,8 +74,11 @@ from itertools import compress, count, repeat
 from operator import eq, itemgetter, ne, not_
 from typing import Any
 
-from harness.checkers.columns import columns_of
+import numpy as np
+
+from harness.checkers.columns import PayloadIds, columns_of
 from harness.checkers.result import NS_PER_S, Result, add_anomaly, without_gc
+from harness.checkers.table import OK, Appends, table_of
 from harness.history import History, Op, as_ops
 
 NAME = "queue"
@@ -91,6 +96,7 @@ _BATCH = 1 << 32  # record id key: batch * _BATCH + index (the index is a u32)
 # Position of a run of records not found among the known record ids (yet), and of a
 # record without a usable record id.
 _NEW, _NOWHERE = -1, -2
+_UNBOUND = -1  # no payload id bound to a position yet: no dense id, and hash(x) == -1 never
 
 # Event codes, in history order.
 _FETCH, _READ, _DRAIN, _BUMP, _BUMP_ALL = range(5)
@@ -130,12 +136,20 @@ def check(
     ok_pid: list[Any] = []
     ok_rid: list[Any] = []
     ok_t: list[int] = []
+    ok_ids: list[int] | None = None  # their dense payload ids, from the shared table
+    walked: Iterable[Op] = ops
+    table = table_of(ops)
+    appends = table.appends if table is not None else None
+    if table is not None and appends is not None:
+        # The appends from the shared columns; the walk below skips them.
+        ok_pid, ok_rid, ok_t, ok_ids = _acknowledged(appends)
+        walked = map(ops.__getitem__, table.without("append"))
     subs: dict[Any, str] = {}  # subscription -> offset
     events: list[list[Any]] = []
     acks: list[tuple[int, Any, Any]] = []  # certain acks: (invoked at, subscription, ids)
     began_at: dict[Any, int] = {}
     open_acks: dict[Any, list[tuple[int, Any, Any]]] = {}
-    for op in ops:
+    for op in walked:
         f = op.f
         kind = op.type
         if f == "append":
@@ -192,13 +206,18 @@ def check(
     extras: dict[tuple[Any, Any], Any] = {}  # read, but given to no acknowledged append
     loose: dict[Any, int] = {}  # payload ids read without a record id -> first seen
     n_records = 0
-    for ev in events:
-        if ev[0] > _DRAIN:
-            continue
+    # Payload ids are compared by their dense ids (shared with the other checkers), or, if
+    # some read's cannot be taken, by hash (equal payloads give equal hashes; a collision
+    # of two different ids would hide one conflict, at odds of 2^-64).
+    registry = appends.registry if appends is not None else None
+    reads = [ev for ev in events if ev[0] <= _DRAIN]
+    fields = [_fields(ev[3]["records"], ev[0] == _FETCH, registry) for ev in reads]
+    if registry is not None and any(f[2] is None for f in fields):
+        registry = None
+        fields = [_fields(ev[3]["records"], ev[0] == _FETCH, None) for ev in reads]
+    for ev, (recs, rids, hashes, cons) in zip(reads, fields, strict=True):
         op, v = ev[1], ev[3]
-        recs = v["records"]
         n_records += len(recs)
-        recs, rids, hashes, cons = _fields(recs, ev[0] == _FETCH)
         if ev[0] == _FETCH:
             default = v.get("consumer", op.process)
             segs = [(c, index.place(rids, a, b)) for a, b, c in _segments(cons, default)]
@@ -218,18 +237,17 @@ def check(
                 ev[6] = [(c, _remap_runs(runs, remap, placed, ev[4], index)) for c, runs in ev[6]]
 
     # -- inconsistent offsets: one record id bound to two payload ids -----------------------
-    # Payload ids are compared by hash on the fast path (equal payloads give equal hashes;
-    # a collision of two different ids would hide one conflict, at odds of 2^-64).
     size = index.size
     pid_at: list[Any] = [None] * size
-    phash: list[int] = [0] * size
+    phash: list[int] = [_UNBOUND] * size  # the dense id (or hash) of pid_at's payload ids
     conflicts: dict[RecordId, dict[str, Any]] = {}
     ok_pos = index.ok_pos
-    for p, pid in zip(ok_pos, ok_pid, strict=True):
+    ok_keys = ok_ids if registry is not None and ok_ids is not None else list(map(hash, ok_pid))
+    for p, pid, key in zip(ok_pos, ok_pid, ok_keys, strict=True):
         bound = pid_at[p]
         if bound is None:
             pid_at[p] = pid
-            phash[p] = hash(pid)
+            phash[p] = key
         elif bound != pid:
             _conflict(result, conflicts, index.rid(p), bound, pid, "append", None)
 
@@ -354,14 +372,40 @@ def check(
 # -- records and positions ---------------------------------------------------------------
 
 
+def _acknowledged(appends: Appends) -> tuple[list[Any], list[Any], list[int], list[int]]:
+    """The acknowledged appends with a payload id and a record id of three: their payload
+    ids, record ids, times and dense payload ids (what pass 1 takes of the append ops)."""
+    oks = np.flatnonzero(appends.types == OK)
+    ids = appends.pids[oks]
+    times = appends.times[oks]
+    rids = appends.rids
+    keep = np.ones(len(oks), dtype=bool)
+    if appends.rid_array is None:
+        keep[:] = [type(rid) in _SEQUENCES and len(rid) == 3 for rid in rids]
+    null = appends.registry.index.get(None)
+    if null is not None:
+        keep &= ids != null
+    if not keep.all():
+        rids = list(compress(rids, keep.tolist()))
+        ids, times = ids[keep], times[keep]
+    id_list = ids.tolist()
+    return list(map(appends.registry.pids.__getitem__, id_list)), rids, times.tolist(), id_list
+
+
 def _fields(
-    recs: list[Any], want_consumers: bool
-) -> tuple[list[Any], list[Any], list[int], list[Any]]:
+    recs: list[Any], want_consumers: bool, registry: PayloadIds | None
+) -> tuple[list[Any], list[Any], list[int] | None, list[Any]]:
     """The records (a record that is not a dict becomes an empty one), then their record
-    ids, the hashes of their payload ids and (if wanted) their consumers, aligned. The
-    record id and consumer columns are shared with the other checkers
-    (harness.checkers.columns): read, never changed."""
+    ids, the dense ids in `registry` of their payload ids (None if they cannot all be
+    taken) or without a registry their hashes, and (if wanted) their consumers, aligned.
+    The columns are shared with the other checkers (harness.checkers.columns): read,
+    never changed."""
     columns = columns_of(recs)
+    if registry is not None:
+        ids = columns.ids(registry) if columns is not None else None
+        if columns is None or ids is None:
+            return recs, [], None, []
+        return recs, columns.rids, ids, columns.consumers if want_consumers else []
     if columns is not None:
         try:
             hashes = list(map(hash, columns.pids))

@@ -30,9 +30,11 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from itertools import compress, filterfalse, islice, repeat
+from itertools import chain, compress, filterfalse, islice, repeat
 from operator import not_, truediv
 from typing import Any
+
+import numpy as np
 
 from harness.checkers.columns import columns_of
 from harness.checkers.result import (
@@ -43,6 +45,7 @@ from harness.checkers.result import (
     quantiles,
     without_gc,
 )
+from harness.checkers.table import FAIL, INFO, INVOKE, OK, table_of
 from harness.history import READ_FS, History, Op, as_ops
 
 NAME = "stream-set"
@@ -65,12 +68,181 @@ def check(
     ops = as_ops(history)
     if select is not None:
         ops = [op for op in ops if select(op)]
+    result = _check_by_id(ops, read_fs)
+    if result is not None:
+        return _verdict(result, exactly_once=exactly_once, linearizable=linearizable)
     fold = _Fold()
     fold.run(ops, read_fs)
     result = Result(valid=True, checker=NAME)
     latencies = _judge_reads(fold, result, ops[0].time if ops else 0)
     _judge_staleness(fold, result, latencies)
-    return _verdict(fold, result, exactly_once=exactly_once, linearizable=linearizable)
+    return _verdict(result, exactly_once=exactly_once, linearizable=linearizable)
+
+
+def _check_by_id(ops: list[Op], read_fs: frozenset[str]) -> Result | None:
+    """The whole check over dense payload ids (harness.checkers.table and .columns, shared
+    with the other checkers): the appends as integer columns, each read's payload ids as
+    ids, and every count and set an array indexed by id. The same result as `_Fold` and
+    the judges after it, or None where this path does not go: appends or records that
+    are not dicts with hashable payload ids, or a complete read that may have missed an
+    append it should have returned (the stale judge then wants the op-by-op fold)."""
+    table = table_of(ops)
+    appends = table.appends if table is not None else None
+    if table is None or appends is None:
+        return None
+    registry = appends.registry
+    types, ids = appends.types, appends.pids
+    oks = np.flatnonzero(types == OK)
+    _, first = np.unique(ids[oks], return_index=True)
+    firsts = oks[np.sort(first)]  # each payload id's first ack, in history order
+    ack_ids, ack_times = ids[firsts], appends.times[firsts]
+    ack_positions = appends.positions[firsts].tolist()
+
+    # -- the reads, in history order
+    read_began: dict[tuple[Any, str], int] = {}
+    final_began: dict[tuple[Any, Any], int] = {}
+    complete_reads: dict[tuple[Any, Any], list[int]] = {}
+    complete: list[tuple[int, list[int], int]] = []  # (began, payload ids, acks before)
+    chunks: list[list[int]] = []
+    chunk_times: list[int] = []
+    positions = table.positions(read_fs)
+    for i, op in zip(positions, map(ops.__getitem__, positions), strict=True):
+        key = (op.process, op.f)
+        if op.type == "invoke":
+            read_began[key] = op.time
+            continue
+        began = read_began.pop(key, op.time)
+        v = op.value
+        if not isinstance(v, dict):
+            continue
+        records = v.get("records")
+        is_final = op.type == "ok" and (bool(v.get("final")) or op.f == "drain")
+        is_complete = op.type == "ok" and bool(v.get("final") or v.get("complete"))
+        scope = (v.get("stream"), v.get("shard"))
+        if is_final:
+            final_began[scope] = max(final_began.get(scope, began), began)
+        if is_complete:
+            complete_reads.setdefault(scope, []).append(began)
+        got: list[int] = []
+        if records:
+            columns = columns_of(records)
+            taken = columns.ids(registry) if columns is not None else None
+            if taken is None:
+                return None
+            got = taken
+            chunks.append(got)
+            chunk_times.append(op.time)
+        if is_complete:
+            complete.append((began, got, bisect_left(ack_positions, i)))
+
+    # -- per payload id: attempts, acks, failures, reads
+    size = len(registry.pids)
+    attempts = np.bincount(ids[types == INVOKE], minlength=size)
+    acked = np.zeros(size, dtype=bool)
+    acked[ack_ids] = True
+    acked_at = np.zeros(size, dtype=np.int64)
+    acked_at[ack_ids] = ack_times
+    failed = np.zeros(size, dtype=bool)
+    failed[ids[types == FAIL]] = True
+    indeterminate = np.zeros(size, dtype=bool)
+    indeterminate[ids[types == INFO]] = True
+    read_ids = np.fromiter(chain.from_iterable(chunks), np.int64)
+    reads = np.bincount(read_ids, minlength=size)
+    found, first = np.unique(read_ids, return_index=True)
+    null = registry.index.get(None)  # a record without a payload id
+    malformed = 0
+    if null is not None and reads[null]:
+        malformed = int(reads[null])
+        reads[null] = 0
+        found, first = found[found != null], first[found != null]
+    by_first = np.argsort(first, kind="stable")
+    read_order, first = found[by_first], first[by_first]  # in the order first read
+    ends = np.cumsum(np.fromiter(map(len, chunks), np.int64, len(chunks)))
+    first_read_at = np.array(chunk_times, dtype=np.int64)[
+        np.searchsorted(ends, first, side="right")] if len(first) else first
+
+    # -- stale: complete reads begun after an ack that did not return it (the op-by-op
+    # judge counts and describes them; here only whether there may be any)
+    if complete_reads and fold_acks_in_time_order(ack_times):
+        suspects = np.zeros(len(ack_ids), dtype=bool)
+        for began, got_ids, acks_before in complete:
+            acked_before = int(np.searchsorted(ack_times, began, side="left"))
+            early = min(acked_before, acks_before)
+            returned = np.zeros(size, dtype=bool)
+            returned[np.array(got_ids, dtype=np.int64)] = True
+            suspects[:early] |= ~returned[ack_ids[:early]]
+            suspects[acks_before:acked_before] = True
+        if np.any(suspects & (reads[ack_ids] > 0)):
+            return None
+    elif complete_reads:
+        return None
+
+    result = Result(valid=True, checker=NAME)
+    counts = result.counts
+    counts.update(
+        attempted=int(np.count_nonzero(attempts)),
+        acknowledged=len(ack_ids),
+        failed=int(np.count_nonzero(failed)),
+        indeterminate=int(np.count_nonzero(indeterminate)),
+        read=len(read_order),
+        read_ops=len(chunks),
+        complete_reads=sum(len(x) for x in complete_reads.values()),
+        final_reads=len(final_began),
+    )
+    if malformed:
+        counts["malformed"] = malformed
+        result.notes.append(f"{malformed} append ops or read records had no payload_id")
+
+    pid_of = registry.pids.__getitem__
+    was_acked, written = acked[read_order], attempts[read_order]
+    not_acked = ~was_acked
+    latencies: list[int] = (first_read_at - acked_at[read_order])[was_acked].tolist()
+    found_kinds = {
+        "duplicated": (written > 0) & (reads[read_order] > written),
+        "recovered": indeterminate[read_order] & not_acked,
+        "failed_but_read": ~indeterminate[read_order] & failed[read_order] & not_acked,
+    }
+    unexpected = read_order[(written == 0) & not_acked].tolist()
+    add_anomalies(result, "unexpected", unexpected,
+                  lambda k: {"payload_id": pid_of(k), "reads": int(reads[k])})
+    never_read = unread_late = 0
+    unread = np.flatnonzero(reads[ack_ids] == 0)
+    if len(unread):
+        start = ops[0].time if ops else 0
+        values = appends.values(firsts[unread])
+        for k, val in zip(unread.tolist(), values, strict=True):
+            pid, t = pid_of(int(ack_ids[k])), int(ack_times[k])
+            cutoffs = [final_began[c] for c in _scopes(val) if c in final_began]
+            cutoff = max(cutoffs) if cutoffs else None
+            if cutoff is None:
+                never_read += 1
+            elif t < cutoff:
+                add_anomaly(result, "lost", _describe(pid, val, t, start))
+            else:
+                unread_late += 1
+    counts["never_read"] = never_read
+    counts["unread_late"] = unread_late
+    described: dict[str, Callable[[int], Any]] = {
+        "duplicated": lambda k: {"payload_id": pid_of(k), "reads": int(reads[k]),
+                                 "attempts": int(attempts[k])},
+        "recovered": lambda k: {"payload_id": pid_of(k)},
+        "failed_but_read": lambda k: {"payload_id": pid_of(k), "reads": int(reads[k])},
+    }
+    # in the order their first example comes in the order payload ids were first read
+    firsts_of = {kind: int(np.argmax(mask)) for kind, mask in found_kinds.items() if mask.any()}
+    for kind in sorted(firsts_of, key=firsts_of.__getitem__):
+        add_anomalies(result, kind, read_order[found_kinds[kind]].tolist(), described[kind])
+
+    result.figures["visibility_latency_ms"] = quantiles(
+        list(map(truediv, map(max, repeat(0), latencies), repeat(NS_PER_MS)))
+    )
+    result.figures["stale_latency_ms"] = quantiles([])
+    return result
+
+
+def fold_acks_in_time_order(ack_times: np.ndarray) -> bool:
+    """Whether the first acks were recorded in time order (as `_Fold` tells)."""
+    return bool(np.all(ack_times[1:] >= ack_times[:-1]))
 
 
 class _Fold:
@@ -372,7 +544,7 @@ def _missed(fold: _Fold, candidates: list[Any]) -> dict[Any, int]:
     return missed
 
 
-def _verdict(fold: _Fold, result: Result, *, exactly_once: bool, linearizable: bool) -> Result:
+def _verdict(result: Result, *, exactly_once: bool, linearizable: bool) -> Result:
     counts = result.counts
     for kind in ("lost", "unexpected", "duplicated", "recovered", "failed_but_read", "stale"):
         counts.setdefault(kind, 0)

@@ -1,0 +1,170 @@
+"""A history's ops grouped by `f`, and its appends as integer columns, shared by checkers.
+
+Three in four ops of a long history are appends, and every checker but membership wants
+the same few fields of each: its type, process, payload id, time and record id. What a
+checker pays for a million ops is mostly touching scattered objects and probing big hash
+tables, once per checker; `table_of(ops)` touches each op once: the positions of the ops
+of each `f` (a checker walks only the ops it judges) and the appends as numpy columns of
+small integers (payload ids as the shared dense ids of harness.checkers.columns), which
+each checker judges in bulk. Inside `shared_columns()` (what `check_all` opens around its
+checkers) the table is kept for the next checker given the same ops; outside it every call
+builds it afresh, so a checker run alone gives the same verdict. The columns are read-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from operator import is_
+from typing import Any
+
+import numpy as np
+
+from harness.checkers.columns import PayloadIds, fast_paths, kept, payload_ids
+from harness.history import Op
+
+_KIND = "history-table"
+INVOKE, OK, FAIL, INFO = range(4)  # append type codes (INFO: any other completion)
+_TYPES = {"invoke": INVOKE, "ok": OK, "fail": FAIL}
+_SEQUENCES = (list, tuple)
+
+
+class Appends:
+    """The append ops of a history, in history order, as columns of equal length:
+    `positions` in the ops list, `types` (INVOKE, OK, FAIL, INFO), `pids` (dense ids in
+    `registry`), `processes` (dense ids; `process_names` names them), `times`, `indexes`
+    (op.index). For the acknowledged ones (`types == OK`), in that order: `rids`, the
+    record ids as the history spelt them, and `rid_array` (shard, batch, index) when every
+    one is three ints that fit in 64 bits (else None)."""
+
+    __slots__ = (
+        "ops", "registry", "positions", "types", "pids", "processes", "process_names",
+        "times", "indexes", "rids", "rid_array",
+    )
+
+    def __init__(self, ops: list[Op], positions: list[int], registry: PayloadIds) -> None:
+        self.ops = ops
+        self.registry = registry
+        self.positions = np.array(positions, dtype=np.int64)
+        index, known = registry.index, registry.pids
+        processes: dict[Any, int] = {}
+        types: list[int] = []
+        pids: list[int] = []
+        process_ids: list[int] = []
+        times: list[int] = []
+        indexes: list[int] = []
+        rids: list[Any] = []
+        type_of = _TYPES.get
+        for op in map(ops.__getitem__, positions):
+            v = op.value
+            if type(v) is not dict:
+                raise TypeError("an append's value is no dict")
+            pid = v["payload_id"]  # KeyError, TypeError: no columns (see HistoryTable)
+            k = index.get(pid)
+            if k is None:
+                k = index[pid] = len(known)
+                known.append(pid)
+            p = op.process
+            q = processes.get(p)
+            if q is None:
+                q = processes[p] = len(processes)
+            t = type_of(op.type, INFO)
+            if t == OK:
+                rids.append(v.get("record_id"))
+            types.append(t)
+            pids.append(k)
+            process_ids.append(q)
+            times.append(op.time)
+            indexes.append(op.index)
+        if not set(map(type, times)) <= {int} or not set(map(type, indexes)) <= {int}:
+            raise TypeError("op times and indexes must be ints")
+        self.types = np.array(types, dtype=np.int8)
+        self.pids = np.array(pids, dtype=np.int64)
+        self.processes = np.array(process_ids, dtype=np.int64)
+        self.process_names = list(processes)
+        self.times = np.array(times, dtype=np.int64)
+        self.indexes = np.array(indexes, dtype=np.int64)
+        self.rids = rids
+        self.rid_array = _rid_array(rids)
+
+    def values(self, which: np.ndarray) -> list[Any]:
+        """The op values of the appends numbered `which`."""
+        ops = self.ops
+        return [ops[i].value for i in self.positions[which].tolist()]
+
+
+def _rid_array(rids: list[Any]) -> np.ndarray | None:
+    """(shard, batch, index) rows when every record id is a list or tuple of three ints
+    that fit in an int64."""
+    if not rids:
+        return np.zeros((0, 3), dtype=np.int64)
+    if not set(map(type, rids)) <= {list, tuple} or set(map(len, rids)) != {3}:
+        return None
+    flat = [x for rid in rids for x in rid]
+    if set(map(type, flat)) != {int}:
+        return None
+    try:
+        return np.array(flat, dtype=np.int64).reshape(-1, 3)
+    except OverflowError:
+        return None
+
+
+class HistoryTable:
+    """One pass over the ops: the positions of each `f`'s ops; the appends on demand."""
+
+    __slots__ = ("ops", "by_f", "_appends")
+
+    def __init__(self, ops: list[Op]) -> None:
+        self.ops = ops
+        by_f: dict[Any, list[int]] = {}
+        for i, op in enumerate(ops):
+            f = op.f
+            at = by_f.get(f)
+            if at is None:
+                by_f[f] = [i]
+            else:
+                at.append(i)
+        self.by_f = by_f
+        self._appends: Appends | None | bool = False
+
+    def positions(self, fs: Iterable[str]) -> list[int]:
+        """Positions of the ops whose f is one of `fs`, in history order."""
+        found = [self.by_f[f] for f in fs if f in self.by_f]
+        if len(found) == 1:
+            return found[0]
+        return sorted(i for at in found for i in at)
+
+    def without(self, f: str) -> list[int]:
+        """Positions of the ops whose f is not `f`, in history order."""
+        return self.positions([g for g in self.by_f if g != f])
+
+    @property
+    def appends(self) -> Appends | None:
+        """The appends as columns, or None when one of them has a value that is no dict
+        or has no payload id, an unhashable payload id, or a time or index that is no int
+        (the checkers' op-by-op paths say what is wrong with it)."""
+        if self._appends is False:
+            try:
+                self._appends = Appends(self.ops, self.by_f.get("append", []), payload_ids())
+            except (KeyError, TypeError):
+                self._appends = None
+        return self._appends if isinstance(self._appends, Appends) else None
+
+
+def table_of(ops: list[Op]) -> HistoryTable | None:
+    """The table of `ops` (kept for the same ops inside `shared_columns()`), or None when
+    the fast paths are off (`record_by_record`) or an op's f cannot key a dict."""
+    if not fast_paths():
+        return None
+    memo = kept()
+    if memo is not None:
+        for held in memo.get(_KIND, ()):
+            same = held.ops
+            if len(same) == len(ops) and all(map(is_, same, ops)):
+                return held  # type: ignore[no-any-return]
+    try:
+        table = HistoryTable(ops)
+    except TypeError:  # an unhashable f
+        return None
+    if memo is not None:
+        memo.setdefault(_KIND, []).append(table)
+    return table
