@@ -34,7 +34,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from harness.checkers.columns import Columns, columns_of
+from harness.checkers.columns import Columns, PayloadIds, columns_of
 from harness.checkers.result import Result, add_anomaly, without_gc
 from harness.checkers.table import INVOKE, OK, Appends, table_of
 from harness.history import READ_FS, History, Op, as_ops
@@ -140,6 +140,12 @@ class _Fold:
         # the appends were taken in bulk (fold_appends): a read that binds a record id
         # otherwise must start over op by op (_Redo), where it came before the append
         self.bulk = False
+        # (bulk only) the shared dense payload ids, and payload_rid indexed by them; the
+        # acknowledged appends' places in producer order and record ids, in ack order
+        self.registry: PayloadIds | None = None
+        self.rid_by_id: list[Any] = []
+        self.ok_places: np.ndarray | None = None
+        self.ok_rows: np.ndarray | None = None
 
     def run(self, ops: list[Op], read_fs: frozenset[str]) -> None:
         table = table_of(ops)
@@ -220,6 +226,15 @@ class _Fold:
         self.rid_payload = dict(zip(map(tuple, rids), ok_pids, strict=True))
         self.payload_rid = dict(zip(ok_pids, rids, strict=True))
         self._append_order(appends, oks, opened_at[ids[oks]], ok_pids)
+        self.registry = appends.registry
+        rid_by_id: list[Any] = [_NONE] * len(appends.registry.pids)
+        for k, raw in zip(ids[oks].tolist(), rids, strict=True):
+            rid_by_id[k] = raw
+        self.rid_by_id = rid_by_id
+        inv_of = np.full(len(appends.registry.pids), -1, dtype=np.int64)
+        inv_of[ids[invoked]] = np.arange(len(invoked))
+        self.ok_places = places[inv_of[ids[oks]]]
+        self.ok_rows = rows
         self.bulk = True
         return True
 
@@ -386,14 +401,36 @@ class _Fold:
         columns = columns_of(records)
         if columns is None:
             return None
-        pids, raws = columns.pids, columns.rids
         try:
-            bound = list(map(self.payload_rid.get, pids, repeat(_NONE)))
+            bound = self._bound(columns)
         except TypeError:  # an unhashable payload id: the slow pass says what it is
             return None
-        if bound != raws:
+        if bound != columns.rids:
             return None
         return columns
+
+    def _bound(self, columns: Columns) -> list[Any]:
+        """The record id each record's payload id is bound to (_NONE: none). By the shared
+        dense payload ids where the appends were taken in bulk: an index into a list, not
+        a look-up in a table of a million payload ids."""
+        ids = columns.ids(self.registry) if self.registry is not None else None
+        if ids is None:
+            return list(map(self.payload_rid.get, columns.pids, repeat(_NONE)))
+        rid_by_id = self.rid_by_id
+        known = len(self.registry.pids)  # type: ignore[union-attr]
+        if len(rid_by_id) < known:
+            rid_by_id.extend(repeat(_NONE, known - len(rid_by_id)))
+        return list(map(rid_by_id.__getitem__, ids))
+
+    def _bind(self, pid: Any, raw: list[Any]) -> None:
+        """Note a payload id bound by a read in `rid_by_id` too (payload_rid has it)."""
+        if self.registry is not None:
+            (k,) = self.registry.of([pid]) or (None,)
+            if k is not None:
+                rid_by_id = self.rid_by_id
+                if len(rid_by_id) <= k:
+                    rid_by_id.extend(repeat(_NONE, k + 1 - len(rid_by_id)))
+                rid_by_id[k] = raw
 
     def complete_read(self, op: Op, records: Any) -> bool:
         """A fresh read of the stream: one reader sequence of its own. One pass in C over
@@ -402,9 +439,9 @@ class _Fold:
         if columns is None:
             return False
         raws = columns.rids
-        bound = map(eq, map(self.payload_rid.get, columns.pids, repeat(_NONE)), raws)
-        increasing = chain(starmap(lt, pairwise(raws)), (True,))
         try:
+            bound = map(eq, self._bound(columns), raws)
+            increasing = chain(starmap(lt, pairwise(raws)), (True,))
             if not all(map(and_, bound, increasing)) and not self._binds_only_new(columns):
                 return False
         except TypeError:  # an unhashable payload id, record ids that do not compare
@@ -439,6 +476,8 @@ class _Fold:
             new_pids[pid] = raw
         rid_payload.update(new_rids)
         payload_rid.update(new_pids)
+        for pid, raw in new_pids.items():
+            self._bind(pid, raw)
         return True
 
     def running_read(self, op: Op, v: dict[str, Any], records: Any) -> bool:
@@ -519,9 +558,10 @@ class _Fold:
                 bound = rid_payload_get(rid)
                 if bound is None:
                     rid_payload[rid] = pid
-                    if payload_rid.setdefault(pid, rid_list) != rid_list and (
-                        pid not in self.retried
-                    ):
+                    had = payload_rid.setdefault(pid, rid_list)
+                    if had is rid_list:
+                        self._bind(pid, rid_list)
+                    elif had != rid_list and pid not in self.retried:
                         if self.bulk:
                             raise _Redo
                         _moved(result, pid, payload_rid[pid], rid, op.index, "read")
@@ -585,7 +625,11 @@ def _judge_key_order(fold: _Fold, result: Result) -> None:
     unacked.difference_update(fold.acked)
     for pid in unacked:
         order.pop(pid, None)
-    in_order, one_shard = _record_ids_follow_producer_order(order, fold.payload_rid)
+    if fold.ok_places is not None and fold.ok_rows is not None:
+        in_order, one_shard = _acked_record_ids_follow_producer_order(
+            fold.ok_places, fold.ok_rows)
+    else:
+        in_order, one_shard = _record_ids_follow_producer_order(order, fold.payload_rid)
     for reader, chunks in fold.first_seen.items():
         if in_order and reader not in fold.unclean:
             # Its records come in record id order (of each shard), under the ids they are
@@ -625,6 +669,27 @@ def _record_ids_follow_producer_order(
                 one_shard = False
         latest[pk_id] = rid
     return True, one_shard
+
+
+def _acked_record_ids_follow_producer_order(
+    places: np.ndarray, rows: np.ndarray
+) -> tuple[bool, bool]:
+    """`_record_ids_follow_producer_order` where the appends were taken in bulk: every
+    invoked payload id left in the order is an acknowledged append's, bound to its record
+    id; `places` and `rows` are theirs."""
+    if len(places) < 2:
+        return True, True
+    by_key = np.lexsort((places & _LOW, places >> _SHIFT))
+    keys, rows = (places >> _SHIFT)[by_key], rows[by_key]
+    same = keys[1:] == keys[:-1]
+    a, b = rows[:-1][same], rows[1:][same]
+    shard_same = b[:, 0] == a[:, 0]
+    batch_same = b[:, 1] == a[:, 1]
+    later = (b[:, 0] > a[:, 0]) | shard_same & (
+        (b[:, 1] > a[:, 1]) | batch_same & (b[:, 2] > a[:, 2]))
+    if not later.all():
+        return False, False
+    return True, bool(shard_same.all())
 
 
 def _in_key_order(pids: list[Any], order: dict[Any, int]) -> bool:

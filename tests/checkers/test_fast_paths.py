@@ -5,7 +5,8 @@ where no shared column or table is taken and every op and record is walked in Py
 two results must be the same, to the last example. The histories are the benchmark's
 (valid, and with injected losses) and copies of it bent where the fast paths give way to
 the slow ones: a record id bound twice, records out of order, an ack recorded after the
-read that returned its record, a retried append, a record naming no consumer.
+read that returned its record, a retried append, a record naming no consumer, two appends
+that trade record ids.
 """
 
 from __future__ import annotations
@@ -81,6 +82,21 @@ def _retried_append(ops: list[Op]) -> None:
         op.index = i
 
 
+def _swapped_record_ids(ops: list[Op]) -> None:
+    # two acknowledged appends of one shard trade record ids, everywhere they are seen:
+    # the later-invoked one now sorts first (append order, producer order)
+    oks = [op for op in ops if op.f == "append" and op.type == "ok"]
+    a = oks[10]
+    b = next(op for op in oks[11:] if op.value["record_id"][0] == a.value["record_id"][0])
+    ra, rb = a.value["record_id"], b.value["record_id"]
+    swap = {a.value["payload_id"]: list(rb), b.value["payload_id"]: list(ra)}
+    a.value["record_id"], b.value["record_id"] = list(rb), list(ra)
+    for op in ops:
+        for rec in (op.value.get("records") or []) if isinstance(op.value, dict) else []:
+            if rec.get("payload_id") in swap:
+                rec["record_id"] = list(swap[rec["payload_id"]])
+
+
 def _no_consumer(ops: list[Op]) -> None:
     for op in _reads(ops, "fetch")[::9]:
         op.value["records"][0].pop("consumer", None)
@@ -93,6 +109,7 @@ BENDS: dict[str, Callable[[list[Op]], None]] = {
     "ack_after_read": _ack_after_read,
     "retried_append": _retried_append,
     "no_consumer": _no_consumer,
+    "swapped_record_ids": _swapped_record_ids,
 }
 
 
