@@ -26,13 +26,16 @@ subscription:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import compress, filterfalse, repeat
 from operator import add, is_not, itemgetter, le, not_
 from typing import Any, cast
 
-from harness.checkers.columns import Columns, columns_of
+import numpy as np
+
+from harness.checkers.columns import Columns, PayloadIds, columns_of
 from harness.checkers.result import NS_PER_S, Result, add_anomaly, quantiles, without_gc
+from harness.checkers.table import INVOKE, OK, Appends, table_of
 from harness.history import History, Op, as_ops
 
 NAME = "subscription"
@@ -125,15 +128,80 @@ class _Fold:
         self.drain_at: dict[Any, int] = {}
         self.last_activity: dict[Any, int] = {}
         self.end = 0
+        # Where the appends were taken in bulk (fold_appends): the shared append columns
+        # and the acknowledged ones among them, with when each was invoked; the delivered
+        # payload ids are then kept as the shared dense ids of `registry`.
+        self.appends: Appends | None = None
+        self.oks: np.ndarray | None = None
+        self.oks_began: np.ndarray | None = None
+        self.registry: PayloadIds | None = None
+
+    def fold_appends(self, appends: Appends) -> bool:
+        """The acknowledged appends from the shared append columns, for the usual history:
+        each payload id invoked once and completed at most once, after it, by the same
+        process (so an ack's invocation is the one `run` would pair it with). False
+        (nothing changed) for any other."""
+        types, ids, processes = appends.types, appends.pids, appends.processes
+        invoked = np.flatnonzero(types == INVOKE)
+        completed = np.flatnonzero(types != INVOKE)
+        opened_at = np.full(len(appends.registry.pids), -1, dtype=np.int64)
+        opened_at[ids[invoked]] = invoked
+        opened = opened_at[ids[completed]]
+        if (
+            len(np.unique(ids[invoked])) != len(invoked)
+            or len(np.unique(ids[completed])) != len(completed)
+            or np.any(opened < 0)
+            or np.any(opened > completed)
+            or np.any(processes[opened] != processes[completed])
+        ):
+            return False
+        self.appends = appends
+        self.registry = appends.registry
+        self.oks = np.flatnonzero(types == OK)
+        self.oks_began = appends.times[opened_at[ids[self.oks]]]
+        return True
+
+    def undelivered(self, sub: Any) -> Iterator[tuple[Any, Any, int, tuple[Any, ...], int]]:
+        """The acknowledged appends whose payload id was never delivered to `sub`: (payload
+        id, stream, invoke time, record key, ack time) of each, in ack order."""
+        delivered = self.delivered_pids.get(sub, set())
+        if self.appends is None or self.oks is None or self.oks_began is None:
+            for i in _not_in(delivered, self.app_pids):
+                yield (self.app_pids[i], self.app_streams[i], self.app_began[i],
+                       self.app_rkeys[i], self.app_acked[i])
+            return
+        appends = self.appends
+        ids = appends.pids[self.oks]
+        was = np.zeros(len(appends.registry.pids) + 1, dtype=bool)
+        was[np.fromiter(delivered, np.int64, len(delivered))] = True
+        null = appends.registry.index.get(None)  # a payload id None is never delivered
+        if null is not None:
+            was[null] = False
+        missing = np.flatnonzero(~was[ids])
+        values = appends.values(self.oks[missing])
+        for k, v in zip(missing.tolist(), values, strict=True):
+            pid = appends.registry.pids[int(ids[k])]
+            rid = appends.rids[k]
+            if isinstance(rid, _SEQUENCES) and len(rid) == 3:
+                rkey: tuple[Any, ...] = (rid[0], rid[1], rid[2])
+            else:
+                rkey = (_PAYLOAD, pid)
+            yield (pid, v.get("stream"), int(self.oks_began[k]), rkey,
+                   int(appends.times[self.oks[k]]))
 
     def run(self, ops: list[Op]) -> None:
         self.end = ops[-1].time if ops else 0
+        table = table_of(ops)
+        appends = table.appends if table is not None else None
+        walked: Iterable[Op] = ops
+        if table is not None and appends is not None and self.fold_appends(appends):
+            walked = map(ops.__getitem__, table.without("append"))
         append_invoked: dict[tuple[Any, Any], int] = {}
         open_acks: dict[Any, list[tuple[int, Any, Any, list[tuple[Any, ...]]]]] = {}
         subs, last_activity = self.subs, self.last_activity
         streams, pids, rkeys = self.app_streams, self.app_pids, self.app_rkeys
         began_at, acked_at = self.app_began, self.app_acked
-        for op in ops:
+        for op in walked:
             v = op.value
             if type(v) is not dict and not isinstance(v, dict):
                 continue
@@ -233,8 +301,14 @@ class _Fold:
                 if len(first) - known == len(keys):
                     self.sub_keys.setdefault(sub, []).extend(keys)
                     self.sub_times.setdefault(sub, []).extend(repeat(t, len(keys)))
-                    pids.update(columns.pids)
-                    pids.discard(None)
+                    if self.registry is not None:
+                        ids = columns.ids(self.registry)
+                        if ids is None:
+                            raise TypeError("an unhashable payload id")
+                        pids.update(ids)  # None's id is left out when judging
+                    else:
+                        pids.update(columns.pids)
+                        pids.discard(None)
                     return
                 for key in keys:  # a record twice in one fetch: undo, go record by record
                     first.pop(key, None)
@@ -251,7 +325,11 @@ class _Fold:
                 self.sub_times.setdefault(sub, []).append(t)
             pid = rec.get("payload_id")
             if pid is not None:
-                pids.add(pid)
+                if self.registry is not None:
+                    (k,) = self.registry.of([pid]) or (pid,)
+                    pids.add(k)
+                else:
+                    pids.add(pid)
 
 
 def _delivered_keys(sub: Any, columns: Columns | None) -> list[tuple[Any, ...]] | None:
@@ -284,25 +362,21 @@ def _judge_delivery(fold: _Fold, result: Result) -> int:
         latest = info.get("offset") == "latest"
         created = info.get("created", 0)
         cutoff = fold.drain_at.get(sub)
-        pids = fold.delivered_pids.get(sub, set())
         # Only an append whose payload id was never delivered can be missing.
-        for i in _not_in(pids, fold.app_pids):
-            a_stream = fold.app_streams[i]
+        for pid, a_stream, began, rkey, acked in fold.undelivered(sub):
             if stream is not None and a_stream is not None and a_stream != stream:
                 continue
-            if latest and fold.app_began[i] < created:
+            if latest and began < created:
                 continue
-            rkey = fold.app_rkeys[i]
             if (sub, *rkey) in first:
                 continue
-            pid = fold.app_pids[i]
             example = {"subscription": sub, "payload_id": pid, "record_id": _as_list(rkey)}
             if cutoff is None:
                 undelivered_soft += 1
                 soft = result.anomalies.setdefault("undelivered_without_drain", [])
                 if len(soft) < 100:
                     soft.append(example)
-            elif fold.app_acked[i] < cutoff:
+            elif acked < cutoff:
                 add_anomaly(result, "undelivered", example)
     if undelivered_soft:
         result.counts["undelivered_without_drain"] = undelivered_soft
