@@ -36,7 +36,7 @@ import numpy as np
 
 from harness.checkers.columns import Columns, PayloadIds, columns_of
 from harness.checkers.result import Result, add_anomaly, without_gc
-from harness.checkers.table import INVOKE, OK, Appends, table_of
+from harness.checkers.table import OK, Appends, distinct, table_of
 from harness.history import READ_FS, History, Op, as_ops
 
 NAME = "order"
@@ -173,19 +173,10 @@ class _Fold:
             or (null is not None and np.any(ids == null))
         ):
             return False
-        invoked = np.flatnonzero(types == INVOKE)
-        completed = np.flatnonzero(types != INVOKE)
-        opened_at = np.full(len(appends.registry.pids), -1, dtype=np.int64)
-        opened_at[ids[invoked]] = invoked
-        opened = opened_at[ids[completed]]
-        if (
-            len(np.unique(ids[invoked])) != len(invoked)  # a retry
-            or len(np.unique(ids[completed])) != len(completed)
-            or np.any(opened < 0)
-            or np.any(opened > completed)
-            or np.any(processes[opened] != processes[completed])
-        ):
+        pairing = appends.pairing()
+        if pairing is None:
             return False
+        invoked, completed, opened_at = pairing.invoked, pairing.completed, pairing.opened_at
         if len(rows) > 1:
             by_rid = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))
             sorted_rows = rows[by_rid]
@@ -247,7 +238,7 @@ class _Fold:
             return
         shards, batches = rows[:, 0], rows[:, 1]
         found: list[tuple[int, int]] = []
-        for s in np.unique(shards):
+        for s in distinct(shards):
             mine = np.flatnonzero(shards == s)
             batch = batches[mine]
             highest = np.maximum.accumulate(batch)

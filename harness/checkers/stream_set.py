@@ -148,7 +148,7 @@ def _check_by_id(ops: list[Op], read_fs: frozenset[str]) -> Result | None:
     indeterminate[ids[types == INFO]] = True
     read_ids = np.fromiter(chain.from_iterable(chunks), np.int64)
     reads = np.bincount(read_ids, minlength=size)
-    found, first = np.unique(read_ids, return_index=True)
+    found, first = np.unique(read_ids, return_index=True)  # (the sorting path: fast)
     null = registry.index.get(None)  # a record without a payload id
     malformed = 0
     if null is not None and reads[null]:

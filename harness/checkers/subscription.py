@@ -35,7 +35,7 @@ import numpy as np
 
 from harness.checkers.columns import Columns, PayloadIds, columns_of
 from harness.checkers.result import NS_PER_S, Result, add_anomaly, quantiles, without_gc
-from harness.checkers.table import INVOKE, OK, Appends, table_of
+from harness.checkers.table import OK, Appends, table_of
 from harness.history import History, Op, as_ops
 
 NAME = "subscription"
@@ -141,24 +141,14 @@ class _Fold:
         each payload id invoked once and completed at most once, after it, by the same
         process (so an ack's invocation is the one `run` would pair it with). False
         (nothing changed) for any other."""
-        types, ids, processes = appends.types, appends.pids, appends.processes
-        invoked = np.flatnonzero(types == INVOKE)
-        completed = np.flatnonzero(types != INVOKE)
-        opened_at = np.full(len(appends.registry.pids), -1, dtype=np.int64)
-        opened_at[ids[invoked]] = invoked
-        opened = opened_at[ids[completed]]
-        if (
-            len(np.unique(ids[invoked])) != len(invoked)
-            or len(np.unique(ids[completed])) != len(completed)
-            or np.any(opened < 0)
-            or np.any(opened > completed)
-            or np.any(processes[opened] != processes[completed])
-        ):
+        pairing = appends.pairing()
+        if pairing is None:
             return False
+        types, ids = appends.types, appends.pids
         self.appends = appends
         self.registry = appends.registry
         self.oks = np.flatnonzero(types == OK)
-        self.oks_began = appends.times[opened_at[ids[self.oks]]]
+        self.oks_began = appends.times[pairing.opened_at[ids[self.oks]]]
         return True
 
     def undelivered(self, sub: Any) -> Iterator[tuple[Any, Any, int, tuple[Any, ...], int]]:

@@ -38,7 +38,7 @@ class Appends:
 
     __slots__ = (
         "ops", "registry", "positions", "types", "pids", "processes", "process_names",
-        "times", "indexes", "rids", "rid_array",
+        "times", "indexes", "rids", "rid_array", "_pairing",
     )
 
     def __init__(self, ops: list[Op], positions: list[int], registry: PayloadIds) -> None:
@@ -85,11 +85,61 @@ class Appends:
         self.indexes = np.array(indexes, dtype=np.int64)
         self.rids = rids
         self.rid_array = _rid_array(rids)
+        self._pairing: Pairing | None | bool = False
+
+    def pairing(self) -> Pairing | None:
+        """How invocations and completions pair, when each payload id is invoked once and
+        completed at most once, after it, by the same process (the usual history, where
+        every checker's own pairing gives the same); else None."""
+        if self._pairing is False:
+            self._pairing = _pair(self)
+        return self._pairing if isinstance(self._pairing, Pairing) else None
 
     def values(self, which: np.ndarray) -> list[Any]:
         """The op values of the appends numbered `which`."""
         ops = self.ops
         return [ops[i].value for i in self.positions[which].tolist()]
+
+
+class Pairing:
+    """`invoked` and `completed`: the appends (numbered in history order) of each kind;
+    `opened_at[id]`: the append that invoked payload id `id` (-1: none)."""
+
+    __slots__ = ("invoked", "completed", "opened_at")
+
+    def __init__(self, invoked: np.ndarray, completed: np.ndarray, opened_at: np.ndarray) -> None:
+        self.invoked = invoked
+        self.completed = completed
+        self.opened_at = opened_at
+
+
+def _pair(appends: Appends) -> Pairing | None:
+    types, ids, processes = appends.types, appends.pids, appends.processes
+    invoked = np.flatnonzero(types == INVOKE)
+    completed = np.flatnonzero(types != INVOKE)
+    if repeats(ids[invoked]) or repeats(ids[completed]):
+        return None
+    opened_at = np.full(len(appends.registry.pids), -1, dtype=np.int64)
+    opened_at[ids[invoked]] = invoked
+    opened = opened_at[ids[completed]]
+    if np.any(opened < 0) or np.any(opened > completed):
+        return None
+    if np.any(processes[opened] != processes[completed]):
+        return None
+    return Pairing(invoked, completed, opened_at)
+
+
+def repeats(ids: np.ndarray) -> bool:
+    """Whether some dense id (a non-negative int) comes more than once."""
+    return bool(len(ids)) and int(np.bincount(ids).max()) > 1
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted (np.unique without return_index takes a slower path)."""
+    ordered = np.sort(values)
+    if len(ordered) < 2:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
 
 
 def _rid_array(rids: list[Any]) -> np.ndarray | None:
