@@ -36,7 +36,7 @@ import numpy as np
 
 from harness.checkers.columns import Columns, PayloadIds, columns_of
 from harness.checkers.result import Result, add_anomaly, without_gc
-from harness.checkers.table import OK, Appends, distinct, table_of
+from harness.checkers.table import OK, Appends, distinct, first_seen, table_of
 from harness.history import READ_FS, History, Op, as_ops
 
 NAME = "order"
@@ -192,12 +192,8 @@ class _Fold:
                           dtype=np.int64)
         # producer keys (process, key) numbered in the order first invoked
         pairs = processes[invoked] * max(1, len(key_ids)) + key_id
-        _, first, pk = np.unique(pairs, return_index=True, return_inverse=True)
-        rank = np.empty(len(first), dtype=np.int64)
-        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-        pk_ids = rank[pk]
+        pk_ids, firsts = first_seen(pairs)
         names = appends.process_names
-        firsts = np.sort(first)
         self.producer_keys = {
             (names[int(processes[invoked[k]])], keys[k]): n
             for n, k in enumerate(firsts.tolist())

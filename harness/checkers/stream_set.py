@@ -93,8 +93,10 @@ def _check_by_id(ops: list[Op], read_fs: frozenset[str]) -> Result | None:
     registry = appends.registry
     types, ids = appends.types, appends.pids
     oks = np.flatnonzero(types == OK)
-    _, first = np.unique(ids[oks], return_index=True)
-    firsts = oks[np.sort(first)]  # each payload id's first ack, in history order
+    ok_ids = ids[oks]
+    first_ok = np.full(len(registry.pids), len(oks), dtype=np.int64)
+    np.minimum.at(first_ok, ok_ids, np.arange(len(oks), dtype=np.int64))
+    firsts = oks[np.sort(first_ok[first_ok < len(oks)])]  # each id's first ack, in order
     ack_ids, ack_times = ids[firsts], appends.times[firsts]
     ack_positions = appends.positions[firsts].tolist()
 
@@ -148,7 +150,10 @@ def _check_by_id(ops: list[Op], read_fs: frozenset[str]) -> Result | None:
     indeterminate[ids[types == INFO]] = True
     read_ids = np.fromiter(chain.from_iterable(chunks), np.int64)
     reads = np.bincount(read_ids, minlength=size)
-    found, first = np.unique(read_ids, return_index=True)  # (the sorting path: fast)
+    first_at = np.full(size, len(read_ids), dtype=np.int64)
+    np.minimum.at(first_at, read_ids, np.arange(len(read_ids), dtype=np.int64))
+    found = np.flatnonzero(first_at < len(read_ids))
+    first = first_at[found]
     null = registry.index.get(None)  # a record without a payload id
     malformed = 0
     if null is not None and reads[null]:

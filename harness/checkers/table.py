@@ -134,6 +134,27 @@ def repeats(ids: np.ndarray) -> bool:
     return bool(len(ids)) and int(np.bincount(ids).max()) > 1
 
 
+def first_seen(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number non-negative int codes 0, 1, ... in the order first seen: each element's
+    number, and where each number was first seen."""
+    n = len(codes)
+    if not n:
+        return codes, codes
+    top = int(codes.max()) + 1
+    if top <= 4 * n + 1024:  # a table indexed by code
+        first = np.full(top, n, dtype=np.int64)
+        np.minimum.at(first, codes, np.arange(n, dtype=np.int64))
+        seen = np.flatnonzero(first < n)
+        firsts = np.sort(first[seen])
+        number = np.empty(top, dtype=np.int64)
+        number[codes[firsts]] = np.arange(len(firsts), dtype=np.int64)
+        return number[codes], firsts
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first), dtype=np.int64)
+    return rank[inverse], np.sort(first)
+
+
 def distinct(values: np.ndarray) -> np.ndarray:
     """The distinct values, sorted (np.unique without return_index takes a slower path)."""
     ordered = np.sort(values)
