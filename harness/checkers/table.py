@@ -6,9 +6,11 @@ checker pays for a million ops is mostly touching scattered objects and probing 
 tables, once per checker; `table_of(ops)` touches each op once: the positions of the ops
 of each `f` (a checker walks only the ops it judges) and the appends as numpy columns of
 small integers (payload ids as the shared dense ids of harness.checkers.columns), which
-each checker judges in bulk. Inside `shared_columns()` (what `check_all` opens around its
-checkers) the table is kept for the next checker given the same ops; outside it every call
-builds it afresh, so a checker run alone gives the same verdict. The columns are read-only.
+each checker judges in bulk. There is a table only inside `shared_columns()` (what
+`check_all` opens around its checkers), where it is built once and kept for every checker
+given the same ops: a checker run alone walks its ops as before, since building the table
+costs one checker more than its own walk saves. The verdicts are the same either way
+(tests/checkers/test_fast_paths.py). The columns are read-only.
 """
 
 from __future__ import annotations
@@ -222,20 +224,19 @@ class HistoryTable:
 
 
 def table_of(ops: list[Op]) -> HistoryTable | None:
-    """The table of `ops` (kept for the same ops inside `shared_columns()`), or None when
-    the fast paths are off (`record_by_record`) or an op's f cannot key a dict."""
-    if not fast_paths():
-        return None
+    """The table of `ops`, kept for the same ops, inside `shared_columns()`; None outside
+    it, when the fast paths are off (`record_by_record`), or when an op's f cannot key a
+    dict."""
     memo = kept()
-    if memo is not None:
-        for held in memo.get(_KIND, ()):
-            same = held.ops
-            if len(same) == len(ops) and all(map(is_, same, ops)):
-                return held  # type: ignore[no-any-return]
+    if memo is None or not fast_paths():
+        return None
+    for held in memo.get(_KIND, ()):
+        same = held.ops
+        if len(same) == len(ops) and all(map(is_, same, ops)):
+            return held  # type: ignore[no-any-return]
     try:
         table = HistoryTable(ops)
     except TypeError:  # an unhashable f
         return None
-    if memo is not None:
-        memo.setdefault(_KIND, []).append(table)
+    memo.setdefault(_KIND, []).append(table)
     return table

@@ -7,7 +7,38 @@ from typing import Any
 
 import pytest
 
+from harness.checkers import membership, order, queue, reach, stream_set, subscription
+from harness.checkers.columns import shared_columns
 from harness.history import Op
+
+# The tests of hand-made histories: each runs twice (see checker_path).
+_BOTH_WAYS = {
+    "test_check_all_and_cli", "test_membership_checker", "test_order_checker",
+    "test_queue_checker", "test_reach_checker", "test_stream_set_checker",
+    "test_subscription_checker",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__.rpartition(".")[2] in _BOTH_WAYS:
+        metafunc.parametrize("checker_path", ["alone", "shared"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def checker_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A test of hand-made histories runs twice: each checker as called, and each inside
+    `shared_columns()`, where the checkers take the shared table's fast paths (what
+    `check_all` does); the histories must be judged the same both ways."""
+    path = getattr(request, "param", "alone")
+    if path == "shared":
+        for module in (membership, order, queue, reach, stream_set, subscription):
+
+            def shared(*args: Any, _check: Any = module.check, **kwargs: Any) -> Any:
+                with shared_columns():
+                    return _check(*args, **kwargs)
+
+            monkeypatch.setattr(module, "check", shared)
+    return str(path)
 
 
 class HistoryBuilder:
