@@ -223,6 +223,16 @@ async def logs_of(client: api_grpc.HStreamApiStub, name: str) -> str:
     return reply.logs
 
 
+_fresh_names = itertools.count()
+
+
+def fresh(name: str) -> str:
+    """`name` made unique in this process: the module's store outlives a test, and a test run
+    again (--repeat, the defect matrix's runs) must not meet its own earlier streams and
+    connectors."""
+    return f"{name}_{os.getpid()}_{next(_fresh_names)}"
+
+
 def run(scenario: Any) -> Any:
     return asyncio.run(asyncio.wait_for(scenario, DEADLINE_S * 3))
 
@@ -247,26 +257,26 @@ def test_source_to_stream_to_sink_with_every_record_accounted(
         store_address: str, catalog_doc: dict[str, Any], tmp_path: Path) -> None:
     count = 2000
     database = tmp_path / "out.sqlite"
+    stream, source, sink = fresh("io_users"), fresh("faker_in"), fresh("sqlite_out")
 
     async def scenario() -> None:
         async with running_node(store_address, catalog_doc) as (client, store, _service):
-            shards = await create_stream(store, "io_users", 2)
+            shards = await create_stream(store, stream, 2)
             created = await client.CreateConnector(api.CreateConnectorRequest(
-                name="faker_in", type="source", target="faker",
-                config=json.dumps({"stream": "io_users", "airbyte_stream": "users",
+                name=source, type="source", target="faker",
+                config=json.dumps({"stream": stream, "airbyte_stream": "users",
                                    "count": count, **FAKER_CONFIG})))
-            assert (created.name, created.type, created.status) == ("faker_in", "SOURCE",
-                                                                    "RUNNING")
+            assert (created.name, created.type, created.status) == (source, "SOURCE", "RUNNING")
             await client.CreateConnector(api.CreateConnectorRequest(
-                name="sqlite_out", type="SINK", target="sqlite",
-                config=json.dumps({"stream": "io_users", "airbyte_stream": "users",
+                name=sink, type="SINK", target="sqlite",
+                config=json.dumps({"stream": stream, "airbyte_stream": "users",
                                    "database_path": str(database)})))
 
             async def source_status() -> str:
-                got = await client.GetConnector(api.GetConnectorRequest(name="faker_in"))
+                got = await client.GetConnector(api.GetConnectorRequest(name=source))
                 return got.status
             await eventually("the source completes", lambda: _is(source_status(), "COMPLETED"),
-                             lambda: logs_of(client, "faker_in"))
+                             lambda: logs_of(client, source))
             in_stream = await stream_records(store, shards)
             ids = Counter(user_id(r) for _, _, r in in_stream)
             assert sorted(ids) == list(range(1, count + 1)), \
@@ -291,13 +301,15 @@ def test_source_to_stream_to_sink_with_every_record_accounted(
                 assert data is not None
                 assert by_id[data["id"]] == data, f"sink row differs for id {data['id']}"
             listed = await client.ListConnectors(api.ListConnectorsRequest())
-            assert [c.name for c in listed.connectors] == ["faker_in", "sqlite_out"]
-            sink = await client.GetConnector(api.GetConnectorRequest(name="sqlite_out"))
-            offsets = [json_format.MessageToDict(o) for o in sink.offsets]
+            # Listed in creation order (the module's store may hold other tests' connectors).
+            assert [c.name for c in listed.connectors if c.name in (source, sink)] == [source,
+                                                                                         sink]
+            sink_state = await client.GetConnector(api.GetConnectorRequest(name=sink))
+            offsets = [json_format.MessageToDict(o) for o in sink_state.offsets]
             assert offsets and "positions" in offsets[0], offsets
-            logs = await logs_of(client, "faker_in")
+            logs = await logs_of(client, source)
             assert "started faker read" in logs and "source read completed" in logs, logs
-            for name in ("faker_in", "sqlite_out"):
+            for name in (source, sink):
                 await client.DeleteConnector(api.DeleteConnectorRequest(name=name))
 
     run(scenario())
@@ -310,22 +322,23 @@ async def _is(value: Any, expected: Any) -> bool:
 def test_killed_connector_resumes_from_its_last_state(
         store_address: str, catalog_doc: dict[str, Any], node_defects: frozenset[str]) -> None:
     count = 6000
+    stream, name = fresh("io_kill"), fresh("faker_kill")
 
     async def scenario() -> None:
         async with running_node(store_address, catalog_doc, node_defects) as \
                 (client, store, _service):
-            shards = await create_stream(store, "io_kill", 1)
+            shards = await create_stream(store, stream, 1)
             before = set(connector_pids(catalog_doc, "source-faker", "read"))
             await client.CreateConnector(api.CreateConnectorRequest(
-                name="faker_kill", type="SOURCE", target="faker",
-                config=json.dumps({"stream": "io_kill", "airbyte_stream": "users",
+                name=name, type="SOURCE", target="faker",
+                config=json.dumps({"stream": stream, "airbyte_stream": "users",
                                    "count": count, **FAKER_CONFIG})))
 
             async def checked_snapshot() -> int:
                 # A checkpoint is written only after the records before its STATE are in
                 # the store: whatever the checkpoint says was read must be in the stream.
                 offsets = (await client.GetConnector(
-                    api.GetConnectorRequest(name="faker_kill"))).offsets
+                    api.GetConnectorRequest(name=name))).offsets
                 covered = _faker_offset([json_format.MessageToDict(o) for o in offsets])
                 ids = {user_id(r) for _, _, r in
                        await stream_records(store, shards)}
@@ -341,20 +354,21 @@ def test_killed_connector_resumes_from_its_last_state(
             os.kill(read_pids[-1], signal.SIGKILL)
 
             async def status() -> str:
-                return (await client.GetConnector(api.GetConnectorRequest(name="faker_kill"))
+                return (await client.GetConnector(api.GetConnectorRequest(name=name))
                         ).status
             await eventually("the source completes after the kill",
                              lambda: _is(status(), "COMPLETED"),
-                             lambda: logs_of(client, "faker_kill"))
+                             lambda: logs_of(client, name))
             in_stream = await stream_records(store, shards)
             ids = Counter(user_id(r) for _, _, r in in_stream)
             assert sorted(ids) == list(range(1, count + 1)), \
                 f"lost ids: {sorted(set(range(1, count + 1)) - set(ids))[:10]}"
-            logs = await logs_of(client, "faker_kill")
+            logs = await logs_of(client, name)
             assert "exited with code -9" in logs, logs
             assert "from checkpoint [" in logs, f"the restart ignored the checkpoint:\n{logs}"
             reads = len(connector_pids(catalog_doc, "source-faker", "read")) - len(before)
             assert reads == 2, f"{reads} read runs, expected the killed one and one resume"
+            await client.DeleteConnector(api.DeleteConnectorRequest(name=name))
 
     run(scenario())
 
@@ -374,51 +388,53 @@ async def _at_least(value: Any, n: int) -> bool:
 def test_pause_resume_and_delete(store_address: str, catalog_doc: dict[str, Any],
                                  tmp_path: Path) -> None:
     database = tmp_path / "paused.sqlite"
+    stream, name = fresh("io_pause"), fresh("sink_p")
+    table = f"airbyte_{stream}"  # the sqlite destination's table for the stream
 
     async def scenario() -> None:
         async with running_node(store_address, catalog_doc) as (client, store, service):
-            shards = await create_stream(store, "io_pause", 1)
+            shards = await create_stream(store, stream, 1)
             await client.CreateConnector(api.CreateConnectorRequest(
-                name="sink_p", type="SINK", target="sqlite",
-                config=json.dumps({"stream": "io_pause", "database_path": str(database),
+                name=name, type="SINK", target="sqlite",
+                config=json.dumps({"stream": stream, "database_path": str(database),
                                    "primary_key": ["id"]})))
-            await eventually("the sink task runs", lambda: "sink_p" in service.local_tasks(),
+            await eventually("the sink task runs", lambda: name in service.local_tasks(),
                              service.local_tasks)
             with pytest.raises(grpc.aio.AioRpcError) as exists:
                 await client.CreateConnector(api.CreateConnectorRequest(
-                    name="sink_p", type="SINK", target="sqlite",
-                    config=json.dumps({"stream": "io_pause", "database_path": str(database)})))
+                    name=name, type="SINK", target="sqlite",
+                    config=json.dumps({"stream": stream, "database_path": str(database)})))
             assert exists.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
             await _append_users(store, shards[0], range(1, 51))
-            await eventually("50 rows", lambda: len(sqlite_rows(database, "airbyte_io_pause"))
-                             >= 50, lambda: sqlite_rows(database, "airbyte_io_pause"))
-            await client.PauseConnector(api.PauseConnectorRequest(name="sink_p"))
-            got = await client.GetConnector(api.GetConnectorRequest(name="sink_p"))
+            await eventually("50 rows", lambda: len(sqlite_rows(database, table))
+                             >= 50, lambda: sqlite_rows(database, table))
+            await client.PauseConnector(api.PauseConnectorRequest(name=name))
+            got = await client.GetConnector(api.GetConnectorRequest(name=name))
             assert got.status == "STOPPED"
-            await eventually("the paused task stops", lambda: "sink_p" not in
+            await eventually("the paused task stops", lambda: name not in
                              service.local_tasks(), service.local_tasks)
             with pytest.raises(grpc.aio.AioRpcError) as twice:
-                await client.PauseConnector(api.PauseConnectorRequest(name="sink_p"))
+                await client.PauseConnector(api.PauseConnectorRequest(name=name))
             assert twice.value.code() == grpc.StatusCode.FAILED_PRECONDITION, twice.value
             await _append_users(store, shards[0], range(51, 101))
             await asyncio.sleep(2.0)
-            assert len(sqlite_rows(database, "airbyte_io_pause")) == 50, \
+            assert len(sqlite_rows(database, table)) == 50, \
                 "a paused sink kept writing"
-            await client.ResumeConnector(api.ResumeConnectorRequest(name="sink_p"))
+            await client.ResumeConnector(api.ResumeConnectorRequest(name=name))
             rows = await eventually(
                 "100 rows after resume",
                 lambda: (lambda r: r if len(r) >= 100 else None)(
-                    sqlite_rows(database, "airbyte_io_pause")),
-                lambda: len(sqlite_rows(database, "airbyte_io_pause")))
+                    sqlite_rows(database, table)),
+                lambda: len(sqlite_rows(database, table)))
             assert sorted(r["id"] for r in rows) == list(range(1, 101))
             # The clean stop checkpointed everything written: resume re-sent nothing.
-            logs = await logs_of(client, "sink_p")
+            logs = await logs_of(client, name)
             assert "from lsns" in logs
 
             before = set(connector_pids(catalog_doc, "destination-sqlite", "write"))
-            await client.DeleteConnector(api.DeleteConnectorRequest(name="sink_p"))
-            await eventually("the deleted task stops", lambda: "sink_p" not in
+            await client.DeleteConnector(api.DeleteConnectorRequest(name=name))
+            await eventually("the deleted task stops", lambda: name not in
                              service.local_tasks(), service.local_tasks)
             # The task's processes are signalled as it stops and exit soon after.
             await eventually(
@@ -426,9 +442,9 @@ def test_pause_resume_and_delete(store_address: str, catalog_doc: dict[str, Any]
                 lambda: not any(_alive(pid, "destination-sqlite") for pid in before),
                 lambda: [pid for pid in before if _alive(pid, "destination-sqlite")],
             )
-            for call, request in ((client.GetConnector, api.GetConnectorRequest(name="sink_p")),
+            for call, request in ((client.GetConnector, api.GetConnectorRequest(name=name)),
                                   (client.DeleteConnector,
-                                   api.DeleteConnectorRequest(name="sink_p"))):
+                                   api.DeleteConnectorRequest(name=name))):
                 with pytest.raises(grpc.aio.AioRpcError) as missing:
                     await call(request)
                 assert missing.value.code() == grpc.StatusCode.NOT_FOUND
