@@ -93,9 +93,12 @@ class PayloadIds:
         """The ids of `pids` (new ones numbered as met), or None if one is unhashable."""
         index = self.index
         try:
-            ids: list[Any] = list(map(index.get, pids))
+            return list(map(index.__getitem__, pids))  # the usual read: all known
+        except KeyError:
+            pass
         except TypeError:
             return None
+        ids: list[Any] = list(map(index.get, pids))
         if None in ids:
             known = self.pids
             for k in compress(range(len(ids)), map(is_, ids, repeat(None))):
