@@ -8,8 +8,13 @@ field of every record as a list, in C, the first time a checker asks for it; ins
 next checker that asks for the same read's field gets the same list instead of walking a
 million scattered dicts again. Outside it every call builds its columns afresh, so a
 checker run alone gives the same verdict. Columns are read-only: a checker that needs to
-change one copies it. The history's ops grouped by `f` (harness.checkers.table) are kept
-the same way.
+change one copies it.
+
+Payload ids are strings, and a checker that counts or finds them probes a table of a
+million of them per record. `PayloadIds` numbers them 0, 1, ... once for all the checkers
+of a `check_all` (`Columns.ids` takes a read's numbers once), so that each can count and
+mark them in numpy arrays. The history's appends as integer columns
+(harness.checkers.table) are kept the same way.
 
 `record_by_record()` turns every shared fast path off (`columns_of` and `table_of` say
 None): the checkers then walk each op and record in Python, which is what the tests
