@@ -667,14 +667,13 @@ def _acked_record_ids_follow_producer_order(
     if len(places) < 2:
         return True, True
     by_key = np.lexsort((places & _LOW, places >> _SHIFT))
-    keys, rows = (places >> _SHIFT)[by_key], rows[by_key]
-    same = keys[1:] == keys[:-1]
-    a, b = rows[:-1][same], rows[1:][same]
-    shard_same = b[:, 0] == a[:, 0]
-    batch_same = b[:, 1] == a[:, 1]
-    later = (b[:, 0] > a[:, 0]) | shard_same & (
-        (b[:, 1] > a[:, 1]) | batch_same & (b[:, 2] > a[:, 2]))
-    if not later.all():
+    keys = (places >> _SHIFT)[by_key]
+    other = keys[1:] != keys[:-1]  # a pair across two producer keys: not compared
+    shard, batch, index = (rows[by_key, k] for k in range(3))
+    shard_same = (shard[1:] == shard[:-1]) | other
+    later = (shard[1:] > shard[:-1]) | shard_same & (
+        (batch[1:] > batch[:-1]) | (batch[1:] == batch[:-1]) & (index[1:] > index[:-1]))
+    if not np.all(later | other):
         return False, False
     return True, bool(shard_same.all())
 

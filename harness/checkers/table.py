@@ -16,6 +16,7 @@ costs one checker more than its own walk saves. The verdicts are the same either
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import chain
 from operator import is_
 from typing import Any
 
@@ -172,11 +173,10 @@ def _rid_array(rids: list[Any]) -> np.ndarray | None:
         return np.zeros((0, 3), dtype=np.int64)
     if not set(map(type, rids)) <= {list, tuple} or set(map(len, rids)) != {3}:
         return None
-    flat = [x for rid in rids for x in rid]
-    if set(map(type, flat)) != {int}:
+    if set(map(type, chain.from_iterable(rids))) != {int}:
         return None
     try:
-        return np.array(flat, dtype=np.int64).reshape(-1, 3)
+        return np.fromiter(chain.from_iterable(rids), np.int64, 3 * len(rids)).reshape(-1, 3)
     except OverflowError:
         return None
 
