@@ -28,7 +28,7 @@ import pytest
 from google.protobuf import json_format
 from HStream.Server import HStreamApi_pb2 as api
 from HStream.Server import HStreamApi_pb2_grpc as api_grpc
-from refcluster_launcher import SingleNodeMembership, running_store
+from refcluster_launcher import SingleNodeMembership, free_port, running_store
 
 from harness.io.connectors import load_connectors
 from harness.wire import expected_ranges, key_hash
@@ -39,7 +39,6 @@ from refserver.io.sink_task import record_data
 from refserver.membership import NodeAddress
 from refserver.protos import Store_pb2, Store_pb2_grpc
 
-_node_ports = itertools.count(22010)
 _ids = itertools.count(int(time.time()) % 10**6 * 1000)
 # Faker's users stream keeps an `updated_at` cursor; with always_updated it stamps every
 # record with the wall clock, so a read resumed from a STATE re-emits the users as newer
@@ -129,16 +128,19 @@ async def running_node(store_address: str, catalog: dict[str, Any],
                        defects: frozenset[str] = frozenset()
                        ) -> AsyncIterator[tuple[api_grpc.HStreamApiStub, Store_pb2_grpc.StoreStub,
                                                 ConnectorService]]:
-    port = next(_node_ports)
+    # A port no other test process holds (xdist workers may run this module at once), bound
+    # without SO_REUSEPORT so that a clash fails here instead of sharing the port's calls.
+    port = free_port("127.0.0.1")
     node = NodeAddress(id=1, host="127.0.0.1", port=port, gossip_host="127.0.0.1", gossip_port=0)
     store_channel = grpc.aio.insecure_channel(store_address)
     store = Store_pb2_grpc.StoreStub(store_channel)
     service = ConnectorService(store, SingleNodeMembership(node), SelfOwnership(node),
                                defects, node, ConnectorCatalog.from_json(
                                    {k: v for k, v in catalog.items() if not k.startswith("_")}))
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     api_grpc.add_HStreamApiServicer_to_server(ConnectorNode(service), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
+        raise RuntimeError(f"port {port} was taken between choosing and binding it")
     await server.start()
     await service.start()
     client_channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from refcluster_launcher import free_port
 
-STORE_PORT = 22100
-NODE_PORTS = {1: (22111, 22112), 2: (22121, 22122), 3: (22131, 22132)}
+# Ports of this test process's own: xdist workers (or --repeat spread over them) may run this
+# module at once, and a node bound to another worker's port would share its calls.
+STORE_PORT = free_port("127.0.0.1")
+NODE_PORTS = {i: (free_port("127.0.0.1"), free_port("127.0.0.1")) for i in (1, 2, 3)}
 DEADLINE_S = 180.0
 
 pytestmark = pytest.mark.slow

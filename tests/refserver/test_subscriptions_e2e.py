@@ -29,7 +29,13 @@ from HStream.Server import HStreamApi_pb2_grpc as api_grpc
 from hstreamdb.aio.client import HStreamDBClient, insecure_client
 from hstreamdb.types import Record, RecordId
 from hstreamdb.utils import encode_records
-from refcluster_launcher import RefCluster, SingleNodeMembership, launch, running_store
+from refcluster_launcher import (
+    RefCluster,
+    SingleNodeMembership,
+    free_port,
+    launch,
+    running_store,
+)
 
 from refserver import errors
 from refserver.api.subscriptions import SubscriptionService
@@ -37,7 +43,6 @@ from refserver.errors import HStreamError
 from refserver.membership import NodeAddress
 from refserver.protos import Store_pb2, Store_pb2_grpc
 
-_node_ports = itertools.count(18010)
 EARLIEST = api.SpecialOffset.Value("EARLIEST")
 LATEST = api.SpecialOffset.Value("LATEST")
 # Long enough for a delivery, an ack and a checkpoint write on a loaded 2-core machine.
@@ -52,8 +57,10 @@ pytestmark = pytest.mark.slow
 # The store process -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def store_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # A store per test: the tests name their streams and subscriptions, and a test run again
+    # (--repeat) must not meet what its earlier run left in a shared store.
     with running_store(tmp_path_factory.mktemp("store")) as address:
         yield address
 
@@ -145,7 +152,7 @@ async def running_node(
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     api_grpc.add_HStreamApiServicer_to_server(SubscriptionNode(service, node), server)
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
-        raise RuntimeError(f"port {port} is in use; the subscription tests use 18000-18999")
+        raise RuntimeError(f"port {port} was taken between choosing and binding it")
     await server.start()
     await service.start()
     try:
@@ -261,7 +268,7 @@ def error_code(error: grpc.aio.AioRpcError) -> int:
 
 def test_earliest_and_latest_start_where_the_subscription_was_created(store_address: str) -> None:
     async def scenario() -> None:
-        port = next(_node_ports)
+        port = free_port("127.0.0.1")
         async with running_node(store_address, port) as store:
             [shard] = await create_stream(store, "offsets", 1)
             first = await append(store, shard, ["e1", "e2", "e3"])
@@ -294,7 +301,7 @@ def observe_partial_ack(store_address: str, defects: frozenset[str]) -> Collecto
     """One batch of 4; the consumer acks records 0 and 2 only on their first delivery."""
 
     async def scenario() -> Collector:
-        port = next(_node_ports)
+        port = free_port("127.0.0.1")
         seen: set[RecordId] = set()
 
         def first_time_even(record: Record) -> bool:
@@ -343,7 +350,7 @@ def test_redelivery_defects_are_observable(store_address: str, defect: str) -> N
 
 def test_reading_pauses_at_max_unacked_records(store_address: str) -> None:
     async def scenario() -> None:
-        port = next(_node_ports)
+        port = free_port("127.0.0.1")
         hold = True
         async with running_node(store_address, port) as store:
             [shard] = await create_stream(store, "flow", 1)
@@ -372,7 +379,7 @@ def test_reading_pauses_at_max_unacked_records(store_address: str) -> None:
 
 def test_two_consumers_split_the_shards_and_a_leaver_loses_nothing(store_address: str) -> None:
     async def scenario() -> None:
-        port = next(_node_ports)
+        port = free_port("127.0.0.1")
         async with running_node(store_address, port) as store:
             shards = await create_stream(store, "split", 2)
             async with await insecure_client(port=port) as client:
@@ -412,7 +419,7 @@ def test_two_consumers_split_the_shards_and_a_leaver_loses_nothing(store_address
 
 def test_duplicate_consumer_name_is_rejected(store_address: str) -> None:
     async def scenario() -> None:
-        port = next(_node_ports)
+        port = free_port("127.0.0.1")
         async with running_node(store_address, port) as store:
             await create_stream(store, "dup", 1)
             async with await insecure_client(port=port) as client:
@@ -431,7 +438,7 @@ def test_duplicate_consumer_name_is_rejected(store_address: str) -> None:
 
 def test_delete_subscription_with_and_without_force(store_address: str) -> None:
     async def scenario() -> None:
-        port = next(_node_ports)
+        port = free_port("127.0.0.1")
         async with running_node(store_address, port) as store:
             await create_stream(store, "del", 1)
             async with await insecure_client(port=port) as client:
@@ -463,7 +470,7 @@ def test_delete_subscription_with_and_without_force(store_address: str) -> None:
 
 def test_subscription_errors(store_address: str) -> None:
     async def scenario() -> None:
-        port = next(_node_ports)
+        port = free_port("127.0.0.1")
         async with running_node(store_address, port) as store:
             await create_stream(store, "errs", 1)
             stub_channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -506,7 +513,7 @@ def observe_restart(store_address: str, defects: frozenset[str]) -> tuple[Collec
     """Acks the first two of three batches, restarts the node, reconnects a consumer."""
 
     async def scenario() -> tuple[Collector, list[int]]:
-        port = next(_node_ports)
+        port = free_port("127.0.0.1")
         stream = f"restart{len(defects)}"
         sub = f"{stream}-sub"
         async with running_node(store_address, port, defects) as store:
@@ -555,7 +562,7 @@ def test_a_node_resumes_where_another_node_left_off(store_address: str) -> None:
     """Servers are stateless: progress made on node 2 is honoured by node 1's idle state."""
 
     async def scenario() -> None:
-        port_1, port_2 = next(_node_ports), next(_node_ports)
+        port_1, port_2 = free_port("127.0.0.1"), free_port("127.0.0.1")
         async with (
             running_node(store_address, port_1) as store,
             running_node(store_address, port_2),
@@ -601,7 +608,7 @@ def test_consumer_churn_with_dropped_acks_loses_nothing(store_address: str) -> N
     schedule = [(rng.choice("xyz"), rng.uniform(0.2, 0.6)) for _ in range(8)]
 
     async def scenario() -> None:
-        port = next(_node_ports)
+        port = free_port("127.0.0.1")
         async with running_node(store_address, port) as store:
             shards = await create_stream(store, "churn", 3)
             written: dict[RecordId, bytes] = {}
@@ -658,7 +665,7 @@ def test_ownership_is_enforced_where_hstreamdb_enforces_it(store_address: str) -
     not own the subscription; CreateSubscription and StreamingFetch do not check (§3)."""
 
     async def scenario() -> None:
-        port = next(_node_ports)
+        port = free_port("127.0.0.1")
         async with running_node(store_address, port, owned=False) as store:
             [shard] = await create_stream(store, "owned", 1)
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
