@@ -309,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         report = check_all(ops, options)
         composed = min(composed, time.perf_counter() - began)
         composed_cpu = min(composed_cpu, time.process_time() - began_cpu)
-    # check_all shares each read's record columns between its checkers (columns.py), so
-    # together they cost less than the sum of each alone.
+    # check_all shares each read's record columns, the payload ids' dense ids and the
+    # appends as integer columns between its checkers (columns.py, table.py), so together
+    # they cost less than the sum of each alone.
     print(f"{'check_all':<14} {composed:7.2f} s wall {composed_cpu:7.2f} s cpu "
           f"{n / composed_cpu:12,.0f} ops/cpu-s  valid={report.valid}  "
           f"({', '.join(report.results)})")
