@@ -29,7 +29,11 @@ taken as sent at its invoke time. Anomaly kinds:
   redelivery reason. The reason is: the record was delivered before (to any consumer of
   the subscription) and not acknowledged yet, by a certain ack sent at least `grace_s`
   before the fetch began (an ack-timeout redelivery, or the resend of a departed
-  consumer's in-flight records). Within one read op, a record of a shard below the last
+  consumer's in-flight records); or the consumer itself was delivered it before and had
+  not acknowledged it by such an ack (its own ack timeout, whoever else acknowledged it:
+  StreamingFetch is not ownership-checked, so two nodes may serve one subscription at
+  once, and an ack sent to one does not stop the other's resend; the duplicate is still
+  counted). Within one read op, a record of a shard below the last
   one read is non-monotonic too (the same record again is only counted as `read_repeats`).
 * **duplicates**: a record delivered again after a certain ack of it was sent at least
   `grace_s` before the fetch began, i.e. beyond the redelivery of unacked records.
@@ -146,9 +150,10 @@ def check(
         walked = map(ops.__getitem__, table.without("append"))
     subs: dict[Any, str] = {}  # subscription -> offset
     events: list[list[Any]] = []
-    acks: list[tuple[int, Any, Any]] = []  # certain acks: (invoked at, subscription, ids)
+    # certain acks: (invoked at, subscription, ids, consumer or None)
+    acks: list[tuple[int, Any, Any, Any]] = []
     began_at: dict[Any, int] = {}
-    open_acks: dict[Any, list[tuple[int, Any, Any]]] = {}
+    open_acks: dict[Any, list[tuple[int, Any, Any, Any]]] = {}
     for op in walked:
         f = op.f
         kind = op.type
@@ -183,12 +188,12 @@ def check(
                 continue
             if kind == "invoke":
                 open_acks.setdefault(op.process, []).append(
-                    (op.time, v.get("subscription", ""), v.get("record_ids"))
+                    (op.time, v.get("subscription", ""), v.get("record_ids"), v.get("consumer"))
                 )
                 continue
             pending = open_acks.get(op.process)
             sent = pending.pop(0) if pending else (
-                op.time, v.get("subscription", ""), v.get("record_ids"))
+                op.time, v.get("subscription", ""), v.get("record_ids"), v.get("consumer"))
             if kind == "ok" and sent[2]:
                 acks.append(sent)
         elif f == "consume":
@@ -700,14 +705,17 @@ class _Deliveries:
     """What each consumer was delivered: frontiers per ownership epoch, and redeliveries."""
 
     def __init__(
-        self, result: Result, index: _Index, acks: list[tuple[int, Any, Any]], grace: int
+        self, result: Result, index: _Index, acks: list[tuple[int, Any, Any, Any]], grace: int
     ) -> None:
         self.result = result
         self.index = index
         self.grace = grace
         self._acks = acks
         self._ack_t: dict[Any, array[int]] | None = None
+        self._own_ack_t: dict[Any, array[int]] | None = None
         self.delivered: dict[Any, bytearray] = {}
+        # (subscription, consumer name) -> positions delivered to that consumer
+        self.delivered_to: dict[tuple[Any, Any], bytearray] = {}
         self.sub_epoch: dict[Any, int] = {}
         self.global_epoch = 0
         self.frontier: dict[tuple[Any, Any, Any], tuple[tuple[int, int], int]] = {}
@@ -715,33 +723,49 @@ class _Deliveries:
         self.deliveries = 0
         self.redeliveries = 0
 
+    def _first_acks(self, key: Callable[[Any, Any], Any]) -> dict[Any, array[int]]:
+        """When a certain ack of each position was first sent, per key(subscription,
+        consumer) of the acks."""
+        first: dict[Any, array[int]] = {}
+        flags: dict[Any, bytearray] = {}
+        size = self.index.size
+        for sent, sub_, raw, who in self._acks:
+            k = key(sub_, who)
+            times = first.get(k)
+            if times is None:
+                times = first[k] = array("q", [_NEVER]) * size
+                flags[k] = bytearray(size)
+            acked = flags[k]
+            ids = raw if type(raw) is list else list(raw)
+            for i, j, q in self.index.place(ids, 0, len(ids)):
+                if q < 0:
+                    continue
+                n = j - i + 1
+                if acked.find(1, q, q + n) == -1:
+                    acked[q:q + n] = b"\x01" * n
+                    times[q:q + n] = array("q", [sent]) * n
+                else:
+                    for r in range(q, q + n):
+                        times[r] = min(times[r], sent)
+                        acked[r] = 1
+        return first
+
     def acked_at(self, s: Any, p: int) -> int:
         """When a certain ack of position p was first sent to subscription s (or _NEVER).
         Built on first need: only redeliveries ask."""
         if self._ack_t is None:
-            self._ack_t = {}
-            flags: dict[Any, bytearray] = {}
-            size = self.index.size
-            for sent, sub_, raw in self._acks:
-                times = self._ack_t.get(sub_)
-                if times is None:
-                    times = self._ack_t[sub_] = array("q", [_NEVER]) * size
-                    flags[sub_] = bytearray(size)
-                acked = flags[sub_]
-                ids = raw if type(raw) is list else list(raw)
-                for i, j, q in self.index.place(ids, 0, len(ids)):
-                    if q < 0:
-                        continue
-                    n = j - i + 1
-                    if acked.find(1, q, q + n) == -1:
-                        acked[q:q + n] = b"\x01" * n
-                        times[q:q + n] = array("q", [sent]) * n
-                    else:
-                        for r in range(q, q + n):
-                            times[r] = min(times[r], sent)
-                            acked[r] = 1
+            self._ack_t = self._first_acks(lambda sub_, _who: sub_)
         times = self._ack_t.get(s)
         return _NEVER if times is None else times[p]
+
+    def own_ack_at(self, s: Any, consumer: Any, p: int) -> int:
+        """When `consumer` itself first sent a certain ack of position p to subscription s
+        (or _NEVER); an ack that names no consumer counts as anyone's."""
+        if self._own_ack_t is None:
+            self._own_ack_t = self._first_acks(lambda sub_, who: (sub_, who))
+        mine = self._own_ack_t.get((s, consumer))
+        anyone = self._own_ack_t.get((s, None))
+        return min(_NEVER if mine is None else mine[p], _NEVER if anyone is None else anyone[p])
 
     def deliver(
         self,
@@ -756,6 +780,9 @@ class _Deliveries:
         d = self.delivered.get(s)
         if d is None:
             d = self.delivered[s] = bytearray(self.index.size)
+        mine = self.delivered_to.get((s, ck[1]))
+        if mine is None:
+            mine = self.delivered_to[(s, ck[1])] = bytearray(self.index.size)
         epoch = (self.global_epoch, self.sub_epoch.get(s, 0))
         acked_by = began - self.grace
         for i, j, lo in runs:
@@ -774,6 +801,10 @@ class _Deliveries:
                             "subscription": s, "consumer": ck[1],
                             "record_id": self.index.rid(p), "op_index": op_index})
             d[lo:hi + 1] = b"\x01" * n
+            own: list[int] = []
+            if mine.find(1, lo, hi + 1) != -1:
+                own = [p for p in range(lo, hi + 1) if mine[p]]
+            mine[lo:hi + 1] = b"\x01" * n
             shard = rids[i][0]
             key = (s, ck, shard)
             held = self.frontier.get(key)
@@ -789,10 +820,14 @@ class _Deliveries:
                           op_index)
                 self.frontier[key] = (epoch, hi)
                 continue
-            # below the frontier: only a record delivered before and not acked is excused
-            redelivered = set(again)
+            # below the frontier: only a record delivered before and not acked is excused:
+            # not acked by anyone, or (its own ack timeout) not by this consumer
+            redelivered, resent_to_me = set(again), set(own)
             unexcused = [p for p in range(lo, min(hi, top) + 1)
-                         if p not in redelivered or self.acked_at(s, p) <= acked_by]
+                         if p not in redelivered
+                         or (self.acked_at(s, p) <= acked_by
+                             and (p not in resent_to_me
+                                  or self.own_ack_at(s, ck[1], p) <= acked_by))]
             if unexcused:
                 _nonmonotonic(self.result, self.index, _consumer(s, ck), shard, top,
                               unexcused, op_index)

@@ -263,9 +263,6 @@ def test_a_step_back_across_a_reassignment_is_only_a_duplicate(hb):
     assert r.valid is True, r.summary()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the checker excuses a redelivery only while nobody acked the record; the change that "
-    "also excuses a consumer's own unacked record is pending in harness/checkers/queue.py"))
 def test_own_unacked_record_resent_after_another_node_s_consumer_acked_it(hb):
     # Two nodes serve one subscription at once (StreamingFetch is not ownership-checked; a
     # lookup that moved between two consumers' reconnects, or a cached one, sends them to

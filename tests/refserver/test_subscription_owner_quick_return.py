@@ -269,10 +269,6 @@ def test_two_nodes_serve_one_subscription_and_each_stream_goes_back_only_to_its_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "the queue checker excuses a redelivery only if nobody acked the record, so a consumer's "
-    "own ack-timeout resend is a nonmonotonic poll once the other node's consumer acked it; "
-    "passes once the checker also excuses records the consumer itself had not acked"))
 def test_queue_checker_accepts_two_nodes_serving_one_subscription(
     two_node_run: TwoNodeRun,
 ) -> None:
