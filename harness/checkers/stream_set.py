@@ -210,23 +210,16 @@ def _check_by_id(ops: list[Op], read_fs: frozenset[str]) -> Result | None:
     unexpected = read_order[(written == 0) & not_acked].tolist()
     add_anomalies(result, "unexpected", unexpected,
                   lambda k: {"payload_id": pid_of(k), "reads": int(reads[k])})
-    never_read = unread_late = 0
+    unread_kinds: Counter[str] = Counter()
     unread = np.flatnonzero(reads[ack_ids] == 0)
     if len(unread):
         start = ops[0].time if ops else 0
         values = appends.values(firsts[unread])
         for k, val in zip(unread.tolist(), values, strict=True):
-            pid, t = pid_of(int(ack_ids[k])), int(ack_times[k])
-            cutoffs = [final_began[c] for c in _scopes(val) if c in final_began]
-            cutoff = max(cutoffs) if cutoffs else None
-            if cutoff is None:
-                never_read += 1
-            elif t < cutoff:
-                add_anomaly(result, "lost", _describe(pid, val, t, start))
-            else:
-                unread_late += 1
-    counts["never_read"] = never_read
-    counts["unread_late"] = unread_late
+            unread_kinds[_judge_unread(result, pid_of(int(ack_ids[k])), val,
+                                       int(ack_times[k]), final_began, start)] += 1
+    counts["never_read"] = unread_kinds["never_read"]
+    counts["unread_late"] = unread_kinds["unread_late"]
     described: dict[str, Callable[[int], Any]] = {
         "duplicated": lambda k: {"payload_id": pid_of(k), "reads": int(reads[k]),
                                  "attempts": int(attempts[k])},
@@ -438,25 +431,17 @@ def _judge_reads(fold: _Fold, result: Result, start: int) -> list[int]:
     add_anomalies(
         result, "unexpected", unexpected, lambda pid: {"payload_id": pid, "reads": read_count[pid]}
     )
-    never_read = 0
-    unread_late = 0
+    unread_kinds: Counter[str] = Counter()
     if len(latencies) < len(acked_at):
         final_began = fold.final_began
         ack_pids, ack_values = fold.ack_pids, fold.ack_values
         unread = map(not_, map(read_count.__contains__, ack_pids))
         for i in compress(range(len(ack_pids)), unread):
-            pid, val = ack_pids[i], ack_values[i]
-            acked = acked_at[pid]
-            cutoffs = [final_began[c] for c in _scopes(val) if c in final_began]
-            cutoff = max(cutoffs) if cutoffs else None
-            if cutoff is None:
-                never_read += 1
-            elif acked < cutoff:
-                add_anomaly(result, "lost", _describe(pid, val, acked, start))
-            else:
-                unread_late += 1
-    counts["never_read"] = never_read
-    counts["unread_late"] = unread_late
+            pid = ack_pids[i]
+            unread_kinds[_judge_unread(result, pid, ack_values[i], acked_at[pid],
+                                       final_began, start)] += 1
+    counts["never_read"] = unread_kinds["never_read"]
+    counts["unread_late"] = unread_kinds["unread_late"]
 
     described: dict[str, tuple[list[Any], Callable[[Any], Any]]] = {
         "duplicated": (
@@ -576,6 +561,20 @@ def _stream_shard(append: dict[str, Any]) -> tuple[Any, Any]:
     rid = append.get("record_id")
     shard = rid[0] if isinstance(rid, _SEQUENCES) and rid else append.get("shard")
     return append.get("stream"), shard
+
+
+def _judge_unread(result: Result, pid: Any, value: dict[str, Any], acked: int,
+                  final_began: dict[Any, int], start: int) -> str:
+    """What an acknowledged append that no read returned is: "lost" (recorded as an anomaly)
+    when a final read of its stream or shard began after its ack, "unread_late" when every
+    such read began before the ack, "never_read" when no final read covers it."""
+    cutoffs = [final_began[c] for c in _scopes(value) if c in final_began]
+    if not cutoffs:
+        return "never_read"
+    if acked < max(cutoffs):
+        add_anomaly(result, "lost", _describe(pid, value, acked, start))
+        return "lost"
+    return "unread_late"
 
 
 def _scopes(append: dict[str, Any]) -> set[tuple[Any, Any]]:
