@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -138,3 +141,18 @@ class HistoryBuilder:
 @pytest.fixture
 def hb() -> HistoryBuilder:
     return HistoryBuilder()
+
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "checker_bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> Any:
+    """benchmarks/checker_bench.py as a module: its history generator for the tests that
+    compare the checkers' paths on a realistic history."""
+    spec = importlib.util.spec_from_file_location("checker_bench_for_tests", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

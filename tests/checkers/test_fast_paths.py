@@ -12,11 +12,8 @@ that trade record ids.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,18 +21,6 @@ import pytest
 from harness.checkers import check_all
 from harness.checkers.columns import record_by_record
 from harness.history import Op
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "checker_bench.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("checker_bench_for_fast_paths", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _json(result: Any) -> str:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,18 +10,6 @@ import pytest
 from harness.checkers import check_all, order
 from harness.checkers.columns import columns_of, shared_columns
 from harness.history import Op
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "checker_bench.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("checker_bench_for_columns", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _json(result) -> str:
