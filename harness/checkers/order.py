@@ -36,7 +36,7 @@ import numpy as np
 
 from harness.checkers.columns import Columns, PayloadIds, columns_of
 from harness.checkers.result import Result, add_anomaly, without_gc
-from harness.checkers.table import OK, Appends, distinct, first_seen, table_of
+from harness.checkers.table import OK, Appends, Reads, distinct, first_seen, table_of
 from harness.history import READ_FS, History, Op, as_ops
 
 NAME = "order"
@@ -153,10 +153,61 @@ class _Fold:
         if table is None or appends is None or not self.fold_appends(appends):
             self.walk(ops, read_fs)
             return
-        for op in map(ops.__getitem__, table.positions(read_fs)):
+        reads = table.reads
+        clean = self._clean_reads(reads, appends) if reads is not None else None
+        if reads is None or clean is None:
+            levels: list[int] = []
+            unbound: dict[int, list[int]] = {}
+            number: dict[int, int] = {}
+        else:
+            (levels, unbound), number = clean, reads.number
+        for i in table.positions(read_fs):
+            op = ops[i]
             v = op.value
             if op.type != "invoke" and (type(v) is dict or isinstance(v, dict)):
-                self.read(op, v)
+                k = number.get(i)
+                if k is None:
+                    self.read(op, v)
+                else:
+                    self.read(op, v, levels[k], unbound.get(k, ()))
+
+    def _clean_reads(
+        self, reads: Reads, appends: Appends
+    ) -> tuple[list[int], dict[int, list[int]]] | None:
+        """Per op of `reads`, in bulk: 0 when the record ids do not strictly increase or
+        some record's payload id is bound by an acknowledged append to another record id;
+        1 when they do and it is not (the records whose payload id no append bound, listed
+        per op, are still to be looked at: an earlier read may have bound them); 2 when,
+        besides, they are all of one shard. A read binding a record id changes no
+        append's binding, so what is found here holds when the read's turn comes."""
+        rows, ids, oks = reads.rows, reads.ids, appends.rid_array
+        if rows is None or ids is None or oks is None or not len(rows):
+            return None
+        size = len(appends.registry.pids)
+        bound_rows = np.zeros((size, 3), dtype=np.int64)
+        bound = np.zeros(size, dtype=bool)
+        ok_ids = appends.pids[appends.types == OK]
+        bound_rows[ok_ids] = oks
+        bound[ok_ids] = True
+        has = bound[ids]
+        good = ~has | (bound_rows[ids] == rows).all(axis=1)
+        a, b = rows[:-1], rows[1:]
+        later = (a[:, 0] < b[:, 0]) | (a[:, 0] == b[:, 0]) & (
+            (a[:, 1] < b[:, 1]) | (a[:, 1] == b[:, 1]) & (a[:, 2] < b[:, 2]))
+        starts = reads.starts[:-1]
+        later[starts[1:] - 1] = True  # the pair across two ops is not compared
+        good[1:] &= later
+        firsts = np.repeat(rows[starts, 0], np.diff(reads.starts))
+        level = np.add.reduceat((~good).astype(np.int64), starts) == 0
+        one_shard = np.add.reduceat((rows[:, 0] != firsts).astype(np.int64), starts) == 0
+        levels: list[int] = (level.astype(np.int64) * (1 + one_shard)).tolist()
+        unbound: dict[int, list[int]] = {}
+        loose = np.flatnonzero(~has)
+        if len(loose):
+            op_of = np.searchsorted(reads.starts, loose, side="right") - 1
+            for k, i in zip(op_of.tolist(), (loose - reads.starts[op_of]).tolist(), strict=True):
+                unbound.setdefault(k, []).append(i)
+        return levels, unbound
 
     def fold_appends(self, appends: Appends) -> bool:
         """What `walk` makes of the append ops, in bulk from the shared append columns,
@@ -369,16 +420,30 @@ class _Fold:
             elif f in read_fs and op.type != "invoke":
                 self.read(op, v)
 
-    def read(self, op: Op, v: dict[str, Any]) -> None:
+    def read(self, op: Op, v: dict[str, Any], clean: int = 0,
+             unbound: Sequence[int] = ()) -> None:
+        """`clean` and `unbound`: what `_clean_reads` found of this read (0: nothing)."""
         records = v.get("records")
         if not records:
             return
         self.checked_records += len(records)
         if v.get("complete") or v.get("final"):
-            if not self.complete_read(op, records):
+            if not self.complete_read(op, records, clean, unbound):
                 self.read_records(op, v, records, True)
-        elif not self.running_read(op, v, records):
+        elif not self.running_read(op, v, records, clean == 2 and self._still_bound(
+                op, records, unbound)):
             self.read_records(op, v, records, False)
+
+    def _still_bound(self, op: Op, records: Any, unbound: Sequence[int]) -> bool:
+        """Whether the records no append bound were bound, each to its record id, by an
+        earlier read."""
+        if not unbound:
+            return True
+        columns = columns_of(records)
+        if columns is None:
+            return False
+        pids, raws, get = columns.pids, columns.rids, self.payload_rid.get
+        return all(get(pids[i], _NONE) == raws[i] for i in unbound)
 
     # -- clean reads, in C
 
@@ -419,18 +484,24 @@ class _Fold:
                     rid_by_id.extend(repeat(_NONE, k + 1 - len(rid_by_id)))
                 rid_by_id[k] = raw
 
-    def complete_read(self, op: Op, records: Any) -> bool:
+    def complete_read(self, op: Op, records: Any, clean: int = 0,
+                      unbound: Sequence[int] = ()) -> bool:
         """A fresh read of the stream: one reader sequence of its own. One pass in C over
-        a read that may hold the whole stream, so each record is touched once."""
+        a read that may hold the whole stream, so each record is touched once (when
+        `clean`, found in order and bound as appended in bulk, only the `unbound` ones)."""
         columns = columns_of(records)
         if columns is None:
             return False
         raws = columns.rids
         try:
-            bound = map(eq, self._bound(columns), raws)
-            increasing = chain(starmap(lt, pairwise(raws)), (True,))
-            if not all(map(and_, bound, increasing)) and not self._binds_only_new(columns):
-                return False
+            if clean:
+                if unbound and not self._binds_only_new(columns, unbound):
+                    return False
+            else:
+                bound = map(eq, self._bound(columns), raws)
+                increasing = chain(starmap(lt, pairwise(raws)), (True,))
+                if not all(map(and_, bound, increasing)) and not self._binds_only_new(columns):
+                    return False
         except TypeError:  # an unhashable payload id, record ids that do not compare
             return False
         reader = ("op", op.index)
@@ -440,19 +511,25 @@ class _Fold:
         self.complete_readers.add(reader)
         return True
 
-    def _binds_only_new(self, columns: Columns) -> bool:
+    def _binds_only_new(self, columns: Columns, unbound: Sequence[int] | None = None) -> bool:
         """For a complete read in increasing record id order whose records are bound but
         for a few (an indeterminate append, first read here): bind those, as the
-        record-by-record pass would, if each is a new payload id under a new record id."""
+        record-by-record pass would, if each is a new payload id under a new record id.
+        `unbound`: the only records that may not be bound yet, where the others were found
+        bound and in order in bulk."""
         raws: list[Any] = columns.rids
-        if not all(map(lt, raws, islice(raws, 1, None))):
-            return False
         pids = columns.pids
         rid_payload, payload_rid = self.rid_payload, self.payload_rid
-        bound = map(payload_rid.get, pids, repeat(_NONE))
+        if unbound is None:
+            if not all(map(lt, raws, islice(raws, 1, None))):
+                return False
+            bound = map(payload_rid.get, pids, repeat(_NONE))
+            loose: Iterable[int] = compress(count(), map(ne, bound, raws))
+        else:
+            loose = [i for i in unbound if payload_rid.get(pids[i], _NONE) != raws[i]]
         new_rids: dict[tuple[Any, ...], Any] = {}
         new_pids: dict[Any, list[Any]] = {}
-        for i in compress(count(), map(ne, bound, raws)):
+        for i in loose:
             pid, raw = pids[i], raws[i]
             if pid is None or type(raw) is not list or len(raw) != 3:
                 return False
@@ -467,10 +544,11 @@ class _Fold:
             self._bind(pid, raw)
         return True
 
-    def running_read(self, op: Op, v: dict[str, Any], records: Any) -> bool:
+    def running_read(self, op: Op, v: dict[str, Any], records: Any, clean: bool = False) -> bool:
         """One more part of a consumer's or shard reader's sequence: of one shard, after
-        what the reader saw of it before."""
-        columns = self._bound_columns(records)
+        what the reader saw of it before. `clean`: bound, in order and of one shard, as
+        found in bulk."""
+        columns = columns_of(records) if clean else self._bound_columns(records)
         if columns is None:
             return False
         pids, raws = columns.pids, columns.rids
@@ -484,7 +562,7 @@ class _Fold:
         if len(readers) != 1:
             return False
         shard = raws[0][0]
-        if raws[-1][0] != shard or not all(map(lt, raws, islice(raws, 1, None))):
+        if not clean and (raws[-1][0] != shard or not all(map(lt, raws, islice(raws, 1, None)))):
             return False
         (reader,) = readers
         runs = self.runs.get(reader)

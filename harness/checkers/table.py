@@ -15,20 +15,29 @@ costs one checker more than its own walk saves. The verdicts are the same either
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 from itertools import chain
-from operator import is_
-from typing import Any
+from operator import attrgetter, is_
+from typing import Any, cast
 
 import numpy as np
 
-from harness.checkers.columns import PayloadIds, fast_paths, kept, payload_ids
-from harness.history import Op
+from harness.checkers.columns import (
+    Columns,
+    PayloadIds,
+    columns_of,
+    fast_paths,
+    kept,
+    payload_ids,
+)
+from harness.history import READ_FS, Op
 
 _KIND = "history-table"
 INVOKE, OK, FAIL, INFO = range(4)  # append type codes (INFO: any other completion)
 _TYPES = {"invoke": INVOKE, "ok": OK, "fail": FAIL}
 _SEQUENCES = (list, tuple)
+_RECORDS = attrgetter("records")
 
 
 class Appends:
@@ -181,10 +190,64 @@ def _rid_array(rids: list[Any]) -> np.ndarray | None:
         return None
 
 
-class HistoryTable:
-    """One pass over the ops: the positions of each `f`'s ops; the appends on demand."""
+class Reads:
+    """The records of the read, fetch and drain completions whose records are a non-empty
+    list of dicts, in history order, concatenated: `positions` of those ops in the ops
+    list (`number` maps a position to its place there), `starts` (where each op's records
+    begin; one more at the end), `columns` (each op's shared harness.checkers.columns),
+    `ids` (the dense payload ids of `registry`, or None when one cannot be taken) and
+    `rows` (shard, batch, index) when every record id is a list of three ints that fit in
+    64 bits (else None): what lets a checker judge a million records in a few passes of
+    numpy instead of comparing scattered lists."""
 
-    __slots__ = ("ops", "by_f", "_appends")
+    __slots__ = ("positions", "number", "starts", "columns", "ids", "rows")
+
+    def __init__(self, ops: list[Op], positions: list[int], registry: PayloadIds) -> None:
+        at: list[int] = []
+        columns: list[Columns] = []
+        for i in positions:
+            op = ops[i]
+            v = op.value
+            if op.type == "invoke" or type(v) is not dict:
+                continue
+            records = v.get("records")
+            taken = columns_of(records) if records else None
+            if taken is not None:
+                at.append(i)
+                columns.append(taken)
+        self.positions = at
+        self.number = dict(zip(at, range(len(at)), strict=True))
+        self.columns = columns
+        lengths = np.fromiter(map(len, map(_RECORDS, columns)), np.int64, len(columns))
+        self.starts = np.zeros(len(columns) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.starts[1:])
+        n = int(self.starts[-1])
+        ids = [c.ids(registry) for c in columns]
+        self.ids: np.ndarray | None = None
+        if None not in ids:
+            self.ids = np.fromiter(chain.from_iterable(cast(list[list[int]], ids)), np.int64, n)
+        self.rows = _list_rows(list(chain.from_iterable(c.rids for c in columns)))
+
+
+def _list_rows(raws: list[Any]) -> np.ndarray | None:
+    """(shard, batch, index) rows when every record id is a list of three ints that fit in
+    an int64; array("q") takes only ints (not floats, not strings), unlike numpy."""
+    if not raws:
+        return np.zeros((0, 3), dtype=np.int64)
+    if set(map(type, raws)) != {list} or set(map(len, raws)) != {3}:
+        return None
+    try:
+        flat = array("q", chain.from_iterable(raws))
+    except (TypeError, OverflowError):
+        return None
+    return np.frombuffer(flat, dtype=np.int64).reshape(-1, 3)
+
+
+class HistoryTable:
+    """One pass over the ops: the positions of each `f`'s ops; the appends and the read
+    records on demand."""
+
+    __slots__ = ("ops", "by_f", "_appends", "_reads")
 
     def __init__(self, ops: list[Op]) -> None:
         self.ops = ops
@@ -198,6 +261,7 @@ class HistoryTable:
                 at.append(i)
         self.by_f = by_f
         self._appends: Appends | None | bool = False
+        self._reads: Reads | None | bool = False
 
     def positions(self, fs: Iterable[str]) -> list[int]:
         """Positions of the ops whose f is one of `fs`, in history order."""
@@ -221,6 +285,16 @@ class HistoryTable:
             except (KeyError, TypeError):
                 self._appends = None
         return self._appends if isinstance(self._appends, Appends) else None
+
+    @property
+    def reads(self) -> Reads | None:
+        """The read, fetch and drain records as columns (see Reads), where the appends are
+        columns too (their registry numbers the payload ids), else None."""
+        if self._reads is False:
+            appends = self.appends
+            self._reads = None if appends is None else Reads(
+                self.ops, self.positions(READ_FS), appends.registry)
+        return self._reads if isinstance(self._reads, Reads) else None
 
 
 def table_of(ops: list[Op]) -> HistoryTable | None:
