@@ -82,7 +82,7 @@ import numpy as np
 
 from harness.checkers.columns import PayloadIds, columns_of
 from harness.checkers.result import NS_PER_S, Result, add_anomaly, without_gc
-from harness.checkers.table import OK, Appends, table_of
+from harness.checkers.table import OK, Appends, Reads, distinct, table_of
 from harness.history import History, Op, as_ops
 
 NAME = "queue"
@@ -220,14 +220,24 @@ def check(
     if registry is not None and any(f[2] is None for f in fields):
         registry = None
         fields = [_fields(ev[3]["records"], ev[0] == _FETCH, None) for ev in reads]
+    # Every read's runs at once, where the records are columns (table.Reads); else, and
+    # for a fetch of more than one consumer, op by op.
+    bulk: dict[int, list[Run]] = {}
+    if table is not None and appends is not None and registry is not None and ok_ids is not None:
+        bulk = _bulk_runs(table.reads, index, ops, appends)
     for ev, (recs, rids, hashes, cons) in zip(reads, fields, strict=True):
         op, v = ev[1], ev[3]
         n_records += len(recs)
+        whole = bulk.get(id(op))
         if ev[0] == _FETCH:
             default = v.get("consumer", op.process)
-            segs = [(c, index.place(rids, a, b)) for a, b, c in _segments(cons, default)]
+            stretches = _segments(cons, default)
+            if whole is not None and len(stretches) == 1:
+                segs = [(stretches[0][2], whole)]
+            else:
+                segs = [(c, index.place(rids, a, b)) for a, b, c in stretches]
         else:
-            segs = [(None, index.place(rids, 0, len(rids)))]
+            segs = [(None, whole if whole is not None else index.place(rids, 0, len(rids)))]
         for _c, runs in segs:
             for i, _j, p in runs:
                 if p == _NEW:
@@ -395,6 +405,52 @@ def _acknowledged(appends: Appends) -> tuple[list[Any], list[Any], list[int], li
         ids, times = ids[keep], times[keep]
     id_list = ids.tolist()
     return list(map(appends.registry.pids.__getitem__, id_list)), rids, times.tolist(), id_list
+
+
+def _bulk_runs(reads: Reads | None, index: _Index, ops: list[Op],
+               appends: Appends) -> dict[int, list[Run]]:
+    """What `index.place` makes of each whole read of `reads` (by id of its op), found for
+    all at once: each record's position by a search of its shard's sorted keys, and a run
+    wherever the next record is at the next position. Nothing (every read placed op by op)
+    unless every record id read and acknowledged is a list of three ints with a batch
+    below 2**31 and an index below 2**32 (so that a key fits in an int64): then equal keys
+    are equal lists, which is what `place` compares."""
+    if reads is None or reads.rows is None or not len(reads.rows) or not index.int_keys:
+        return {}
+    if appends.rid_array is None or set(map(type, appends.rids)) - {list}:
+        return {}
+    rows = reads.rows
+    batch, at = rows[:, 1], rows[:, 2]
+    if batch.min() < 0 or batch.max() >= 1 << 31 or at.min() < 0 or at.max() >= _BATCH:
+        return {}
+    keys = batch * _BATCH + at
+    shards = rows[:, 0]
+    pos = np.full(len(rows), _NEW, dtype=np.int64)
+    known = set(index.keys)
+    for s in distinct(shards).tolist():
+        if s not in known:
+            continue
+        try:
+            mine_keys = np.array(index.keys[s], dtype=np.int64)
+        except OverflowError:
+            return {}
+        mine = np.flatnonzero(shards == s)
+        k = np.searchsorted(mine_keys, keys[mine])
+        k[k >= len(mine_keys)] = 0
+        found = mine_keys[k] == keys[mine] if len(mine_keys) else np.zeros(len(mine), bool)
+        pos[mine[found]] = index.span[s][0] + k[found]
+    starts = reads.starts
+    new_run = np.ones(len(rows), dtype=bool)
+    new_run[1:] = (pos[1:] != pos[:-1] + 1) | (pos[1:] < 0) | (pos[:-1] < 0)
+    new_run[starts[:-1]] = True
+    first = np.flatnonzero(new_run)
+    last = np.append(first[1:], len(rows)) - 1
+    op_first = np.searchsorted(first, starts)  # each op's first run, and the end
+    local = first - np.repeat(starts[:-1], np.diff(op_first))
+    runs = list(zip(local.tolist(), (local + last - first).tolist(), pos[first].tolist(),
+                    strict=True))
+    bounds = op_first.tolist()
+    return {id(ops[i]): runs[bounds[k]:bounds[k + 1]] for k, i in enumerate(reads.positions)}
 
 
 def _fields(
