@@ -103,7 +103,16 @@ def _float_record_id(ops: list[Op]) -> None:
     rid[1] = float(rid[1])
 
 
+def _shared_fetch(ops: list[Op]) -> None:
+    # fetches whose records went to two consumers: placed per consumer, not in bulk
+    for op in _reads(ops, "fetch")[3::11]:
+        records = op.value["records"]
+        for rec in records[len(records) // 2:]:
+            rec["consumer"] = "c9"
+
+
 BENDS: dict[str, Callable[[list[Op]], None]] = {
+    "shared_fetch": _shared_fetch,
     "unacknowledged_appends": _unacknowledged_appends,
     "float_record_id": _float_record_id,
     "conflicting_record_id": _conflicting_record_id,
