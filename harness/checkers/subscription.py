@@ -27,7 +27,7 @@ subscription:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from itertools import compress, filterfalse, repeat
+from itertools import chain, compress, filterfalse, repeat
 from operator import add, is_not, itemgetter, le, not_
 from typing import Any, cast
 
@@ -35,7 +35,7 @@ import numpy as np
 
 from harness.checkers.columns import Columns, PayloadIds, columns_of
 from harness.checkers.result import NS_PER_S, Result, add_anomaly, quantiles, without_gc
-from harness.checkers.table import OK, Appends, table_of
+from harness.checkers.table import OK, Appends, Reads, distinct, list_rows, table_of
 from harness.history import History, Op, as_ops
 
 NAME = "subscription"
@@ -79,18 +79,37 @@ def check(
         ops = [op for op in ops if select(op)]
     result = Result(valid=True, checker=NAME)
     fold = _Fold()
-    fold.run(ops)
-    undelivered_soft = _judge_delivery(fold, result)
-    delays = _judge_redelivery(fold, result, ack_timeout_s, slack_s, grace_s)
+    delays: list[float] | None = None
+    try:
+        fold.run(ops, in_bulk=True)
+    except _NotInBulk:
+        fold = _Fold()
+        fold.run(ops)
+    if fold.bulk is not None:
+        undelivered_soft = _judge_delivery(fold, result)
+        delays = _judge_redelivery(fold, result, ack_timeout_s, slack_s, grace_s)
+        if delays is None:  # a record delivered once may be an anomaly: judge each
+            result = Result(valid=True, checker=NAME)
+            fold = _Fold()
+            fold.run(ops)
+    if delays is None:
+        undelivered_soft = _judge_delivery(fold, result)
+        delays = _judge_redelivery(fold, result, ack_timeout_s, slack_s, grace_s)
+        assert delays is not None
 
     for kind in ("undelivered", "not_redelivered", "acked_redelivered"):
         result.counts.setdefault(kind, 0)
         result.anomalies.setdefault(kind, [])
+    if fold.bulk is not None:
+        delivered, redeliveries, acked = fold.bulk.counts()
+    else:
+        delivered, acked = len(fold.first_delivery), len(fold.first_ack)
+        redeliveries = sum(map(len, fold.more_deliveries.values()))
     result.counts.update(
         subscriptions=len(fold.subs),
-        records_delivered=len(fold.first_delivery),
-        redeliveries=sum(map(len, fold.more_deliveries.values())),
-        acked_records=len(fold.first_ack),
+        records_delivered=delivered,
+        redeliveries=redeliveries,
+        acked_records=acked,
     )
     result.figures["redelivery_delay_s"] = quantiles(delays)
     if result.counts["undelivered"] or result.counts["not_redelivered"]:
@@ -135,6 +154,16 @@ class _Fold:
         self.oks: np.ndarray | None = None
         self.oks_began: np.ndarray | None = None
         self.registry: PayloadIds | None = None
+        # In bulk (run(in_bulk=True)): the fetches' records and the acks are kept as they
+        # come and judged together after the walk (_Bulk); the dicts above then hold only
+        # the records delivered more than once.
+        self.bulk: _Bulk | None = None
+
+    def delivered(self, key: tuple[Any, ...]) -> bool:
+        """Whether the record `key` (subscription first) was ever delivered."""
+        if self.bulk is not None:
+            return self.bulk.delivered(key)
+        return key in self.first_delivery
 
     def fold_appends(self, appends: Appends) -> bool:
         """The acknowledged appends from the shared append columns, for the usual history:
@@ -179,13 +208,21 @@ class _Fold:
             yield (pid, v.get("stream"), int(self.oks_began[k]), rkey,
                    int(appends.times[self.oks[k]]))
 
-    def run(self, ops: list[Op]) -> None:
+    def run(self, ops: list[Op], in_bulk: bool = False) -> None:
+        """The walk; `in_bulk`: the fetches' records and the acks judged together after it
+        (_Bulk), or _NotInBulk where that cannot be done (nothing is then kept)."""
         self.end = ops[-1].time if ops else 0
         table = table_of(ops)
         appends = table.appends if table is not None else None
         walked: Iterable[Op] = ops
         if table is not None and appends is not None and self.fold_appends(appends):
             walked = map(ops.__getitem__, table.without("append"))
+            reads = table.reads if in_bulk else None
+            if reads is not None and reads.rows is not None and reads.ids is not None:
+                self.bulk = _Bulk(ops, reads)
+        if in_bulk and self.bulk is None:
+            raise _NotInBulk
+        bulk = self.bulk
         append_invoked: dict[tuple[Any, Any], int] = {}
         open_acks: dict[Any, list[tuple[int, Any, Any, list[tuple[Any, ...]]]]] = {}
         subs, last_activity = self.subs, self.last_activity
@@ -222,6 +259,9 @@ class _Fold:
                 sub = v.get("subscription", "")
                 last_activity[sub] = t
                 consumer = v.get("consumer", op.process)
+                if bulk is not None:
+                    bulk.ack(op, v, sub, t, consumer, open_acks)
+                    continue
                 if op.type == "invoke":
                     keys = _ack_keys(sub, v.get("record_ids"))
                     self._first_ack(keys, t)
@@ -257,6 +297,8 @@ class _Fold:
                 self.consumer_end[(sub, v.get("consumer", op.process))] = t
             elif f == "drain" and op.type == "invoke":
                 self.drain_at[v.get("subscription", "")] = t
+        if bulk is not None:
+            bulk.settle(self)
 
     def _first_ack(self, keys: list[tuple[Any, ...]], t: int) -> None:
         first = self.first_ack
@@ -271,6 +313,10 @@ class _Fold:
         default_consumer = v.get("consumer", op.process)
         pids = self.delivered_pids.setdefault(sub, set())
         records = v.get("records") or ()
+        if self.bulk is not None:
+            if records:
+                self.bulk.fetched(op, sub, t, default_consumer)
+            return
         first = self.first_delivery
         columns = columns_of(records)
         keys = _delivered_keys(sub, columns)
@@ -322,6 +368,189 @@ class _Fold:
                     pids.add(pid)
 
 
+class _NotInBulk(Exception):
+    """The fetches or acks are not what the bulk fold takes: walk them one by one."""
+
+
+class _Bulk:
+    """The fetches' records and the acks of a history, kept as the walk meets them and
+    judged together after it: each record key (subscription, shard, batch, index) gets a
+    dense number, and its first delivery, deliveries, first ack and first certain ack are
+    found by numpy over every record at once; only the records delivered more than once
+    are put in the fold's dicts, for `_judge_record`. Takes the fetches whose records are
+    columns of the shared table (harness.checkers.table.Reads) and acks whose record ids
+    are lists of three ints; anything else is _NotInBulk."""
+
+    def __init__(self, ops: list[Op], reads: Reads) -> None:
+        self.reads = reads
+        self.number = {id(ops[i]): k for k, i in enumerate(reads.positions)}
+        # per fetch with records: its number in `reads`, subscription, time, the consumer
+        # of a record that names none
+        self.fetches: list[int] = []
+        self.fetch_subs: list[Any] = []
+        self.fetch_times: list[Any] = []
+        self.fetch_consumers: list[Any] = []
+        # per ack event: (gives a first ack, gives a certain ack, subscription, time,
+        # consumer, record ids)
+        self.acks: list[tuple[bool, bool, Any, Any, Any, Any]] = []
+        self.sub_code: dict[Any, int] = {}
+        self._delivered: set[tuple[Any, ...]] | None = None
+        self.counted = (0, 0, 0)
+
+    def fetched(self, op: Op, sub: Any, t: int, default_consumer: Any) -> None:
+        k = self.number.get(id(op))
+        if k is None:
+            raise _NotInBulk
+        self.fetches.append(k)
+        self.fetch_subs.append(sub)
+        self.fetch_times.append(t)
+        self.fetch_consumers.append(default_consumer)
+
+    def ack(self, op: Op, v: dict[str, Any], sub: Any, t: int, consumer: Any,
+            open_acks: dict[Any, list[Any]]) -> None:
+        """What `run` does with an ack op, kept for `settle`."""
+        if op.type == "invoke":
+            raw = v.get("record_ids")
+            self.acks.append((True, False, sub, t, consumer, raw))
+            open_acks.setdefault(op.process, []).append((t, sub, consumer, raw))
+            return
+        pending = open_acks.get(op.process)
+        if pending:  # its invocation already gave these records their earliest ack
+            sent_t, sent_sub, sent_consumer, raw = pending.pop(0)
+            first = False
+        else:
+            sent_t, sent_sub, sent_consumer, raw = t, sub, consumer, v.get("record_ids")
+            first = True
+        if first or op.type == "ok":
+            self.acks.append((first, op.type == "ok", sent_sub, sent_t, sent_consumer, raw))
+
+    def _codes(self, subs: list[Any]) -> np.ndarray:
+        code = self.sub_code
+        return np.fromiter((code.setdefault(sub, len(code)) for sub in subs), np.int64,
+                           len(subs))
+
+    def settle(self, fold: _Fold) -> None:
+        reads = self.reads
+        raws = [a[5] for a in self.acks]
+        if any(raw and type(raw) is not list for raw in raws):
+            raise _NotInBulk
+        times = [*self.fetch_times, *(a[3] for a in self.acks)]
+        if not set(map(type, times)) <= {int} or (times and not
+                                                 -(1 << 62) < min(times) <= max(times) < 1 << 62):
+            raise _NotInBulk
+        a_rows = list_rows(list(chain.from_iterable(raw or () for raw in raws)))
+        if a_rows is None:
+            raise _NotInBulk
+        # the deliveries: every record of each fetch, in history order
+        nums = np.array(self.fetches, dtype=np.int64)
+        starts = reads.starts[nums]
+        lengths = reads.starts[nums + 1] - starts
+        n_d = int(lengths.sum())
+        at = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(n_d)
+        assert reads.rows is not None and reads.ids is not None
+        d_rows, d_ids = reads.rows[at], reads.ids[at]
+        d_fetch = np.repeat(np.arange(len(nums)), lengths)
+        d_sub = np.repeat(self._codes(self.fetch_subs), lengths)
+        d_t = np.repeat(np.array(self.fetch_times, dtype=np.int64), lengths)
+        # the acks' records, in the order the walk met them
+        a_len = np.fromiter((len(raw) if raw else 0 for raw in raws), np.int64, len(raws))
+        a_event = np.repeat(np.arange(len(raws)), a_len)
+        a_sub = np.repeat(self._codes([a[2] for a in self.acks]), a_len)
+        a_t = np.repeat(np.array([a[3] for a in self.acks], dtype=np.int64), a_len)
+        n_a = len(a_event)
+        # one number per record key
+        subs = np.concatenate((d_sub, a_sub))
+        rows = np.concatenate((d_rows, a_rows))
+        by_key = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0], subs))
+        ordered, ordered_subs = rows[by_key], subs[by_key]
+        fresh = np.ones(len(by_key), dtype=bool)
+        fresh[1:] = (ordered_subs[1:] != ordered_subs[:-1]) | (
+            ordered[1:] != ordered[:-1]).any(axis=1)
+        number = np.empty(len(by_key), dtype=np.int64)
+        number[by_key] = np.cumsum(fresh) - 1
+        n_keys = int(fresh.sum())
+        self.key_sub = ordered_subs[fresh]
+        d_key, a_key = number[:n_d], number[n_d:]
+        self.first_d = first_d = np.full(n_keys, n_d, dtype=np.int64)
+        np.minimum.at(first_d, d_key, np.arange(n_d))
+        self.count_d = count_d = np.bincount(d_key, minlength=n_keys)
+        gives_first = np.array([a[0] for a in self.acks], dtype=bool)[a_event]
+        gives_certain = np.array([a[1] for a in self.acks], dtype=bool)[a_event]
+        self.first_a = first_a = np.full(n_keys, n_a, dtype=np.int64)
+        got = np.flatnonzero(gives_first)
+        np.minimum.at(first_a, a_key[got], got)
+        self.first_c = first_c = np.full(n_keys, n_a, dtype=np.int64)
+        got = np.flatnonzero(gives_certain)
+        np.minimum.at(first_c, a_key[got], got)
+        self.d_t, self.a_t, self.n_d, self.n_a = d_t, a_t, n_d, n_a
+        self.d_rows, self.d_sub = d_rows, d_sub
+        delivered = int(np.count_nonzero(count_d))
+        self.counted = (delivered, n_d - delivered, int(np.count_nonzero(first_a < n_a)))
+
+        names = list(self.sub_code)
+        for code in distinct(d_sub).tolist():
+            fold.delivered_pids[names[code]].update(d_ids[d_sub == code].tolist())
+        if n_d:  # subscriptions in the order of their first delivery
+            fold.sub_keys.update((names[c], []) for c in d_sub[np.sort(
+                np.unique(d_sub, return_index=True)[1])].tolist())
+        # the records delivered more than once, in the order first delivered
+        again = np.flatnonzero(count_d > 1)
+        again = again[np.argsort(first_d[again], kind="stable")]
+        deliveries: dict[int, list[tuple[int, Any]]] = {k: [] for k in again.tolist()}
+        columns = reads.columns
+        for i in np.flatnonzero(count_d[d_key] > 1).tolist():
+            j = int(d_fetch[i])
+            rec = columns[self.fetches[j]].records[int(at[i] - starts[j])]
+            deliveries[int(d_key[i])].append(
+                (self.fetch_times[j], rec.get("consumer", self.fetch_consumers[j])))
+        acks = self.acks
+        for k, ds in deliveries.items():
+            shard, batch, index = d_rows[first_d[k]].tolist()
+            key = (names[int(self.key_sub[k])], shard, batch, index)
+            fold.first_delivery[key] = ds[0]
+            fold.more_deliveries[key] = ds[1:]
+            if first_a[k] < n_a:
+                fold.first_ack[key] = int(a_t[first_a[k]])
+            if first_c[k] < n_a:
+                fold.certain_ack[key] = (int(a_t[first_c[k]]), acks[int(a_event[first_c[k]])][4])
+
+    def counts(self) -> tuple[int, int, int]:
+        """Records delivered, redeliveries, records acknowledged."""
+        return self.counted
+
+    def delivered(self, key: tuple[Any, ...]) -> bool:
+        if self._delivered is None:
+            names = list(self.sub_code)
+            subs = [names[c] for c in self.d_sub.tolist()]
+            self._delivered = set(zip(subs, *self.d_rows.T.tolist(), strict=True))
+        return key in self._delivered
+
+    def single_deliveries_fine(
+        self, fold: _Fold, sub: Any, limit: tuple[int, int] | None, grace: int
+    ) -> bool:
+        """`_single_deliveries_fine`, for every record of `sub` at once."""
+        code = self.sub_code.get(sub)
+        if code is None:
+            return True
+        once = np.flatnonzero((self.count_d == 1) & (self.key_sub == code))
+        if not len(once):
+            return True
+        times = self.d_t[self.first_d[once]]
+        n_a = self.n_a
+        if limit is not None:
+            timeout, slack = limit
+            idle = fold.last_activity.get(sub, fold.end)
+            if int(times.min()) + timeout + slack < idle:
+                first_a = self.first_a[once]
+                acked = np.where(first_a < n_a, self.a_t[np.minimum(first_a, n_a - 1)]
+                                 if n_a else 0, fold.end)
+                if not np.all(np.minimum(acked, idle) <= times + (timeout + slack)):
+                    return False
+        first_c = self.first_c[once]
+        certain = first_c < n_a
+        return bool(np.all(times[certain] <= self.a_t[first_c[certain]] + grace))
+
+
 def _delivered_keys(sub: Any, columns: Columns | None) -> list[tuple[Any, ...]] | None:
     """The keys of a fetch's records (`columns_of` them) when every one is a dict with a
     (shard, batch, index) list."""
@@ -347,7 +576,6 @@ def _judge_delivery(fold: _Fold, result: Result) -> int:
     """1. every acknowledged append delivered to some consumer; returns how many were not
     when no drain marks the end of the run."""
     undelivered_soft = 0
-    first = fold.first_delivery
     for sub, info in fold.subs.items():
         stream = info.get("stream")
         latest = info.get("offset") == "latest"
@@ -359,7 +587,7 @@ def _judge_delivery(fold: _Fold, result: Result) -> int:
                 continue
             if latest and began < created:
                 continue
-            if (sub, *rkey) in first:
+            if fold.delivered((sub, *rkey)):
                 continue
             example = {"subscription": sub, "payload_id": pid, "record_id": _as_list(rkey)}
             if cutoff is None:
@@ -397,10 +625,11 @@ def _judge_redelivery(
     ack_timeout_s: float | None,
     slack_s: float | None,
     grace_s: float,
-) -> list[float]:
+) -> list[float] | None:
     """2 and 3: redelivery after the ack timeout, no redelivery after an ack. Returns the
     redelivery delays (s). Records delivered once are judged together in C when none of
-    them can be an anomaly (the usual case); otherwise every record is judged in turn."""
+    them can be an anomaly (the usual case); otherwise every record is judged in turn
+    (None, nothing judged, where the fold was taken in bulk: it must be walked again)."""
     grace = int(grace_s * NS_PER_S)
     limits: dict[Any, tuple[int, int] | None] = {}  # sub -> (timeout, slack) in ns
     skipped_timeout: set[Any] = set()
@@ -414,8 +643,13 @@ def _judge_redelivery(
             limits[sub] = (int(float(timeout_s) * NS_PER_S), int(slack_for * NS_PER_S))
     first, more = fold.first_delivery, fold.more_deliveries
     delays: list[float] = []
-    if all(_single_deliveries_fine(fold, sub, limits[sub], grace) for sub in fold.sub_keys):
-        keys: Iterable[tuple[Any, ...]] = filter(more.__contains__, first) if more else ()
+    if fold.bulk is not None:
+        if not all(fold.bulk.single_deliveries_fine(fold, sub, limits[sub], grace)
+                   for sub in fold.sub_keys):
+            return None
+        keys: Iterable[tuple[Any, ...]] = first  # (in bulk: only those delivered again)
+    elif all(_single_deliveries_fine(fold, sub, limits[sub], grace) for sub in fold.sub_keys):
+        keys = filter(more.__contains__, first) if more else ()
     else:
         keys = first
     for key in keys:

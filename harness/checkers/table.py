@@ -226,10 +226,10 @@ class Reads:
         self.ids: np.ndarray | None = None
         if None not in ids:
             self.ids = np.fromiter(chain.from_iterable(cast(list[list[int]], ids)), np.int64, n)
-        self.rows = _list_rows(list(chain.from_iterable(c.rids for c in columns)))
+        self.rows = list_rows(list(chain.from_iterable(c.rids for c in columns)))
 
 
-def _list_rows(raws: list[Any]) -> np.ndarray | None:
+def list_rows(raws: list[Any]) -> np.ndarray | None:
     """(shard, batch, index) rows when every record id is a list of three ints that fit in
     an int64; array("q") takes only ints (not floats, not strings), unlike numpy."""
     if not raws:
