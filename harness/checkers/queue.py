@@ -74,7 +74,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
-from itertools import compress, count, repeat
+from itertools import chain, compress, count, repeat
 from operator import eq, itemgetter, ne, not_
 from typing import Any
 
@@ -82,7 +82,7 @@ import numpy as np
 
 from harness.checkers.columns import PayloadIds, columns_of
 from harness.checkers.result import NS_PER_S, Result, add_anomaly, without_gc
-from harness.checkers.table import OK, Appends, Reads, distinct, table_of
+from harness.checkers.table import OK, Appends, Reads, distinct, list_rows, table_of
 from harness.history import History, Op, as_ops
 
 NAME = "queue"
@@ -407,6 +407,36 @@ def _acknowledged(appends: Appends) -> tuple[list[Any], list[Any], list[int], li
     return list(map(appends.registry.pids.__getitem__, id_list)), rids, times.tolist(), id_list
 
 
+def _positions(rows: np.ndarray, index: _Index) -> np.ndarray | None:
+    """The position of each (shard, batch, index) row in `index` as it stands (_NEW: none),
+    by a search of each shard's sorted keys; None unless every batch is below 2**31 and
+    every index below 2**32, non-negative (so that a key fits in an int64), and the index
+    keys are ints."""
+    if not index.int_keys:
+        return None
+    pos = np.full(len(rows), _NEW, dtype=np.int64)
+    if not len(rows):
+        return pos
+    batch, at = rows[:, 1], rows[:, 2]
+    if batch.min() < 0 or batch.max() >= 1 << 31 or at.min() < 0 or at.max() >= _BATCH:
+        return None
+    keys = batch * _BATCH + at
+    shards = rows[:, 0]
+    known = set(index.keys)
+    for s in distinct(shards).tolist():
+        if s not in known or not index.keys[s]:
+            continue
+        try:
+            mine_keys = np.array(index.keys[s], dtype=np.int64)
+        except OverflowError:
+            return None
+        mine = np.flatnonzero(shards == s)
+        k = np.minimum(np.searchsorted(mine_keys, keys[mine]), len(mine_keys) - 1)
+        found = mine_keys[k] == keys[mine]
+        pos[mine[found]] = index.span[s][0] + k[found]
+    return pos
+
+
 def _bulk_runs(reads: Reads | None, index: _Index, ops: list[Op],
                appends: Appends) -> dict[int, list[Run]]:
     """What `index.place` makes of each whole read of `reads` (by id of its op), found for
@@ -420,25 +450,9 @@ def _bulk_runs(reads: Reads | None, index: _Index, ops: list[Op],
     if appends.rid_array is None or set(map(type, appends.rids)) - {list}:
         return {}
     rows = reads.rows
-    batch, at = rows[:, 1], rows[:, 2]
-    if batch.min() < 0 or batch.max() >= 1 << 31 or at.min() < 0 or at.max() >= _BATCH:
+    pos = _positions(rows, index)
+    if pos is None:
         return {}
-    keys = batch * _BATCH + at
-    shards = rows[:, 0]
-    pos = np.full(len(rows), _NEW, dtype=np.int64)
-    known = set(index.keys)
-    for s in distinct(shards).tolist():
-        if s not in known:
-            continue
-        try:
-            mine_keys = np.array(index.keys[s], dtype=np.int64)
-        except OverflowError:
-            return {}
-        mine = np.flatnonzero(shards == s)
-        k = np.searchsorted(mine_keys, keys[mine])
-        k[k >= len(mine_keys)] = 0
-        found = mine_keys[k] == keys[mine] if len(mine_keys) else np.zeros(len(mine), bool)
-        pos[mine[found]] = index.span[s][0] + k[found]
     starts = reads.starts
     new_run = np.ones(len(rows), dtype=bool)
     new_run[1:] = (pos[1:] != pos[:-1] + 1) | (pos[1:] < 0) | (pos[:-1] < 0)
@@ -782,7 +796,10 @@ class _Deliveries:
     def _first_acks(self, key: Callable[[Any, Any], Any]) -> dict[Any, array[int]]:
         """When a certain ack of each position was first sent, per key(subscription,
         consumer) of the acks."""
-        first: dict[Any, array[int]] = {}
+        first = self._first_acks_in_bulk(key)
+        if first is not None:
+            return first
+        first = {}
         flags: dict[Any, bytearray] = {}
         size = self.index.size
         for sent, sub_, raw, who in self._acks:
@@ -804,6 +821,39 @@ class _Deliveries:
                     for r in range(q, q + n):
                         times[r] = min(times[r], sent)
                         acked[r] = 1
+        return first
+
+    def _first_acks_in_bulk(
+        self, key: Callable[[Any, Any], Any]
+    ) -> dict[Any, array[int]] | None:
+        """`_first_acks` for every ack at once, where each acknowledged record id is a
+        list of three ints (found by `_positions`): the least send time of each position,
+        per key. None where they are not."""
+        acks = self._acks
+        sent = [a[0] for a in acks]
+        if not acks or not set(map(type, sent)) <= {int} or not all(
+                type(a[2]) is list for a in acks):
+            return None
+        rows = list_rows(list(chain.from_iterable(a[2] for a in acks)))
+        pos = _positions(rows, self.index) if rows is not None else None
+        if pos is None:
+            return None
+        try:
+            times = np.array(sent, dtype=np.int64)
+        except OverflowError:
+            return None
+        groups: dict[Any, int] = {}
+        group = np.fromiter((groups.setdefault(key(a[1], a[3]), len(groups)) for a in acks),
+                            np.int64, len(acks))
+        lengths = np.fromiter(map(len, (a[2] for a in acks)), np.int64, len(acks))
+        group, times = np.repeat(group, lengths), np.repeat(times, lengths)
+        found = pos >= 0
+        first: dict[Any, array[int]] = {}
+        for k, g in groups.items():
+            mine = found & (group == g)
+            least = np.full(self.index.size, _NEVER, dtype=np.int64)
+            np.minimum.at(least, pos[mine], times[mine])
+            first[k] = array("q", least.tobytes())
         return first
 
     def acked_at(self, s: Any, p: int) -> int:
