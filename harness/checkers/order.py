@@ -88,7 +88,7 @@ def check(
         records_checked=fold.checked_records,
         redeliveries=fold.redeliveries,
         reader_sequences=len(fold.first_seen),
-        acknowledged=len(fold.acked),
+        acknowledged=fold.acknowledged(),
     )
     if any(result.counts[k] for k in result.anomalies):
         result.valid = False
@@ -146,6 +146,15 @@ class _Fold:
         self.rid_by_id: list[Any] = []
         self.ok_places: np.ndarray | None = None
         self.ok_rows: np.ndarray | None = None
+        # (bulk only) the invoked payload ids (dense) and their places in producer order,
+        # and the acknowledged payload ids: what `order` and `acked` are made of, when
+        # first needed
+        self.lazy: tuple[np.ndarray, np.ndarray] | None = None
+        self.ok_pids: list[Any] | None = None
+
+    def acknowledged(self) -> int:
+        """How many payload ids were acknowledged."""
+        return len(self.acked) if self.ok_pids is None else len(self.ok_pids)
 
     def run(self, ops: list[Op], read_fs: frozenset[str]) -> None:
         table = table_of(ops)
@@ -250,11 +259,12 @@ class _Fold:
             for n, k in enumerate(firsts.tolist())
         }
         places = (pk_ids << _SHIFT) | np.arange(len(invoked), dtype=np.int64)
-        inv_pids = list(map(pid_of, ids[invoked].tolist()))
-        self.order = dict(zip(inv_pids, places.tolist(), strict=True))
+        # The order and the acknowledged set by payload id are built only if a reader
+        # sequence needs them (_key_order_places): a million-entry table each.
+        self.lazy = (ids[invoked], places)
         oks = np.flatnonzero(types == OK)
         ok_pids = list(map(pid_of, ids[oks].tolist()))
-        self.acked = set(ok_pids)
+        self.ok_pids = ok_pids
         self.maybe_unacked = set(map(pid_of, ids[completed[types[completed] != OK]].tolist()))
         left_open = np.ones(len(appends.registry.pids), dtype=bool)
         left_open[ids[completed]] = False
@@ -682,18 +692,12 @@ def _judge_key_order(fold: _Fold, result: Result) -> None:
     """Key order, judged at the end because an ack may be recorded after a read that saw
     it: in each reader sequence, the first appearances of one producer's appends of one
     key keep the order it invoked them in (indeterminate appends left out)."""
-    # Appends never acknowledged leave the ranking: each had a completion other than ok,
-    # or none at all.
-    order = fold.order
-    unacked = fold.maybe_unacked.union(fold.open_append)
-    unacked.update(pid for _, pid in fold.open_elsewhere)
-    unacked.difference_update(fold.acked)
-    for pid in unacked:
-        order.pop(pid, None)
     if fold.ok_places is not None and fold.ok_rows is not None:
         in_order, one_shard = _acked_record_ids_follow_producer_order(
             fold.ok_places, fold.ok_rows)
+        order: dict[Any, int] | None = None
     else:
+        order = _key_order_places(fold)
         in_order, one_shard = _record_ids_follow_producer_order(order, fold.payload_rid)
     for reader, chunks in fold.first_seen.items():
         if in_order and reader not in fold.unclean:
@@ -702,9 +706,30 @@ def _judge_key_order(fold: _Fold, result: Result) -> None:
             # the sequence is a complete read, ordered by record id over all shards).
             if one_shard or reader in fold.complete_readers:
                 continue
+        if order is None:
+            order = _key_order_places(fold)
         pids = list(chain.from_iterable(chunks))
         if not _in_key_order(pids, order):
             _key_order_anomalies(result, reader, pids, order, fold.producer_keys)
+
+
+def _key_order_places(fold: _Fold) -> dict[Any, int]:
+    """Payload id -> its place in producer order, for the acknowledged appends."""
+    order = fold.order
+    if fold.lazy is not None and fold.registry is not None and fold.ok_pids is not None:
+        ids, places = fold.lazy
+        fold.lazy = None
+        order.update(zip(map(fold.registry.pids.__getitem__, ids.tolist()), places.tolist(),
+                         strict=True))
+        fold.acked.update(fold.ok_pids)
+    # Appends never acknowledged leave the ranking: each had a completion other than ok,
+    # or none at all.
+    unacked = fold.maybe_unacked.union(fold.open_append)
+    unacked.update(pid for _, pid in fold.open_elsewhere)
+    unacked.difference_update(fold.acked)
+    for pid in unacked:
+        order.pop(pid, None)
+    return order
 
 
 def _record_ids_follow_producer_order(
