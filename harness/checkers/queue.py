@@ -141,12 +141,13 @@ def check(
     ok_rid: list[Any] = []
     ok_t: list[int] = []
     ok_ids: list[int] | None = None  # their dense payload ids, from the shared table
+    ok_rows: np.ndarray | None = None  # and their record ids as rows of ints
     walked: Iterable[Op] = ops
     table = table_of(ops)
     appends = table.appends if table is not None else None
     if table is not None and appends is not None:
         # The appends from the shared columns; the walk below skips them.
-        ok_pid, ok_rid, ok_t, ok_ids = _acknowledged(appends)
+        ok_pid, ok_rid, ok_t, ok_ids, ok_rows = _acknowledged(appends)
         walked = map(ops.__getitem__, table.without("append"))
     subs: dict[Any, str] = {}  # subscription -> offset
     events: list[list[Any]] = []
@@ -207,7 +208,7 @@ def check(
             events.append([_BUMP_ALL])
 
     # -- positions: every record id that exists, ordered per shard --------------------------
-    index = _Index(ok_rid)
+    index = _Index(ok_rid, ok_rows)
     extras: dict[tuple[Any, Any], Any] = {}  # read, but given to no acknowledged append
     loose: dict[Any, int] = {}  # payload ids read without a record id -> first seen
     n_records = 0
@@ -387,9 +388,12 @@ def check(
 # -- records and positions ---------------------------------------------------------------
 
 
-def _acknowledged(appends: Appends) -> tuple[list[Any], list[Any], list[int], list[int]]:
+def _acknowledged(
+    appends: Appends,
+) -> tuple[list[Any], list[Any], list[int], list[int], np.ndarray | None]:
     """The acknowledged appends with a payload id and a record id of three: their payload
-    ids, record ids, times and dense payload ids (what pass 1 takes of the append ops)."""
+    ids, record ids, times and dense payload ids (what pass 1 takes of the append ops),
+    and their record ids as rows of ints where the append columns have them."""
     oks = np.flatnonzero(appends.types == OK)
     ids = appends.pids[oks]
     times = appends.times[oks]
@@ -400,11 +404,14 @@ def _acknowledged(appends: Appends) -> tuple[list[Any], list[Any], list[int], li
     null = appends.registry.index.get(None)
     if null is not None:
         keep &= ids != null
+    rows = appends.rid_array
     if not keep.all():
         rids = list(compress(rids, keep.tolist()))
         ids, times = ids[keep], times[keep]
+        rows = rows[keep] if rows is not None else None
     id_list = ids.tolist()
-    return list(map(appends.registry.pids.__getitem__, id_list)), rids, times.tolist(), id_list
+    pids = list(map(appends.registry.pids.__getitem__, id_list))
+    return pids, rids, times.tolist(), id_list, rows
 
 
 def _positions(rows: np.ndarray, index: _Index) -> np.ndarray | None:
@@ -427,8 +434,10 @@ def _positions(rows: np.ndarray, index: _Index) -> np.ndarray | None:
         if s not in known or not index.keys[s]:
             continue
         try:
-            mine_keys = np.array(index.keys[s], dtype=np.int64)
+            mine_keys = np.array(index.keys[s])
         except OverflowError:
+            return None
+        if mine_keys.dtype != np.int64:  # (a float key: not compared as numpy would)
             return None
         mine = np.flatnonzero(shards == s)
         k = np.minimum(np.searchsorted(mine_keys, keys[mine]), len(mine_keys) - 1)
@@ -527,7 +536,13 @@ class _Index:
     ids up in the first layout; `add` keeps the remapping beside it.
     """
 
-    def __init__(self, ok_rid: list[Any]) -> None:
+    def __init__(self, ok_rid: list[Any], rows: np.ndarray | None = None) -> None:
+        self._remap: list[int] | None = None
+        self._placed: dict[tuple[Any, Any], int] = {}
+        self._rank: dict[Any, dict[Any, int]] | None = None
+        self._first_layout: dict[Any, tuple[list[Any], int]] | None = None
+        if rows is not None and self._sort_rows(ok_rid, rows):
+            return
         n = len(ok_rid)
         shard_col = list(map(_get_shard, ok_rid))
         try:
@@ -554,8 +569,6 @@ class _Index:
             self.keys[s] = list(map(mine.__getitem__, perm))
             self.spelt[s] = list(map(ok_rid.__getitem__, ks))
         self.members = members  # shard -> its acknowledged appends, in position order
-        self._remap: list[int] | None = None
-        self._placed: dict[tuple[Any, Any], int] = {}
         twice = [s for s, ks in self.keys.items() if len(set(ks)) != len(ks)]
         for s in twice:  # a record id acknowledged twice has one position
             kept: dict[Any, Any] = {}
@@ -563,9 +576,6 @@ class _Index:
                 kept.setdefault(key, spelt)
             self.keys[s], self.spelt[s] = list(kept), list(kept.values())
         self._layout()
-        self.rank = {s: dict(zip(ks, range(self.span[s][0], self.span[s][0] + len(ks)),
-                                 strict=True))
-                     for s, ks in self.keys.items()}
         self.ok_pos = ok_pos = [0] * n
         for s, ks in members.items():
             if s in twice:
@@ -575,6 +585,53 @@ class _Index:
             else:
                 for q, k in enumerate(ks, self.span[s][0]):
                     ok_pos[k] = q
+
+    def _sort_rows(self, ok_rid: list[Any], rows: np.ndarray) -> bool:
+        """The index by numpy, where the acknowledged record ids are the rows of three ints
+        given (the shared append columns'), batches below 2**31 and indexes below 2**32
+        (so that a key fits in an int64), none acknowledged twice: what the Python sort
+        makes of them. False (nothing set) otherwise."""
+        n = len(ok_rid)
+        if len(rows) != n or not n:
+            return False
+        batch, at = rows[:, 1], rows[:, 2]
+        if batch.min() < 0 or batch.max() >= 1 << 31 or at.min() < 0 or at.max() >= _BATCH:
+            return False
+        keys = batch * _BATCH + at
+        shard_col = rows[:, 0]
+        members: dict[Any, list[int]] = {}
+        self.keys = {}
+        self.spelt = {}
+        sorted_members: dict[Any, np.ndarray] = {}
+        for s in set(shard_col.tolist()):  # (the order the Python sort meets them in)
+            mine = np.flatnonzero(shard_col == s)
+            ks = mine[np.argsort(keys[mine], kind="stable")]
+            mine_keys = keys[ks]
+            if len(mine_keys) > 1 and not np.all(mine_keys[1:] > mine_keys[:-1]):
+                return False  # a record id acknowledged twice: the Python sort keeps one
+            sorted_members[s] = ks
+            members[s] = ks.tolist()
+            self.keys[s] = mine_keys.tolist()
+            self.spelt[s] = list(map(ok_rid.__getitem__, members[s]))
+        self.int_keys = True
+        self.members = members
+        self._layout()
+        ok_pos = np.zeros(n, dtype=np.int64)
+        for s, ks in sorted_members.items():
+            ok_pos[ks] = self.span[s][0] + np.arange(len(ks))
+        self.ok_pos = ok_pos.tolist()
+        return True
+
+    @property
+    def rank(self) -> dict[Any, dict[Any, int]]:
+        """Shard -> key -> position, in the first layout (what `place` looks ids up in):
+        built on first need, since the reads placed in bulk never ask."""
+        if self._rank is None:
+            layout = self._first_layout or {
+                s: (ks, self.span[s][0]) for s, ks in self.keys.items()}
+            self._rank = {s: dict(zip(ks, range(base, base + len(ks)), strict=True))
+                          for s, (ks, base) in layout.items()}
+        return self._rank
 
     def _layout(self) -> None:
         self.lists: list[Any] = []
@@ -645,6 +702,8 @@ class _Index:
         -1 gives -1) and the new ids' positions."""
         old_span = dict(self.span)
         old_size = self.size
+        if self._rank is None and self._first_layout is None:  # `rank` wants the first
+            self._first_layout = {s: (list(ks), self.span[s][0]) for s, ks in self.keys.items()}
         grouped: dict[Any, list[Any]] = {}
         for s, key in extras:
             grouped.setdefault(s, []).append(key)
