@@ -27,7 +27,7 @@ Checks (anomaly kinds):
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from itertools import chain, compress, count, islice, pairwise, repeat, starmap
 from operator import and_, eq, gt, is_not, le, lt, ne, rshift
 from typing import Any, cast
@@ -123,8 +123,8 @@ class _Fold:
         # shard -> op indexes of append completions (increasing) and the running max batch
         self.done: dict[Any, tuple[list[int], list[int]]] = {}
         # record id -> payload id; payload id -> record id (a list: what records carry)
-        self.rid_payload: dict[tuple[Any, ...], Any] = {}
-        self.payload_rid: dict[Any, list[Any]] = {}
+        self.rid_payload: MutableMapping[tuple[Any, ...], Any] = {}
+        self.payload_rid: MutableMapping[Any, list[Any]] = {}
         # running readers: reader -> shard -> record ids it saw first in order (increasing);
         # reader -> record ids it saw first out of order
         self.runs: dict[Any, dict[Any, list[Any]]] = {}
@@ -271,8 +271,10 @@ class _Fold:
         # (only the payload ids left open count, in _judge_key_order)
         self.open_append = dict.fromkeys(
             map(pid_of, ids[invoked[left_open[ids[invoked]]]].tolist()), (None, -1, {}))
-        self.rid_payload = dict(zip(map(tuple, rids), ok_pids, strict=True))
-        self.payload_rid = dict(zip(ok_pids, rids, strict=True))
+        # Both bindings by their columns, not as tables of a million entries each: a read
+        # that binds a record afresh asks them for a few of its records only.
+        self.rid_payload = _RecordBindings(rows, ok_pids, rids)
+        self.payload_rid = _PayloadBindings(self)
         self._append_order(appends, oks, opened_at[ids[oks]], ok_pids)
         self.registry = appends.registry
         rid_by_id: list[Any] = [_NONE] * len(appends.registry.pids)
@@ -679,6 +681,122 @@ class _Fold:
                 unclean.add(reader)
 
 
+class _RecordBindings(MutableMapping[tuple[Any, ...], Any]):
+    """Record id (a tuple) -> payload id, where the appends were taken in bulk: the
+    acknowledged record ids, distinct rows of three ints, sorted per shard by batch and
+    index (searched with bisect), and the bindings reads made beside them. A record id of
+    other than plain ints (which may equal an int, as a dict key) or out of the bounds of
+    one int key has the whole dict built, as it was before."""
+
+    def __init__(self, rows: np.ndarray, pids: list[Any], rids: list[Any]) -> None:
+        self.pids, self.rids = pids, rids
+        self.more: dict[tuple[Any, ...], Any] = {}
+        self.full: dict[tuple[Any, ...], Any] | None = None
+        self.by_shard: dict[int, tuple[list[int], list[int]]] = {}
+        batch, at = rows[:, 1], rows[:, 2]
+        if len(rows) and (batch.min() < 0 or batch.max() >= 1 << 31 or at.min() < 0
+                          or at.max() >= 1 << 32):
+            self._whole()
+            return
+        keys = batch << 32 | at
+        for s in distinct(rows[:, 0]).tolist():
+            mine = np.flatnonzero(rows[:, 0] == s)
+            mine = mine[np.argsort(keys[mine], kind="stable")]
+            self.by_shard[s] = (keys[mine].tolist(), mine.tolist())
+
+    def _whole(self) -> dict[tuple[Any, ...], Any]:
+        if self.full is None:
+            self.full = dict(zip(map(tuple, self.rids), self.pids, strict=True))
+            self.full.update(self.more)
+        return self.full
+
+    def get(self, rid: tuple[Any, ...], default: Any = None) -> Any:
+        hit = self.more.get(rid)  # (TypeError for an unhashable part, as a dict says)
+        if hit is not None:
+            return hit
+        if self.full is not None:
+            return self.full.get(rid, default)
+        s, b, i = rid
+        if type(s) is not int or type(b) is not int or type(i) is not int:
+            return self._whole().get(rid, default)
+        found = self.by_shard.get(s)
+        if found is None or not (0 <= b < 1 << 31 and 0 <= i < 1 << 32):
+            return default
+        keys, where = found
+        key = b << 32 | i
+        k = bisect_left(keys, key)
+        return self.pids[where[k]] if k < len(keys) and keys[k] == key else default
+
+    def __getitem__(self, rid: tuple[Any, ...]) -> Any:
+        hit = self.get(rid, _NONE)
+        if hit is _NONE:
+            raise KeyError(rid)
+        return hit
+
+    def __contains__(self, rid: object) -> bool:
+        return self.get(rid, _NONE) is not _NONE  # type: ignore[arg-type]
+
+    def __setitem__(self, rid: tuple[Any, ...], pid: Any) -> None:
+        self.more[rid] = pid
+        if self.full is not None:
+            self.full[rid] = pid
+
+    def __delitem__(self, rid: tuple[Any, ...]) -> None:
+        raise TypeError("bindings are never undone")
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self._whole())
+
+    def __len__(self) -> int:
+        return len(self._whole())
+
+
+class _PayloadBindings(MutableMapping[Any, list[Any]]):
+    """Payload id -> record id (a list), where the appends were taken in bulk: the fold's
+    `rid_by_id`, indexed by the shared dense payload ids (what `_bind` keeps up)."""
+
+    def __init__(self, fold: _Fold) -> None:
+        self.fold = fold
+
+    def get(self, pid: Any, default: Any = None) -> Any:
+        registry = self.fold.registry
+        k = registry.index.get(pid) if registry is not None else None
+        rid_by_id = self.fold.rid_by_id
+        if k is None or k >= len(rid_by_id):
+            return default
+        raw = rid_by_id[k]
+        return default if raw is _NONE else raw
+
+    def __getitem__(self, pid: Any) -> list[Any]:
+        raw = self.get(pid, _NONE)
+        if raw is _NONE:
+            raise KeyError(pid)
+        return raw  # type: ignore[no-any-return]
+
+    def __contains__(self, pid: object) -> bool:
+        return self.get(pid, _NONE) is not _NONE
+
+    def setdefault(self, pid: Any, raw: Any = None) -> Any:
+        had = self.get(pid, _NONE)
+        if had is not _NONE:
+            return had
+        self.fold._bind(pid, raw)
+        return raw
+
+    def __setitem__(self, pid: Any, raw: list[Any]) -> None:
+        self.fold._bind(pid, raw)
+
+    def __delitem__(self, pid: Any) -> None:
+        raise TypeError("bindings are never undone")
+
+    def __iter__(self) -> Iterator[Any]:
+        pids = self.fold.registry.pids if self.fold.registry is not None else []
+        return (pids[k] for k, raw in enumerate(self.fold.rid_by_id) if raw is not _NONE)
+
+    def __len__(self) -> int:
+        return sum(raw is not _NONE for raw in self.fold.rid_by_id)
+
+
 def _seen(
     run: Any, out_of_order: set[tuple[Any, ...]], rid_list: list[Any], rid: tuple[Any, ...]
 ) -> bool:
@@ -733,7 +851,7 @@ def _key_order_places(fold: _Fold) -> dict[Any, int]:
 
 
 def _record_ids_follow_producer_order(
-    order: dict[Any, int], payload_rid: dict[Any, list[Any]]
+    order: dict[Any, int], payload_rid: Mapping[Any, list[Any]]
 ) -> tuple[bool, bool]:
     """Whether, for every producer and key, the record ids its acknowledged appends are
     bound to increase in the order it invoked them; and whether each such producer key's
