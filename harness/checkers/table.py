@@ -66,29 +66,44 @@ class Appends:
         indexes: list[int] = []
         rids: list[Any] = []
         type_of = _TYPES.get
+        # A completion's payload id is nearly always its process's last invocation's: one
+        # comparison of two strings just touched, not a probe of a table of a million.
+        opened: dict[int, tuple[Any, int]] = {}
+        flat: list[Any] | None = []  # the acknowledged record ids' parts, while all are 3
         for op in map(ops.__getitem__, positions):
             v = op.value
             if type(v) is not dict:
                 raise TypeError("an append's value is no dict")
             pid = v["payload_id"]  # KeyError, TypeError: no columns (see HistoryTable)
-            k = index.get(pid)
-            if k is None:
-                k = index[pid] = len(known)
-                known.append(pid)
             p = op.process
             q = processes.get(p)
             if q is None:
                 q = processes[p] = len(processes)
             t = type_of(op.type, INFO)
-            if t == OK:
-                rids.append(v.get("record_id"))
+            held = opened.get(q) if t != INVOKE else None
+            if held is not None and type(pid) is str and type(held[0]) is str and held[0] == pid:
+                k = held[1]
+            else:
+                found = index.get(pid)
+                if found is None:
+                    found = index[pid] = len(known)
+                    known.append(pid)
+                k = found
+            if t == INVOKE:
+                opened[q] = (pid, k)
+            elif t == OK:
+                rid: Any = v.get("record_id")
+                rids.append(rid)
+                if flat is not None:
+                    if type(rid) in _SEQUENCES and len(rid) == 3:
+                        flat.extend(rid)
+                    else:
+                        flat = None
             types.append(t)
             pids.append(k)
             process_ids.append(q)
             times.append(op.time)
             indexes.append(op.index)
-        if not set(map(type, times)) <= {int} or not set(map(type, indexes)) <= {int}:
-            raise TypeError("op times and indexes must be ints")
         self.types = np.array(types, dtype=np.int8)
         self.pids = np.array(pids, dtype=np.int64)
         self.processes = np.array(process_ids, dtype=np.int64)
@@ -96,7 +111,7 @@ class Appends:
         self.times = np.array(times, dtype=np.int64)
         self.indexes = np.array(indexes, dtype=np.int64)
         self.rids = rids
-        self.rid_array = _rid_array(rids)
+        self.rid_array = _flat_rows(flat) if flat is not None else None
         self._pairing: Pairing | None | bool = False
 
     def pairing(self) -> Pairing | None:
@@ -175,17 +190,15 @@ def distinct(values: np.ndarray) -> np.ndarray:
     return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
 
 
-def _rid_array(rids: list[Any]) -> np.ndarray | None:
-    """(shard, batch, index) rows when every record id is a list or tuple of three ints
-    that fit in an int64."""
-    if not rids:
+def _flat_rows(flat: list[Any]) -> np.ndarray | None:
+    """(shard, batch, index) rows of the parts of record ids that were each a list or tuple
+    of three, when every part is an int that fits in an int64."""
+    if not flat:
         return np.zeros((0, 3), dtype=np.int64)
-    if not set(map(type, rids)) <= {list, tuple} or set(map(len, rids)) != {3}:
-        return None
-    if set(map(type, chain.from_iterable(rids))) != {int}:
+    if set(map(type, flat)) != {int}:
         return None
     try:
-        return np.fromiter(chain.from_iterable(rids), np.int64, 3 * len(rids)).reshape(-1, 3)
+        return np.frombuffer(array("q", flat), dtype=np.int64).reshape(-1, 3)
     except OverflowError:
         return None
 
