@@ -63,10 +63,11 @@ them.
 
 Built for million-op histories: the acknowledged appends come from the shared append
 columns (harness.checkers.table), record ids are placed in a per-shard index of positions
-with one lookup per run of consecutive records (the rest of the run is compared with the
-index in C), payload ids are compared by their shared dense ids (by hash where a read's
-cannot be taken), and delivered / seen / acknowledged flags are bytearrays indexed by
-position, so a run is judged as one interval.
+(every read's and every ack's at once by numpy where the shared read table has their
+record ids as rows of ints; else with one lookup per run of consecutive records, the rest
+of the run compared with the index in C), payload ids are compared by their shared dense
+ids (by hash where a read's cannot be taken), and delivered / seen / acknowledged flags
+are bytearrays indexed by position, so a run is judged as one interval.
 """
 
 from __future__ import annotations

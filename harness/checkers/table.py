@@ -6,7 +6,10 @@ checker pays for a million ops is mostly touching scattered objects and probing 
 tables, once per checker; `table_of(ops)` touches each op once: the positions of the ops
 of each `f` (a checker walks only the ops it judges) and the appends as numpy columns of
 small integers (payload ids as the shared dense ids of harness.checkers.columns), which
-each checker judges in bulk. There is a table only inside `shared_columns()` (what
+each checker judges in bulk; and, on first need, every record of the reads, fetches and
+drains concatenated (`Reads`: dense payload ids and record id rows), so that the checkers
+judge a clean history's reads in a few numpy passes and go record by record only where
+it is not clean. There is a table only inside `shared_columns()` (what
 `check_all` opens around its checkers), where it is built once and kept for every checker
 given the same ops: a checker run alone walks its ops as before, since building the table
 costs one checker more than its own walk saves. The verdicts are the same either way
