@@ -227,9 +227,13 @@ def check(
     bulk: dict[int, list[Run]] = {}
     if table is not None and appends is not None and registry is not None and ok_ids is not None:
         bulk = _bulk_runs(table.reads, index, ops, appends)
+    read_ops: list[int] = []  # (id of each read's op and its time, for _sightings)
+    read_times: list[Any] = []
     for ev, (recs, rids, hashes, cons) in zip(reads, fields, strict=True):
         op, v = ev[1], ev[3]
         n_records += len(recs)
+        read_ops.append(id(op))
+        read_times.append(op.time)
         whole = bulk.get(id(op))
         if ev[0] == _FETCH:
             default = v.get("consumer", op.process)
@@ -269,8 +273,17 @@ def check(
             _conflict(result, conflicts, index.rid(p), bound, pid, "append", None)
 
     # -- pass 2: identities, deliveries and reads in history order ------------------------
-    seen = bytearray(size)
-    first_t = array("q", [_NEVER]) * size
+    # (identities and first sightings of every read at once, where every read was placed in
+    # bulk and binds no record id to a second payload id; else op by op below)
+    sighted = None
+    if registry is not None and table is not None and bulk:
+        sighted = _sightings(table.reads, ops, read_ops, read_times, index, registry,
+                             pid_at, phash)
+    if sighted is not None:
+        seen, first_t = sighted
+    else:
+        seen = bytearray(size)
+        first_t = array("q", [_NEVER]) * size
     complete_seen = bytearray(size)
     judge = _Deliveries(result, index, acks, int(grace_s * NS_PER_S))
     read_repeats = 0
@@ -284,7 +297,7 @@ def check(
             continue
         op, began, v, rids, (recs, hashes), segs = ev[1:7]
         t = op.time
-        for _c, runs in segs:  # identities and first sightings
+        for _c, runs in segs if sighted is None else ():  # identities and first sightings
             for i, j, p in runs:
                 if p < 0:
                     continue
@@ -415,6 +428,60 @@ def _acknowledged(
     return pids, rids, times.tolist(), id_list, rows
 
 
+def _sightings(
+    reads: Reads | None,
+    ops: list[Op],
+    read_ops: list[int],
+    times: list[Any],
+    index: _Index,
+    registry: PayloadIds,
+    pid_at: list[Any],
+    phash: list[int],
+) -> tuple[bytearray, array[int]] | None:
+    """Pass 2's identities and first sightings for every read at once (`read_ops`: the ids
+    of the read events' ops, `times`: their times, in history order): each record's
+    position (in the index as it stands, extras added), the payload id that binds each
+    position (its acknowledged append's, else the first record's there with one), and the
+    time each position was first seen. Binds `pid_at` and `phash` as the op-by-op pass
+    would and returns (seen, first_t); None (nothing changed) where the reads are not the
+    read table's ops, a record id is not placed, an op time is no int, or some record
+    disagrees with its position's payload id (the op-by-op pass reports it)."""
+    if reads is None or reads.rows is None or reads.ids is None:
+        return None
+    if read_ops != [id(ops[i]) for i in reads.positions]:
+        return None
+    if not set(map(type, times)) <= {int} or (times and not
+                                             -(1 << 62) < min(times) <= max(times) < 1 << 62):
+        return None
+    pos = _positions(reads.rows, index)
+    if pos is None or (len(pos) and pos.min() < 0):
+        return None
+    ids, size, n = reads.ids, index.size, len(pos)
+    null = registry.index.get(None)
+    named = np.flatnonzero(ids != null) if null is not None else np.arange(n)
+    first_named = np.full(size, n, dtype=np.int64)
+    np.minimum.at(first_named, pos[named], named)
+    bound = np.array(phash, dtype=np.int64)
+    fresh = np.flatnonzero((bound == _UNBOUND) & (first_named < n))
+    bound[fresh] = ids[first_named[fresh]]
+    if np.any(bound[pos[named]] != ids[named]):
+        return None
+    starts = reads.starts
+    ks = first_named[fresh]
+    es = np.searchsorted(starts, ks, side="right") - 1
+    columns = reads.columns
+    for p, k, e, i in zip(fresh.tolist(), ks.tolist(), es.tolist(), (ks - starts[es]).tolist(),
+                          strict=True):
+        pid_at[p] = columns[e].pids[i]
+        phash[p] = int(ids[k])
+    first_any = np.full(size, n, dtype=np.int64)
+    np.minimum.at(first_any, pos, np.arange(n))
+    hit = first_any < n
+    when = np.full(size, _NEVER, dtype=np.int64)
+    when[hit] = np.repeat(np.array(times, dtype=np.int64), np.diff(starts))[first_any[hit]]
+    return bytearray(hit.astype(np.uint8).tobytes()), array("q", when.tobytes())
+
+
 def _positions(rows: np.ndarray, index: _Index) -> np.ndarray | None:
     """The position of each (shard, batch, index) row in `index` as it stands (_NEW: none),
     by a search of each shard's sorted keys; None unless every batch is below 2**31 and
@@ -430,16 +497,12 @@ def _positions(rows: np.ndarray, index: _Index) -> np.ndarray | None:
         return None
     keys = batch * _BATCH + at
     shards = rows[:, 0]
-    known = set(index.keys)
     for s in distinct(shards).tolist():
-        if s not in known or not index.keys[s]:
+        mine_keys = index.key_array(s)
+        if mine_keys is None:
+            return None
+        if not len(mine_keys):
             continue
-        try:
-            mine_keys = np.array(index.keys[s])
-        except OverflowError:
-            return None
-        if mine_keys.dtype != np.int64:  # (a float key: not compared as numpy would)
-            return None
         mine = np.flatnonzero(shards == s)
         k = np.minimum(np.searchsorted(mine_keys, keys[mine]), len(mine_keys) - 1)
         found = mine_keys[k] == keys[mine]
@@ -634,7 +697,22 @@ class _Index:
                           for s, (ks, base) in layout.items()}
         return self._rank
 
+    def key_array(self, s: Any) -> np.ndarray | None:
+        """Shard s's keys as an int64 array (empty for a shard without records), kept for
+        the layout; None where a key is no int that fits (not compared as numpy would)."""
+        got = self._key_arrays.get(s)
+        if got is None:
+            try:
+                got = np.array(self.keys.get(s, []))
+            except OverflowError:
+                return None
+            if len(got) and got.dtype != np.int64:
+                return None
+            self._key_arrays[s] = got = got.astype(np.int64, copy=False)
+        return got
+
     def _layout(self) -> None:
+        self._key_arrays: dict[Any, np.ndarray] = {}
         self.lists: list[Any] = []
         self.span: dict[Any, tuple[int, int]] = {}
         base = 0
