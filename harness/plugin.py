@@ -249,6 +249,16 @@ def _stop(config: pytest.Config, cluster: Cluster) -> None:
             clusters.remove(cluster)
 
 
+@pytest.fixture
+def cluster_base_port(request: pytest.FixtureRequest) -> int:
+    """A port block of this worker's own for a cluster the test starts some other way (in a
+    subprocess, say): the block the next fixture cluster would have taken, so it collides
+    neither with the worker's other clusters nor, under xdist or --repeat, with another
+    worker's copy of the same test."""
+    index = _COUNTER.take()
+    return int(request.config.stash[_SPEC_KEY].base_port) + PORT_BLOCK * (index % 50)
+
+
 @pytest.fixture(scope="session")
 def cluster_spec(pytestconfig: pytest.Config) -> ClusterSpec:
     """The run's ClusterSpec (from --topology and the cluster options)."""

@@ -23,7 +23,7 @@ from harness.topology import ClusterSpec
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-PORTS = {"sigkill": 32040, "SIGINT": 32060}
+# Each run takes the ports of `cluster_base_port`: the worker's own block (see test_sweep).
 
 RUN = """
 import sys, time
@@ -57,10 +57,10 @@ def mounts_of(session: str) -> list[str]:
 
 
 def test_a_killed_run_and_lazy_disk_leave_a_dead_mount_the_sweep_removes(
-    isolated_reports: Path, labelled: Callable[[str], list[int]]
+    isolated_reports: Path, labelled: Callable[[str], list[int]], cluster_base_port: int
 ) -> None:
     session = f"lazydisk-sweep-{os.getpid()}"
-    runner, log_path = start_run(PORTS["sigkill"], session, isolated_reports)
+    runner, log_path = start_run(cluster_base_port, session, isolated_reports)
     try:
         wait_for_line(runner, "READY", READY_S, log_path)
         assert len(mounts_of(session)) == 1
@@ -85,10 +85,10 @@ def test_a_killed_run_and_lazy_disk_leave_a_dead_mount_the_sweep_removes(
 
 
 def test_ctrl_c_unmounts_the_lazy_disk(
-    isolated_reports: Path, labelled: Callable[[str], list[int]]
+    isolated_reports: Path, labelled: Callable[[str], list[int]], cluster_base_port: int
 ) -> None:
     session = f"lazydisk-sigint-{os.getpid()}"
-    runner, log_path = start_run(PORTS["SIGINT"], session, isolated_reports)
+    runner, log_path = start_run(cluster_base_port, session, isolated_reports)
     try:
         wait_for_line(runner, "READY", READY_S, log_path)
         assert len(mounts_of(session)) == 1

@@ -23,9 +23,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 # A 2-node cluster's bring-up (store, nodes, init) on a loaded 2-core machine.
 READY_S = 90.0
-# Every test its own base port (a cluster takes base..base+3): under pytest-xdist
-# the tests of one module may run at the same time on different workers.
-PORTS = {"sigkill": 19300, "SIGTERM": 19320, "SIGINT": 19340}
+# Every run's cluster takes its ports from `cluster_base_port` (the worker's own block): under
+# pytest-xdist, and with --repeat, copies of one test run at the same time on other workers.
 
 RUN = """
 import sys, time
@@ -74,10 +73,10 @@ def wait_for_line(
 
 
 def test_sigkilled_run_is_swept(
-    isolated_reports: Path, labelled: Callable[[str], list[int]]
+    isolated_reports: Path, labelled: Callable[[str], list[int]], cluster_base_port: int
 ) -> None:
     session = f"sweep-test-{os.getpid()}"
-    runner, log_path = start_run(PORTS["sigkill"], session, isolated_reports)
+    runner, log_path = start_run(cluster_base_port, session, isolated_reports)
     try:
         wait_for_line(runner, "READY", READY_S, log_path)
         started = labelled(session)
@@ -112,10 +111,11 @@ def test_sigkilled_run_is_swept(
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_ctrl_c_tear_the_cluster_down(
-    sig: signal.Signals, isolated_reports: Path, labelled: Callable[[str], list[int]]
+    sig: signal.Signals, isolated_reports: Path, labelled: Callable[[str], list[int]],
+    cluster_base_port: int,
 ) -> None:
     session = f"signal-test-{sig.name.lower()}-{os.getpid()}"
-    runner, log_path = start_run(PORTS[sig.name], session, isolated_reports)
+    runner, log_path = start_run(cluster_base_port, session, isolated_reports)
     try:
         wait_for_line(runner, "READY", READY_S, log_path)
         assert len(labelled(session)) >= 4
