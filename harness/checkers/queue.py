@@ -482,6 +482,16 @@ def _sightings(
     return bytearray(hit.astype(np.uint8).tobytes()), array("q", when.tobytes())
 
 
+def _row_keys(rows: np.ndarray) -> np.ndarray | None:
+    """The record id key (batch * _BATCH + index) of each non-empty row of (shard, batch,
+    index), or None unless every batch is below 2**31 and every index below 2**32, both
+    non-negative: then, and only then, a key fits in an int64."""
+    batch, at = rows[:, 1], rows[:, 2]
+    if batch.min() < 0 or batch.max() >= 1 << 31 or at.min() < 0 or at.max() >= _BATCH:
+        return None
+    return batch * _BATCH + at  # type: ignore[no-any-return]
+
+
 def _positions(rows: np.ndarray, index: _Index) -> np.ndarray | None:
     """The position of each (shard, batch, index) row in `index` as it stands (_NEW: none),
     by a search of each shard's sorted keys; None unless every batch is below 2**31 and
@@ -492,10 +502,9 @@ def _positions(rows: np.ndarray, index: _Index) -> np.ndarray | None:
     pos = np.full(len(rows), _NEW, dtype=np.int64)
     if not len(rows):
         return pos
-    batch, at = rows[:, 1], rows[:, 2]
-    if batch.min() < 0 or batch.max() >= 1 << 31 or at.min() < 0 or at.max() >= _BATCH:
+    keys = _row_keys(rows)
+    if keys is None:
         return None
-    keys = batch * _BATCH + at
     shards = rows[:, 0]
     for s in distinct(shards).tolist():
         mine_keys = index.key_array(s)
@@ -658,10 +667,9 @@ class _Index:
         n = len(ok_rid)
         if len(rows) != n or not n:
             return False
-        batch, at = rows[:, 1], rows[:, 2]
-        if batch.min() < 0 or batch.max() >= 1 << 31 or at.min() < 0 or at.max() >= _BATCH:
+        keys = _row_keys(rows)
+        if keys is None:
             return False
-        keys = batch * _BATCH + at
         shard_col = rows[:, 0]
         members: dict[Any, list[int]] = {}
         self.keys = {}
