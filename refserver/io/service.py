@@ -494,7 +494,11 @@ def _sweep_stale_workdirs() -> None:
     names carry the node's pid, and a folder whose pid is gone is nobody's."""
     for folder in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*-*"):
         pid_text = folder.name[len(_WORKDIR_PREFIX):].split("-", 1)[0]
-        if not pid_text.isdigit() or folder.stat().st_uid != os.getuid():
+        try:
+            owner = folder.stat().st_uid
+        except FileNotFoundError:
+            continue  # its node removed it (or another node's sweep did) since the glob
+        if not pid_text.isdigit() or owner != os.getuid():
             continue
         try:
             os.kill(int(pid_text), 0)
