@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cluster_probes import subprocess_env
-from test_sweep import READY_S, wait_for_line
+from test_sweep import PRELUDE, READY_S, signalled_exit, wait_for_line
 
 from harness.cleanup import all_records, sweep
 from harness.lazydisk import fuse_refusal, lazydisk_mounts
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 # Each run takes the ports of `cluster_base_port`: the worker's own block (see test_sweep).
 
-RUN = """
+RUN = PRELUDE + """
 import sys, time
 from harness.cluster import start_cluster
 from harness.topology import ClusterSpec
@@ -92,8 +92,7 @@ def test_ctrl_c_unmounts_the_lazy_disk(
     try:
         wait_for_line(runner, "READY", READY_S, log_path)
         assert len(mounts_of(session)) == 1
-        runner.send_signal(signal.SIGINT)
-        runner.wait(30)
+        signalled_exit(runner, signal.SIGINT, 30, log_path)
         assert mounts_of(session) == []
         assert labelled(session) == []
     finally:

@@ -26,7 +26,17 @@ READY_S = 90.0
 # Every run's cluster takes its ports from `cluster_base_port` (the worker's own block): under
 # pytest-xdist, and with --repeat, copies of one test run at the same time on other workers.
 
-RUN = """
+# The run starts as from a shell: SIGINT at Python's default handler and unblocked, whatever
+# the pytest worker that starts it inherited; SIGUSR1 dumps every thread's stack to its log
+# (see signalled_exit).
+PRELUDE = """
+import faulthandler, signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+faulthandler.register(signal.SIGUSR1, all_threads=True)
+"""
+
+RUN = PRELUDE + """
 import sys, time
 from harness.cluster import start_cluster
 from harness.topology import ClusterSpec
@@ -70,6 +80,29 @@ def wait_for_line(
     raise AssertionError(
         f"run did not print {wanted!r} within {timeout_s:g} s ({ended}); got {seen!r}; "
         f"its log {log_path} ends:\n{tail}")
+
+
+def signalled_exit(proc: subprocess.Popen[bytes], sig: signal.Signals, timeout_s: float,
+                   log_path: Path) -> None:
+    """Send `sig` and wait for the run to exit; if it does not, the failure shows its signal
+    masks and every thread's stack (the run dumps them on SIGUSR1) from its log."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout_s)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+        masks = [line for line in status if line.startswith(("SigPnd", "SigBlk", "SigIgn",
+                                                              "SigCgt"))]
+    except OSError:
+        masks = []
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(1.0)
+    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-60:])
+    raise AssertionError(f"the run did not exit within {timeout_s:g} s of {sig.name}; its "
+                         f"signal masks {masks}; its log {log_path} ends:\n{tail}")
 
 
 def test_sigkilled_run_is_swept(
@@ -119,8 +152,7 @@ def test_sigterm_and_ctrl_c_tear_the_cluster_down(
     try:
         wait_for_line(runner, "READY", READY_S, log_path)
         assert len(labelled(session)) >= 4
-        runner.send_signal(sig)
-        runner.wait(30)
+        signalled_exit(runner, sig, 30, log_path)
         assert labelled(session) == [], f"left running after {sig.name}"
         assert all_records(isolated_reports / ".sessions") == []
     finally:
