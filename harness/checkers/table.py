@@ -107,6 +107,10 @@ class Appends:
             process_ids.append(q)
             times.append(op.time)
             indexes.append(op.index)
+        # numpy would truncate a float time and refuse a string with ValueError: such a
+        # history takes the op-by-op paths, which judge (or name) what it holds.
+        if not set(map(type, times)) <= {int} or not set(map(type, indexes)) <= {int}:
+            raise TypeError("op times and indexes must be ints")
         self.types = np.array(types, dtype=np.int8)
         self.pids = np.array(pids, dtype=np.int64)
         self.processes = np.array(process_ids, dtype=np.int64)

@@ -20,6 +20,7 @@ import pytest
 
 from harness.checkers import check_all
 from harness.checkers.columns import record_by_record
+from harness.checkers.table import HistoryTable
 from harness.history import Op
 
 
@@ -121,7 +122,15 @@ def _tuple_acks(ops: list[Op]) -> None:
     late.value = {**late.value, "record_ids": late.value["record_ids"][:1]}
 
 
+def _float_append_times(ops: list[Op]) -> None:
+    # append times with a fraction: numpy would truncate them, so the append columns give
+    # way to the op-by-op paths (test_append_columns_refuse_times_that_are_no_ints)
+    for op in [op for op in ops if op.f == "append"][::97]:
+        op.time = op.time + 0.5
+
+
 BENDS: dict[str, Callable[[list[Op]], None]] = {
+    "float_append_times": _float_append_times,
     "tuple_acks": _tuple_acks,
     "shared_fetch": _shared_fetch,
     "unacknowledged_appends": _unacknowledged_appends,
@@ -161,3 +170,14 @@ def test_bent_histories_judged_the_same_both_ways(bench: Any, bend: str) -> None
     ops = bench.generate(6_000, 7)
     BENDS[bend](ops)
     _same_both_ways(bench, ops)
+
+
+@pytest.mark.parametrize("time", [2.5, "2"])
+def test_append_columns_refuse_times_that_are_no_ints(bench: Any, time: Any) -> None:
+    # numpy would truncate 2.5 to 2 and refuse "2" with a ValueError: no columns, so the
+    # checkers judge such a history op by op
+    ops = bench.generate(600, 3)
+    [op for op in ops if op.f == "append"][5].time = time
+    assert HistoryTable(ops).appends is None
+    ops[[i for i, op in enumerate(ops) if op.f == "append"][5]].time = 2
+    assert HistoryTable(ops).appends is not None
