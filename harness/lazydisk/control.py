@@ -124,8 +124,10 @@ class DiskControl:
         return reply
 
     def _request_via(self, via: Exec, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
-        argv = ["python", "-m", "harness.lazydisk.control", self.socket_path, cmd,
-                json.dumps(args)]
+        # -W: runpy warns that the package imported this module before running it as
+        # __main__; the warning only muddles the output the reply is read from.
+        argv = ["python", "-W", "ignore::RuntimeWarning", "-m", "harness.lazydisk.control",
+                self.socket_path, cmd, json.dumps(args)]
         try:
             code, output = via(argv, CONTROL_TIMEOUT_S)
         except HarnessError as exc:
@@ -135,14 +137,17 @@ class DiskControl:
         if code != 0:
             # main() prints the client's one-line error ("lazydisk control: ...") last.
             raise DiskControlError(lines[-1].removeprefix("lazydisk control: "))
-        # The output is stdout and stderr together (runpy may warn first): the reply is
-        # the last JSON line.
+        # The output is stdout and stderr together, and a runtime's exec may interleave
+        # them mid-line (seen on docker: '{"ok": true}<frozen runpy>:128: RuntimeWarning
+        # ...'): the reply is the JSON object that starts the last line starting with one.
         answer = next((line for line in reversed(lines) if line.startswith("{")), lines[-1])
         try:
-            reply: dict[str, Any] = json.loads(answer)
+            reply, _ = json.JSONDecoder().raw_decode(answer)
         except json.JSONDecodeError:
+            reply = None
+        if not isinstance(reply, dict):
             raise DiskControlError(f"the lazy disk's control command answered no JSON to "
-                                   f"{cmd}: {answer}") from None
+                                   f"{cmd}: {answer}")
         return reply
 
     def lose_unsynced(self) -> dict[str, int]:

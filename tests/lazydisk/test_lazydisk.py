@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -207,6 +207,36 @@ def test_control_refuses_bad_requests_in_one_line(disk: LazyDiskMount) -> None:
         disk.control.set_fault("write", errno="EBADNESS")
     with pytest.raises(DiskControlError, match="does not answer"):
         DiskControl(str(disk.mount.parent / "nothing.sock")).status()
+
+
+def _local_exec(argv: Sequence[str], timeout_s: float) -> tuple[int, str]:
+    """What a runtime's exec gives: the command's exit status and its stdout and stderr in
+    one text ("python" is this interpreter here)."""
+    done = subprocess.run([sys.executable, *argv[1:]], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
+    return done.returncode, done.stdout
+
+
+def test_control_through_an_exec_reads_the_reply_out_of_mixed_output(
+    disk: LazyDiskMount,
+) -> None:
+    # The command line the harness runs in a store's container, here through a local exec:
+    # the reply stays readable when stderr lands mid-line, as a docker exec gave it once.
+    remote = DiskControl(disk.control.socket_path, via=_local_exec)
+    remote.set_fault("fsync", latency_ms=3)
+    assert set(remote.status()["faults"]) == {"fsync"}
+    assert remote.status() == disk.control.status()
+
+    def interleaved(argv: Sequence[str], timeout_s: float) -> tuple[int, str]:
+        code, output = _local_exec(argv, timeout_s)
+        return code, output.rstrip("\n") + "<frozen runpy>:128: RuntimeWarning: ...\n"
+
+    assert set(DiskControl(disk.control.socket_path, via=interleaved).status()["faults"]) == {
+        "fsync"}
+    remote.clear()
+    assert remote.status()["faults"] == {}
+    with pytest.raises(DiskControlError, match="unknown op 'rename'"):
+        remote.set_fault("rename", latency_ms=5)
 
 
 def test_a_killed_lazy_disk_leaves_a_dead_mount_the_sweep_removes(tmp_path: Path) -> None:
