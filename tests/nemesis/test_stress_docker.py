@@ -85,5 +85,10 @@ def test_cpu_stress_runs_in_the_container_and_is_undone(cluster: Cluster):
     c.reload()
     assert c.attrs["HostConfig"].get("CpusetCpus") in ("", None) or "-" in \
         c.attrs["HostConfig"]["CpusetCpus"], c.attrs["HostConfig"]["CpusetCpus"]
-    assert starved >= STARVED_FACTOR * idle and starved > 0.05, (
-        f"node 2 waited {starved:.3f} s/s for its CPU under stress-cpu, {idle:.3f} s/s before")
+    # The node's main thread can wait at most about 1 s per second: on a machine already
+    # busy (idle > 1/3), STARVED_FACTOR times idle is out of reach, so the hogs must then
+    # take at least half of the wait that was left.
+    wanted = min(STARVED_FACTOR * idle, idle + (1.0 - idle) / 2)
+    assert starved >= wanted and starved > 0.05, (
+        f"node 2 waited {starved:.3f} s/s for its CPU under stress-cpu, {idle:.3f} s/s before "
+        f"(wanted at least {wanted:.3f})")
