@@ -155,22 +155,27 @@ def source_reads(programs: Programs, cluster: Any) -> list[Run]:
 # What the source emits, outside the cluster -------------------------------------------------
 
 
+def _direct_read(tmp_path_factory: pytest.TempPathFactory, count: int,
+                 sync_mode: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A read of the users stream by Faker with the suite's seeded config, outside the
+    cluster: the configured catalog and every message, in order."""
+    workdir = tmp_path_factory.mktemp(f"faker-{sync_mode}")
+    config = {**FAKER, "count": count}
+    with _definition("source-faker").connector(workdir / "runs", data_dir=workdir) as source:
+        configured = acc.configure_catalog(source.discover(config), sync_mode, ["users"])
+        return configured, list(source.read(config, configured))
+
+
 @pytest.fixture(scope="module")
 def emitted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], pipeline.Keyed]:
     """`emitted(count)`: key → record of a direct read of the same seeded config, outside
     the cluster (the source's truth); one read per count."""
-    defn = _definition("source-faker")
     cache: dict[int, pipeline.Keyed] = {}
 
     def read(count: int) -> pipeline.Keyed:
         if count not in cache:
-            workdir = tmp_path_factory.mktemp("faker-direct")
-            config = {**FAKER, "count": count}
-            with defn.connector(workdir / "runs", data_dir=workdir) as source:
-                configured = acc.configure_catalog(source.discover(config), "full_refresh",
-                                                   ["users"])
-                records = [m["record"] for m in source.read(config, configured)
-                           if m["type"] == "RECORD"]
+            configured, messages = _direct_read(tmp_path_factory, count, "full_refresh")
+            records = [m["record"] for m in messages if m["type"] == "RECORD"]
             cache[count] = _without_volatile(pipeline.records_by_key(records, configured))
         return cache[count]
 
@@ -205,26 +210,21 @@ def states_emitted(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], 
     """`states_emitted(count)`: the STATEs of a direct read of the same seeded config in the
     task's sync mode (incremental on the stream's default cursor, as the stream supports
     it), outside the cluster; one read per count."""
-    defn = _definition("source-faker")
     cache: dict[int, EmittedStates] = {}
 
     def read(count: int) -> EmittedStates:
         if count not in cache:
-            workdir = tmp_path_factory.mktemp("faker-states")
-            config = {**FAKER, "count": count}
-            with defn.connector(workdir / "runs", data_dir=workdir) as source:
-                configured = acc.configure_catalog(source.discover(config), "incremental",
-                                                   ["users"])
-                cursor = tuple(configured["streams"][0].get("cursor_field") or ())
-                ids: list[int] = []
-                marks: list[tuple[dict[str, Any], tuple[int, ...]]] = []
-                for message in source.read(config, configured):
-                    if message["type"] == "RECORD" and message["record"]["stream"] == "users":
-                        ids.append(_id(message["record"]["data"]))
-                    elif message["type"] == "STATE":
-                        state = _users_state([message["state"]], cursor)
-                        if state is not None:
-                            marks.append((state, tuple(ids)))
+            configured, messages = _direct_read(tmp_path_factory, count, "incremental")
+            cursor = tuple(configured["streams"][0].get("cursor_field") or ())
+            ids: list[int] = []
+            marks: list[tuple[dict[str, Any], tuple[int, ...]]] = []
+            for message in messages:
+                if message["type"] == "RECORD" and message["record"]["stream"] == "users":
+                    ids.append(_id(message["record"]["data"]))
+                elif message["type"] == "STATE":
+                    state = _users_state([message["state"]], cursor)
+                    if state is not None:
+                        marks.append((state, tuple(ids)))
             cache[count] = EmittedStates(cursor, tuple(marks))
         return cache[count]
 
