@@ -181,3 +181,33 @@ def test_append_columns_refuse_times_that_are_no_ints(bench: Any, time: Any) -> 
     assert HistoryTable(ops).appends is None
     ops[[i for i, op in enumerate(ops) if op.f == "append"][5]].time = 2
     assert HistoryTable(ops).appends is not None
+
+
+@pytest.mark.parametrize("bend", ["none", *sorted(BENDS)])
+def test_read_rows_taken_from_the_appends_are_the_records_own(bench: Any, bend: str) -> None:
+    # Reads.rows come from the acknowledged appends' rows wherever a read record id equals
+    # its payload id's acknowledged one, converted int by int elsewhere: either way they
+    # must be what converting every record id read gives
+    from itertools import chain
+
+    from harness.checkers.columns import shared_columns
+    from harness.checkers.table import list_rows, table_of
+
+    ops = bench.generate(6_000, 7)
+    if bend != "none":
+        BENDS[bend](ops)
+    with shared_columns():
+        table = table_of(ops)
+        assert table is not None
+        reads = table.reads
+        if reads is None:
+            assert table.appends is None  # no append columns, so no read columns either
+            return
+        raws = list(chain.from_iterable(c.rids for c in reads.columns))
+        direct = list_rows(raws)
+        if direct is not None:
+            assert reads.rows is not None and (reads.rows == direct).all()
+        else:
+            # none of every record id read as a list of three ints: a float spelling (2.0
+            # == 2 to Python, as to every op-by-op path) may still give the int's row
+            assert reads.rows is None or reads.rows.tolist() == [list(map(int, r)) for r in raws]
