@@ -217,8 +217,9 @@ class Reads:
     begin; one more at the end), `columns` (each op's shared harness.checkers.columns),
     `ids` (the dense payload ids of `registry`, or None when one cannot be taken) and
     `rows` (shard, batch, index) when every record id is a list of three ints that fit in
-    64 bits, or equals (==) its payload id's acknowledged record id, which is one (else None): what lets a checker judge a million records in a few passes of
-    numpy instead of comparing scattered lists."""
+    64 bits, or equals (==) its payload id's acknowledged record id, which is one (else
+    None): what lets a checker judge a million records in a few passes of numpy instead
+    of comparing scattered lists."""
 
     __slots__ = ("positions", "number", "starts", "columns", "ids", "rows")
 
