@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from itertools import compress, repeat
+from itertools import compress, count, repeat
 from operator import is_, itemgetter
 from typing import Any
 
@@ -95,7 +95,7 @@ class PayloadIds:
         self.pids: list[Any] = []  # id -> payload id
 
     def of(self, pids: list[Any]) -> list[int] | None:
-        """The ids of `pids` (new ones numbered as met), or None if one is unhashable."""
+        """The ids of `pids` (new ones numbered as first met), or None if one is unhashable."""
         index = self.index
         try:
             return list(map(index.__getitem__, pids))  # the usual read: all known
@@ -103,16 +103,18 @@ class PayloadIds:
             pass
         except TypeError:
             return None
-        ids: list[Any] = list(map(index.get, pids))
+        try:
+            ids: list[Any] = list(map(index.get, pids))
+        except TypeError:  # an unhashable one after the first unknown
+            return None
         if None in ids:
+            # the new ones, in the order first met, numbered at once (a history's appends
+            # bring a million: numbered one by one in Python, they cost a second)
+            new = dict.fromkeys(compress(pids, map(is_, ids, repeat(None))))
             known = self.pids
-            for k in compress(range(len(ids)), map(is_, ids, repeat(None))):
-                pid = pids[k]
-                got = index.get(pid)
-                if got is None:
-                    got = index[pid] = len(known)
-                    known.append(pid)
-                ids[k] = got
+            index.update(zip(new, count(len(known))))
+            known.extend(new)
+            ids = list(map(index.__getitem__, pids))
         return ids
 
 

@@ -77,3 +77,16 @@ def test_a_record_naming_no_consumer_is_the_ops_and_one_naming_none_is_nones(
     assert sequences({"consumer": "c1"}) == 1
     assert sequences({"consumer": None}) == 2  # a reader named None beside c1
     assert sequences({"consumer": "c2"}) == 2
+
+
+def test_payload_ids_number_new_ones_in_the_order_first_met() -> None:
+    from harness.checkers.columns import PayloadIds
+
+    registry = PayloadIds()
+    assert registry.of(["a", "b"]) == [0, 1]
+    # new ones among known ones, repeated, and None (a record without a payload id)
+    assert registry.of(["c", "a", None, "c", "d", None]) == [2, 0, 3, 2, 4, 3]
+    assert registry.pids == ["a", "b", "c", None, "d"]
+    # an unhashable payload id, before or after the first unknown one: no ids
+    assert registry.of([["x"], "e"]) is None
+    assert registry.of(["e", ["x"]]) is None
