@@ -75,7 +75,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
-from itertools import chain, compress, count, repeat
+from itertools import compress, count, repeat
 from operator import eq, itemgetter, ne, not_
 from typing import Any
 
@@ -83,7 +83,7 @@ import numpy as np
 
 from harness.checkers.columns import PayloadIds, columns_of
 from harness.checkers.result import NS_PER_S, Result, add_anomaly, without_gc
-from harness.checkers.table import OK, Appends, Reads, distinct, list_rows, table_of
+from harness.checkers.table import OK, Appends, Reads, ack_rows, distinct, table_of
 from harness.history import History, Op, as_ops
 
 NAME = "queue"
@@ -285,7 +285,7 @@ def check(
         seen = bytearray(size)
         first_t = array("q", [_NEVER]) * size
     complete_seen = bytearray(size)
-    judge = _Deliveries(result, index, acks, int(grace_s * NS_PER_S))
+    judge = _Deliveries(result, index, ops, acks, int(grace_s * NS_PER_S))
     read_repeats = 0
     for ev in events:
         code = ev[0]
@@ -921,9 +921,11 @@ class _Deliveries:
     """What each consumer was delivered: frontiers per ownership epoch, and redeliveries."""
 
     def __init__(
-        self, result: Result, index: _Index, acks: list[tuple[int, Any, Any, Any]], grace: int
+        self, result: Result, index: _Index, ops: list[Op], acks: list[tuple[int, Any, Any, Any]],
+        grace: int,
     ) -> None:
         self.result = result
+        self.ops = ops  # (for the shared table's ack rows)
         self.index = index
         self.grace = grace
         self._acks = acks
@@ -980,7 +982,7 @@ class _Deliveries:
         if not acks or not set(map(type, sent)) <= {int} or not all(
                 type(a[2]) is list for a in acks):
             return None
-        rows = list_rows(list(chain.from_iterable(a[2] for a in acks)))
+        rows = ack_rows(self.ops, [a[2] for a in acks])
         pos = _positions(rows, self.index) if rows is not None else None
         if pos is None:
             return None

@@ -27,7 +27,7 @@ subscription:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from itertools import chain, compress, filterfalse, repeat
+from itertools import compress, filterfalse, repeat
 from operator import add, is_not, itemgetter, le, not_
 from typing import Any, cast
 
@@ -35,7 +35,7 @@ import numpy as np
 
 from harness.checkers.columns import Columns, PayloadIds, columns_of
 from harness.checkers.result import NS_PER_S, Result, add_anomaly, quantiles, without_gc
-from harness.checkers.table import OK, Appends, Reads, distinct, list_rows, table_of
+from harness.checkers.table import OK, Appends, Reads, ack_rows, distinct, table_of
 from harness.history import History, Op, as_ops
 
 NAME = "subscription"
@@ -382,6 +382,7 @@ class _Bulk:
     are lists of three ints; anything else is _NotInBulk."""
 
     def __init__(self, ops: list[Op], reads: Reads) -> None:
+        self.ops = ops
         self.reads = reads
         self.number = {id(ops[i]): k for k, i in enumerate(reads.positions)}
         # per fetch with records: its number in `reads`, subscription, time, the consumer
@@ -438,7 +439,7 @@ class _Bulk:
         if not set(map(type, times)) <= {int} or (times and not
                                                  -(1 << 62) < min(times) <= max(times) < 1 << 62):
             raise _NotInBulk
-        a_rows = list_rows(list(chain.from_iterable(raw or () for raw in raws)))
+        a_rows = ack_rows(self.ops, raws)
         if a_rows is None:
             raise _NotInBulk
         # the deliveries: every record of each fetch, in history order

@@ -293,11 +293,71 @@ def list_rows(raws: list[Any]) -> np.ndarray | None:
     return np.frombuffer(flat, dtype=np.int64).reshape(-1, 3)
 
 
+class AckRows:
+    """The record ids that the ack invocations name (a non-empty list `record_ids`), in
+    history order, concatenated as (shard, batch, index) `rows` when every one is a list
+    of three ints that fit in 64 bits (else None): the subscription and queue checkers
+    both judge every acknowledged record id, and converting them int by int is most of
+    what that costs. `starts`: where each ack's begin (one more at the end)."""
+
+    __slots__ = ("held", "number", "starts", "rows")
+
+    def __init__(self, ops: list[Op], positions: list[int]) -> None:
+        held: list[list[Any]] = []
+        for i in positions:
+            op = ops[i]
+            v = op.value
+            if op.type == "invoke" and type(v) is dict:
+                raw = v.get("record_ids")
+                if type(raw) is list and raw:
+                    held.append(raw)
+        self.held = held  # (kept, so that each list's id stays its own)
+        self.number = {id(raw): k for k, raw in enumerate(held)}
+        lengths = np.fromiter(map(len, held), np.int64, len(held))
+        self.starts = np.zeros(len(held) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.starts[1:])
+        self.rows = list_rows(list(chain.from_iterable(held)))
+
+    def rows_of(self, raws: Iterable[Any]) -> np.ndarray | None:
+        """The rows of `raws` (ack invocations' `record_ids` lists, each the very list the
+        history holds; None or empty: no rows) concatenated; None where some is not one
+        of this table's lists or the table has no rows."""
+        if self.rows is None:
+            return None
+        number, held = self.number, self.held
+        ks: list[int] = []
+        for raw in raws:
+            if not raw:
+                continue
+            k = number.get(id(raw))
+            if k is None or held[k] is not raw:
+                return None
+            ks.append(k)
+        at = np.array(ks, dtype=np.int64)
+        begin = self.starts[at]
+        lengths = self.starts[at + 1] - begin
+        n = int(lengths.sum())
+        return self.rows[np.repeat(begin - (np.cumsum(lengths) - lengths), lengths)
+                         + np.arange(n, dtype=np.int64)]
+
+
+def ack_rows(ops: list[Op], raws: list[Any]) -> np.ndarray | None:
+    """What `list_rows` makes of the record ids of `raws` (ack `record_ids` lists; None or
+    empty: none) concatenated, taken from the shared table's AckRows where it holds them
+    (inside `shared_columns()`), else converted here."""
+    table = table_of(ops)
+    if table is not None:
+        got = table.acks.rows_of(raws)
+        if got is not None:
+            return got
+    return list_rows(list(chain.from_iterable(raw or () for raw in raws)))
+
+
 class HistoryTable:
     """One pass over the ops: the positions of each `f`'s ops; the appends and the read
     records on demand."""
 
-    __slots__ = ("ops", "by_f", "_appends", "_reads")
+    __slots__ = ("ops", "by_f", "_appends", "_reads", "_acks")
 
     def __init__(self, ops: list[Op]) -> None:
         self.ops = ops
@@ -312,6 +372,7 @@ class HistoryTable:
         self.by_f = by_f
         self._appends: Appends | None | bool = False
         self._reads: Reads | None | bool = False
+        self._acks: AckRows | None = None
 
     def positions(self, fs: Iterable[str]) -> list[int]:
         """Positions of the ops whose f is one of `fs`, in history order."""
@@ -345,6 +406,14 @@ class HistoryTable:
             self._reads = None if appends is None else Reads(
                 self.ops, self.positions(READ_FS), appends)
         return self._reads if isinstance(self._reads, Reads) else None
+
+
+    @property
+    def acks(self) -> AckRows:
+        """The record ids the ack invocations name, as rows (see AckRows)."""
+        if self._acks is None:
+            self._acks = AckRows(self.ops, self.by_f.get("ack", []))
+        return self._acks
 
 
 def table_of(ops: list[Op]) -> HistoryTable | None:

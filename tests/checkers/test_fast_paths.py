@@ -211,3 +211,30 @@ def test_read_rows_taken_from_the_appends_are_the_records_own(bench: Any, bend: 
             # none of every record id read as a list of three ints: a float spelling (2.0
             # == 2 to Python, as to every op-by-op path) may still give the int's row
             assert reads.rows is None or reads.rows.tolist() == [list(map(int, r)) for r in raws]
+
+
+@pytest.mark.parametrize("bend", ["none", "tuple_acks"])
+def test_ack_rows_from_the_table_are_what_converting_them_gives(bench: Any, bend: str) -> None:
+    from itertools import chain
+
+    from harness.checkers.columns import shared_columns
+    from harness.checkers.table import ack_rows, list_rows, table_of
+
+    ops = bench.generate(6_000, 7)
+    if bend != "none":
+        BENDS[bend](ops)
+    raws = [op.value["record_ids"] for op in ops if op.f == "ack" and op.type == "invoke"]
+    some = [*raws[1::3], None, []]  # a selection, an ack naming none and an empty one
+    direct = list_rows(list(chain.from_iterable(raw or () for raw in some)))
+    with shared_columns():
+        table = table_of(ops)
+        assert table is not None
+        shared = table.acks.rows_of(some)
+        if bend == "none":
+            assert shared is not None and direct is not None and (shared == direct).all()
+        else:  # tuples among them: no rows, from the table or converted
+            assert shared is None and direct is None
+        # an equal list that is not the history's own is not taken from the table
+        assert table.acks.rows_of([list(raws[0])]) is None
+        got = ack_rows(ops, some)
+        assert (got is None and direct is None) or (got == direct).all()
