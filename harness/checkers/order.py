@@ -277,10 +277,10 @@ class _Fold:
         self.payload_rid = _PayloadBindings(self)
         self._append_order(appends, oks, opened_at[ids[oks]], ok_pids)
         self.registry = appends.registry
-        rid_by_id: list[Any] = [_NONE] * len(appends.registry.pids)
-        for k, raw in zip(ids[oks].tolist(), rids, strict=True):
-            rid_by_id[k] = raw
-        self.rid_by_id = rid_by_id
+        # (payload ids are completed once each, by the pairing: no slot is set twice)
+        rid_by_id = np.full(len(appends.registry.pids), _NONE, dtype=object)
+        rid_by_id[ids[oks]] = np.fromiter(rids, dtype=object, count=len(rids))
+        self.rid_by_id = rid_by_id.tolist()
         inv_of = np.full(len(appends.registry.pids), -1, dtype=np.int64)
         inv_of[ids[invoked]] = np.arange(len(invoked))
         self.ok_places = places[inv_of[ids[oks]]]
