@@ -40,6 +40,7 @@ _KIND = "history-table"
 INVOKE, OK, FAIL, INFO = range(4)  # append type codes (INFO: any other completion)
 _TYPES = {"invoke": INVOKE, "ok": OK, "fail": FAIL}
 _SEQUENCES = (list, tuple)
+_STRETCH = 64  # records compared at once where a read's record ids differ from the appends'
 _RECORDS = attrgetter("records")
 
 
@@ -271,7 +272,13 @@ def _read_rows(columns: list[Columns], ids: np.ndarray | None, starts: np.ndarra
     expected = spelt[acked].tolist()  # (-1 picks the None put last: no list equals it)
     rows = ok_rows[acked]
     if raws != expected:
-        other = list(compress(count(), map(ne, raws, expected)))
+        # the records that differ, found a stretch at a time: equal stretches are passed by
+        # one C-level comparison each (a record-by-record `ne` cost five times as much)
+        other: list[int] = []
+        for a in range(0, len(raws), _STRETCH):
+            mine, theirs = raws[a:a + _STRETCH], expected[a:a + _STRETCH]
+            if mine != theirs:
+                other.extend(compress(count(a), map(ne, mine, theirs)))
         own = list_rows(list(map(raws.__getitem__, other)))
         if own is None:
             return None
