@@ -449,13 +449,17 @@ def finish(p: Pipeline, emitted: Callable[[int], pipeline.Keyed], evidence: Any,
 
 def wait_mid_read(p: Pipeline, before: list[Run]) -> tuple[Run, int, list[Any]]:
     """The source's running read once its first checkpoint is stored: the run, its pid on
-    this machine, and the checkpoint."""
+    this machine, and the checkpoint. A read that completes first skips the test as
+    vacuous."""
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
         connector = p.connector(p.source)
         if connector.status == "COMPLETED":
-            pytest.fail("the source finished before the fault could hit it; raise FAULT_COUNT",
-                        pytrace=False)
+            # The fault cannot reach a read that is over: no verdict, and no pass either (on
+            # a busy machine each poll here, a docker exec or two, can outlast the read).
+            pytest.skip(f"{VACUOUS_PREFIX}the source's read of {p.count} users completed "
+                        "before a checkpointed read was seen running, so the fault could not "
+                        "hit it (raise FAULT_COUNT, or run fewer workers)")
         reads = [run for run in p.source_reads() if run not in before]
         pid = p.programs.live_pid(p.cluster, reads[-1]) if reads and connector.offsets else None
         if pid is not None:
