@@ -524,22 +524,14 @@ def _parse_line_by_line(p: Path, text: str) -> list[Op]:
     return ops
 
 
-class CheckedOps(list):  # type: ignore[type-arg]
-    """What `as_ops` returns for a list of Ops: a list it has checked to hold only Ops, so
-    that handing it to as_ops again (check_all hands its ops to every checker) copies it
-    without looking at a million ops once more."""
-
-
 def as_ops(history: History | str | Path | Iterable[Op | Mapping[str, Any]]) -> list[Op]:
     """Ops from a History, a JSON lines path, or an iterable of Ops or op dicts (a new list)."""
     if isinstance(history, History):
         return history.snapshot()
     if isinstance(history, str | Path):
         return load_ops(history)
-    if type(history) is CheckedOps:
-        return CheckedOps(history)
     if type(history) is list and set(map(type, history)) <= {Op}:
-        return CheckedOps(history)  # the usual case, checked and copied in C
+        return list(history)  # the usual case, checked and copied in C
     out: list[Op] = []
     for item in history:
         out.append(item if isinstance(item, Op) else Op.from_dict(item))
