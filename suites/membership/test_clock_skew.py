@@ -18,14 +18,14 @@ from harness.history import History, history_path
 from harness.nemesis import FAULTS, Fault, Nemesis
 from harness.probes import ViewSampler, probe_for
 
-from .bounds import SAMPLE_S, TIMINGS, agreement_bound_s
+from .bounds import SAMPLE_S, agreement_bound_s, run_backend, timings
 
 MIN_HOLD_S = 8.0  # the skew lasts at least this long, and at least three agreement bounds
 
 
 @pytest.mark.nemesis
 def test_skewed_nodes_stay_members(request, cluster_factory, evidence):
-    cluster = cluster_factory(nodes=3, gossip=TIMINGS, clock_faults=True)
+    cluster = cluster_factory(nodes=3, gossip=timings(run_backend(request)), clock_faults=True)
     ids = [node.id for node in cluster.nodes]
     bound_s = agreement_bound_s(cluster.settings, len(ids))
     hold_s = max(MIN_HOLD_S, 3 * bound_s)

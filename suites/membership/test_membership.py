@@ -24,7 +24,7 @@ from harness.history import History, history_path
 from harness.nemesis import FAULTS, Fault, Nemesis
 from harness.probes import DescribeClusterProbe, ViewSampler, probe_for
 
-from .bounds import SAMPLE_S, TIMINGS, agreement_bound_s, join_bound_s
+from .bounds import SAMPLE_S, agreement_bound_s, join_bound_s, run_backend, timings
 
 
 @dataclass
@@ -40,7 +40,8 @@ def observe(request, cluster_factory, evidence, n: int, **options) -> Iterator[O
     """An n-node cluster at the suite's timings (and `options` for the cluster factory), its
     views sampled into the test's history and a nemesis on it, healed at the end: what every
     membership test here watches."""
-    cluster = cluster_factory(nodes=n, gossip=TIMINGS, **options)
+    backend = options.get("backend") or run_backend(request)
+    cluster = cluster_factory(nodes=n, gossip=timings(backend), **options)
     path = history_path(request.node.nodeid)
     evidence.history(path)
     probe = probe_for(cluster.settings, [node.id for node in cluster.nodes])
@@ -122,7 +123,7 @@ def test_new_node_joins_within_bound(request, cluster_factory, evidence, n):
     """A brand-new node (an id no member has seen) started against the running cluster's
     seeds: within the join bound every node, the newcomer included, sees all n+1 alive,
     with no suspicion of anyone on the way."""
-    cluster = cluster_factory(nodes=n, late_nodes=1, gossip=TIMINGS)
+    cluster = cluster_factory(nodes=n, late_nodes=1, gossip=timings(run_backend(request)))
     newcomer = n + 1
     path = history_path(request.node.nodeid)
     evidence.history(path)
@@ -199,7 +200,7 @@ def test_describe_cluster_follows_a_failure(request, cluster_factory, evidence):
     members only (real HStreamDB).
     """
     n = 3
-    cluster = cluster_factory(nodes=n, gossip=TIMINGS)
+    cluster = cluster_factory(nodes=n, gossip=timings(run_backend(request)))
     ids = [node.id for node in cluster.nodes]
     path = history_path(request.node.nodeid)
     evidence.history(path)

@@ -15,7 +15,7 @@ from harness.history import History, history_path
 from harness.nemesis import FAULTS, Nemesis
 from harness.probes import ViewSampler, probe_for
 
-from .bounds import SAMPLE_S, TIMINGS, agreement_bound_s, heal_bound_s
+from .bounds import SAMPLE_S, agreement_bound_s, heal_bound_s, timings
 from .test_membership import settle
 
 pytestmark = pytest.mark.docker
@@ -69,7 +69,7 @@ def test_partition_then_heal(request, cluster_factory, cluster_spec, evidence, g
     # Processes on one machine share proxies that cannot cut one peer off and not another:
     # that run's partitions go to containers; a runtime with real hosts keeps its own.
     backend = "docker" if cluster_spec.backend == "local" else cluster_spec.backend
-    cluster = cluster_factory(nodes=n, gossip=TIMINGS, backend=backend)
+    cluster = cluster_factory(nodes=n, gossip=timings(backend), backend=backend)
     bound = agreement_bound_s(cluster.settings, n)
     ids = [x.id for x in cluster.nodes]
     instance = FAULTS[grudge].resolve(ids, random.Random(cluster.spec.seed))

@@ -27,7 +27,8 @@ from harness.nemesis import FAULTS
 from .test_membership import Observed, observe, settle, verdict, wait
 
 # Long enough for every node to probe the starved one, and be probed by it, many times
-# over (a probe period is 0.3 s at TIMINGS); longer on targets with slower timings.
+# over (a probe period is 0.3 s at the suite's timings, 0.6 s on docker); longer on targets
+# with slower timings.
 PRESSURE_S = 8.0
 
 

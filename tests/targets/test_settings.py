@@ -74,3 +74,19 @@ def test_the_probe_is_the_one_the_target_supports() -> None:
     probe = probe_for(settings_for(ClusterSpec(profile="hstream-0.20")), [1, 2])
     assert isinstance(probe, DescribeClusterProbe)
     assert probe.absent == "dead"  # a member missing from alive-only lists is not alive
+
+
+def test_membership_timings_are_stretched_on_docker_and_the_bounds_follow() -> None:
+    from suites.membership.bounds import DOCKER_STRETCH, TIMINGS, timings
+
+    assert timings("local") == TIMINGS and timings("ssh") == TIMINGS
+    slow = timings("docker")
+    assert slow["probe_interval_ms"] == TIMINGS["probe_interval_ms"] * DOCKER_STRETCH
+    assert slow["roundtrip_timeout_ms"] == TIMINGS["roundtrip_timeout_ms"] * DOCKER_STRETCH
+    assert slow["suspicion_mult"] == TIMINGS["suspicion_mult"]  # a count, not a period
+    # still well below the real defaults (probe 2 s, roundtrip 500 ms)
+    gossip = settings_for(ClusterSpec(backend="docker", gossip=slow)).gossip
+    assert gossip.probe_interval_s < 2.0 and gossip.roundtrip_timeout_s < 0.5
+    fast = settings_for(ClusterSpec(gossip=timings("local")))
+    assert agreement_bound_s(settings_for(ClusterSpec(backend="docker", gossip=slow)), 3) > \
+        agreement_bound_s(fast, 3)
