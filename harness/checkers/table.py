@@ -257,10 +257,11 @@ def _read_rows(columns: list[Columns], ids: np.ndarray | None, starts: np.ndarra
     """Reads.rows. A record id read is nearly always its payload id's acknowledged record
     id, so the rows are taken from the appends' rows wherever the read's record ids equal
     theirs (one C-level comparison of two lists of lists), and converted int by int only
-    for the reads where some does not: what list_rows makes of them all, at a fraction of
+    for the records where it does not: what list_rows makes of them all, at a fraction of
     the cost (converting a million lists of ints is most of what building the table costs)."""
     raws = list(chain.from_iterable(c.rids for c in columns))
     ok_rows, ok_rids = appends.rid_array, appends.rids
+    # (no acknowledged append: an empty set of types, so every record is converted)
     if ids is None or ok_rows is None or not len(raws) or set(map(type, ok_rids)) != {list}:
         return list_rows(raws)
     # each payload id's acknowledged append (the last, if twice), -1: none

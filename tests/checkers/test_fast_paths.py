@@ -238,3 +238,20 @@ def test_ack_rows_from_the_table_are_what_converting_them_gives(bench: Any, bend
         assert table.acks.rows_of([list(raws[0])]) is None
         got = ack_rows(ops, some)
         assert (got is None and direct is None) or (got == direct).all()
+
+
+def test_reads_of_a_history_without_acknowledged_appends_have_rows(bench: Any) -> None:
+    # every append indeterminate: no acknowledged row to take, each read record converted
+    from harness.checkers.columns import shared_columns
+    from harness.checkers.table import table_of
+
+    ops = bench.generate(2_000, 5)
+    for op in ops:
+        if op.f == "append" and op.type == "ok":
+            op.type = "info"
+            op.value = {k: v for k, v in op.value.items() if k != "record_id"}
+    with shared_columns():
+        table = table_of(ops)
+        assert table is not None and table.reads is not None
+        assert table.reads.rows is not None and len(table.reads.rows) > 0
+    _same_both_ways(bench, ops)
