@@ -460,8 +460,14 @@ def wait_mid_read(p: Pipeline, before: list[Run]) -> tuple[Run, int, list[Any]]:
             pytest.skip(f"{VACUOUS_PREFIX}the source's read of {p.count} users completed "
                         "before a checkpointed read was seen running, so the fault could not "
                         "hit it (raise FAULT_COUNT, or run fewer workers)")
+        if not connector.offsets:
+            # No checkpoint yet: the run logs and the pid (on docker, a copy out of every
+            # node's container and a `top`, seconds each on a busy machine) wait for one, so
+            # that the read is still running when they are read.
+            time.sleep(0.1)
+            continue
         reads = [run for run in p.source_reads() if run not in before]
-        pid = p.programs.live_pid(p.cluster, reads[-1]) if reads and connector.offsets else None
+        pid = p.programs.live_pid(p.cluster, reads[-1]) if reads else None
         if pid is not None:
             return reads[-1], pid, [json_format.MessageToDict(o) for o in connector.offsets]
         time.sleep(0.1)
