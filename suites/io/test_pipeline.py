@@ -66,6 +66,11 @@ COUNT = 2000
 # The fault tests read more, so that the read is still running when the fault hits: Faker
 # emits about a thousand users a second here, and the first checkpoint comes after ~200.
 FAULT_COUNT = 6000
+# On docker, finding the running read copies the run logs out of every node's container and
+# lists a container's processes: seconds on a busy machine, about what a read of 6000 users
+# takes there (in a 6-worker run two or three of the fault tests found the read over, and
+# were vacuous). The fault tests read three times as many users on docker.
+DOCKER_FAULT_STRETCH = 3
 # Faker's users with always_updated: every record carries the wall clock in `updated_at`,
 # so a read resumed from a STATE re-emits users as newer versions; `updated_at` is the
 # one field that differs from the direct read (the definition's volatile field).
@@ -150,6 +155,12 @@ def connector_programs(request: pytest.FixtureRequest,
 
 def source_reads(programs: Programs, cluster: Any) -> list[Run]:
     return programs.runs(cluster, _definition("source-faker"), "read")
+
+
+@pytest.fixture(scope="module")
+def fault_count(cluster_spec: Any) -> int:
+    """How many users the fault tests' source reads (see DOCKER_FAULT_STRETCH)."""
+    return FAULT_COUNT * (DOCKER_FAULT_STRETCH if cluster_spec.backend == "docker" else 1)
 
 
 # What the source emits, outside the cluster -------------------------------------------------
@@ -459,7 +470,7 @@ def wait_mid_read(p: Pipeline, before: list[Run]) -> tuple[Run, int, list[Any]]:
             # a busy machine each poll here, a docker exec or two, can outlast the read).
             pytest.skip(f"{VACUOUS_PREFIX}the source's read of {p.count} users completed "
                         "before a checkpointed read was seen running, so the fault could not "
-                        "hit it (raise FAULT_COUNT, or run fewer workers)")
+                        "hit it (raise FAULT_COUNT or DOCKER_FAULT_STRETCH, or run fewer workers)")
         if not connector.offsets:
             # No checkpoint yet: the run logs and the pid (on docker, a copy out of every
             # node's container and a `top`, seconds each on a busy machine) wait for one, so
@@ -543,9 +554,9 @@ def test_pipeline_healthy(cluster: Any, emitted: Callable[[int], Any], evidence:
 @pytest.mark.nemesis
 def test_pipeline_connector_killed_mid_read(cluster: Any, emitted: Callable[[int], Any],
                                             evidence: Any, connector_programs: Programs,
-                                            history: History) -> None:
+                                            history: History, fault_count: int) -> None:
     before = source_reads(connector_programs, cluster)
-    p = Pipeline(cluster, connector_programs, "connkill", FAULT_COUNT)
+    p = Pipeline(cluster, connector_programs, "connkill", fault_count)
     p.create()
     run, pid, checkpoint = wait_mid_read(p, before)
     crash = Fault("crash", program="connector", attributes={"pid": pid})
@@ -561,9 +572,9 @@ def test_pipeline_connector_killed_mid_read(cluster: Any, emitted: Callable[[int
 
 
 def test_pipeline_pause_and_resume(cluster: Any, emitted: Callable[[int], Any], evidence: Any,
-                                   connector_programs: Programs) -> None:
+                                   connector_programs: Programs, fault_count: int) -> None:
     before = source_reads(connector_programs, cluster)
-    p = Pipeline(cluster, connector_programs, "pause", FAULT_COUNT)
+    p = Pipeline(cluster, connector_programs, "pause", fault_count)
     p.create()
     run, pid, checkpoint = wait_mid_read(p, before)
     paused_at = time.monotonic()
@@ -607,13 +618,13 @@ def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[...,
                                                   states_emitted: Callable[[int],
                                                                            EmittedStates],
                                                   evidence: Any, connector_programs: Programs,
-                                                  history: History) -> None:
+                                                  history: History, fault_count: int) -> None:
     # Read before the fault: the direct read takes seconds, and the stream must be read
     # soon after the kill.
-    states = states_emitted(FAULT_COUNT)
+    states = states_emitted(fault_count)
     cluster = cluster_factory()
     before = source_reads(connector_programs, cluster)
-    p = Pipeline(cluster, connector_programs, "srvkill", FAULT_COUNT)
+    p = Pipeline(cluster, connector_programs, "srvkill", fault_count)
     p.create()
     run, pid, checkpoint = wait_mid_read(p, before)
     runner = p.connector(p.source).node
@@ -648,11 +659,11 @@ def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[...,
              "checkpoint_at_kill": checkpoint, **crash}
     figures, _ = finish(p, emitted, evidence, "server-sigkill", facts)
     runs = [r for r in p.source_reads() if r not in before]
-    if crash["users_covered_at_crash"] == FAULT_COUNT:
+    if crash["users_covered_at_crash"] == fault_count:
         # The checkpoint at the crash was the read's last STATE, after every user: the read
         # had ended before the kill landed (on docker the kill takes ~0.4 s after the
         # mid-read sample), so no record was in flight between the source and the stream.
-        pytest.skip(f"{VACUOUS_PREFIX}the source's read had emitted all {FAULT_COUNT} users "
+        pytest.skip(f"{VACUOUS_PREFIX}the source's read had emitted all {fault_count} users "
                     f"and its last STATE was the checkpoint before node {victim.id} was "
                     "killed; no read was interrupted")
     if crash["read_resumed_before_snapshot"]:
@@ -667,6 +678,6 @@ def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[...,
         # sample), so the kill hit no running read. That run says nothing about resuming
         # one: vacuous, not pass.
         pytest.skip(f"{VACUOUS_PREFIX}the source's read {runs[0]} had emitted all "
-                    f"{FAULT_COUNT} records before node {victim.id} was killed; no read was "
+                    f"{fault_count} records before node {victim.id} was killed; no read was "
                     f"interrupted, so none had to resume on {new_runner}")
     assert len(runs) == 2, f"expected the interrupted read and one on the new node: {runs}"
