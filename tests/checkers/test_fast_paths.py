@@ -14,13 +14,14 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 import pytest
 
 from harness.checkers import check_all
-from harness.checkers.columns import record_by_record
-from harness.checkers.table import HistoryTable
+from harness.checkers.columns import record_by_record, shared_columns
+from harness.checkers.table import HistoryTable, ack_rows, list_rows, table_of
 from harness.history import Op
 
 
@@ -188,11 +189,6 @@ def test_read_rows_taken_from_the_appends_are_the_records_own(bench: Any, bend: 
     # Reads.rows come from the acknowledged appends' rows wherever a read record id equals
     # its payload id's acknowledged one, converted int by int elsewhere: either way they
     # must be what converting every record id read gives
-    from itertools import chain
-
-    from harness.checkers.columns import shared_columns
-    from harness.checkers.table import list_rows, table_of
-
     ops = bench.generate(6_000, 7)
     if bend != "none":
         BENDS[bend](ops)
@@ -215,11 +211,6 @@ def test_read_rows_taken_from_the_appends_are_the_records_own(bench: Any, bend: 
 
 @pytest.mark.parametrize("bend", ["none", "tuple_acks"])
 def test_ack_rows_from_the_table_are_what_converting_them_gives(bench: Any, bend: str) -> None:
-    from itertools import chain
-
-    from harness.checkers.columns import shared_columns
-    from harness.checkers.table import ack_rows, list_rows, table_of
-
     ops = bench.generate(6_000, 7)
     if bend != "none":
         BENDS[bend](ops)
@@ -242,9 +233,6 @@ def test_ack_rows_from_the_table_are_what_converting_them_gives(bench: Any, bend
 
 def test_reads_of_a_history_without_acknowledged_appends_have_rows(bench: Any) -> None:
     # every append indeterminate: no acknowledged row to take, each read record converted
-    from harness.checkers.columns import shared_columns
-    from harness.checkers.table import table_of
-
     ops = bench.generate(2_000, 5)
     for op in ops:
         if op.f == "append" and op.type == "ok":

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from harness.checkers import check_all, order
-from harness.checkers.columns import columns_of, shared_columns
+from harness.checkers.columns import PayloadIds, columns_of, shared_columns
 from harness.history import Op
 
 
@@ -80,8 +80,6 @@ def test_a_record_naming_no_consumer_is_the_ops_and_one_naming_none_is_nones(
 
 
 def test_payload_ids_number_new_ones_in_the_order_first_met() -> None:
-    from harness.checkers.columns import PayloadIds
-
     registry = PayloadIds()
     assert registry.of(["a", "b"]) == [0, 1]
     # new ones among known ones, repeated, and None (a record without a payload id)

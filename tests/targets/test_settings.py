@@ -10,7 +10,7 @@ from harness import HarnessError
 from harness.probes import CliClusterProbe, DescribeClusterProbe, probe_for
 from harness.targets import settings_for
 from harness.topology import ClusterSpec
-from suites.membership.bounds import agreement_bound_s
+from suites.membership.bounds import DOCKER_STRETCH, TIMINGS, agreement_bound_s, timings
 
 FAST = {"probe_interval_ms": 300, "roundtrip_timeout_ms": 120, "gossip_interval_ms": 150,
         "suspicion_mult": 3}
@@ -77,8 +77,6 @@ def test_the_probe_is_the_one_the_target_supports() -> None:
 
 
 def test_membership_timings_are_stretched_on_docker_and_the_bounds_follow() -> None:
-    from suites.membership.bounds import DOCKER_STRETCH, TIMINGS, timings
-
     assert timings("local") == TIMINGS and timings("ssh") == TIMINGS
     slow = timings("docker")
     assert slow["probe_interval_ms"] == TIMINGS["probe_interval_ms"] * DOCKER_STRETCH
