@@ -10,6 +10,13 @@ and what a sink wrote into an SQLite file.
   run is known by its node and its pid in that container; its process on this machine is the
   one of the container whose NSpid ends with that pid, which the crash fault can SIGKILL like
   any process of this machine.
+
+When the engine runs on this machine (as the crash fault already needs), a running container's
+files are read through its root as this machine sees it (``/proc/<its first process>/root``)
+and its processes are those of its cgroup: no call to the engine, which on a loaded machine
+answers a copy or a `top` in seconds, about as long as a connector's whole read takes (a
+6-worker docker run found reads over before the fault could hit them). A stopped container,
+or an engine elsewhere, is read through the Docker API as before.
 """
 
 from __future__ import annotations
@@ -19,13 +26,16 @@ import json
 import sqlite3
 import tarfile
 import tempfile
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from harness.io.catalogue import Run, parse_run_log, run_log_name
 from harness.io.connector_image import OUTPUT_DIR, RUN_LOG_DIR
 from harness.io.connectors import ConnectorDefinition
+
+T = TypeVar("T")
 
 
 def alive(pid: int) -> bool:
@@ -101,10 +111,14 @@ print(json.dumps(rows))
 
 
 class ContainerPrograms:
-    """Programs each node runs in its own container (docker backend)."""
+    """Programs each node runs in its own container (docker backend). `host_view=False`
+    reads every container through the Docker API, as for an engine on another machine."""
 
-    def __init__(self, client: Any = None) -> None:
+    def __init__(self, client: Any = None, host_view: bool = True) -> None:
         self._client = client
+        self.host_view = host_view
+        self._held: dict[str, Any] = {}  # container id -> its Container
+        self._first_pid: dict[str, int] = {}  # container id -> its first process, here
 
     @property
     def client(self) -> Any:
@@ -115,9 +129,48 @@ class ContainerPrograms:
         return self._client
 
     def _containers(self, cluster: Any) -> dict[str, Any]:
-        """Node name -> its container, for every node started so far."""
-        return {node.name: self.client.containers.get(node.container_id)
-                for node in cluster.nodes if node.container_id}
+        """Node name -> its container, for every node started so far (each looked up once:
+        a node restarted in place keeps its container)."""
+        found = {}
+        for node in cluster.nodes:
+            if node.container_id:
+                held = self._held.get(node.container_id)
+                if held is None:
+                    held = self._held[node.container_id] = self.client.containers.get(
+                        node.container_id)
+                found[node.name] = held
+        return found
+
+    def _first(self, container: Any) -> int | None:
+        """The pid on this machine of the running container's first process (whose root,
+        /proc/<pid>/root, is the container's), or None: stopped, or the engine is not on
+        this machine. It is asked of the engine once per start of the container, and
+        checked on every use by its cgroup, which names the container."""
+        if not self.host_view:
+            return None
+        pid = self._first_pid.get(container.id)
+        if pid is None or not _in_container(pid, container.id):
+            container.reload()
+            pid = container.attrs.get("State", {}).get("Pid") or 0
+            if not pid or not _in_container(pid, container.id):
+                self._first_pid.pop(container.id, None)
+                return None
+            self._first_pid[container.id] = pid
+        return pid
+
+    def _through_root(self, container: Any, path: str, read: Callable[[Path], T]) -> T | None:
+        """`read` of the container's file `path` through its root here, or None when it
+        cannot be read that way (then the caller asks the engine): not running, or it
+        stopped during the read (its root is gone then, and a missing file proves
+        nothing)."""
+        pid = self._first(container)
+        if pid is None:
+            return None
+        try:
+            got = read(Path(f"/proc/{pid}/root") / path.lstrip("/"))
+        except (OSError, sqlite3.Error):
+            got = None
+        return got if _in_container(pid, container.id) else None
 
     def _file(self, container: Any, path: str, into: Path) -> Path | None:
         """Copy `path` out of the container (running or not) into folder `into`."""
@@ -131,27 +184,42 @@ class ContainerPrograms:
             tar.extractall(into, filter="data")
         return into / Path(path).name
 
+    def _text(self, container: Any, path: str, scratch: Path) -> str | None:
+        """The text of file `path` of the container, or None if it has none."""
+        text = self._through_root(container, path,
+                                  lambda at: at.read_text() if at.exists() else "")
+        if text is not None:
+            return text or None
+        copied = self._file(container, path, scratch)
+        return copied.read_text() if copied is not None else None
+
     def runs(self, cluster: Any, defn: ConnectorDefinition, subcommand: str) -> list[Run]:
         found: list[Run] = []
         with tempfile.TemporaryDirectory(prefix="hsc-runlog-") as scratch:
             for name, container in self._containers(cluster).items():
-                copied = self._file(container, f"{RUN_LOG_DIR}/{run_log_name(defn)}",
-                                    Path(scratch) / name)
-                if copied is not None:
-                    found += parse_run_log(copied.read_text(), name, subcommand)
+                text = self._text(container, f"{RUN_LOG_DIR}/{run_log_name(defn)}",
+                                  Path(scratch) / name)
+                if text is not None:
+                    found += parse_run_log(text, name, subcommand)
         return found
 
     def live_pid(self, cluster: Any, run: Run) -> int | None:
         """The pid on this machine of the run's process, while it runs."""
         import docker.errors
 
-        try:
-            top = self._containers(cluster)[run.where].top()
-        except (KeyError, docker.errors.APIError):
-            return None  # a stopped container runs nothing
-        column = top["Titles"].index("PID")
-        for process in top["Processes"] or []:
-            pid = int(process[column])
+        container = self._containers(cluster).get(run.where)
+        if container is None:
+            return None
+        first = self._first(container)
+        pids = _cgroup_procs(first) if first is not None else None
+        if pids is None:
+            try:
+                top = container.top()
+            except docker.errors.APIError:
+                return None  # a stopped container runs nothing
+            column = top["Titles"].index("PID")
+            pids = [int(process[column]) for process in top["Processes"] or []]
+        for pid in pids:
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
@@ -170,6 +238,12 @@ class ContainerPrograms:
         node killed) goes on writing in that node's container."""
         rows: list[list[Any]] = []
         for name, container in self._containers(cluster).items():
+            # sqlite's locks hold across the container's boundary (one kernel, one file):
+            # a sink writing meanwhile is read at a commit, as in the container
+            got = self._through_root(container, path, lambda at: sqlite_rows(at, query))
+            if got is not None:
+                rows += got
+                continue
             container.reload()
             if container.status == "running":
                 result = container.exec_run(["python3", "-c", _DUMP, path, query], demux=True)
@@ -187,3 +261,31 @@ class ContainerPrograms:
                 if copied is not None:
                     rows += sqlite_rows(copied, query)
         return rows
+
+
+def _in_container(pid: int, container_id: str) -> bool:
+    """Whether process `pid` of this machine is in the container's cgroup (its cgroup path
+    names the container's id, with the cgroupfs and the systemd drivers alike)."""
+    try:
+        return container_id in Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+
+
+def _cgroup_procs(pid: int) -> list[int] | None:
+    """The pids, on this machine, of the processes in process `pid`'s cgroup (v2, or v1's
+    pids controller), or None if it cannot be read."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, group = line.split(":", 2)
+        for base in (("/sys/fs/cgroup/pids",) if "pids" in controllers.split(",") else
+                     ("/sys/fs/cgroup", "/sys/fs/cgroup/unified") if not controllers else ()):
+            try:
+                text = Path(f"{base}{group}/cgroup.procs").read_text()
+            except OSError:
+                continue
+            return [int(p) for p in text.split()]
+    return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 
 import pytest
 
@@ -57,9 +58,11 @@ print(next(line for line in done.stdout.splitlines() if '"SPEC"' in line))
 """
 
 
-def test_sink_output_is_read_from_running_and_killed_node_containers(engine) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("host_view", [True, False], ids=["through-root", "through-engine"])
+def test_sink_output_is_read_from_running_and_killed_node_containers(engine, host_view) -> None:  # type: ignore[no-untyped-def]
     """A sink task moved off a killed node leaves its rows in that node's container: both
-    copies are read (the killed one from its files, without its uncommitted transaction)."""
+    copies are read (the killed one from its files, without its uncommitted transaction),
+    through the running container's root here or through the engine alike."""
     from types import SimpleNamespace
 
     from harness.io.connector_image import OUTPUT_DIR
@@ -84,9 +87,45 @@ def test_sink_output_is_read_from_running_and_killed_node_containers(engine) -> 
         containers[1].kill()
         nodes = [SimpleNamespace(name=f"node-{i}", container_id=c.id)
                  for i, c in enumerate(containers, 1)]
-        rows = ContainerPrograms(engine).output_rows(SimpleNamespace(nodes=nodes), path,
+        rows = ContainerPrograms(engine, host_view).output_rows(SimpleNamespace(nodes=nodes), path,
                                                       "SELECT v FROM t")
         assert sorted(r[0] for r in rows) == [f"{i}-{n}" for i in range(2) for n in range(3)]
     finally:
         for container in containers:
             container.remove(force=True)
+
+
+def test_runs_and_a_runs_process_are_found_through_the_root_as_through_the_engine(engine) -> None:  # type: ignore[no-untyped-def]
+    """A running node's run log and a run's process on this machine: read through the
+    container's root and cgroup here, they are what the engine's copy and `top` give; once
+    the container is stopped both read its files through the engine."""
+    from types import SimpleNamespace
+
+    from harness.io.connectors import load_connectors
+    from harness.io.task_programs import ContainerPrograms, alive
+
+    faker = next(d for d in load_connectors() if d.name == "source-faker")
+    # A run log naming a live process of the container (the shell's own pid there) and a
+    # finished one.
+    script = (f"mkdir -p {RUN_LOG_DIR} && printf '1 spec\\n' > {RUN_LOG_DIR}/{faker.name}.pids "
+              f"&& echo \"$$ read\" >> {RUN_LOG_DIR}/{faker.name}.pids && exec sleep 600")
+    container = engine.containers.run(images.REFSERVER_IO_IMAGE, ["sh", "-c", script],
+                                      detach=True, network_mode="none")
+    try:
+        cluster = SimpleNamespace(nodes=[SimpleNamespace(name="node-1", container_id=container.id)])
+        rooted, through = ContainerPrograms(engine), ContainerPrograms(engine, host_view=False)
+        for _ in range(100):
+            runs = rooted.runs(cluster, faker, "read")
+            if runs:
+                break
+            time.sleep(0.1)
+        assert runs == through.runs(cluster, faker, "read") and len(runs) == 1, runs
+        assert rooted._first(container) is not None  # (read through the root, not a copy)
+        pid = rooted.live_pid(cluster, runs[0])
+        assert pid is not None and alive(pid) and pid == through.live_pid(cluster, runs[0])
+        container.kill()
+        container.wait()
+        assert rooted.runs(cluster, faker, "read") == runs
+        assert rooted.live_pid(cluster, runs[0]) is None
+    finally:
+        container.remove(force=True)
