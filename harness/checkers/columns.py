@@ -30,6 +30,10 @@ from itertools import compress, count, repeat
 from operator import is_, itemgetter
 from typing import Any
 
+import numpy as np
+
+from harness.checkers.extract import compiled
+
 _MEMO: ContextVar[dict[int, tuple[list[Any], Columns | None]] | None] = ContextVar(
     "hstream_conformance_record_columns", default=None
 )
@@ -43,7 +47,7 @@ _FAST: ContextVar[bool] = ContextVar("hstream_conformance_fast_paths", default=T
 class Columns:
     """One read's records (a list of dicts) as columns, each taken on first use."""
 
-    __slots__ = ("records", "_pids", "_rids", "_consumers", "_ids")
+    __slots__ = ("records", "_pids", "_rids", "_consumers", "_ids", "_id_array")
 
     def __init__(self, records: list[dict[str, Any]]) -> None:
         self.records = records
@@ -51,6 +55,7 @@ class Columns:
         self._rids: list[Any] | None = None
         self._consumers: list[Any] | None = None
         self._ids: tuple[PayloadIds, list[int] | None] | None = None
+        self._id_array: np.ndarray | None = None
 
     @property
     def pids(self) -> list[Any]:
@@ -78,8 +83,27 @@ class Columns:
         """The dense id (`registry`'s) of each record's payload id, or None if one of them
         cannot key a dict."""
         if self._ids is None or self._ids[0] is not registry:
-            self._ids = (registry, registry.of(self.pids))
+            fast = compiled()
+            if fast is not None and self._pids is None and self._rids is None:
+                # the payload ids, the record ids and the dense ids in one compiled pass
+                pids, rids, ids, taken = fast.read_columns(self.records, registry.index,
+                                                           registry.pids)
+                self._pids, self._rids = pids, rids
+                self._id_array = np.frombuffer(taken, np.int64) if taken is not None else None
+                self._ids = (registry, ids)
+            else:
+                self._id_array = None
+                self._ids = (registry, registry.of(self.pids))
         return self._ids[1]
+
+    def id_array(self, registry: PayloadIds) -> np.ndarray | None:
+        """`ids(registry)` as an int64 array, or None if there are none."""
+        ids = self.ids(registry)
+        if ids is None:
+            return None
+        if self._id_array is None:
+            self._id_array = np.array(ids, dtype=np.int64)
+        return self._id_array
 
 
 class PayloadIds:

@@ -1,0 +1,462 @@
+/* The checkers' column extractor, compiled: the per-op and per-record loops of
+ * harness/checkers/table.py and columns.py, which are most of what `check_all` costs on a
+ * long history (a million ops touched one by one in the interpreter). Each function does
+ * what its Python twin does, in one pass, and the Python side keeps the twin for a machine
+ * without a C compiler (harness/checkers/extract.py chooses); tests/checkers/test_extract.py
+ * holds them equal, bent histories included.
+ *
+ * Every object comes from the history's own lists and dicts, which the caller holds for
+ * the whole call: borrowed references stay valid. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static PyObject *s_value, *s_process, *s_type, *s_time, *s_index, *s_payload_id, *s_record_id;
+
+enum { INVOKE = 0, OK = 1, FAIL = 2, INFO = 3 };
+
+/* An exact int that fits in 64 bits, into *out; 0 (no error set) otherwise. */
+static int small_int(PyObject *o, int64_t *out) {
+    int overflow = 0;
+    long long v;
+    if (!PyLong_CheckExact(o))
+        return 0;
+    v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow || (v == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = (int64_t)v;
+    return 1;
+}
+
+/* A list or tuple of three exact ints that fit in 64 bits, into out[0..2]. */
+static int three_ints(PyObject *rid, int64_t *out) {
+    PyObject **items;
+    if (PyList_CheckExact(rid)) {
+        if (PyList_GET_SIZE(rid) != 3)
+            return 0;
+        items = ((PyListObject *)rid)->ob_item;
+    } else if (PyTuple_CheckExact(rid)) {
+        if (PyTuple_GET_SIZE(rid) != 3)
+            return 0;
+        items = ((PyTupleObject *)rid)->ob_item;
+    } else {
+        return 0;
+    }
+    return small_int(items[0], out) && small_int(items[1], out + 1) && small_int(items[2], out + 2);
+}
+
+/* The dense id of `pid` in `index` (`known` lists them), numbering it if new; -1 with an
+ * error set if it cannot key a dict. */
+static Py_ssize_t dense_id(PyObject *index, PyObject *known, PyObject *pid) {
+    PyObject *found = PyDict_GetItemWithError(index, pid);
+    PyObject *k;
+    Py_ssize_t n;
+    if (found != NULL)
+        return PyLong_AsSsize_t(found);
+    if (PyErr_Occurred())
+        return -1;
+    n = PyList_GET_SIZE(known);
+    k = PyLong_FromSsize_t(n);
+    if (k == NULL || PyDict_SetItem(index, pid, k) < 0 || PyList_Append(known, pid) < 0) {
+        Py_XDECREF(k);
+        return -1;
+    }
+    Py_DECREF(k);
+    return n;
+}
+
+/* dense_id, and the index's own int for it (borrowed), into *number. */
+static Py_ssize_t dense_id_obj(PyObject *index, PyObject *known, PyObject *pid,
+                               PyObject **number) {
+    Py_ssize_t k;
+    *number = PyDict_GetItemWithError(index, pid);
+    if (*number != NULL)
+        return PyLong_AsSsize_t(*number);
+    if (PyErr_Occurred())
+        return -1;
+    k = dense_id(index, known, pid);
+    if (k >= 0)
+        *number = PyDict_GetItem(index, pid);
+    return k;
+}
+
+/* Take the payload ids numbered from `start` on out of `index` and `known` again. */
+static int forget(PyObject *index, PyObject *known, Py_ssize_t start) {
+    Py_ssize_t k;
+    for (k = PyList_GET_SIZE(known) - 1; k >= start; k--)
+        if (PyDict_DelItem(index, PyList_GET_ITEM(known, k)) < 0)
+            return -1;
+    return PyList_SetSlice(known, start, PyList_GET_SIZE(known), NULL);
+}
+
+static PyObject *new_column(Py_ssize_t n, size_t width) {
+    return PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(n * width));
+}
+
+/* append_columns(ops, positions, index, known, type_codes) -> (types, pids, processes,
+ * process_names, times, indexes, rids, flat): table.Appends's loop. Columns are bytearrays
+ * (int8 types, int64 the rest); `flat` holds the acknowledged record ids' parts while each
+ * is three ints that fit in 64 bits, else None. Raises TypeError or KeyError where the
+ * Python loop does (the table is then None), and TypeError for a time or index that is no
+ * int of 64 bits. */
+static PyObject *append_columns(PyObject *self, PyObject *args) {
+    PyObject *ops, *positions, *index, *known, *codes;
+    PyObject *types = NULL, *pids = NULL, *procs = NULL, *times = NULL, *indexes = NULL;
+    PyObject *rids = NULL, *flat = NULL, *processes = NULL, *names = NULL, *result = NULL;
+    PyObject **held_pid = NULL;
+    Py_ssize_t *held_k = NULL, held_cap = 0;
+    Py_ssize_t n, i, n_ok = 0;
+    int flat_ok = 1;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!", &PyList_Type, &ops, &PyList_Type, &positions,
+                          &PyDict_Type, &index, &PyList_Type, &known, &PyDict_Type, &codes))
+        return NULL;
+    n = PyList_GET_SIZE(positions);
+    types = new_column(n, 1);
+    pids = new_column(n, 8);
+    procs = new_column(n, 8);
+    times = new_column(n, 8);
+    indexes = new_column(n, 8);
+    rids = PyList_New(0);
+    flat = new_column(3 * n, 8);
+    processes = PyDict_New();
+    if (!types || !pids || !procs || !times || !indexes || !rids || !flat || !processes)
+        goto done;
+    {
+        int8_t *t_col = (int8_t *)PyByteArray_AS_STRING(types);
+        int64_t *p_col = (int64_t *)PyByteArray_AS_STRING(pids);
+        int64_t *q_col = (int64_t *)PyByteArray_AS_STRING(procs);
+        int64_t *time_col = (int64_t *)PyByteArray_AS_STRING(times);
+        int64_t *i_col = (int64_t *)PyByteArray_AS_STRING(indexes);
+        int64_t *flat_col = (int64_t *)PyByteArray_AS_STRING(flat);
+        for (i = 0; i < n; i++) {
+            Py_ssize_t at = PyLong_AsSsize_t(PyList_GET_ITEM(positions, i));
+            PyObject *op, *v, *pid, *p, *q, *type, *code, *attr;
+            Py_ssize_t qi, k;
+            int t;
+            if (at == -1 && PyErr_Occurred())
+                goto done;
+            if (at < 0 || at >= PyList_GET_SIZE(ops)) {
+                PyErr_SetString(PyExc_IndexError, "append position out of range");
+                goto done;
+            }
+            op = PyList_GET_ITEM(ops, at);
+            v = PyObject_GetAttr(op, s_value);
+            if (v == NULL)
+                goto done;
+            Py_DECREF(v); /* (the op holds it) */
+            if (!PyDict_CheckExact(v)) {
+                PyErr_SetString(PyExc_TypeError, "an append's value is no dict");
+                goto done;
+            }
+            pid = PyDict_GetItemWithError(v, s_payload_id);
+            if (pid == NULL) {
+                if (!PyErr_Occurred())
+                    PyErr_SetObject(PyExc_KeyError, s_payload_id);
+                goto done;
+            }
+            p = PyObject_GetAttr(op, s_process);
+            if (p == NULL)
+                goto done;
+            q = PyDict_GetItemWithError(processes, p);
+            if (q == NULL) {
+                PyObject *number;
+                if (PyErr_Occurred()) {
+                    Py_DECREF(p);
+                    goto done;
+                }
+                qi = PyDict_GET_SIZE(processes);
+                number = PyLong_FromSsize_t(qi);
+                if (number == NULL || PyDict_SetItem(processes, p, number) < 0) {
+                    Py_XDECREF(number);
+                    Py_DECREF(p);
+                    goto done;
+                }
+                Py_DECREF(number);
+                if (qi >= held_cap) {
+                    Py_ssize_t cap = held_cap ? 2 * held_cap : 64;
+                    PyObject **hp = PyMem_Realloc(held_pid, cap * sizeof(PyObject *));
+                    Py_ssize_t *hk;
+                    if (hp == NULL) {
+                        Py_DECREF(p);
+                        PyErr_NoMemory();
+                        goto done;
+                    }
+                    held_pid = hp;
+                    hk = PyMem_Realloc(held_k, cap * sizeof(Py_ssize_t));
+                    if (hk == NULL) {
+                        Py_DECREF(p);
+                        PyErr_NoMemory();
+                        goto done;
+                    }
+                    held_k = hk;
+                    held_cap = cap;
+                }
+                held_pid[qi] = NULL;
+            } else {
+                qi = PyLong_AsSsize_t(q);
+            }
+            Py_DECREF(p);
+            type = PyObject_GetAttr(op, s_type);
+            if (type == NULL)
+                goto done;
+            code = PyDict_GetItemWithError(codes, type);
+            Py_DECREF(type);
+            if (code == NULL && PyErr_Occurred())
+                goto done;
+            t = code == NULL ? INFO : (int)PyLong_AsLong(code);
+            /* A completion's payload id is nearly always its process's last invocation's:
+             * one comparison of two strings, not a probe of a table of a million. */
+            if (t != INVOKE && held_pid[qi] != NULL && PyUnicode_CheckExact(pid) &&
+                PyUnicode_CheckExact(held_pid[qi]) &&
+                (pid == held_pid[qi] || PyUnicode_Compare(pid, held_pid[qi]) == 0)) {
+                k = held_k[qi];
+            } else {
+                k = dense_id(index, known, pid);
+                if (k < 0)
+                    goto done;
+            }
+            if (t == INVOKE) {
+                held_pid[qi] = pid;
+                held_k[qi] = k;
+            } else if (t == OK) {
+                PyObject *rid = PyDict_GetItemWithError(v, s_record_id);
+                if (rid == NULL) {
+                    if (PyErr_Occurred())
+                        goto done;
+                    rid = Py_None;
+                }
+                if (PyList_Append(rids, rid) < 0)
+                    goto done;
+                if (flat_ok && !three_ints(rid, flat_col + 3 * n_ok))
+                    flat_ok = 0;
+                n_ok++;
+            }
+            t_col[i] = (int8_t)t;
+            p_col[i] = k;
+            q_col[i] = qi;
+            attr = PyObject_GetAttr(op, s_time);
+            if (attr == NULL)
+                goto done;
+            if (!small_int(attr, time_col + i)) {
+                Py_DECREF(attr);
+                PyErr_SetString(PyExc_TypeError, "op times and indexes must be ints");
+                goto done;
+            }
+            Py_DECREF(attr);
+            attr = PyObject_GetAttr(op, s_index);
+            if (attr == NULL)
+                goto done;
+            if (!small_int(attr, i_col + i)) {
+                Py_DECREF(attr);
+                PyErr_SetString(PyExc_TypeError, "op times and indexes must be ints");
+                goto done;
+            }
+            Py_DECREF(attr);
+        }
+    }
+    if (flat_ok) {
+        if (PyByteArray_Resize(flat, 3 * n_ok * 8) < 0)
+            goto done;
+    } else {
+        Py_SETREF(flat, Py_NewRef(Py_None));
+    }
+    names = PyDict_Keys(processes);
+    if (names == NULL)
+        goto done;
+    result = PyTuple_Pack(8, types, pids, procs, names, times, indexes, rids, flat);
+done:
+    PyMem_Free(held_pid);
+    PyMem_Free(held_k);
+    Py_XDECREF(types);
+    Py_XDECREF(pids);
+    Py_XDECREF(procs);
+    Py_XDECREF(times);
+    Py_XDECREF(indexes);
+    Py_XDECREF(rids);
+    Py_XDECREF(flat);
+    Py_XDECREF(processes);
+    Py_XDECREF(names);
+    return result;
+}
+
+/* read_columns(records, index, known) -> (pids, rids, ids, id_column): a read's records (a
+ * list of dicts) as the columns of columns.Columns, in one pass: `record.get("payload_id")`,
+ * `record.get("record_id")`, and the payload ids' dense ids in `index` (new ones numbered
+ * as first met), as a list of the index's own ints and as an int64 bytearray; both None if
+ * one cannot key a dict. */
+static PyObject *read_columns(PyObject *self, PyObject *args) {
+    PyObject *records, *index, *known;
+    PyObject *pids = NULL, *rids = NULL, *ids = NULL, *id_list = NULL, *result = NULL;
+    Py_ssize_t n, i, known_before;
+    int64_t *id_col = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!O!O!", &PyList_Type, &records, &PyDict_Type, &index,
+                          &PyList_Type, &known))
+        return NULL;
+    n = PyList_GET_SIZE(records);
+    known_before = PyList_GET_SIZE(known);
+    pids = PyList_New(n);
+    rids = PyList_New(n);
+    ids = new_column(n, 8);
+    id_list = PyList_New(n);
+    if (!pids || !rids || !ids || !id_list)
+        goto done;
+    id_col = (int64_t *)PyByteArray_AS_STRING(ids);
+    for (i = 0; i < n; i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        PyObject *pid, *rid;
+        if (!PyDict_CheckExact(record)) {
+            PyErr_SetString(PyExc_TypeError, "a record is no dict");
+            goto done;
+        }
+        pid = PyDict_GetItemWithError(record, s_payload_id);
+        if (pid == NULL) {
+            if (PyErr_Occurred())
+                goto done;
+            pid = Py_None;
+        }
+        rid = PyDict_GetItemWithError(record, s_record_id);
+        if (rid == NULL) {
+            if (PyErr_Occurred())
+                goto done;
+            rid = Py_None;
+        }
+        PyList_SET_ITEM(pids, i, Py_NewRef(pid));
+        PyList_SET_ITEM(rids, i, Py_NewRef(rid));
+        if (id_col != NULL) {
+            PyObject *number = NULL;
+            Py_ssize_t k = dense_id_obj(index, known, pid, &number);
+            if (k < 0) {
+                if (!PyErr_ExceptionMatches(PyExc_TypeError))
+                    goto done;
+                /* An unhashable payload id: no dense ids for this read, and none of its
+                 * new payload ids numbered (as PayloadIds.of leaves the registry). */
+                PyErr_Clear();
+                if (forget(index, known, known_before) < 0)
+                    goto done;
+                id_col = NULL;
+                Py_SETREF(ids, Py_NewRef(Py_None));
+                Py_SETREF(id_list, Py_NewRef(Py_None));
+            } else {
+                id_col[i] = k;
+                PyList_SET_ITEM(id_list, i, Py_NewRef(number));
+            }
+        }
+    }
+    result = PyTuple_Pack(4, pids, rids, id_list, ids);
+done:
+    Py_XDECREF(pids);
+    Py_XDECREF(rids);
+    Py_XDECREF(ids);
+    Py_XDECREF(id_list);
+    return result;
+}
+
+/* read_rows(raws, ids, ack_of, ok_rids, ok_rows) -> (rows, other): table._read_rows's core.
+ * `raws` is a list of lists of record ids (each read's), `ids` their dense payload ids
+ * (int64, concatenated), `ack_of` each dense id's acknowledged append (-1: none), `ok_rids`
+ * those appends' record ids and `ok_rows` their (shard, batch, index) rows (int64). A record
+ * whose id equals its payload id's acknowledged one takes that row; one that does not is
+ * converted if it is a list of three ints that fit in 64 bits; `other` lists the places of
+ * the rest, for the caller to convert (or refuse) as list_rows does. */
+static PyObject *read_rows(PyObject *self, PyObject *args) {
+    PyObject *raws, *ok_rids;
+    Py_buffer ids, ack_of, ok_rows;
+    PyObject *rows = NULL, *other = NULL, *result = NULL;
+    Py_ssize_t n = 0, r, at = 0, n_ok, n_ids;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!y*y*O!y*", &PyList_Type, &raws, &ids, &ack_of, &PyList_Type,
+                          &ok_rids, &ok_rows))
+        return NULL;
+    n_ok = PyList_GET_SIZE(ok_rids);
+    n_ids = ids.len / 8;
+    for (r = 0; r < PyList_GET_SIZE(raws); r++) {
+        PyObject *read = PyList_GET_ITEM(raws, r);
+        if (!PyList_CheckExact(read)) {
+            PyErr_SetString(PyExc_TypeError, "a read's record ids are no list");
+            goto done;
+        }
+        n += PyList_GET_SIZE(read);
+    }
+    if (n != n_ids || ok_rows.len != n_ok * 24) {
+        PyErr_SetString(PyExc_ValueError, "record ids, payload ids and rows do not line up");
+        goto done;
+    }
+    rows = new_column(3 * n, 8);
+    other = PyList_New(0);
+    if (!rows || !other)
+        goto done;
+    {
+        const int64_t *id_col = (const int64_t *)ids.buf;
+        const int64_t *acks = (const int64_t *)ack_of.buf;
+        const int64_t *ok_col = (const int64_t *)ok_rows.buf;
+        int64_t *row = (int64_t *)PyByteArray_AS_STRING(rows);
+        Py_ssize_t n_acks = ack_of.len / 8;
+        for (r = 0; r < PyList_GET_SIZE(raws); r++) {
+            PyObject *read = PyList_GET_ITEM(raws, r);
+            Py_ssize_t j;
+            for (j = 0; j < PyList_GET_SIZE(read); j++, at++) {
+                PyObject *raw = PyList_GET_ITEM(read, j);
+                int64_t id = id_col[at];
+                int64_t a = (id >= 0 && id < n_acks) ? acks[id] : -1;
+                if (a >= 0 && a < n_ok) {
+                    PyObject *expected = PyList_GET_ITEM(ok_rids, a);
+                    int same = raw == expected;
+                    if (!same && PyList_CheckExact(raw)) {
+                        same = PyObject_RichCompareBool(raw, expected, Py_EQ);
+                        if (same < 0)
+                            goto done;
+                    }
+                    if (same) {
+                        memcpy(row + 3 * at, ok_col + 3 * a, 24);
+                        continue;
+                    }
+                }
+                if (!PyList_CheckExact(raw) || !three_ints(raw, row + 3 * at)) {
+                    PyObject *place = PyLong_FromSsize_t(at);
+                    if (place == NULL || PyList_Append(other, place) < 0) {
+                        Py_XDECREF(place);
+                        goto done;
+                    }
+                    Py_DECREF(place);
+                }
+            }
+        }
+    }
+    result = PyTuple_Pack(2, rows, other);
+done:
+    PyBuffer_Release(&ids);
+    PyBuffer_Release(&ack_of);
+    PyBuffer_Release(&ok_rows);
+    Py_XDECREF(rows);
+    Py_XDECREF(other);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"append_columns", append_columns, METH_VARARGS, "table.Appends's columns in one pass."},
+    {"read_columns", read_columns, METH_VARARGS, "A read's payload ids, record ids, dense ids."},
+    {"read_rows", read_rows, METH_VARARGS, "table._read_rows's rows in one pass."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_extract", "The checkers' column extractor, compiled.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__extract(void) {
+    if (!(s_value = PyUnicode_InternFromString("value")) ||
+        !(s_process = PyUnicode_InternFromString("process")) ||
+        !(s_type = PyUnicode_InternFromString("type")) ||
+        !(s_time = PyUnicode_InternFromString("time")) ||
+        !(s_index = PyUnicode_InternFromString("index")) ||
+        !(s_payload_id = PyUnicode_InternFromString("payload_id")) ||
+        !(s_record_id = PyUnicode_InternFromString("record_id")))
+        return NULL;
+    return PyModule_Create(&module);
+}
