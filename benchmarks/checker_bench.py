@@ -1,7 +1,7 @@
 """Checker benchmark: time every checker on a realistic history of N operations.
 
     python benchmarks/checker_bench.py [--ops 1000000] [--seed 1] [--inject N] [--save PATH]
-                                       [--repeat N] [--budget S]
+                                       [--repeat N] [--budget S] [--python-twin]
 
 The history is what a chaos run records: producers appending keyed records to a 4-shard
 stream (a few indeterminate or failed), a subscription's consumers receiving batches and
@@ -17,6 +17,8 @@ also proves detection.
 Each checker in CHECKERS is timed on its own and reported per checker (also in the closing
 JSON line, `cpu_seconds_per_checker`), then `check_all` composes them all, the queue checker
 included (it runs only when named), and its time is the one the budget judges.
+The first line says which column extractor ran: the compiled one (harness/checkers/_extract.c)
+or, with --python-twin or where it is not built, its Python twin.
 """
 
 from __future__ import annotations
@@ -29,11 +31,20 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from harness.checkers import check_all, membership, order, queue, stream_set, subscription
+from harness.checkers import (
+    check_all,
+    extract,
+    membership,
+    order,
+    queue,
+    stream_set,
+    subscription,
+)
 from harness.checkers.result import Result
 from harness.history import Op, load_ops, write_ops
 
@@ -271,7 +282,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inject", type=int, default=0, metavar="N",
                         help="lose N acknowledged appends and read N unwritten records; "
                         "the checkers must report exactly those")
+    parser.add_argument("--python-twin", action="store_true",
+                        help="extract the columns with the Python twin, not the compiled "
+                        "extractor (harness/checkers/extract.py), to compare the two")
     args = parser.parse_args(argv)
+    with extract.python_twin() if args.python_twin else nullcontext():
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    print("column extractor: " + ("compiled" if extract.compiled() is not None else
+                                  "Python twin" + ("" if args.python_twin else " (not built)")))
 
     began = time.perf_counter()
     ops = generate(args.ops, args.seed)
@@ -315,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'check_all':<14} {composed:7.2f} s wall {composed_cpu:7.2f} s cpu "
           f"{n / composed_cpu:12,.0f} ops/cpu-s  valid={report.valid}  "
           f"({', '.join(report.results)})")
-    summary = {"ops": n, "seconds": round(total, 2), "cpu_seconds": round(total_cpu, 2),
+    summary = {"ops": n, "extractor": "compiled" if extract.compiled() is not None else "python",
+               "seconds": round(total, 2), "cpu_seconds": round(total_cpu, 2),
                "cpu_seconds_per_checker": per_checker,
                "check_all_seconds": round(composed, 2),
                "check_all_cpu_seconds": round(composed_cpu, 2),

@@ -84,8 +84,11 @@ class Columns:
         cannot key a dict."""
         if self._ids is None or self._ids[0] is not registry:
             fast = compiled()
-            if fast is not None and self._pids is None and self._rids is None:
+            if (fast is not None and self._pids is None and self._rids is None
+                    and _MEMO.get() is not None):
                 # the payload ids, the record ids and the dense ids in one compiled pass
+                # (inside shared_columns(), where the other checkers want all three; a
+                # checker alone that wants only some is quicker taking those)
                 pids, rids, ids, taken = fast.read_columns(self.records, registry.index,
                                                            registry.pids)
                 self._pids, self._rids = pids, rids
