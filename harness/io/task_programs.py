@@ -204,31 +204,24 @@ class ContainerPrograms:
         return found
 
     def live_pid(self, cluster: Any, run: Run) -> int | None:
-        """The pid on this machine of the run's process, while it runs."""
+        """The pid on this machine of the run's process, while it runs: among the processes
+        of the container's cgroup, else (an engine elsewhere, or a process in a nested
+        cgroup) among those the engine's `top` lists."""
         import docker.errors
 
         container = self._containers(cluster).get(run.where)
         if container is None:
             return None
         first = self._first(container)
-        pids = _cgroup_procs(first) if first is not None else None
-        if pids is None:
-            try:
-                top = container.top()
-            except docker.errors.APIError:
-                return None  # a stopped container runs nothing
-            column = top["Titles"].index("PID")
-            pids = [int(process[column]) for process in top["Processes"] or []]
-        for pid in pids:
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            nspids = next((line.split()[1:] for line in status.splitlines()
-                           if line.startswith("NSpid:")), [])
-            if nspids and nspids[-1] == str(run.pid) and alive(pid):
-                return pid
-        return None
+        found = _nspid_match(_cgroup_procs(first) or [], run.pid) if first is not None else None
+        if found is not None:
+            return found
+        try:
+            top = container.top()
+        except docker.errors.APIError:
+            return None  # a stopped container runs nothing
+        column = top["Titles"].index("PID")
+        return _nspid_match([int(p[column]) for p in top["Processes"] or []], run.pid)
 
     def output_path(self, name: str) -> str:
         return f"{OUTPUT_DIR}/{name}"
@@ -261,6 +254,20 @@ class ContainerPrograms:
                 if copied is not None:
                     rows += sqlite_rows(copied, query)
         return rows
+
+
+def _nspid_match(pids: list[int], inner: int) -> int | None:
+    """The one of `pids` (of this machine) that is pid `inner` in its own namespace, alive."""
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        nspids = next((line.split()[1:] for line in status.splitlines()
+                       if line.startswith("NSpid:")), [])
+        if nspids and nspids[-1] == str(inner) and alive(pid):
+            return pid
+    return None
 
 
 def _in_container(pid: int, container_id: str) -> bool:
