@@ -239,6 +239,26 @@ def test_control_through_an_exec_reads_the_reply_out_of_mixed_output(
         remote.set_fault("rename", latency_ms=5)
 
 
+def test_an_exec_that_lost_its_output_is_asked_again_only_when_that_is_harmless(
+    disk: LazyDiskMount,
+) -> None:
+    # A docker exec under load once exited 0 and gave back nothing: status, set and clear
+    # are asked once more; lose-unsynced (a power loss) never is.
+    calls: list[str] = []
+
+    def loses_first(argv: Sequence[str], timeout_s: float) -> tuple[int, str]:
+        calls.append(argv[-2])
+        return (0, "") if len(calls) == 1 else _local_exec(argv, timeout_s)
+
+    assert DiskControl(disk.control.socket_path, via=loses_first).status() == \
+        disk.control.status()
+    assert calls == ["status", "status"]
+    calls.clear()
+    with pytest.raises(DiskControlError, match="no JSON to lose-unsynced: no output"):
+        DiskControl(disk.control.socket_path, via=loses_first).lose_unsynced()
+    assert calls == ["lose-unsynced"]
+
+
 def test_a_killed_lazy_disk_leaves_a_dead_mount_the_sweep_removes(tmp_path: Path) -> None:
     reason = fuse_refusal()
     if reason:
