@@ -275,11 +275,10 @@ def _read_rows(columns: list[Columns], ids: np.ndarray | None, starts: np.ndarra
     theirs (one C-level comparison of two lists of lists), and converted int by int only
     for the records where it does not: what list_rows makes of them all, at a fraction of
     the cost (converting a million lists of ints is most of what building the table costs)."""
-    raws = list(chain.from_iterable(c.rids for c in columns))
     ok_rows, ok_rids = appends.rid_array, appends.rids
     # (no acknowledged append: an empty set of types, so every record is converted)
-    if ids is None or ok_rows is None or not len(raws) or set(map(type, ok_rids)) != {list}:
-        return list_rows(raws)
+    if ids is None or ok_rows is None or not int(starts[-1]) or set(map(type, ok_rids)) != {list}:
+        return list_rows(list(chain.from_iterable(c.rids for c in columns)))
     # each payload id's acknowledged append (the last, if twice), -1: none
     oks = np.flatnonzero(appends.types == OK)
     ack_of = np.full(len(appends.registry.pids), -1, dtype=np.int64)
@@ -291,11 +290,13 @@ def _read_rows(columns: list[Columns], ids: np.ndarray | None, starts: np.ndarra
                                     ack_of, ok_rids, np.ascontiguousarray(ok_rows))
         got = np.frombuffer(taken, dtype=np.int64).reshape(-1, 3)
         if odd:  # (record ids of other shapes: list_rows says whether they are rows)
+            raws = list(chain.from_iterable(c.rids for c in columns))
             own = list_rows(list(map(raws.__getitem__, odd)))
             if own is None:
                 return None
             got[odd] = own
         return got
+    raws = list(chain.from_iterable(c.rids for c in columns))
     acked = ack_of[ids]
     spelt = np.fromiter(chain(ok_rids, (None,)), dtype=object, count=len(ok_rids) + 1)
     expected = spelt[acked].tolist()  # (-1 picks the None put last: no list equals it)
