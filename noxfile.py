@@ -46,9 +46,10 @@ def pytest_args(
 
 def parallel_args(posargs: list[str]) -> list[str]:
     """`-n auto` (pytest-xdist, workers sized by harness.parallel for clusters that mostly
-    wait). `loadscope`: a module's tests stay on one worker, so a module's shared cluster
-    starts once and a module's fixed ports are never taken twice. A run that names its own
-    worker count (`-n 0` for serial) or disables xdist keeps its choice."""
+    wait). `loadscope`: a module's tests that share its cluster stay on one worker, so the
+    cluster starts once; tests with their own clusters spread (harness/scheduling.py). A
+    run that names its own worker count (`-n 0` for serial) or disables xdist keeps its
+    choice."""
     chosen = any(
         arg in ("-n", "--numprocesses", "--dist") or arg.startswith(("-n", "--numprocesses="))
         or arg == "no:xdist"

@@ -39,8 +39,9 @@ from harness.parallel import (
 from harness.targets import settings_for, target_for
 from harness.topology import ClusterSpec, build_spec
 
-# --repeat N: each test N times, flaky tests told from failures (harness/repeat.py).
-pytest_plugins = ["harness.repeat"]
+# --repeat N: each test N times, flaky tests told from failures (harness/repeat.py);
+# loadscope that spreads the tests sharing nothing with their module (harness/scheduling.py).
+pytest_plugins = ["harness.repeat", "harness.scheduling"]
 
 _SPEC_KEY = pytest.StashKey[ClusterSpec]()
 _CLUSTERS_KEY = pytest.StashKey[list[Cluster]]()

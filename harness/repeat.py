@@ -2,7 +2,8 @@
 
 Each repeat is its own test item (a parametrization whose id ends `repeat-<i>-of-<N>`), so
 the repeats spread over pytest-xdist workers like any parametrized test (with `--dist
-loadscope` they stay with their module's worker and its module-scoped cluster). The
+loadscope` the repeats of a test that uses a module-scoped cluster stay with their module's
+worker; the others spread, see harness.scheduling). The
 controller (or a plain run) collects every repeat's reports and, in the terminal summary,
 calls a test that failed in some repeats and passed in others "flaky k of N" and a test that
 failed in all N a plain failure. The HTML report counts the same attempts per cell

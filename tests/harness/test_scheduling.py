@@ -1,0 +1,144 @@
+"""`--dist loadscope` under the harness: tests that share nothing with their module are
+spread over the workers, tests that share a module, class or conftest session fixture stay
+together. The inner run is a real pytest-xdist run of a tiny test tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.scheduling import read_alone
+
+RECORD = '''
+import json, os, time
+
+def record(request, pause=0.0):
+    time.sleep(pause)
+    out = os.environ["SCHEDULING_OUT"]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(os.path.join(out, request.node.nodeid.replace("/", "_").replace(":", "_")), "w") as f:
+        json.dump({"test": request.node.nodeid, "worker": worker}, f)
+'''
+
+CONFTEST = RECORD + '''
+import pytest
+
+@pytest.fixture(scope="session")
+def made_once_per_worker():
+    return object()
+'''
+
+ALONE = '''
+from conftest import record
+
+def test_one(request, cluster_spec):
+    record(request, 1.0)
+
+def test_two(request, tmp_path):
+    record(request, 1.0)
+
+def test_three(request):
+    record(request, 1.0)
+
+def test_four(request):
+    record(request, 1.0)
+'''
+
+MODULE_TIED = '''
+import pytest
+from conftest import record
+
+@pytest.fixture(scope="module")
+def shared():
+    return object()
+
+def test_a(request, shared):
+    record(request)
+
+def test_b(request, shared):
+    record(request)
+
+def test_c(request, shared):
+    record(request)
+'''
+
+SESSION_TIED = '''
+from conftest import record
+
+def test_x(request, made_once_per_worker):
+    record(request)
+
+def test_y(request, made_once_per_worker):
+    record(request)
+'''
+
+CLASS_TIED = '''
+import pytest
+from conftest import record
+
+class TestShared:
+    @pytest.fixture(scope="class")
+    def shared(self):
+        return object()
+
+    def test_p(self, request, shared):
+        record(request)
+
+    def test_q(self, request, shared):
+        record(request)
+'''
+
+
+def run_tree(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name, text in {"conftest.py": CONFTEST, "test_alone.py": ALONE,
+                       "test_module_tied.py": MODULE_TIED,
+                       "test_session_tied.py": SESSION_TIED,
+                       "test_class_tied.py": CLASS_TIED}.items():
+        (tree / name).write_text(text)
+    out = tmp_path / "out"
+    out.mkdir()
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+         f"--alluredir={tmp_path / 'allure'}", "-n", "2", "--dist", "loadscope"],
+        cwd=tree, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "SCHEDULING_OUT": str(out), "TMPDIR": str(temp)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    ran = [json.loads(path.read_text()) for path in out.iterdir()]
+    return {entry["test"]: entry["worker"] for entry in ran}, temp
+
+
+@pytest.mark.slow
+def test_tests_that_share_nothing_spread_and_the_rest_stay_together(tmp_path: Path) -> None:
+    workers, temp = run_tree(tmp_path)
+    assert len(workers) == 4 + 3 + 2 + 2, workers
+
+    def of(module: str) -> set[str]:
+        return {worker for test, worker in workers.items() if test.startswith(module)}
+
+    # Four 1 s tests that share nothing: the second worker is not left waiting on the first.
+    assert of("test_alone.py") == {"gw0", "gw1"}, workers
+    # A module fixture, a class fixture, a conftest's session fixture: one worker each.
+    assert len(of("test_module_tied.py")) == 1, workers
+    assert len(of("test_class_tied.py")) == 1, workers
+    assert len(of("test_session_tied.py")) == 1, workers
+    # The workers' scope files go with the run.
+    assert not [path for path in temp.rglob("hstream-conformance-scopes-*")], \
+        sorted(temp.rglob("*"))
+
+
+def test_scopes_are_read_from_the_first_readable_worker_file(tmp_path: Path) -> None:
+    assert read_alone(None) is None
+    assert read_alone(str(tmp_path)) is None  # no worker wrote: plain loadscope
+    (tmp_path / "gw0.json").write_text("{half")
+    (tmp_path / "gw1.json").write_text(json.dumps(["t.py::test_a"]))
+    assert read_alone(str(tmp_path)) == frozenset({"t.py::test_a"})
