@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -482,6 +483,15 @@ def wait_mid_read(p: Pipeline, before: list[Run]) -> tuple[Run, int, list[Any]]:
                 f"{p.logs(p.source)}", pytrace=False)
 
 
+def freeze(pid: int) -> bool:
+    """Stop a running read's process (SIGSTOP); False if it had already ended."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stream_at_crash(p: Pipeline, before: list[Run], killed: Run,
                     states: EmittedStates) -> dict[str, Any]:
     """The source's committed checkpoint once the node running its task is dead, and what
@@ -623,6 +633,13 @@ def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[...,
     p = Pipeline(cluster, connector_programs, "srvkill", FAULT_COUNT)
     p.create()
     run, pid, checkpoint = wait_mid_read(p, before)
+    # The kill must land while the read runs, and on a crowded machine the kill (a
+    # GetConnector, then the node's death) can outlast the rest of a 6 s read: 1 docker run
+    # in 5 saw the read end first (vacuous). So the read is frozen first (SIGSTOP): it stops
+    # emitting, as a slow source would, and dies with its node (the reference server starts
+    # connectors with `setpriv --pdeathsig KILL`, refserver/io/airbyte.py; on docker, with
+    # the container). The checkpoint stored so far is what the crash is judged against.
+    frozen = freeze(pid)
     runner = p.connector(p.source).node
     sink_node = p.connector(p.sink).node
     # The kill is aimed at the node running the source's task, as the cluster answers it
@@ -652,6 +669,7 @@ def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[...,
         f"the appends it covers, and a source resuming from it never emits those again\n{crash}"
     facts = {"killed_node": victim.id, "source_ran_on": runner, "source_moved_to": new_runner,
              "sink_ran_on_killed_node": sink_node == runner, "read_pid_at_kill": pid,
+             "read_frozen_before_kill": frozen,
              "checkpoint_at_kill": checkpoint, **crash}
     figures, _ = finish(p, emitted, evidence, "server-sigkill", facts)
     runs = [r for r in p.source_reads() if r not in before]
