@@ -23,7 +23,11 @@ histories and `--repeat` key on node ids).
 
 A worker is given its next unit when it has one test left to run (xdist gives one at three):
 with single-test units that last a minute each, a worker holding three while others idle
-would make the tail of the run.
+would make the tail of the run. And the unit given is the longest left, by what the tests
+took in earlier runs on this machine (DurationLog keeps them per backend, in
+harness.machine_cache()): handed out in collection order, a 70 s test that happened to come
+last ran alone for the last minute of a docker run. Tests never timed count as the median
+of those that were; with no figures at all the order is loadscope's.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from harness import machine_cache
 
 SCOPES_KEY = "hstream_conformance_scopes"
 _DIR_KEY = pytest.StashKey[str]()
@@ -105,6 +111,54 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def durations_path(config: pytest.Config) -> Path:
+    """Where the run's backend keeps what its tests took on this machine."""
+    backend = getattr(config.option, "backend", None) or "local"
+    return machine_cache() / "durations" / f"{backend}.json"
+
+
+def read_durations(path: Path) -> dict[str, float]:
+    """node id -> seconds (setup, call and teardown), {} when there is no readable file."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {str(k): float(v) for k, v in found.items() if isinstance(v, int | float)}
+
+
+class DurationLog:
+    """(the controller, or a plain run) What each test took, added to the machine's
+    figures for the backend when the session ends: the figures the next parallel run
+    orders its units by."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.spent: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.spent[report.nodeid] = self.spent.get(report.nodeid, 0.0) + report.duration
+
+    def pytest_sessionfinish(self) -> None:
+        if not self.spent:
+            return
+        merged = {**read_durations(self.path), **self.spent}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(f".{os.getpid()}.part")
+            partial.write_text(json.dumps(merged, sort_keys=True))
+            os.replace(partial, self.path)  # a concurrent run reads the old or the new
+        except OSError:
+            pass  # only an ordering hint: a read-only cache costs the next run its order
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config, "workerinput", None) is None:
+        config.pluginmanager.register(DurationLog(durations_path(config)),
+                                      "hstream-conformance-durations")
+
+
 def read_alone(directory: str | None) -> frozenset[str] | None:
     """The tests that may run alone, from the first worker's file that reads; None if none."""
     if directory is None:
@@ -138,6 +192,30 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             if nodeid in self._alone:
                 return nodeid
             return str(super()._split_scope(nodeid))
+
+        _costs: dict[str, float] | None = None  # node id -> seconds, read on first use
+        _unknown = 0.0  # what a test never timed counts as
+        _unit_cost: dict[str, float] = {}
+
+        def _assign_work_unit(self, node: Any) -> None:
+            # The longest unit left goes first (see the module docstring).
+            if self._costs is None:
+                self._costs = read_durations(durations_path(config))
+                known = sorted(self._costs[n] for n in self.collection or ()
+                               if n in self._costs)
+                self._unknown = known[len(known) // 2] if known else 0.0
+                self._unit_cost = {}
+            if self._costs and len(self.workqueue) > 1:
+                longest = max(self.workqueue, key=self._cost_of)
+                self.workqueue.move_to_end(longest, last=False)
+            super()._assign_work_unit(node)
+
+        def _cost_of(self, scope: str) -> float:
+            if scope not in self._unit_cost:
+                costs = self._costs or {}
+                self._unit_cost[scope] = sum(costs.get(nodeid, self._unknown)
+                                             for nodeid in self.workqueue[scope])
+            return self._unit_cost[scope]
 
         def _reschedule(self, node: Any) -> None:
             if node.shutting_down:

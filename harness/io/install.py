@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import machine_cache
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MARKER = "installed.json"
 # pip resolving airbyte-cdk from scratch takes ~30 s here; leave room for slow mirrors.
@@ -60,13 +62,7 @@ def cache_root() -> Path:
     """Folder holding one venv per connector (created on demand): per machine, not per
     checkout, so a fresh clone and every parallel worker reuse what was installed once
     (installs are locked and keyed by their requirements)."""
-    base = os.environ.get("HSTREAM_CONFORMANCE_CACHE")
-    if base:
-        root = Path(base)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        root = (Path(xdg) if xdg else Path.home() / ".cache") / "hstream-conformance"
-    return root / "connectors"
+    return machine_cache() / "connectors"
 
 
 # What pip leaves in a local project it builds: never copied into a build.

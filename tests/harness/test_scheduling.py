@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.scheduling import read_alone
+from harness.scheduling import read_alone, read_durations
 
 RECORD = '''
 import json, os, time
@@ -22,7 +22,7 @@ def record(request, pause=0.0):
     out = os.environ["SCHEDULING_OUT"]
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     with open(os.path.join(out, request.node.nodeid.replace("/", "_").replace(":", "_")), "w") as f:
-        json.dump({"test": request.node.nodeid, "worker": worker}, f)
+        json.dump({"test": request.node.nodeid, "worker": worker, "at": time.monotonic()}, f)
 '''
 
 CONFTEST = RECORD + '''
@@ -94,7 +94,7 @@ class TestShared:
 '''
 
 
-def run_tree(tmp_path: Path) -> tuple[dict[str, str], Path]:
+def run_tree(tmp_path: Path, *args: str) -> tuple[dict[str, str], Path]:
     tree = tmp_path / "tree"
     tree.mkdir()
     for name, text in {"conftest.py": CONFTEST, "test_alone.py": ALONE,
@@ -108,13 +108,15 @@ def run_tree(tmp_path: Path) -> tuple[dict[str, str], Path]:
     temp.mkdir()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-         f"--alluredir={tmp_path / 'allure'}", "-n", "2", "--dist", "loadscope"],
+         f"--alluredir={tmp_path / 'allure'}", "--dist", "loadscope", *(args or ("-n", "2"))],
         cwd=tree, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "SCHEDULING_OUT": str(out), "TMPDIR": str(temp)},
+        env={**os.environ, "SCHEDULING_OUT": str(out), "TMPDIR": str(temp),
+             "HSTREAM_CONFORMANCE_CACHE": str(tmp_path / "cache")},
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    ran = [json.loads(path.read_text()) for path in out.iterdir()]
-    return {entry["test"]: entry["worker"] for entry in ran}, temp
+    ran = sorted((json.loads(path.read_text()) for path in out.iterdir()),
+                 key=lambda entry: entry["at"])
+    return {entry["test"]: entry["worker"] for entry in ran}, temp  # (in the order run)
 
 
 @pytest.mark.slow
@@ -142,3 +144,32 @@ def test_scopes_are_read_from_the_first_readable_worker_file(tmp_path: Path) -> 
     (tmp_path / "gw0.json").write_text("{half")
     (tmp_path / "gw1.json").write_text(json.dumps(["t.py::test_a"]))
     assert read_alone(str(tmp_path)) == frozenset({"t.py::test_a"})
+
+
+@pytest.mark.slow
+def test_the_longest_unit_goes_first_by_the_machine_s_figures(tmp_path: Path) -> None:
+    # A first run with no figures: loadscope's order (most tests first), and each test's
+    # time kept for the backend.
+    first, _ = run_tree(tmp_path, "-n", "1")
+    kept = read_durations(tmp_path / "cache" / "durations" / "local.json")
+    assert set(kept) == set(first), kept
+    assert kept["test_alone.py::test_one"] >= 1.0, kept
+    assert next(iter(first)).startswith("test_module_tied.py"), list(first)
+    # Figures that make one test of the tied module, and one single test, the longest.
+    figures = {**kept, "test_session_tied.py::test_y": 300.0, "test_alone.py::test_four": 200.0}
+    (tmp_path / "cache" / "durations" / "local.json").write_text(json.dumps(figures))
+    (tmp_path / "tree").rename(tmp_path / "tree-1")
+    (tmp_path / "out").rename(tmp_path / "out-1")
+    (tmp_path / "temp").rename(tmp_path / "temp-1")
+    second, _ = run_tree(tmp_path, "-n", "1")
+    order = list(second)
+    # One worker runs the units in the order they are handed out: the session-tied module
+    # (300 s and a median) first, then the 200 s test, and the tied module's tests together.
+    assert order[:3] == ["test_session_tied.py::test_x", "test_session_tied.py::test_y",
+                         "test_alone.py::test_four"], order
+    tied = [order.index(f"test_module_tied.py::test_{t}") for t in "abc"]
+    assert tied == list(range(tied[0], tied[0] + 3)), order
+    # A file that does not read is no figures, not an error.
+    assert read_durations(tmp_path / "missing.json") == {}
+    (tmp_path / "bad.json").write_text("[1, 2")
+    assert read_durations(tmp_path / "bad.json") == {}
