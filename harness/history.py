@@ -62,6 +62,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -524,8 +526,28 @@ def _parse_line_by_line(p: Path, text: str) -> list[Op]:
     return ops
 
 
+# The ops list `check_all` checked once and hands to every checker (see shared_ops).
+_SHARED_OPS: ContextVar[list[Op] | None] = ContextVar("hstream_conformance_shared_ops",
+                                                      default=None)
+
+
+@contextmanager
+def shared_ops(ops: list[Op]) -> Iterator[None]:
+    """Inside: `as_ops(ops)` is `ops` itself, not a copy. For `check_all`, which checks its
+    list once and runs checkers that only read it: each would otherwise check and copy a
+    million ops again."""
+    token = _SHARED_OPS.set(ops)
+    try:
+        yield
+    finally:
+        _SHARED_OPS.reset(token)
+
+
 def as_ops(history: History | str | Path | Iterable[Op | Mapping[str, Any]]) -> list[Op]:
-    """Ops from a History, a JSON lines path, or an iterable of Ops or op dicts (a new list)."""
+    """Ops from a History, a JSON lines path, or an iterable of Ops or op dicts (a new list,
+    except inside `shared_ops` for its list)."""
+    if history is _SHARED_OPS.get():
+        return history  # type: ignore[return-value]
     if isinstance(history, History):
         return history.snapshot()
     if isinstance(history, str | Path):

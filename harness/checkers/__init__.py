@@ -15,7 +15,7 @@ from harness import HarnessError
 from harness.checkers import membership, order, queue, reach, stream_set, subscription
 from harness.checkers.columns import shared_columns
 from harness.checkers.result import Result, Validity, gc_paused, merge_valid
-from harness.history import READ_FS, History, Op, as_ops
+from harness.history import READ_FS, History, Op, as_ops, shared_ops
 
 __all__ = [
     "CHECKERS",
@@ -162,7 +162,7 @@ def check_all(
             f"unknown checker(s) {', '.join(unknown)}; choose from {', '.join(CHECKERS)}"
         )
     # One read's record fields are taken once and shared by every checker (columns.py).
-    with gc_paused(), shared_columns():
+    with gc_paused(), shared_columns(), shared_ops(ops):
         results = {name: CHECKERS[name](ops, opts) for name in names}
     return CheckReport(
         valid=merge_valid(r.valid for r in results.values()), results=results, ops=len(ops)

@@ -462,7 +462,7 @@ def table_of(ops: list[Op]) -> HistoryTable | None:
         return None
     for held in memo.get(_KIND, ()):
         same = held.ops
-        if len(same) == len(ops) and all(map(is_, same, ops)):
+        if same is ops or (len(same) == len(ops) and all(map(is_, same, ops))):
             return held  # type: ignore[no-any-return]
     try:
         table = HistoryTable(ops)

@@ -21,6 +21,7 @@ from harness.history import (
     hstream_error_code,
     load_ops,
     pair_completions,
+    shared_ops,
 )
 
 
@@ -119,6 +120,16 @@ def test_as_ops_accepts_dicts_paths_and_histories(tmp_path):
     h.close()
     assert len(as_ops(h)) == len(as_ops(tmp_path / "a.jsonl")) == 1
     assert as_ops([h.ops[0].to_dict()])[0] == h.ops[0]
+
+
+def test_as_ops_gives_the_shared_list_itself_only_inside_shared_ops():
+    ops = [Op(0, "p", "invoke", "read"), Op(1, "p", "ok", "read")]
+    assert as_ops(ops) == ops and as_ops(ops) is not ops  # a copy
+    with shared_ops(ops):
+        assert as_ops(ops) is ops  # check_all's list, checked once
+        other = list(ops)
+        assert as_ops(other) is not other  # any other list is still copied
+    assert as_ops(ops) is not ops
 
 
 def test_pairing_matches_batched_appends_by_payload_id():
