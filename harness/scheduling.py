@@ -12,7 +12,10 @@ its neighbours:
 - no session fixture written in a conftest or a test module (sshd hosts, an image build):
   those are made once per worker, so spreading their tests would make them once per worker.
   Session fixtures of plugins (`cluster_spec`, pytest's own) are cheap and shared by all.
-Tied tests keep loadscope's unit (module or class), in collection order within it.
+Tied tests keep loadscope's unit (module or class), in collection order within it. A
+fixture asked for by name while the test runs (`request.getfixturevalue`) is not in the
+closure: a test that takes its module's cluster that way is spread, and the cluster may
+then start on more than one worker (slower, never wrong).
 
 xdist's controller never collects, so it cannot see fixtures: each worker writes, after its
 collection, the node ids of the tests that may run alone into a file of the run's
