@@ -243,3 +243,21 @@ def test_reads_of_a_history_without_acknowledged_appends_have_rows(bench: Any) -
         assert table is not None and table.reads is not None
         assert table.reads.rows is not None and len(table.reads.rows) > 0
     _same_both_ways(bench, ops)
+
+
+def test_check_all_leaves_no_state_for_the_collector(bench: Any) -> None:
+    # check_all pauses the collector: a checker whose state sits in a reference cycle keeps
+    # it until the collector runs after the check (a million-entry state, at a cost).
+    import gc
+
+    ops = bench.generate(4_000, 5)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        assert check_all(ops, {"checkers": ["stream-set", "order", "subscription", "queue"]}).valid
+        gc.collect()
+        cycles = sorted({type(o).__name__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert cycles == [], f"left in reference cycles: {cycles}"
