@@ -24,8 +24,11 @@ from harness.nemesis.base import NemesisError
 PROCESS_KINDS = ("kill", "pause", "restart")
 STORE_KINDS = ("kill-store", "restart-store")
 # join: a late node starts for the first time; crash: a process of this machine (a client
-# driver, a connector program) is SIGKILLed, as an application would crash.
-KINDS: tuple[str, ...] = (*PROCESS_KINDS, "partition", "toxic", *STORE_KINDS, "join", "crash")
+# driver, a connector program) is SIGKILLed, as an application would crash; freeze: one is
+# stopped (SIGSTOP) until the fault ends, as a stalled program would be.
+PROGRAM_KINDS = ("crash", "freeze")
+KINDS: tuple[str, ...] = (*PROCESS_KINDS, "partition", "toxic", *STORE_KINDS, "join",
+                          *PROGRAM_KINDS)
 # clock: a node's realtime clock set apart from true time (harness.nemesis.clock).
 KINDS = (*KINDS, "clock")
 # The store's disk (harness.nemesis.disk; the lazy disk, harness.lazydisk): a crash that
@@ -112,8 +115,8 @@ class Fault:
                 raise NemesisError("toxic stream must be downstream or upstream")
             if not self.attributes:
                 object.__setattr__(self, "attributes", dict(TOXICS[self.toxic]))
-        if self.kind == "crash" and not isinstance(self.attributes.get("pid"), int):
-            raise NemesisError("a crash needs the process id: attributes={'pid': <pid>}")
+        if self.kind in PROGRAM_KINDS and not isinstance(self.attributes.get("pid"), int):
+            raise NemesisError(f"a {self.kind} needs the process id: attributes={{'pid': <pid>}}")
         if self.kind == "clock":
             if self.clock not in CLOCKS:
                 raise NemesisError(
@@ -147,8 +150,8 @@ class Fault:
             assert self.toxic is not None
             base = f"{self.link}-{self.toxic.replace('_', '-')}"
             return base if self.link == "store" or self.target == "one" else f"{base}-{self.target}"
-        if self.kind == "crash" and self.program:
-            return f"crash-{self.program}"
+        if self.kind in PROGRAM_KINDS and self.program:
+            return f"{self.kind}-{self.program}"
         if self.kind == "clock":
             return _clock_name(self)
         if self.kind in (*STRESS_KINDS, "leave"):
@@ -210,7 +213,8 @@ class Fault:
         # as false suspicions and flaps). Cutting a node off both ways is a partition.
         if self.kind in ("kill", "pause", "leave"):
             down = chosen
-        if (self.kind == "toxic" and self.link == "store") or self.kind in (*STORE_KINDS, "crash"):
+        if ((self.kind == "toxic" and self.link == "store")
+                or self.kind in (*STORE_KINDS, *PROGRAM_KINDS)):
             chosen = ()
         if self.kind in DISK_KINDS:
             chosen = ()  # the store's disk: no server is hit, none is down
@@ -242,7 +246,7 @@ class Fault:
             return self.on()  # the next late node: the join family picks it when it starts
         if self.kind == "rolling-restart":
             return self.on(*nodes)
-        if self.kind in ("join", "crash"):
+        if self.kind in ("join", *PROGRAM_KINDS):
             raise NemesisError(f"a {self.kind} is aimed by the suite: use on(...)")
         if self.kind == "partition":
             try:

@@ -88,7 +88,7 @@ def check_aim(
                 f"not {kind}"
             )
         return
-    if store_fault or kind in ("join", "crash"):
+    if store_fault or kind in ("join", "crash", "freeze"):
         raise NemesisError(f"a {kind} fault cannot be aimed at role {role}: it hits no server")
     if kind == "partition" and grudge != "isolate-one":
         raise NemesisError(

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 import uuid
 from collections import Counter
@@ -57,7 +56,7 @@ from harness.io.catalogue import Run
 from harness.io.connectors import ConnectorDefinition, load_connectors
 from harness.io.install import InstallError
 from harness.io.task_programs import ContainerPrograms, LocalPrograms, Programs, alive
-from harness.nemesis import Fault, Nemesis
+from harness.nemesis import Fault, Nemesis, NemesisError
 from harness.runtimes.docker import IMAGE_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
@@ -483,15 +482,6 @@ def wait_mid_read(p: Pipeline, before: list[Run]) -> tuple[Run, int, list[Any]]:
                 f"{p.logs(p.source)}", pytrace=False)
 
 
-def freeze(pid: int) -> bool:
-    """Stop a running read's process (SIGSTOP); False if it had already ended."""
-    try:
-        os.kill(pid, signal.SIGSTOP)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def stream_at_crash(p: Pipeline, before: list[Run], killed: Run,
                     states: EmittedStates) -> dict[str, Any]:
     """The source's committed checkpoint once the node running its task is dead, and what
@@ -636,16 +626,21 @@ def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[...,
     # The kill must land while the read runs, and on a crowded machine the kill (a
     # GetConnector, then the node's death) can outlast the rest of a 6 s read: 1 docker run
     # in 5 saw the read end first (vacuous). So the read is frozen first (SIGSTOP): it stops
-    # emitting, as a slow source would, and dies with its node (the reference server starts
-    # connectors with `setpriv --pdeathsig KILL`, refserver/io/airbyte.py; on docker, with
-    # the container). The checkpoint stored so far is what the crash is judged against.
-    frozen = freeze(pid)
+    # emitting, as a stalled source would, and dies with its node (the reference server
+    # starts connectors with `setpriv --pdeathsig KILL`, refserver/io/airbyte.py; on docker,
+    # with the container). The checkpoint stored so far is what the crash is judged against.
+    nemesis = Nemesis(cluster, history)
+    try:
+        nemesis.invoke(Fault("freeze", program="connector", attributes={"pid": pid}).on())
+        frozen = True
+    except NemesisError:  # the read had ended: told apart as vacuous below
+        frozen = False
     runner = p.connector(p.source).node
     sink_node = p.connector(p.sink).node
     # The kill is aimed at the node running the source's task, as the cluster answers it
     # (GetConnector) when the kill starts. The cluster is this test's own and stops with it:
     # the victim stays down, no teardown.
-    killed = Nemesis(cluster, history).invoke(Fault("kill").aim(f"connector-task:{p.source}"))
+    killed = nemesis.invoke(Fault("kill").aim(f"connector-task:{p.source}"))
     assert killed is not None and killed.value["aim"]["call"].startswith("GetConnector(")
     victim = cluster.node(killed.value["aim"]["nodes"][0])
     assert str(victim.client) == runner, f"killed {victim.client}, the source ran on {runner}"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,6 +185,48 @@ def test_a_crash_kills_a_process_of_this_machine_and_a_gone_one_is_refused():
     ]
     with pytest.raises(NemesisError, match="a crash needs the process id"):
         Fault("crash")
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (T: stopped), from /proc/<pid>/stat."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _wait_state(pid: int, wanted: str) -> str:
+    deadline = time.monotonic() + 10  # a signal is delivered in microseconds
+    while _state(pid) != wanted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _state(pid)
+
+
+def test_a_freeze_stops_a_process_until_the_fault_ends_or_teardown():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        history = History()
+        nemesis = Nemesis(FakeCluster(), history)
+        freeze = Fault("freeze", program="connector", attributes={"pid": sleeper.pid}).on()
+        assert freeze.name == "freeze-connector" and freeze.nodes == () and freeze.down == ()
+        nemesis.invoke(freeze)
+        assert _wait_state(sleeper.pid, "T") == "T"
+        nemesis.invoke(freeze, "stop")
+        assert _wait_state(sleeper.pid, "S") == "S"
+        nemesis.invoke(freeze)  # frozen again, and left so: teardown continues it
+        assert _wait_state(sleeper.pid, "T") == "T"
+        nemesis.teardown()
+        assert _wait_state(sleeper.pid, "S") == "S"
+        # A process that died while frozen (with its node, say): its stop has nothing to do.
+        nemesis.invoke(freeze)
+        sleeper.kill()
+        sleeper.wait(timeout=10)
+        nemesis.invoke(freeze, "stop")
+        assert [c[1:] for c in completions(history)] == [
+            ("ok", "start"), ("ok", "stop"), ("ok", "start"), ("ok", "heal"), ("ok", "start"),
+            ("ok", "stop")]
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)
+    with pytest.raises(NemesisError, match="a freeze needs the process id"):
+        Fault("freeze")
 
 
 def test_explicit_grudges_are_checked_and_give_the_cut_off_side_as_down():
