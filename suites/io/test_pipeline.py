@@ -66,6 +66,12 @@ COUNT = 2000
 # The fault tests read more, so that the read is still running when the fault hits: Faker
 # emits about a thousand users a second here, and the first checkpoint comes after ~200.
 FAULT_COUNT = 6000
+# The server-kill test reads three times as much: its kill (a GetConnector, then the node's
+# death) must land before the server has appended all the source wrote, and the server
+# drains what the source already wrote into its pipe even once the source is frozen. With
+# 6000 users, 2 docker runs in 5 saw the whole read appended first (vacuous), the last one
+# with the source frozen after 400 users.
+SERVER_KILL_COUNT = 3 * FAULT_COUNT
 # (On docker the running read is found through the node containers' roots and cgroups on
 # this machine, in milliseconds: harness.io.task_programs. Through the Docker API it took
 # seconds on a busy machine, about what the whole read takes, and the fault tests were
@@ -617,18 +623,17 @@ def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[...,
                                                   history: History) -> None:
     # Read before the fault: the direct read takes seconds, and the stream must be read
     # soon after the kill.
-    states = states_emitted(FAULT_COUNT)
+    states = states_emitted(SERVER_KILL_COUNT)
     cluster = cluster_factory()
     before = source_reads(connector_programs, cluster)
-    p = Pipeline(cluster, connector_programs, "srvkill", FAULT_COUNT)
+    p = Pipeline(cluster, connector_programs, "srvkill", SERVER_KILL_COUNT)
     p.create()
     run, pid, checkpoint = wait_mid_read(p, before)
-    # The kill must land while the read runs, and on a crowded machine the kill (a
-    # GetConnector, then the node's death) can outlast the rest of a 6 s read: 1 docker run
-    # in 5 saw the read end first (vacuous). So the read is frozen first (SIGSTOP): it stops
-    # emitting, as a stalled source would, and dies with its node (the reference server
-    # starts connectors with `setpriv --pdeathsig KILL`, refserver/io/airbyte.py; on docker,
-    # with the container). The checkpoint stored so far is what the crash is judged against.
+    # The kill must land while the read runs (SERVER_KILL_COUNT). The source is frozen
+    # first (SIGSTOP): it emits nothing more, as a stalled source would, and dies with its
+    # node (the reference server starts connectors with `setpriv --pdeathsig KILL`,
+    # refserver/io/airbyte.py; on docker, with the container). What it wrote before the
+    # freeze the server still appends, and checkpoints, until its node dies.
     nemesis = Nemesis(cluster, history)
     try:
         nemesis.invoke(Fault("freeze", program="connector", attributes={"pid": pid}).on())
@@ -668,11 +673,11 @@ def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[...,
              "checkpoint_at_kill": checkpoint, **crash}
     figures, _ = finish(p, emitted, evidence, "server-sigkill", facts)
     runs = [r for r in p.source_reads() if r not in before]
-    if crash["users_covered_at_crash"] == FAULT_COUNT:
+    if crash["users_covered_at_crash"] == SERVER_KILL_COUNT:
         # The checkpoint at the crash was the read's last STATE, after every user: the read
         # had ended before the kill landed (on docker the kill takes ~0.4 s after the
         # mid-read sample), so no record was in flight between the source and the stream.
-        pytest.skip(f"{VACUOUS_PREFIX}the source's read had emitted all {FAULT_COUNT} users "
+        pytest.skip(f"{VACUOUS_PREFIX}the source's read had emitted all {SERVER_KILL_COUNT} users "
                     f"and its last STATE was the checkpoint before node {victim.id} was "
                     "killed; no read was interrupted")
     if crash["read_resumed_before_snapshot"]:
@@ -687,6 +692,6 @@ def test_pipeline_server_running_the_tasks_killed(cluster_factory: Callable[...,
         # sample), so the kill hit no running read. That run says nothing about resuming
         # one: vacuous, not pass.
         pytest.skip(f"{VACUOUS_PREFIX}the source's read {runs[0]} had emitted all "
-                    f"{FAULT_COUNT} records before node {victim.id} was killed; no read was "
+                    f"{SERVER_KILL_COUNT} records before node {victim.id} was killed; no read was "
                     f"interrupted, so none had to resume on {new_runner}")
     assert len(runs) == 2, f"expected the interrupted read and one on the new node: {runs}"
