@@ -196,29 +196,27 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
                 return nodeid
             return str(super()._split_scope(nodeid))
 
-        _costs: dict[str, float] | None = None  # node id -> seconds, read on first use
-        _unknown = 0.0  # what a test never timed counts as
-        _unit_cost: dict[str, float] = {}
+        _ordered = False
 
         def _assign_work_unit(self, node: Any) -> None:
-            # The longest unit left goes first (see the module docstring).
-            if self._costs is None:
-                self._costs = read_durations(durations_path(config))
-                known = sorted(self._costs[n] for n in self.collection or ()
-                               if n in self._costs)
-                self._unknown = known[len(known) // 2] if known else 0.0
-                self._unit_cost = {}
-            if self._costs and len(self.workqueue) > 1:
-                longest = max(self.workqueue, key=self._cost_of)
-                self.workqueue.move_to_end(longest, last=False)
+            if not self._ordered:
+                self._ordered = True
+                self._longest_first()
             super()._assign_work_unit(node)
 
-        def _cost_of(self, scope: str) -> float:
-            if scope not in self._unit_cost:
-                costs = self._costs or {}
-                self._unit_cost[scope] = sum(costs.get(nodeid, self._unknown)
-                                             for nodeid in self.workqueue[scope])
-            return self._unit_cost[scope]
+        def _longest_first(self) -> None:
+            """Order the work queue once, longest unit first (see the module docstring):
+            a unit's cost never changes, so handing out the head is handing out the
+            longest left. With no figures the queue keeps loadscope's order."""
+            costs = read_durations(durations_path(config))
+            if not costs:
+                return
+            known = sorted(costs[n] for n in self.collection or () if n in costs)
+            unknown = known[len(known) // 2] if known else 0.0
+            units = sorted(self.workqueue.items(), key=lambda unit: -sum(
+                costs.get(nodeid, unknown) for nodeid in unit[1]))
+            self.workqueue.clear()
+            self.workqueue.update(units)
 
         def _reschedule(self, node: Any) -> None:
             if node.shutting_down:
