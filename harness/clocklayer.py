@@ -222,7 +222,8 @@ def cluster_refusal(cluster: Any) -> str | None:
                 f"commands on {node.name}'s host {box.host.name} run outside its filesystem "
                 f"(the {cluster.spec.backend} runtime runs them in a container of their own "
                 "for this node's image), so its clock cannot be set: clock faults need nodes "
-                "whose host runs commands beside them")
+                "whose host runs commands beside them (a marker written by one command was "
+                f"read back by the next as exit {seen}, output {output.strip()[:200]!r})")
         else:
             checked[node.name] = None
     return next((why for why in checked.values() if why), None)
