@@ -13,7 +13,8 @@
 #include <stdint.h>
 #include <string.h>
 
-static PyObject *s_value, *s_process, *s_type, *s_time, *s_index, *s_payload_id, *s_record_id;
+static PyObject *s_value, *s_process, *s_type, *s_time, *s_index, *s_payload_id, *s_record_id,
+    *s_consumer;
 
 enum { INVOKE = 0, OK = 1, FAIL = 2, INFO = 3 };
 
@@ -67,21 +68,6 @@ static Py_ssize_t dense_id(PyObject *index, PyObject *known, PyObject *pid) {
     }
     Py_DECREF(k);
     return n;
-}
-
-/* dense_id, and the index's own int for it (borrowed), into *number. */
-static Py_ssize_t dense_id_obj(PyObject *index, PyObject *known, PyObject *pid,
-                               PyObject **number) {
-    Py_ssize_t k;
-    *number = PyDict_GetItemWithError(index, pid);
-    if (*number != NULL)
-        return PyLong_AsSsize_t(*number);
-    if (PyErr_Occurred())
-        return -1;
-    k = dense_id(index, known, pid);
-    if (k >= 0)
-        *number = PyDict_GetItem(index, pid);
-    return k;
 }
 
 /* Take the payload ids numbered from `start` on out of `index` and `known` again. */
@@ -284,14 +270,17 @@ done:
     return result;
 }
 
-/* read_columns(records, index, known) -> (pids, rids, ids, id_column): a read's records (a
- * list of dicts) as the columns of columns.Columns, in one pass: `record.get("payload_id")`,
- * `record.get("record_id")`, and the payload ids' dense ids in `index` (new ones numbered
- * as first met), as a list of the index's own ints and as an int64 bytearray; both None if
- * one cannot key a dict. */
+/* read_columns(records, index, known) -> (pids, rids, consumers, id_column): a read's records
+ * (a list of dicts) as the columns of columns.Columns, in one pass: `record.get("payload_id")`,
+ * `record.get("record_id")`, `record.get("consumer")` when the first record names a consumer
+ * (else None: a read's records name none, and the column is seldom wanted), and the payload
+ * ids' dense ids in `index` (new ones numbered as first met) as an int64 bytearray, or None
+ * if one cannot key a dict. Raises TypeError if a record is no dict (columns_of then says
+ * there are no columns). One pass, because the records are a million dicts scattered in
+ * memory: each one visited again costs a cache miss, not its few instructions. */
 static PyObject *read_columns(PyObject *self, PyObject *args) {
     PyObject *records, *index, *known;
-    PyObject *pids = NULL, *rids = NULL, *ids = NULL, *id_list = NULL, *result = NULL;
+    PyObject *pids = NULL, *rids = NULL, *consumers = NULL, *ids = NULL, *result = NULL;
     Py_ssize_t n, i, known_before;
     int64_t *id_col = NULL;
     (void)self;
@@ -303,15 +292,23 @@ static PyObject *read_columns(PyObject *self, PyObject *args) {
     pids = PyList_New(n);
     rids = PyList_New(n);
     ids = new_column(n, 8);
-    id_list = PyList_New(n);
-    if (!pids || !rids || !ids || !id_list)
+    if (!pids || !rids || !ids)
         goto done;
+    if (n > 0 && PyDict_CheckExact(PyList_GET_ITEM(records, 0))) {
+        int has = PyDict_Contains(PyList_GET_ITEM(records, 0), s_consumer);
+        if (has < 0)
+            goto done;
+        if (has && (consumers = PyList_New(n)) == NULL)
+            goto done;
+    }
     id_col = (int64_t *)PyByteArray_AS_STRING(ids);
     for (i = 0; i < n; i++) {
         PyObject *record = PyList_GET_ITEM(records, i);
         PyObject *pid, *rid;
         if (!PyDict_CheckExact(record)) {
-            PyErr_SetString(PyExc_TypeError, "a record is no dict");
+            /* nothing numbered stays: the caller takes the record-by-record path */
+            if (forget(index, known, known_before) == 0)
+                PyErr_SetString(PyExc_TypeError, "a record is no dict");
             goto done;
         }
         pid = PyDict_GetItemWithError(record, s_payload_id);
@@ -328,9 +325,17 @@ static PyObject *read_columns(PyObject *self, PyObject *args) {
         }
         PyList_SET_ITEM(pids, i, Py_NewRef(pid));
         PyList_SET_ITEM(rids, i, Py_NewRef(rid));
+        if (consumers != NULL) {
+            PyObject *consumer = PyDict_GetItemWithError(record, s_consumer);
+            if (consumer == NULL) {
+                if (PyErr_Occurred())
+                    goto done;
+                consumer = Py_None;
+            }
+            PyList_SET_ITEM(consumers, i, Py_NewRef(consumer));
+        }
         if (id_col != NULL) {
-            PyObject *number = NULL;
-            Py_ssize_t k = dense_id_obj(index, known, pid, &number);
+            Py_ssize_t k = dense_id(index, known, pid);
             if (k < 0) {
                 if (!PyErr_ExceptionMatches(PyExc_TypeError))
                     goto done;
@@ -341,19 +346,17 @@ static PyObject *read_columns(PyObject *self, PyObject *args) {
                     goto done;
                 id_col = NULL;
                 Py_SETREF(ids, Py_NewRef(Py_None));
-                Py_SETREF(id_list, Py_NewRef(Py_None));
             } else {
                 id_col[i] = k;
-                PyList_SET_ITEM(id_list, i, Py_NewRef(number));
             }
         }
     }
-    result = PyTuple_Pack(4, pids, rids, id_list, ids);
+    result = PyTuple_Pack(4, pids, rids, consumers ? consumers : Py_None, ids);
 done:
     Py_XDECREF(pids);
     Py_XDECREF(rids);
+    Py_XDECREF(consumers);
     Py_XDECREF(ids);
-    Py_XDECREF(id_list);
     return result;
 }
 
@@ -440,7 +443,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"append_columns", append_columns, METH_VARARGS, "table.Appends's columns in one pass."},
-    {"read_columns", read_columns, METH_VARARGS, "A read's payload ids, record ids, dense ids."},
+    {"read_columns", read_columns, METH_VARARGS, "A read's payload ids, record ids, consumers, dense ids."},
     {"read_rows", read_rows, METH_VARARGS, "table._read_rows's rows in one pass."},
     {NULL, NULL, 0, NULL},
 };
@@ -456,7 +459,8 @@ PyMODINIT_FUNC PyInit__extract(void) {
         !(s_time = PyUnicode_InternFromString("time")) ||
         !(s_index = PyUnicode_InternFromString("index")) ||
         !(s_payload_id = PyUnicode_InternFromString("payload_id")) ||
-        !(s_record_id = PyUnicode_InternFromString("record_id")))
+        !(s_record_id = PyUnicode_InternFromString("record_id")) ||
+        !(s_consumer = PyUnicode_InternFromString("consumer")))
         return NULL;
     return PyModule_Create(&module);
 }

@@ -45,17 +45,38 @@ _FAST: ContextVar[bool] = ContextVar("hstream_conformance_fast_paths", default=T
 
 
 class Columns:
-    """One read's records (a list of dicts) as columns, each taken on first use."""
+    """One read's records (a list of dicts) as columns, each taken on first use (inside
+    `shared_columns()` with the compiled extractor, all at once: see `columns_of`)."""
 
-    __slots__ = ("records", "_pids", "_rids", "_consumers", "_ids", "_id_array")
+    __slots__ = ("records", "_pids", "_rids", "_consumers", "_registry", "_id_array",
+                 "_id_list")
 
     def __init__(self, records: list[dict[str, Any]]) -> None:
         self.records = records
         self._pids: list[Any] | None = None
         self._rids: list[Any] | None = None
         self._consumers: list[Any] | None = None
-        self._ids: tuple[PayloadIds, list[int] | None] | None = None
-        self._id_array: np.ndarray | None = None
+        self._registry: PayloadIds | None = None  # whose dense ids _id_array holds
+        self._id_array: np.ndarray | None = None  # None with a registry: none can be taken
+        self._id_list: list[int] | None = None
+
+    @classmethod
+    def taken(cls, records: list[Any], registry: PayloadIds) -> Columns | None:
+        """Every column of `records` and their dense ids in `registry`, in one compiled
+        pass (each of a million scattered records visited once: visiting it again costs a
+        cache miss); None if a record is no dict."""
+        fast = compiled()
+        assert fast is not None
+        try:
+            pids, rids, consumers, taken = fast.read_columns(records, registry.index,
+                                                             registry.pids)
+        except TypeError:  # a record that is no dict
+            return None
+        columns = cls(records)
+        columns._pids, columns._rids, columns._consumers = pids, rids, consumers
+        columns._registry = registry
+        columns._id_array = np.frombuffer(taken, np.int64) if taken is not None else None
+        return columns
 
     @property
     def pids(self) -> list[Any]:
@@ -78,34 +99,24 @@ class Columns:
             self._consumers = _column(self.records, "consumer")
         return self._consumers
 
-
     def ids(self, registry: PayloadIds) -> list[int] | None:
         """The dense id (`registry`'s) of each record's payload id, or None if one of them
         cannot key a dict."""
-        if self._ids is None or self._ids[0] is not registry:
-            fast = compiled()
-            if (fast is not None and self._pids is None and self._rids is None
-                    and _MEMO.get() is not None):
-                # the payload ids, the record ids and the dense ids in one compiled pass
-                # (inside shared_columns(), where the other checkers want all three; a
-                # checker alone that wants only some is quicker taking those)
-                pids, rids, ids, taken = fast.read_columns(self.records, registry.index,
-                                                           registry.pids)
-                self._pids, self._rids = pids, rids
-                self._id_array = np.frombuffer(taken, np.int64) if taken is not None else None
-                self._ids = (registry, ids)
-            else:
-                self._id_array = None
-                self._ids = (registry, registry.of(self.pids))
-        return self._ids[1]
+        if self._take(registry) is None:
+            return None
+        if self._id_list is None:
+            self._id_list = self._id_array.tolist()  # type: ignore[union-attr]
+        return self._id_list
 
     def id_array(self, registry: PayloadIds) -> np.ndarray | None:
         """`ids(registry)` as an int64 array, or None if there are none."""
-        ids = self.ids(registry)
-        if ids is None:
-            return None
-        if self._id_array is None:
-            self._id_array = np.array(ids, dtype=np.int64)
+        return self._take(registry)
+
+    def _take(self, registry: PayloadIds) -> np.ndarray | None:
+        if self._registry is not registry:
+            ids = registry.of(self.pids)
+            self._registry, self._id_list = registry, ids
+            self._id_array = np.array(ids, dtype=np.int64) if ids is not None else None
         return self._id_array
 
 
@@ -175,7 +186,15 @@ def columns_of(records: Any) -> Columns | None:
         hit = memo.get(id(records))
         if hit is not None and hit[0] is records:
             return hit[1]
-    columns = Columns(records) if records and set(map(type, records)) == {dict} else None
+    if not records:
+        columns = None
+    elif memo is not None and compiled() is not None:
+        # every checker inside wants the ids, and most the other columns: all in one pass
+        columns = Columns.taken(records, payload_ids())
+    else:
+        columns = Columns(records) if set(map(type, records)) == {dict} else None
+        if columns is not None and memo is not None:
+            columns.ids(payload_ids())  # numbered now, as the compiled pass does
     if memo is not None:
         memo[id(records)] = (records, columns)  # the list is kept, so its id stays its own
     return columns

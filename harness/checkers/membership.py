@@ -64,6 +64,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from harness.checkers.result import NS_PER_S, Result, add_anomaly, quantiles, without_gc
+from harness.checkers.table import table_of
 from harness.history import History, Op, as_ops
 
 NAME = "membership"
@@ -166,8 +167,15 @@ def check(
     result = Result(valid=True, checker=NAME)
     start = ops[0].time if ops else 0
     end = ops[-1].time if ops else 0
-    # Only view samples and the nemesis' truth speak of membership.
-    ops = [op for op in ops if op.f == "view" or op.process == "nemesis"]
+    # Only view samples and the nemesis' truth speak of membership. (Where check_all's
+    # shared table has the appends as columns and no append is the nemesis', the appends,
+    # most of a history, are passed over without a look.)
+    table = table_of(ops) if select is None else None
+    appends = table.appends if table is not None else None
+    kept: Iterable[Op] = ops
+    if table is not None and appends is not None and "nemesis" not in appends.process_names:
+        kept = map(ops.__getitem__, table.without("append"))
+    ops = [op for op in kept if op.f == "view" or op.process == "nemesis"]
 
     members: set[str] = {str(n) for n in nodes} if nodes is not None else set()
     n_views = 0

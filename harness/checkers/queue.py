@@ -297,6 +297,8 @@ def check(
             continue
         op, began, v, rids, (recs, hashes), segs = ev[1:7]
         t = op.time
+        if sighted is None and type(hashes) is not list:
+            hashes = hashes.tolist()  # (dense ids as an array: compared as a list here)
         for _c, runs in segs if sighted is None else ():  # identities and first sightings
             for i, j, p in runs:
                 if p < 0:
@@ -496,9 +498,13 @@ def _positions(rows: np.ndarray, index: _Index) -> np.ndarray | None:
     """The position of each (shard, batch, index) row in `index` as it stands (_NEW: none),
     by a search of each shard's sorted keys; None unless every batch is below 2**31 and
     every index below 2**32, non-negative (so that a key fits in an int64), and the index
-    keys are ints."""
+    keys are ints. Kept for the last `rows` while the layout stands: the bulk runs and the
+    sightings place the same read rows (read-only)."""
     if not index.int_keys:
         return None
+    held = index.placed_rows
+    if held is not None and held[0] is rows:
+        return held[1]
     pos = np.full(len(rows), _NEW, dtype=np.int64)
     if not len(rows):
         return pos
@@ -516,6 +522,8 @@ def _positions(rows: np.ndarray, index: _Index) -> np.ndarray | None:
         k = np.minimum(np.searchsorted(mine_keys, keys[mine]), len(mine_keys) - 1)
         found = mine_keys[k] == keys[mine]
         pos[mine[found]] = index.span[s][0] + k[found]
+    pos.flags.writeable = False
+    index.placed_rows = (rows, pos)
     return pos
 
 
@@ -551,15 +559,16 @@ def _bulk_runs(reads: Reads | None, index: _Index, ops: list[Op],
 
 def _fields(
     recs: list[Any], want_consumers: bool, registry: PayloadIds | None
-) -> tuple[list[Any], list[Any], list[int] | None, list[Any]]:
+) -> tuple[list[Any], list[Any], list[int] | np.ndarray | None, list[Any]]:
     """The records (a record that is not a dict becomes an empty one), then their record
-    ids, the dense ids in `registry` of their payload ids (None if they cannot all be
-    taken) or without a registry their hashes, and (if wanted) their consumers, aligned.
+    ids, the dense ids in `registry` of their payload ids (an array; None if they cannot
+    all be taken) or without a registry their hashes, and (if wanted) their consumers,
+    aligned.
     The columns are shared with the other checkers (harness.checkers.columns): read,
     never changed."""
     columns = columns_of(recs)
     if registry is not None:
-        ids = columns.ids(registry) if columns is not None else None
+        ids = columns.id_array(registry) if columns is not None else None
         if columns is None or ids is None:
             return recs, [], None, []
         return recs, columns.rids, ids, columns.consumers if want_consumers else []
@@ -688,6 +697,8 @@ class _Index:
         self.int_keys = True
         self.members = members
         self._layout()
+        for s, ks in sorted_members.items():  # (key_array would convert keys[s] back)
+            self._key_arrays[s] = keys[ks]
         ok_pos = np.zeros(n, dtype=np.int64)
         for s, ks in sorted_members.items():
             ok_pos[ks] = self.span[s][0] + np.arange(len(ks))
@@ -721,6 +732,8 @@ class _Index:
 
     def _layout(self) -> None:
         self._key_arrays: dict[Any, np.ndarray] = {}
+        # (rows, their positions in this layout): see _positions
+        self.placed_rows: tuple[np.ndarray, np.ndarray] | None = None
         self.lists: list[Any] = []
         self.span: dict[Any, tuple[int, int]] = {}
         base = 0
@@ -1047,7 +1060,7 @@ class _Deliveries:
             self.deliveries += n
             again: list[int] = []
             if d.find(1, lo, hi + 1) != -1:
-                again = [p for p in range(lo, hi + 1) if d[p]]
+                again = list(compress(range(lo, hi + 1), d[lo:hi + 1]))
                 self.redeliveries += len(again)
                 for p in again:
                     if self.acked_at(s, p) <= acked_by:
@@ -1057,7 +1070,7 @@ class _Deliveries:
             d[lo:hi + 1] = b"\x01" * n
             own: list[int] = []
             if mine.find(1, lo, hi + 1) != -1:
-                own = [p for p in range(lo, hi + 1) if mine[p]]
+                own = list(compress(range(lo, hi + 1), mine[lo:hi + 1]))
             mine[lo:hi + 1] = b"\x01" * n
             shard = rids[i][0]
             key = (s, ck, shard)

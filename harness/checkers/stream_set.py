@@ -30,7 +30,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from itertools import chain, compress, filterfalse, islice, repeat
+from itertools import compress, filterfalse, islice, repeat
 from operator import not_, truediv
 from typing import Any
 
@@ -50,6 +50,8 @@ from harness.history import READ_FS, History, Op, as_ops
 
 NAME = "stream-set"
 _SEQUENCES = (list, tuple)
+_NO_IDS = np.zeros(0, dtype=np.int64)  # (read-only: shared by every read without records)
+_NO_IDS.flags.writeable = False
 
 
 @without_gc
@@ -104,8 +106,8 @@ def _check_by_id(ops: list[Op], read_fs: frozenset[str]) -> Result | None:
     read_began: dict[tuple[Any, str], int] = {}
     final_began: dict[tuple[Any, Any], int] = {}
     complete_reads: dict[tuple[Any, Any], list[int]] = {}
-    complete: list[tuple[int, list[int], int]] = []  # (began, payload ids, acks before)
-    chunks: list[list[int]] = []
+    complete: list[tuple[int, np.ndarray, int]] = []  # (began, payload ids, acks before)
+    chunks: list[np.ndarray] = []
     chunk_times: list[int] = []
     positions = table.positions(read_fs)
     for i, op in zip(positions, map(ops.__getitem__, positions), strict=True):
@@ -125,10 +127,10 @@ def _check_by_id(ops: list[Op], read_fs: frozenset[str]) -> Result | None:
             final_began[scope] = max(final_began.get(scope, began), began)
         if is_complete:
             complete_reads.setdefault(scope, []).append(began)
-        got: list[int] = []
+        got = _NO_IDS
         if records:
             columns = columns_of(records)
-            taken = columns.ids(registry) if columns is not None else None
+            taken = columns.id_array(registry) if columns is not None else None
             if taken is None:
                 return None
             got = taken
@@ -148,7 +150,7 @@ def _check_by_id(ops: list[Op], read_fs: frozenset[str]) -> Result | None:
     failed[ids[types == FAIL]] = True
     indeterminate = np.zeros(size, dtype=bool)
     indeterminate[ids[types == INFO]] = True
-    read_ids = np.fromiter(chain.from_iterable(chunks), np.int64)
+    read_ids = np.concatenate(chunks) if chunks else _NO_IDS
     reads = np.bincount(read_ids, minlength=size)
     first_at = np.full(size, len(read_ids), dtype=np.int64)
     np.minimum.at(first_at, read_ids, np.arange(len(read_ids), dtype=np.int64))
@@ -174,7 +176,7 @@ def _check_by_id(ops: list[Op], read_fs: frozenset[str]) -> Result | None:
             acked_before = int(np.searchsorted(ack_times, began, side="left"))
             early = min(acked_before, acks_before)
             returned = np.zeros(size, dtype=bool)
-            returned[np.array(got_ids, dtype=np.int64)] = True
+            returned[got_ids] = True
             suspects[:early] |= ~returned[ack_ids[:early]]
             suspects[acks_before:acked_before] = True
         if np.any(suspects & (reads[ack_ids] > 0)):
