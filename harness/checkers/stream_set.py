@@ -203,7 +203,7 @@ def _check_by_id(ops: list[Op], read_fs: frozenset[str]) -> Result | None:
     pid_of = registry.pids.__getitem__
     was_acked, written = acked[read_order], attempts[read_order]
     not_acked = ~was_acked
-    latencies: list[int] = (first_read_at - acked_at[read_order])[was_acked].tolist()
+    latencies = (first_read_at - acked_at[read_order])[was_acked]
     found_kinds = {
         "duplicated": (written > 0) & (reads[read_order] > written),
         "recovered": indeterminate[read_order] & not_acked,
@@ -233,8 +233,12 @@ def _check_by_id(ops: list[Op], read_fs: frozenset[str]) -> Result | None:
     for kind in sorted(firsts_of, key=firsts_of.__getitem__):
         add_anomalies(result, kind, read_order[found_kinds[kind]].tolist(), described[kind])
 
+    # (int64 nanoseconds below 2**53 become float64 exactly, so each division gives the
+    # float that max(0, ns) / NS_PER_MS gives in Python)
     result.figures["visibility_latency_ms"] = quantiles(
-        list(map(truediv, map(max, repeat(0), latencies), repeat(NS_PER_MS)))
+        (np.maximum(latencies, 0) / NS_PER_MS).tolist()
+        if not len(latencies) or int(latencies.max()) < 1 << 53 else
+        list(map(truediv, map(max, repeat(0), latencies.tolist()), repeat(NS_PER_MS)))
     )
     result.figures["stale_latency_ms"] = quantiles([])
     return result

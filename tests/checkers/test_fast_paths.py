@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import random
 from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
+import numpy as np
 import pytest
 
-from harness.checkers import check_all
+from harness.checkers import check_all, queue
 from harness.checkers.columns import record_by_record, shared_columns
+from harness.checkers.result import quantiles
 from harness.checkers.table import HistoryTable, ack_rows, list_rows, table_of
 from harness.history import Op
 
@@ -261,3 +265,32 @@ def test_check_all_leaves_no_state_for_the_collector(bench: Any) -> None:
         gc.set_debug(0)
         gc.garbage.clear()
     assert cycles == [], f"left in reference cycles: {cycles}"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_unseen_counts_by_numpy_are_the_sorted_lists_counts(seed: int) -> None:
+    # ok_t as floats sends _unseen_series to its Python sort; as ints, to numpy
+    rng = random.Random(seed)
+    n = 2_000
+    ok_t = [rng.randrange(0, 10**12) for _ in range(n)]
+    seen_at = [t + rng.choice((0, rng.randrange(10**9), queue._NEVER - t)) for t in ok_t]
+    members = {s: sorted(rng.sample(range(n), n // 4)) for s in (101, 7, 33)}
+    start, end = min(ok_t), max(ok_t) + 10**10
+    assert queue._unseen_counts(ok_t, seen_at, [start, end]) is not None
+    fast = queue._unseen_series(members, ok_t, np.array(seen_at), start, end, 50)
+    assert queue._unseen_counts([float(t) for t in ok_t], seen_at, [start]) is None
+    slow = queue._unseen_series(members, [float(t) for t in ok_t], seen_at, start, end, 50)
+    assert fast == slow
+    assert any(c for points in fast[0].values() for _, c in points)
+
+
+@pytest.mark.parametrize("n", [5, 999, 1_001, 30_000])
+def test_quantiles_by_partition_are_the_sorted_lists(n: int) -> None:
+    rng = random.Random(n)
+    values = [rng.expovariate(1.0) * 1e3 for _ in range(n)]
+    expected = {"count": n}
+    xs = sorted(values)
+    for q, key in ((0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (1.0, "max")):
+        expected[key] = round(xs[max(1, math.ceil(q * n)) - 1], 3)
+    assert quantiles(values) == expected
+    assert quantiles([*values[:-1], float("nan")])["count"] == n  # NaN: the sorted path
