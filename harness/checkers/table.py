@@ -394,7 +394,7 @@ class HistoryTable:
     """One pass over the ops: the positions of each `f`'s ops; the appends and the read
     records on demand."""
 
-    __slots__ = ("ops", "by_f", "_appends", "_reads", "_acks")
+    __slots__ = ("ops", "by_f", "_merged", "_appends", "_reads", "_acks")
 
     def __init__(self, ops: list[Op]) -> None:
         self.ops = ops
@@ -407,16 +407,23 @@ class HistoryTable:
             else:
                 at.append(i)
         self.by_f = by_f
+        self._merged: dict[frozenset[Any], list[int]] = {}  # fs -> positions (kept: several
+        # checkers ask for the same, and merging a million positions is no look-up)
         self._appends: Appends | None | bool = False
         self._reads: Reads | None | bool = False
         self._acks: AckRows | None = None
 
     def positions(self, fs: Iterable[str]) -> list[int]:
-        """Positions of the ops whose f is one of `fs`, in history order."""
-        found = [self.by_f[f] for f in fs if f in self.by_f]
-        if len(found) == 1:
-            return found[0]
-        return sorted(chain.from_iterable(found))  # (sorted runs: timsort merges them)
+        """Positions of the ops whose f is one of `fs`, in history order (read-only)."""
+        wanted = frozenset(f for f in fs if f in self.by_f)
+        got = self._merged.get(wanted)
+        if got is None:
+            found = [self.by_f[f] for f in wanted]
+            if len(found) == 1:
+                return found[0]
+            # (sorted runs: timsort merges them)
+            got = self._merged[wanted] = sorted(chain.from_iterable(found))
+        return got
 
     def without(self, f: str) -> list[int]:
         """Positions of the ops whose f is not `f`, in history order."""

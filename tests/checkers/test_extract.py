@@ -10,13 +10,14 @@ from __future__ import annotations
 import shutil
 import sysconfig
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import pytest
 
 from harness.checkers import check_all, extract
-from harness.checkers.columns import shared_columns
+from harness.checkers.columns import columns_of, payload_ids, shared_columns
 from harness.checkers.table import HistoryTable, table_of
 from harness.history import Op
 from tests.checkers.test_fast_paths import BENDS, _json
@@ -205,6 +206,21 @@ def test_an_unhashable_read_payload_id_numbers_none_of_that_reads_new_ones(bench
                 assert table.reads is not None and table.reads.ids is None
             assert "never-appended" not in table.appends.registry.index
             assert len(table.appends.registry.pids) == registry_size
+
+
+@pytest.mark.parametrize("at", [0, 3, 40])
+def test_a_record_that_is_no_dict_gives_no_columns_and_numbers_nothing(at: int) -> None:
+    # The compiled pass looks records up a few places ahead of the one it numbers: a record
+    # that is no dict anywhere must still leave the registry as it was.
+    records: list[Any] = [{"payload_id": f"p{i}", "record_id": [1, i, 0], "consumer": "c"}
+                          for i in range(60)]
+    records[at] = ["no", "dict"]
+    for twin in (False, True):
+        with shared_columns(), (extract.python_twin() if twin else nullcontext()):
+            registry = payload_ids()
+            registry.of(["p5"])  # known before: keeps its number
+            assert columns_of(records) is None
+            assert registry.pids == ["p5"] and registry.index == {"p5": 0}
 
 
 def test_the_compiled_extractor_is_built() -> None:
