@@ -10,6 +10,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -83,6 +84,95 @@ static PyObject *new_column(Py_ssize_t n, size_t width) {
     return PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(n * width));
 }
 
+/* A history's ops and a read's records are a million objects scattered in memory, so the
+ * loops below wait on memory, not on their instructions: they ask for each op's or record's
+ * object, then its value's table, then its fields' objects a few places before they need
+ * them (prefetches), so that those waits overlap. */
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(address) __builtin_prefetch(address)
+#else
+#define PREFETCH(address) ((void)(address))
+#endif
+#define AHEAD_RECORD 16 /* the record's dict object */
+#define AHEAD_TABLE 8   /* its keys and values */
+#define AHEAD_FIELDS 4  /* its fields, looked up; their objects */
+#define RING 8          /* (a power of two above AHEAD_FIELDS) */
+
+/* Where an op's class keeps its attributes (harness.history.Op is a dataclass with slots):
+ * their offsets in the object, read directly instead of by getattr, or -1 where the class
+ * is not the one measured or an attribute is no plain slot (getattr then). */
+enum { A_VALUE, A_PROCESS, A_TYPE, A_TIME, A_INDEX, N_ATTRS };
+
+typedef struct {
+    PyTypeObject *type;
+    Py_ssize_t offset[N_ATTRS];
+} OpLayout;
+
+static PyObject **attr_names[N_ATTRS] = {&s_value, &s_process, &s_type, &s_time, &s_index};
+
+static void measure_layout(PyTypeObject *type, OpLayout *layout) {
+    int a;
+    layout->type = type;
+    for (a = 0; a < N_ATTRS; a++) {
+        /* what getattr would find first: a data descriptor in the class (a slot's is
+         * one), unless the class asks for attributes its own way */
+        PyObject *descr = type->tp_getattro == PyObject_GenericGetAttr
+                              ? _PyType_Lookup(type, *attr_names[a])
+                              : NULL;
+        layout->offset[a] = -1;
+        if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+            if (member->type == T_OBJECT_EX)
+                layout->offset[a] = member->offset;
+        }
+    }
+}
+
+/* The op's attribute, borrowed from its slot, or NULL where it must be asked by getattr. */
+static PyObject *slot_of(PyObject *op, const OpLayout *layout, int a) {
+    if (Py_TYPE(op) != layout->type || layout->offset[a] < 0)
+        return NULL;
+    return *(PyObject **)((char *)op + layout->offset[a]);
+}
+
+/* The op's attribute, a new reference (getattr's error where it has none). */
+static PyObject *attr_of(PyObject *op, const OpLayout *layout, int a) {
+    PyObject *got = slot_of(op, layout, a);
+    if (got != NULL)
+        return Py_NewRef(got);
+    return PyObject_GetAttr(op, *attr_names[a]);
+}
+
+/* The op at place j of `positions`, or NULL (no error set) if that is no place in `ops`
+ * (the loop refuses it in its turn). */
+static PyObject *op_at(PyObject *ops, PyObject *positions, Py_ssize_t j) {
+    Py_ssize_t at = PyLong_AsSsize_t(PyList_GET_ITEM(positions, j));
+    if (at < 0 || at >= PyList_GET_SIZE(ops)) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return PyList_GET_ITEM(ops, at);
+}
+
+static void prefetch_table(PyObject *record);
+
+/* Ask for an append op's objects a few ops ahead: the op, then its value, time and index,
+ * then its value's table. */
+static void prefetch_append(PyObject *ops, PyObject *positions, Py_ssize_t i, Py_ssize_t n,
+                            const OpLayout *layout) {
+    PyObject *op, *attr;
+    int a;
+    if (i + AHEAD_RECORD < n && (op = op_at(ops, positions, i + AHEAD_RECORD)) != NULL)
+        PREFETCH(op);
+    if (i + AHEAD_TABLE < n && (op = op_at(ops, positions, i + AHEAD_TABLE)) != NULL)
+        for (a = 0; a < N_ATTRS; a++)
+            if (a != A_PROCESS && a != A_TYPE && (attr = slot_of(op, layout, a)) != NULL)
+                PREFETCH(attr);
+    if (i + AHEAD_FIELDS < n && (op = op_at(ops, positions, i + AHEAD_FIELDS)) != NULL &&
+        (attr = slot_of(op, layout, A_VALUE)) != NULL)
+        prefetch_table(attr);
+}
+
 /* append_columns(ops, positions, index, known, type_codes) -> (types, pids, processes,
  * process_names, times, indexes, rids, flat): table.Appends's loop. Columns are bytearrays
  * (int8 types, int64 the rest); `flat` holds the acknowledged record ids' parts while each
@@ -97,6 +187,7 @@ static PyObject *append_columns(PyObject *self, PyObject *args) {
     Py_ssize_t *held_k = NULL, held_cap = 0;
     Py_ssize_t n, i, n_ok = 0;
     int flat_ok = 1;
+    OpLayout layout = {NULL, {-1, -1, -1, -1, -1}};
     (void)self;
     if (!PyArg_ParseTuple(args, "O!O!O!O!O!", &PyList_Type, &ops, &PyList_Type, &positions,
                           &PyDict_Type, &index, &PyList_Type, &known, &PyDict_Type, &codes))
@@ -112,6 +203,8 @@ static PyObject *append_columns(PyObject *self, PyObject *args) {
     processes = PyDict_New();
     if (!types || !pids || !procs || !times || !indexes || !rids || !flat || !processes)
         goto done;
+    if (n > 0 && op_at(ops, positions, 0) != NULL)
+        measure_layout(Py_TYPE(op_at(ops, positions, 0)), &layout);
     {
         int8_t *t_col = (int8_t *)PyByteArray_AS_STRING(types);
         int64_t *p_col = (int64_t *)PyByteArray_AS_STRING(pids);
@@ -130,8 +223,9 @@ static PyObject *append_columns(PyObject *self, PyObject *args) {
                 PyErr_SetString(PyExc_IndexError, "append position out of range");
                 goto done;
             }
+            prefetch_append(ops, positions, i, n, &layout);
             op = PyList_GET_ITEM(ops, at);
-            v = PyObject_GetAttr(op, s_value);
+            v = attr_of(op, &layout, A_VALUE);
             if (v == NULL)
                 goto done;
             Py_DECREF(v); /* (the op holds it) */
@@ -145,7 +239,7 @@ static PyObject *append_columns(PyObject *self, PyObject *args) {
                     PyErr_SetObject(PyExc_KeyError, s_payload_id);
                 goto done;
             }
-            p = PyObject_GetAttr(op, s_process);
+            p = attr_of(op, &layout, A_PROCESS);
             if (p == NULL)
                 goto done;
             q = PyDict_GetItemWithError(processes, p);
@@ -187,7 +281,7 @@ static PyObject *append_columns(PyObject *self, PyObject *args) {
                 qi = PyLong_AsSsize_t(q);
             }
             Py_DECREF(p);
-            type = PyObject_GetAttr(op, s_type);
+            type = attr_of(op, &layout, A_TYPE);
             if (type == NULL)
                 goto done;
             code = PyDict_GetItemWithError(codes, type);
@@ -225,7 +319,7 @@ static PyObject *append_columns(PyObject *self, PyObject *args) {
             t_col[i] = (int8_t)t;
             p_col[i] = k;
             q_col[i] = qi;
-            attr = PyObject_GetAttr(op, s_time);
+            attr = attr_of(op, &layout, A_TIME);
             if (attr == NULL)
                 goto done;
             if (!small_int(attr, time_col + i)) {
@@ -234,7 +328,7 @@ static PyObject *append_columns(PyObject *self, PyObject *args) {
                 goto done;
             }
             Py_DECREF(attr);
-            attr = PyObject_GetAttr(op, s_index);
+            attr = attr_of(op, &layout, A_INDEX);
             if (attr == NULL)
                 goto done;
             if (!small_int(attr, i_col + i)) {
@@ -269,19 +363,6 @@ done:
     Py_XDECREF(names);
     return result;
 }
-
-/* A read's records are a million dicts scattered in memory, so the loop below waits on memory,
- * not on its instructions: it asks for each record's dict, then its table, then the fields'
- * objects a few records before it needs them (prefetches), so that those waits overlap. */
-#if defined(__GNUC__) || defined(__clang__)
-#define PREFETCH(address) __builtin_prefetch(address)
-#else
-#define PREFETCH(address) ((void)(address))
-#endif
-#define AHEAD_RECORD 16 /* the record's dict object */
-#define AHEAD_TABLE 8   /* its keys and values */
-#define AHEAD_FIELDS 4  /* its fields, looked up; their objects */
-#define RING 8          /* (a power of two above AHEAD_FIELDS) */
 
 typedef struct {
     PyObject *pid, *rid, *consumer; /* borrowed: the record holds them */

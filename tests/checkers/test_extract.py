@@ -223,6 +223,32 @@ def test_a_record_that_is_no_dict_gives_no_columns_and_numbers_nothing(at: int) 
             assert registry.pids == ["p5"] and registry.index == {"p5": 0}
 
 
+class _ShiftedTime(Op):
+    """An op whose class answers `time` its own way: the compiled extractor reads an Op's
+    slots directly, and must ask any other class by getattr."""
+
+    __slots__ = ()
+
+    def __getattribute__(self, name: str) -> Any:
+        got = super().__getattribute__(name)
+        return got + 1 if name == "time" else got
+
+
+@pytest.mark.parametrize("which", ["all", "first", "rest"])
+def test_append_columns_ask_ops_of_other_classes_by_getattr(bench: Any, which: str) -> None:
+    ops = bench.generate(300, 2)
+    appends = [op for op in ops if op.f == "append"]
+    bent = set(map(id, {"all": appends, "first": appends[:1], "rest": appends[1:]}[which]))
+    ops = [_ShiftedTime(op.index, op.process, op.type, op.f, op.value, op.time)
+           if id(op) in bent else op for op in ops]
+    for twin in (False, True):
+        with shared_columns(), (extract.python_twin() if twin else nullcontext()):
+            table = table_of(ops)
+            assert table is not None and table.appends is not None
+            assert table.appends.times.tolist() == [
+                op.time for op in ops if op.f == "append"]
+
+
 def test_the_compiled_extractor_is_built() -> None:
     """Where a C compiler and Python's headers are, the install builds the extractor (it is
     optional only for machines without them)."""
