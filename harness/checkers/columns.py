@@ -4,9 +4,10 @@ Most of a checker's time on a long history goes into the records of its reads an
 (a complete read returns the whole stream), and every checker wants the same few fields of
 each record: its payload id, its record id, its consumer. `columns_of(records)` takes one
 field of every record as a list, in C, the first time a checker asks for it; inside
-`shared_columns()` (what `check_all` opens around its checkers) the lists are kept, so the
-next checker that asks for the same read's field gets the same list instead of walking a
-million scattered dicts again. Outside it every call builds its columns afresh, so a
+`shared_columns()` (what `check_all` opens around its checkers) it takes every field and
+the dense ids below in one compiled pass when it first meets the read, and keeps the lists,
+so the next checker that asks for the same read's field gets the same list instead of
+walking a million scattered dicts again. Outside it every call builds its columns afresh, so a
 checker run alone gives the same verdict. Columns are read-only: a checker that needs to
 change one copies it.
 

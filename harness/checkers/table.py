@@ -407,8 +407,8 @@ class HistoryTable:
             else:
                 at.append(i)
         self.by_f = by_f
-        self._merged: dict[frozenset[Any], list[int]] = {}  # fs -> positions (kept: several
-        # checkers ask for the same, and merging a million positions is no look-up)
+        # fs -> their positions, merged: kept, since several checkers ask for the same
+        self._merged: dict[frozenset[Any], list[int]] = {}
         self._appends: Appends | None | bool = False
         self._reads: Reads | None | bool = False
         self._acks: AckRows | None = None
