@@ -27,10 +27,12 @@ histories and `--repeat` key on node ids).
 A worker is given its next unit when it has one test left to run (xdist gives one at three):
 with single-test units that last a minute each, a worker holding three while others idle
 would make the tail of the run. And the unit given is the longest left, by what the tests
-took in earlier runs on this machine (DurationLog keeps them per backend, in
-harness.machine_cache()): handed out in collection order, a 70 s test that happened to come
-last ran alone for the last minute of a docker run. Tests never timed count as the median
-of those that were; with no figures at all the order is loadscope's.
+took in earlier runs on this machine (DurationLog keeps each test's last KEPT_RUNS times per
+backend, in harness.machine_cache(), and a test costs the lower median of them: the first
+test to need an image builds it, once, and a run that took minutes for that must not put
+it first for good): handed out in collection order, a 70 s test that happened to come last
+ran alone for the last minute of a docker run. Tests never timed count as the median of
+those that were; with no figures at all the order is loadscope's.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import inspect
 import json
 import os
 import shutil
+import statistics
 import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
@@ -120,15 +123,33 @@ def durations_path(config: pytest.Config) -> Path:
     return machine_cache() / "durations" / f"{backend}.json"
 
 
-def read_durations(path: Path) -> dict[str, float]:
-    """node id -> seconds (setup, call and teardown), {} when there is no readable file."""
+KEPT_RUNS = 5  # the times kept per test, the latest last
+
+
+def read_duration_runs(path: Path) -> dict[str, list[float]]:
+    """node id -> its kept times in seconds (setup, call and teardown), the latest last; {}
+    when there is no readable file. (A lone number, as files once held, is one run.)"""
     try:
         found = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     if not isinstance(found, dict):
         return {}
-    return {str(k): float(v) for k, v in found.items() if isinstance(v, int | float)}
+    runs: dict[str, list[float]] = {}
+    for nodeid, kept in found.items():
+        times = kept if isinstance(kept, list) else [kept]
+        numbers = [float(t) for t in times
+                   if isinstance(t, int | float) and not isinstance(t, bool)]
+        if numbers:
+            runs[str(nodeid)] = numbers[-KEPT_RUNS:]
+    return runs
+
+
+def read_durations(path: Path) -> dict[str, float]:
+    """node id -> what it costs: the lower median of its kept times (one slow run among
+    them, an image built, does not count), {} when there is no readable file."""
+    return {nodeid: statistics.median_low(times)
+            for nodeid, times in read_duration_runs(path).items()}
 
 
 class DurationLog:
@@ -146,7 +167,9 @@ class DurationLog:
     def pytest_sessionfinish(self) -> None:
         if not self.spent:
             return
-        merged = {**read_durations(self.path), **self.spent}
+        merged = read_duration_runs(self.path)
+        for nodeid, spent in self.spent.items():
+            merged[nodeid] = [*merged.get(nodeid, []), spent][-KEPT_RUNS:]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_suffix(f".{os.getpid()}.part")

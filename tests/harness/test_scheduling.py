@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.scheduling import read_alone, read_durations
+from harness.scheduling import (
+    KEPT_RUNS,
+    DurationLog,
+    read_alone,
+    read_duration_runs,
+    read_durations,
+)
 
 RECORD = '''
 import json, os, time
@@ -173,3 +179,25 @@ def test_the_longest_unit_goes_first_by_the_machine_s_figures(tmp_path: Path) ->
     assert read_durations(tmp_path / "missing.json") == {}
     (tmp_path / "bad.json").write_text("[1, 2")
     assert read_durations(tmp_path / "bad.json") == {}
+
+
+def test_a_test_costs_the_lower_median_of_its_last_runs(tmp_path: Path) -> None:
+    path = tmp_path / "durations" / "docker.json"
+    path.parent.mkdir()
+    # a lone number (as files once held) is one run; what is no number is left out
+    path.write_text(json.dumps({"t::a": 400.0, "t::b": [1, 2, 3, 4, 5, 6], "t::c": "x",
+                                "t::d": [True, 2.0]}))
+    assert read_durations(path) == {"t::a": 400.0, "t::b": 4.0, "t::d": 2.0}
+    log = DurationLog(path)
+    # the first run built an image (400 s); two ordinary runs after it outvote it
+    log.spent = {"t::a": 60.0}
+    log.pytest_sessionfinish()
+    assert read_durations(path)["t::a"] == 60.0
+    log.spent = {"t::a": 62.0, "t::new": 3.0}
+    log.pytest_sessionfinish()
+    assert read_duration_runs(path)["t::a"] == [400.0, 60.0, 62.0]
+    assert read_durations(path) == {"t::a": 62.0, "t::b": 4.0, "t::d": 2.0, "t::new": 3.0}
+    for t in range(KEPT_RUNS):  # only the latest runs are kept
+        log.spent = {"t::a": float(t)}
+        log.pytest_sessionfinish()
+    assert read_duration_runs(path)["t::a"] == [float(t) for t in range(KEPT_RUNS)]
