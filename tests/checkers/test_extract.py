@@ -18,7 +18,7 @@ import pytest
 
 from harness.checkers import check_all, extract
 from harness.checkers.columns import columns_of, payload_ids, shared_columns
-from harness.checkers.table import HistoryTable, table_of
+from harness.checkers.table import HistoryTable, list_rows, table_of
 from harness.history import Op
 from tests.checkers.test_fast_paths import BENDS, _json
 
@@ -258,3 +258,24 @@ def test_the_compiled_extractor_is_built() -> None:
     assert extract.available(), (
         "harness/checkers/_extract.c was not built though a C compiler is here; reinstall the "
         f"project (pip install -e .) and read the build's output (Python headers: {headers})")
+
+
+@pytest.mark.parametrize("raws", [
+    [[1, 2, 3]] * 40,
+    [[1, 2, 3]] * 30 + [[True, 2, 3]],  # an int subclass: array("q") takes it
+    [[1, 2, 3], [np.int64(4), 5, 6]],  # numpy's int: so does array("q")
+    [[1, 2, 3], [1, 2, 2**63]],  # no int64
+    [[1, 2, 3], [1, 2, -(2**63)]],
+    [[1, 2, 3], [1.0, 2, 3]],
+    [[1, 2, 3], (1, 2, 3)],
+    [[1, 2, 3], [1, 2]],
+    [[1, 2, 3], None],
+    [[1, 2, 3], "123"],
+])
+def test_int_rows_and_the_python_list_rows_agree(raws: list[Any]) -> None:
+    got = list_rows(raws)
+    with extract.python_twin():
+        want = list_rows(raws)
+    assert (got is None) == (want is None), (got, want)
+    if got is not None and want is not None:
+        assert got.tolist() == want.tolist()
