@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static PyObject *s_value, *s_process, *s_type, *s_time, *s_index, *s_payload_id, *s_record_id,
+static PyObject *s_f, *s_value, *s_process, *s_type, *s_time, *s_index, *s_payload_id, *s_record_id,
     *s_consumer;
 
 enum { INVOKE = 0, OK = 1, FAIL = 2, INFO = 3 };
@@ -101,14 +101,15 @@ static PyObject *new_column(Py_ssize_t n, size_t width) {
 /* Where an op's class keeps its attributes (harness.history.Op is a dataclass with slots):
  * their offsets in the object, read directly instead of by getattr, or -1 where the class
  * is not the one measured or an attribute is no plain slot (getattr then). */
-enum { A_VALUE, A_PROCESS, A_TYPE, A_TIME, A_INDEX, N_ATTRS };
+enum { A_VALUE, A_PROCESS, A_TYPE, A_TIME, A_INDEX, A_F, N_ATTRS };
 
 typedef struct {
     PyTypeObject *type;
     Py_ssize_t offset[N_ATTRS];
 } OpLayout;
 
-static PyObject **attr_names[N_ATTRS] = {&s_value, &s_process, &s_type, &s_time, &s_index};
+static PyObject **attr_names[N_ATTRS] = {&s_value, &s_process, &s_type, &s_time, &s_index,
+                                         &s_f};
 
 static void measure_layout(PyTypeObject *type, OpLayout *layout) {
     int a;
@@ -187,7 +188,7 @@ static PyObject *append_columns(PyObject *self, PyObject *args) {
     Py_ssize_t *held_k = NULL, held_cap = 0;
     Py_ssize_t n, i, n_ok = 0;
     int flat_ok = 1;
-    OpLayout layout = {NULL, {-1, -1, -1, -1, -1}};
+    OpLayout layout = {NULL, {-1, -1, -1, -1, -1, -1}};
     (void)self;
     if (!PyArg_ParseTuple(args, "O!O!O!O!O!", &PyList_Type, &ops, &PyList_Type, &positions,
                           &PyDict_Type, &index, &PyList_Type, &known, &PyDict_Type, &codes))
@@ -581,6 +582,64 @@ done:
     return result;
 }
 
+/* group_by_f(ops) -> {f: positions}: HistoryTable's one pass over the ops, each op's place
+ * in `ops` listed under its f in history order. Raises what the Python loop raises where an
+ * op has no f (AttributeError) or an f cannot key a dict (TypeError). */
+static PyObject *group_by_f(PyObject *self, PyObject *args) {
+    PyObject *ops, *by_f, *last_f = NULL, *last_at = NULL;
+    OpLayout layout = {NULL, {-1, -1, -1, -1, -1, -1}};
+    Py_ssize_t n, i;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &ops))
+        return NULL;
+    n = PyList_GET_SIZE(ops);
+    by_f = PyDict_New();
+    if (by_f == NULL)
+        return NULL;
+    if (n > 0)
+        measure_layout(Py_TYPE(PyList_GET_ITEM(ops, 0)), &layout);
+    for (i = 0; i < n; i++) {
+        PyObject *f, *at, *place;
+        if (i + AHEAD_RECORD < n)
+            PREFETCH(PyList_GET_ITEM(ops, i + AHEAD_RECORD));
+        f = attr_of(PyList_GET_ITEM(ops, i), &layout, A_F);
+        if (f == NULL)
+            goto fail;
+        if (f == last_f) { /* (the same object as the op before's: the same key) */
+            at = last_at;
+        } else {
+            at = PyDict_GetItemWithError(by_f, f);
+            if (at == NULL) {
+                if (PyErr_Occurred() || (at = PyList_New(0)) == NULL) {
+                    Py_DECREF(f);
+                    goto fail;
+                }
+                if (PyDict_SetItem(by_f, f, at) < 0) {
+                    Py_DECREF(at);
+                    Py_DECREF(f);
+                    goto fail;
+                }
+                Py_DECREF(at); /* (the dict holds it) */
+            }
+        }
+        place = PyLong_FromSsize_t(i);
+        if (place == NULL || PyList_Append(at, place) < 0) {
+            Py_XDECREF(place);
+            Py_DECREF(f);
+            goto fail;
+        }
+        Py_DECREF(place);
+        Py_XSETREF(last_f, f); /* (held, so that no other object takes its address) */
+        last_at = at;          /* (the dict holds it) */
+    }
+    Py_XDECREF(last_f);
+    return by_f;
+fail:
+    Py_XDECREF(last_f);
+    Py_DECREF(by_f);
+    return NULL;
+}
+
 /* int_rows(raws) -> rows or None: list_rows's rows, where every record id of the list `raws`
  * is a list of three exact ints that fit in 64 bits (an int64 bytearray, three per id);
  * None otherwise, and list_rows then decides in Python what the others are. */
@@ -625,6 +684,7 @@ static PyMethodDef methods[] = {
     {"append_columns", append_columns, METH_VARARGS, "table.Appends's columns in one pass."},
     {"read_columns", read_columns, METH_VARARGS, "A read's payload ids, record ids, consumers, dense ids."},
     {"read_rows", read_rows, METH_VARARGS, "table._read_rows's rows in one pass."},
+    {"group_by_f", group_by_f, METH_VARARGS, "HistoryTable's positions of each f."},
     {"int_rows", int_rows, METH_VARARGS, "list_rows's rows where every id is three ints."},
     {NULL, NULL, 0, NULL},
 };
@@ -634,7 +694,8 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__extract(void) {
-    if (!(s_value = PyUnicode_InternFromString("value")) ||
+    if (!(s_f = PyUnicode_InternFromString("f")) ||
+        !(s_value = PyUnicode_InternFromString("value")) ||
         !(s_process = PyUnicode_InternFromString("process")) ||
         !(s_type = PyUnicode_InternFromString("type")) ||
         !(s_time = PyUnicode_InternFromString("time")) ||

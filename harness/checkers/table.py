@@ -403,14 +403,19 @@ class HistoryTable:
 
     def __init__(self, ops: list[Op]) -> None:
         self.ops = ops
-        by_f: dict[Any, list[int]] = {}
-        for i, op in enumerate(ops):
-            f = op.f
-            at = by_f.get(f)
-            if at is None:
-                by_f[f] = [i]
-            else:
-                at.append(i)
+        fast = compiled()
+        by_f: dict[Any, list[int]]
+        if fast is not None:
+            by_f = fast.group_by_f(ops)  # the loop below, in C
+        else:
+            by_f = {}
+            for i, op in enumerate(ops):
+                f = op.f
+                at = by_f.get(f)
+                if at is None:
+                    by_f[f] = [i]
+                else:
+                    at.append(i)
         self.by_f = by_f
         # fs -> their positions, merged: kept, since several checkers ask for the same
         self._merged: dict[frozenset[Any], list[int]] = {}

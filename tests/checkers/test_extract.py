@@ -279,3 +279,17 @@ def test_int_rows_and_the_python_list_rows_agree(raws: list[Any]) -> None:
     assert (got is None) == (want is None), (got, want)
     if got is not None and want is not None:
         assert got.tolist() == want.tolist()
+
+
+def test_the_positions_of_each_f_are_the_python_loops(bench: Any) -> None:
+    ops = bench.generate(400, 5)
+    ops[7] = _ShiftedTime(7, "p", "ok", "read", {}, 1)  # another class: asked by getattr
+    ops[9].f = "".join(["re", "ad"])  # an equal f that is another object
+    compiled_by_f = HistoryTable(ops).by_f
+    with extract.python_twin():
+        twin_by_f = HistoryTable(ops).by_f
+    assert compiled_by_f == twin_by_f and list(compiled_by_f) == list(twin_by_f)
+    ops[11].f = ["unhashable"]  # type: ignore[assignment]
+    for twin in (False, True):
+        with extract.python_twin() if twin else nullcontext(), pytest.raises(TypeError):
+            HistoryTable(ops)
