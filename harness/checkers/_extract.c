@@ -155,7 +155,16 @@ static PyObject *op_at(PyObject *ops, PyObject *positions, Py_ssize_t j) {
     return PyList_GET_ITEM(ops, at);
 }
 
-static void prefetch_table(PyObject *record);
+/* Ask for a dict's keys and values (a record, or an op's value). */
+static void prefetch_table(PyObject *record) {
+    if (PyDict_CheckExact(record)) {
+        PyDictObject *d = (PyDictObject *)record;
+        PREFETCH(d->ma_keys);
+        PREFETCH((char *)d->ma_keys + 64);
+        if (d->ma_values != NULL)
+            PREFETCH(d->ma_values);
+    }
+}
 
 /* Ask for an append op's objects a few ops ahead: the op, then its value, time and index,
  * then its value's table. */
@@ -165,10 +174,13 @@ static void prefetch_append(PyObject *ops, PyObject *positions, Py_ssize_t i, Py
     int a;
     if (i + AHEAD_RECORD < n && (op = op_at(ops, positions, i + AHEAD_RECORD)) != NULL)
         PREFETCH(op);
-    if (i + AHEAD_TABLE < n && (op = op_at(ops, positions, i + AHEAD_TABLE)) != NULL)
-        for (a = 0; a < N_ATTRS; a++)
-            if (a != A_PROCESS && a != A_TYPE && (attr = slot_of(op, layout, a)) != NULL)
+    if (i + AHEAD_TABLE < n && (op = op_at(ops, positions, i + AHEAD_TABLE)) != NULL) {
+        /* (its process and type are a few shared objects, already at hand) */
+        static const int wanted[] = {A_VALUE, A_TIME, A_INDEX};
+        for (a = 0; a < 3; a++)
+            if ((attr = slot_of(op, layout, wanted[a])) != NULL)
                 PREFETCH(attr);
+    }
     if (i + AHEAD_FIELDS < n && (op = op_at(ops, positions, i + AHEAD_FIELDS)) != NULL &&
         (attr = slot_of(op, layout, A_VALUE)) != NULL)
         prefetch_table(attr);
@@ -188,7 +200,7 @@ static PyObject *append_columns(PyObject *self, PyObject *args) {
     Py_ssize_t *held_k = NULL, held_cap = 0;
     Py_ssize_t n, i, n_ok = 0;
     int flat_ok = 1;
-    OpLayout layout = {NULL, {-1, -1, -1, -1, -1, -1}};
+    OpLayout layout = {NULL, {0}}; /* (no type: every op asked by getattr) */
     (void)self;
     if (!PyArg_ParseTuple(args, "O!O!O!O!O!", &PyList_Type, &ops, &PyList_Type, &positions,
                           &PyDict_Type, &index, &PyList_Type, &known, &PyDict_Type, &codes))
@@ -402,16 +414,6 @@ static int take_fields(PyObject *record, Fields *f, int want_consumer) {
     return 0;
 }
 
-static void prefetch_table(PyObject *record) {
-    if (PyDict_CheckExact(record)) {
-        PyDictObject *d = (PyDictObject *)record;
-        PREFETCH(d->ma_keys);
-        PREFETCH((char *)d->ma_keys + 64);
-        if (d->ma_values != NULL)
-            PREFETCH(d->ma_values);
-    }
-}
-
 /* read_columns(records, index, known) -> (pids, rids, consumers, id_column): a read's records
  * (a list of dicts) as the columns of columns.Columns, in one pass: `record.get("payload_id")`,
  * `record.get("record_id")`, `record.get("consumer")` when the first record names a consumer
@@ -587,7 +589,7 @@ done:
  * op has no f (AttributeError) or an f cannot key a dict (TypeError). */
 static PyObject *group_by_f(PyObject *self, PyObject *args) {
     PyObject *ops, *by_f, *last_f = NULL, *last_at = NULL;
-    OpLayout layout = {NULL, {-1, -1, -1, -1, -1, -1}};
+    OpLayout layout = {NULL, {0}}; /* (no type: every op asked by getattr) */
     Py_ssize_t n, i;
     (void)self;
     if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &ops))
