@@ -167,11 +167,11 @@ def check(
     result = Result(valid=True, checker=NAME)
     start = ops[0].time if ops else 0
     end = ops[-1].time if ops else 0
-    # Only view samples and the nemesis' truth speak of membership. (Where check_all's
-    # shared table has the appends as columns and no append is the nemesis', the appends,
-    # most of a history, are passed over without a look.)
+    # Only view samples and the nemesis' truth speak of membership. (Where another checker
+    # of check_all has taken the appends as columns and no append is the nemesis', the
+    # appends, most of a history, are passed over without a look.)
     table = table_of(ops) if select is None else None
-    appends = table.appends if table is not None else None
+    appends = table.appends_taken() if table is not None else None
     kept: Iterable[Op] = ops
     if table is not None and appends is not None and "nemesis" not in appends.process_names:
         kept = map(ops.__getitem__, table.without("append"))

@@ -451,6 +451,11 @@ class HistoryTable:
                 self._appends = None
         return self._appends if isinstance(self._appends, Appends) else None
 
+    def appends_taken(self) -> Appends | None:
+        """The appends as columns if a checker has already taken them, else None (taking
+        them here would cost more than a checker that only glances at them saves)."""
+        return self._appends if isinstance(self._appends, Appends) else None
+
     @property
     def reads(self) -> Reads | None:
         """The read, fetch and drain records as columns (see Reads), where the appends are
