@@ -30,12 +30,13 @@ host's true time on both sides, so the offset recorded is the host's own.
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 # `$LIB` is expanded by the dynamic loader to the host's library directory
 # (lib/x86_64-linux-gnu, lib/aarch64-linux-gnu ...), so one value serves every Debian host.
@@ -178,6 +179,14 @@ def ensure_library_here(progress: Callable[[str], None] = print) -> None:
                  progress=progress)
 
 
+def _write_then_read(host: Any, text: str, marker: str) -> tuple[int, str]:
+    """Writes `text` to the file `marker` in one command and reads (and removes) it in the
+    next. Asked again as a pair when an output is lost: the lost read may have removed it."""
+    host.exec(["sh", "-c", f"echo {text} > {marker}"], 15.0)
+    return cast("tuple[int, str]", host.exec(["sh", "-c", f"cat {marker} && rm -f {marker}"],
+                                             15.0))
+
+
 def cluster_refusal(cluster: Any) -> str | None:
     """Why `cluster` cannot take clock faults (one line saying what to do), or None.
 
@@ -188,28 +197,21 @@ def cluster_refusal(cluster: Any) -> str | None:
                 "clock_faults (ClusterSpec(clock_faults=True) or [cluster] clock_faults = "
                 "true in its topology)")
     checked: dict[str, str | None] = cluster.__dict__.setdefault("_clock_layer_checked", {})
-    from harness.runtimes import HostDown
+    from harness.runtimes import HostDown, exec_retrying, retrying_lost_output
 
     for node in cluster.nodes:
         if node.state not in ("running", "paused") or node.name in checked:
             continue
         box = cluster.processes[node.name]
         marker = shlex.quote(box.env.get("FAKETIME_TIMESTAMP_FILE", "") + ".probe")
+        # A file written by one command and read by the next: the spec file reaches the
+        # node only where commands run in the node's own filesystem (not, e.g., in a
+        # throwaway container that shares just its network, as docker does for images
+        # other than ours).
         try:
-            code, _ = box.host.exec(probe_argv(), 15.0)
-            # A file written by one command and read by the next: the spec file reaches the
-            # node only where commands run in the node's own filesystem (not, e.g., in a
-            # throwaway container that shares just its network, as docker does for images
-            # other than ours).
-            for _ in range(2):
-                box.host.exec(["sh", "-c", f"echo {node.name} > {marker}"], 15.0)
-                seen, output = box.host.exec(["sh", "-c", f"cat {marker} && rm -f {marker}"],
-                                             15.0)
-                # A docker exec on a loaded engine now and then exits 0 and gives back no
-                # output at all (as the lazy disk's control saw): asked once more, never
-                # taken as "outside its filesystem".
-                if seen != 0 or output.strip():
-                    break
+            code, _ = exec_retrying(box.host, probe_argv(), 15.0)
+            seen, output = retrying_lost_output(
+                functools.partial(_write_then_read, box.host, node.name, marker))
         except HostDown:
             continue
         if code != 0:

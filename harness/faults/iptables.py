@@ -145,8 +145,11 @@ class IptablesNet:
         self.state = PartitionState()
 
     def _exec(self, node_id: int) -> Exec:
+        from harness.runtimes import exec_retrying
+
+        # Loading a whole ruleset and reading the rules are both safe to ask again.
         host = self.hosts[node_id]
-        return lambda argv: host.exec(argv, 30.0)
+        return lambda argv: exec_retrying(host, argv, 30.0)
 
     def _load(self, node_id: int, ruleset: Ruleset) -> bool:
         from harness.runtimes import HostDown

@@ -128,17 +128,23 @@ class DiskControl:
         return reply
 
     def _request_via(self, via: Exec, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        # Imported here: the control command run inside a container needs none of it.
+        from harness.runtimes import ExecOutputLost, retrying_lost_output
+
         # -W: runpy warns that the package imported this module before running it as
         # __main__; the warning only muddles the output the reply is read from.
         argv = ["python", "-W", "ignore::RuntimeWarning", "-m", "harness.lazydisk.control",
                 self.socket_path, cmd, json.dumps(args)]
         try:
-            code, output = via(argv, CONTROL_TIMEOUT_S)
-            if code == 0 and not output.strip() and cmd in _IDEMPOTENT:
-                # An exec that exited 0 and gave back nothing at all: a docker exec under
-                # load can lose its output (seen once in CI). A command that leaves the
-                # disk as it found it, or sets what it sets again, is asked once more.
+            if cmd in _IDEMPOTENT:
+                # A command that leaves the disk as it found it, or sets what it sets again,
+                # is asked again when the exec lost its output (docker under load).
+                code, output = retrying_lost_output(lambda: via(argv, CONTROL_TIMEOUT_S))
+            else:
                 code, output = via(argv, CONTROL_TIMEOUT_S)
+        except ExecOutputLost as exc:
+            raise DiskControlError(f"whether the lazy disk did {cmd} is unknown: {exc}") \
+                from None
         except HarnessError as exc:
             raise DiskControlError(f"cannot reach the lazy disk's control socket "
                                    f"{self.socket_path}: {exc}") from None

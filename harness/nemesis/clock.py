@@ -38,7 +38,7 @@ from typing import Any
 from harness.clocklayer import MeasureError, measure_argv, parse_measurement, write_argv
 from harness.nemesis.base import Context, Family, NemesisError, Undo
 from harness.nemesis.faults import FaultInstance
-from harness.runtimes import HostDown
+from harness.runtimes import ExecOutputLost, HostDown, exec_retrying
 
 RATE_TICK_S = 0.1  # how often a rate fault moves the offset (its clock steps this often)
 WRITE_TIMEOUT_S = 15.0
@@ -132,9 +132,10 @@ class Clock(Family):
             # A frozen container cannot run the write in its own filesystem.
             raise NemesisError(f"node {n} is paused: its clock can be changed once resumed")
         with self._write_lock:
-            code, output = box.host.exec(
-                write_argv(box.env["FAKETIME_TIMESTAMP_FILE"], offset_s), WRITE_TIMEOUT_S
-            )
+            # A whole-file write, so asked again when an exec lost its output.
+            code, output = exec_retrying(
+                box.host, write_argv(box.env["FAKETIME_TIMESTAMP_FILE"], offset_s),
+                WRITE_TIMEOUT_S)
             if code != 0:
                 raise NemesisError(
                     f"setting node {n}'s clock on {box.host.name} failed ({code}): "
@@ -148,10 +149,9 @@ class Clock(Family):
             return {"unmeasured": "paused"}
         box = self._box(ctx, n)
         try:
-            code, output = box.host.exec(
-                measure_argv(box.env["FAKETIME_TIMESTAMP_FILE"]), WRITE_TIMEOUT_S
-            )
-        except HostDown as exc:
+            code, output = exec_retrying(
+                box.host, measure_argv(box.env["FAKETIME_TIMESTAMP_FILE"]), WRITE_TIMEOUT_S)
+        except (HostDown, ExecOutputLost) as exc:
             return {"unmeasured": str(exc)}
         if code != 0:
             return {"unmeasured": f"date failed ({code}): {output.strip()[:200]}"}

@@ -16,6 +16,7 @@ Runtimes are registered as entry points in the group `hstream_conformance.runtim
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from harness import HarnessError
 from harness.targets import Endpoint, InitStep, Placement, ProcessLayout, ProcessSpec
@@ -40,6 +41,35 @@ Progress = Callable[[str], None]
 
 class HostDown(HarnessError):
     """The host cannot run anything right now (a stopped container, an unreachable machine)."""
+
+
+class ExecOutputLost(HarnessError):
+    """A command's output did not come back whole, so neither it nor the exit status can be
+    trusted; the command may or may not have run. A docker engine under load now and then
+    ends an exec with exit 0 and nothing read. Only a command that is safe to run twice is
+    asked again (`exec_retrying`)."""
+
+
+# A lost output has come back on the next exec every time it was seen; three tries bound
+# the cost of an engine that keeps losing them.
+EXEC_ATTEMPTS = 3
+_T = TypeVar("_T")
+
+
+def retrying_lost_output(call: Callable[[], _T]) -> _T:
+    """call(), asked again when an exec in it lost its output (ExecOutputLost), up to
+    EXEC_ATTEMPTS times in all. Only for calls that are safe to run twice: reads, and
+    writes of a whole state."""
+    for _ in range(EXEC_ATTEMPTS - 1):
+        with contextlib.suppress(ExecOutputLost):
+            return call()
+    return call()
+
+
+def exec_retrying(host: Any, argv: Sequence[str], timeout_s: float = 30.0) -> tuple[int, str]:
+    """`host.exec` of an idempotent command, asked again when its output was lost."""
+    return retrying_lost_output(lambda: cast("tuple[int, str]", host.exec(argv, timeout_s)))
+    return cast("tuple[int, str]", host.exec(argv, timeout_s))
 
 
 class ClusterStartError(HarnessError):
@@ -94,7 +124,8 @@ class Host(Protocol):
     def exec(self, argv: Sequence[str], timeout_s: float = 30.0) -> tuple[int, str]:
         """Run a command on the host (in its network namespace): (exit status, output).
 
-        Raises HostDown when the host cannot run anything now.
+        Raises HostDown when the host cannot run anything now, and ExecOutputLost when the
+        output did not come back whole (see `exec_retrying`).
         """
         ...
 
@@ -254,6 +285,7 @@ def run_here(step: InitStep, timeout_s: float, session: str) -> tuple[int, str]:
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Host",
+    "ExecOutputLost",
     "HostDown",
     "Net",
     "ProcHandle",
@@ -263,6 +295,8 @@ __all__ = [
     "ClusterStartError",
     "PortInUse",
     "ToxiproxySite",
+    "exec_retrying",
+    "retrying_lost_output",
     "proxy_listen_ports",
     "runtime_class",
     "runtime_for",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import shlex
 import signal
 import threading
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ from harness.faults.iptables import IptablesNet, NodeAddress
 from harness.images import REFSERVER_IMAGE, build_hint, connect, ensure_image, our_image_name
 from harness.runtimes import (
     ClusterStartError,
+    ExecOutputLost,
     HostDown,
     ProcHandle,
     Progress,
@@ -58,6 +60,11 @@ TOXIPROXY_API_PORT = 8474
 PROXY_LISTEN_BASE = 20000
 REAL_TOXIPROXY_IMAGE = "ghcr.io/shopify/toxiproxy"
 IMAGE_ENV = "HSTREAM_CONFORMANCE_REFSERVER_IMAGE"
+# The last line of every exec's stdout and of its stderr, printed by a wrapper shell once
+# the command ended: output without both did not come back whole (a docker engine under
+# load now and then ends an exec with exit 0 and nothing read), which an empty output alone
+# cannot tell. One per stream, as docker keeps each stream's order but not their mutual one.
+EXEC_END = "\n--hstream-conformance exec ended with status "
 
 
 class DockerHost:
@@ -141,19 +148,29 @@ class DockerHost:
         status = self._status() if self.container is not None else "absent"
         if status not in ("running", "paused"):
             raise HostDown(f"{self.name} is {status}")
-        argv = ["timeout", str(int(max(1, timeout_s))), *argv]
+        wrapped = ended_argv(argv, timeout_s)
         if status == "running" and self.image == self.runtime.image:
-            result = self.container.exec_run(argv)
-            return int(result.exit_code), result.output.decode(errors="replace")
+            result = self.container.exec_run(wrapped)
+            return self._unended(int(result.exit_code), result.output, argv)
         helper = self.runtime.client.containers.run(
-            self.runtime.image, argv, detach=True, cap_add=["NET_ADMIN"],
+            self.runtime.image, wrapped, detach=True, cap_add=["NET_ADMIN"],
             network_mode=f"container:{self.container.id}", labels=self.runtime.labels("exec"))
         try:
             done = helper.wait(timeout=timeout_s + 10)
-            return int(done.get("StatusCode", 1)), helper.logs().decode(errors="replace")
+            return self._unended(int(done.get("StatusCode", 1)), helper.logs(), argv)
         finally:
             with contextlib.suppress(docker.errors.APIError):
                 helper.remove(force=True)
+
+    def _unended(self, code: int, output: bytes, argv: Sequence[str]) -> tuple[int, str]:
+        """The command's own output, once both end lines show it came back whole."""
+        text = ended_output(code, output)
+        if text is None:
+            raise ExecOutputLost(
+                f"the output of {shlex.join(argv)[:200]} on {self.name} did not come back "
+                f"whole (exit {code}, {len(output)} bytes, not both end lines): the docker "
+                "engine loses an exec's output now and then under load")
+        return code, text
 
     def read_log(self, handle: ProcHandle) -> str:
         try:
@@ -172,6 +189,25 @@ class DockerHost:
         with tarfile.open(fileobj=data, mode="w") as tar:
             tar.add(local, arcname=os.path.basename(remote))
         self.container.put_archive(os.path.dirname(remote) or "/", data.getvalue())
+
+
+def ended_argv(argv: Sequence[str], timeout_s: float) -> list[str]:
+    """argv under `timeout`, then the end line with its status (EXEC_END) on both streams."""
+    end = EXEC_END.replace("\n", "\\n")
+    script = (f'timeout {int(max(1, timeout_s))} "$@"; status=$?; '
+              f'printf "{end}%d\\n" "$status"; printf "{end}%d\\n" "$status" >&2; '
+              'exit "$status"')
+    return ["sh", "-c", script, "sh", *argv]
+
+
+def ended_output(code: int, output: bytes) -> str | None:
+    """The command's own output (stdout and stderr as docker gave them), or None if it did
+    not end with the end line of both streams, each with status `code`."""
+    text = output.decode(errors="replace")
+    end = f"{EXEC_END}{code}\n"
+    if text.count(EXEC_END) != 2 or text.count(end) != 2:
+        return None
+    return text.replace(end, "")
 
 
 class DockerRuntime:

@@ -19,6 +19,7 @@ from harness import images
 from harness.cluster import Cluster
 from harness.faults.partition import isolate
 from harness.faults.toxiproxy import connect_toxiproxy
+from harness.runtimes import EXEC_ATTEMPTS, ExecOutputLost, exec_retrying
 from harness.runtimes.docker import LABEL_CLUSTER
 from harness.targets import Endpoint
 
@@ -161,6 +162,43 @@ def test_partition_reaches_a_paused_node(cluster: Cluster) -> None:
     finally:
         cluster.heal()
     assert tcp_from(cluster, "node-2", cluster.node(3).direct_gossip) == "ok"
+
+
+# Kills the shell docker exec started (the parent of `timeout`, the parent of this shell):
+# the exec ends before the end line that says its output came back whole.
+KILL_EXEC_SHELL = "kill -9 $(cut -d' ' -f4 /proc/$PPID/stat)"
+
+
+def test_exec_gives_back_the_commands_own_output_and_status(cluster: Cluster) -> None:
+    assert cluster.exec("node-1", ["echo", "hi"]) == (0, "hi\n")
+    code, out = cluster.exec("node-1", ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert code == 3 and sorted(out.split("\n")) == ["", "err", "out"], out
+    assert cluster.exec("node-1", ["printf", "no newline"]) == (0, "no newline")
+    # A paused container cannot exec: the command runs in a helper sharing its network.
+    cluster.pause(3)
+    try:
+        assert cluster.exec("node-3", ["sh", "-c", "echo frozen; exit 4"]) == (4, "frozen\n")
+    finally:
+        cluster.resume(3)
+
+
+def test_an_exec_whose_output_did_not_come_back_whole_is_told_from_an_empty_one(
+    cluster: Cluster,
+) -> None:
+    assert cluster.exec("node-1", ["true"]) == (0, "")
+    with pytest.raises(ExecOutputLost, match="node-1.*did not come back whole"):
+        cluster.exec("node-1", ["sh", "-c", f"echo lost; {KILL_EXEC_SHELL}"])
+    # An idempotent command is asked again: here the first run loses its output.
+    flag = "/tmp/exec-lost-once"
+    host = cluster.processes["node-1"].host
+    assert exec_retrying(host, ["sh", "-c", f"if [ -e {flag} ]; then echo second; "
+                                            f"else touch {flag}; {KILL_EXEC_SHELL}; fi"]) \
+        == (0, "second\n")
+    # One that never comes back whole gives up after EXEC_ATTEMPTS runs.
+    count = "/tmp/exec-lost-always"
+    with pytest.raises(ExecOutputLost):
+        exec_retrying(host, ["sh", "-c", f"echo . >> {count}; {KILL_EXEC_SHELL}"])
+    assert cluster.exec("node-1", ["wc", "-l", count])[1].split()[0] == str(EXEC_ATTEMPTS)
 
 
 def test_reset_proxies_reenables_a_disabled_proxy(cluster: Cluster) -> None:
