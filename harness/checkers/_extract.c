@@ -166,6 +166,101 @@ static void prefetch_table(PyObject *record) {
     }
 }
 
+/* Ask for what looking `key` up in the dict `index` will touch, one step of the probe at a
+ * time: `stage` 0 asks for the key's slot in the hash table, 1 for the entry that slot
+ * names, 2 for the entry's key and value objects. Each stage reads only what the previous
+ * one asked for, so a loop that runs them a few records apart finds it at hand.
+ *
+ * This reads CPython's dict layout (3.11 and 3.12: pycore_dict.h's _dictkeysobject), so
+ * it is only a hint: every address comes from the dict's current table, is checked against
+ * its bounds, and is only prefetched, never used. Elsewhere it does nothing; the look-up
+ * itself is always PyDict_GetItemWithError. `*hash` carries the key's hash from stage 0
+ * (-1: no hint for this key). */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
+typedef struct {
+    Py_ssize_t refcnt;
+    uint8_t log2_size, log2_index_bytes, kind; /* kind 0: general entries, else unicode */
+    uint32_t version;
+    Py_ssize_t usable, nentries;
+    char indices[];
+} DictKeys;
+
+typedef struct {
+    Py_hash_t hash;
+    PyObject *key, *value;
+} GeneralEntry;
+
+typedef struct {
+    PyObject *key, *value;
+} UnicodeEntry;
+
+static void prefetch_probe(PyObject *index, PyObject *key, Py_hash_t *hash, int stage) {
+    DictKeys *keys = (DictKeys *)((PyDictObject *)index)->ma_keys;
+    size_t slot;
+    int width;
+    Py_ssize_t ix;
+    char *entries;
+    PyObject *found_key, *found_value;
+    if (stage == 0) {
+        /* A string's hash is kept in it (computed here once if not yet); other keys get no
+         * hint, as hashing them may run Python code. */
+        *hash = PyUnicode_CheckExact(key) ? PyObject_Hash(key) : -1;
+        if (*hash == -1) {
+            PyErr_Clear();
+            return;
+        }
+    }
+    width = keys->log2_index_bytes - keys->log2_size; /* an index is 1 << width bytes */
+    if (*hash == -1 || ((PyDictObject *)index)->ma_values != NULL || keys->log2_size >= 64 ||
+        width < 0 || width > 3)
+        return;
+    slot = (size_t)*hash & (((size_t)1 << keys->log2_size) - 1);
+    if (stage == 0) {
+        PREFETCH(keys->indices + (slot << width));
+        return;
+    }
+    switch (width) {
+    case 0: ix = ((int8_t *)keys->indices)[slot]; break;
+    case 1: ix = ((int16_t *)keys->indices)[slot]; break;
+    case 2: ix = ((int32_t *)keys->indices)[slot]; break;
+    case 3: ix = ((int64_t *)keys->indices)[slot]; break;
+    default: return;
+    }
+    if (ix < 0 || ix >= keys->nentries)
+        return;
+    entries = keys->indices + ((size_t)1 << keys->log2_index_bytes);
+    if (keys->kind == 0) {
+        GeneralEntry *e = (GeneralEntry *)entries + ix;
+        if (stage == 1) {
+            PREFETCH(e);
+            return;
+        }
+        found_key = e->key;
+        found_value = e->value;
+    } else {
+        UnicodeEntry *e = (UnicodeEntry *)entries + ix;
+        if (stage == 1) {
+            PREFETCH(e);
+            return;
+        }
+        found_key = e->key;
+        found_value = e->value;
+    }
+    /* an equal key that is another object is compared with this one */
+    if (found_key != key && found_key != NULL)
+        PREFETCH(found_key);
+    if (found_value != NULL)
+        PREFETCH(found_value);
+}
+#else
+static void prefetch_probe(PyObject *index, PyObject *key, Py_hash_t *hash, int stage) {
+    (void)index;
+    (void)key;
+    (void)hash;
+    (void)stage;
+}
+#endif
+
 /* Ask for an append op's objects a few ops ahead: the op, then its value, time and index,
  * then its value's table. */
 static void prefetch_append(PyObject *ops, PyObject *positions, Py_ssize_t i, Py_ssize_t n,
@@ -379,7 +474,15 @@ done:
 
 typedef struct {
     PyObject *pid, *rid, *consumer; /* borrowed: the record holds them */
+    Py_hash_t hash;                 /* the pid's, for prefetch_probe */
 } Fields;
+
+/* read_columns looks each payload id up in the registry's dict, a miss of its own per step
+ * of the probe: its fields come further ahead than an append's, to leave room for them. */
+#define READ_AHEAD_FIELDS 6
+#define READ_AHEAD_SLOT 4
+#define READ_AHEAD_ENTRY 2
+#define READ_AHEAD_OBJECTS 1
 
 /* The fields of a record into *f (None where missing); -1 with an error set if it is no
  * dict (TypeError) or a look-up fails. */
@@ -446,19 +549,36 @@ static PyObject *read_columns(PyObject *self, PyObject *args) {
             goto done;
     }
     id_col = (int64_t *)PyByteArray_AS_STRING(ids);
-    for (i = 0; i < n && i < AHEAD_FIELDS; i++)
+    for (i = 0; i < n && i < READ_AHEAD_FIELDS; i++) {
         if (take_fields(PyList_GET_ITEM(records, i), &ring[i], consumers != NULL) < 0)
             goto refused;
+        ring[i].hash = -1; /* the first few records get no probe hints */
+    }
     for (i = 0; i < n; i++) {
         Fields *f = &ring[i & (RING - 1)];
         if (i + AHEAD_RECORD < n)
             PREFETCH(PyList_GET_ITEM(records, i + AHEAD_RECORD));
         if (i + AHEAD_TABLE < n)
             prefetch_table(PyList_GET_ITEM(records, i + AHEAD_TABLE));
-        if (i + AHEAD_FIELDS < n &&
-            take_fields(PyList_GET_ITEM(records, i + AHEAD_FIELDS),
-                        &ring[(i + AHEAD_FIELDS) & (RING - 1)], consumers != NULL) < 0)
+        if (i + READ_AHEAD_FIELDS < n &&
+            take_fields(PyList_GET_ITEM(records, i + READ_AHEAD_FIELDS),
+                        &ring[(i + READ_AHEAD_FIELDS) & (RING - 1)], consumers != NULL) < 0)
             goto refused;
+        if (id_col != NULL) {
+            Fields *ahead;
+            if (i + READ_AHEAD_SLOT < n) {
+                ahead = &ring[(i + READ_AHEAD_SLOT) & (RING - 1)];
+                prefetch_probe(index, ahead->pid, &ahead->hash, 0);
+            }
+            if (i + READ_AHEAD_ENTRY < n) {
+                ahead = &ring[(i + READ_AHEAD_ENTRY) & (RING - 1)];
+                prefetch_probe(index, ahead->pid, &ahead->hash, 1);
+            }
+            if (i + READ_AHEAD_OBJECTS < n) {
+                ahead = &ring[(i + READ_AHEAD_OBJECTS) & (RING - 1)];
+                prefetch_probe(index, ahead->pid, &ahead->hash, 2);
+            }
+        }
         PyList_SET_ITEM(pids, i, Py_NewRef(f->pid));
         PyList_SET_ITEM(rids, i, Py_NewRef(f->rid));
         if (consumers != NULL)

@@ -223,6 +223,38 @@ def test_a_record_that_is_no_dict_gives_no_columns_and_numbers_nothing(at: int) 
             assert registry.pids == ["p5"] and registry.index == {"p5": 0}
 
 
+class _Named(str):
+    """A payload id of a str subclass: equal to its plain twin, hashed its own way."""
+
+    def __hash__(self) -> int:
+        return str.__hash__(self)
+
+
+@needs_compiled
+@pytest.mark.parametrize("known", [0, 100, 70_000])
+def test_payload_ids_numbered_while_the_registry_grows_are_the_python_twins(known: int) -> None:
+    # The compiled pass asks for each look-up's slot, entry and objects a few records
+    # ahead, reading the dict's own table: a read that adds ids (resizing that table under
+    # it), keys of every kind (str, None, int, tuple, a str subclass) and equal strings that
+    # are other objects must still be numbered exactly as the Python twin numbers them.
+    # 70,000 known ids take the table past 2^16 slots (4-byte indices).
+    pids: list[Any] = []
+    for i in range(3_000):
+        pids += [f"known-{(i * 7919) % max(known, 1)}", f"new-{i}",
+                 "".join(["new-", str(i // 2)]), None, i % 50, ("t", i % 9), _Named(f"s{i}")]
+    records = [{"payload_id": pid, "record_id": [1, k, 0]} for k, pid in enumerate(pids)]
+    numbered = []
+    for twin in (False, True):
+        with shared_columns(), (extract.python_twin() if twin else nullcontext()):
+            registry = payload_ids()
+            registry.of([f"known-{i}" for i in range(known)])
+            columns = columns_of(records)
+            assert columns is not None
+            numbered.append((columns.ids(registry), list(registry.pids), dict(registry.index)))
+    assert numbered[0] == numbered[1]
+    assert numbered[0][0] is not None and len(numbered[0][0]) == len(records)
+
+
 class _ShiftedTime(Op):
     """An op whose class answers `time` its own way: the compiled extractor reads an Op's
     slots directly, and must ask any other class by getattr."""
