@@ -623,13 +623,31 @@ done:
     return result;
 }
 
+/* Ask for the record id at place j + k of a read's list, a step per k: the list object,
+ * then its items, then the ints. */
+static void prefetch_rid(PyObject *read, Py_ssize_t j, Py_ssize_t m) {
+    PyObject *rid;
+    if (j + AHEAD_RECORD < m)
+        PREFETCH(PyList_GET_ITEM(read, j + AHEAD_RECORD));
+    if (j + AHEAD_TABLE < m && PyList_CheckExact(rid = PyList_GET_ITEM(read, j + AHEAD_TABLE)))
+        PREFETCH(((PyListObject *)rid)->ob_item);
+    if (j + AHEAD_FIELDS < m && PyList_CheckExact(rid = PyList_GET_ITEM(read, j + AHEAD_FIELDS))
+        && PyList_GET_SIZE(rid) == 3) {
+        PREFETCH(PyList_GET_ITEM(rid, 0));
+        PREFETCH(PyList_GET_ITEM(rid, 1));
+        PREFETCH(PyList_GET_ITEM(rid, 2));
+    }
+}
+
 /* read_rows(raws, ids, ack_of, ok_rids, ok_rows) -> (rows, other): table._read_rows's core.
  * `raws` is a list of lists of record ids (each read's), `ids` their dense payload ids
  * (int64, concatenated), `ack_of` each dense id's acknowledged append (-1: none), `ok_rids`
  * those appends' record ids and `ok_rows` their (shard, batch, index) rows (int64). A record
- * whose id equals its payload id's acknowledged one takes that row; one that does not is
- * converted if it is a list of three ints that fit in 64 bits; `other` lists the places of
- * the rest, for the caller to convert (or refuse) as list_rows does. */
+ * id that is its payload id's acknowledged one itself (the same object, as in a history
+ * still in memory) takes that row; one that is a list of three ints that fit in 64 bits is
+ * converted (as in a history read back from a file, where it is only equal); any other that
+ * equals the acknowledged one takes that row (as [1, True, 0] equals [1, 1, 0]); `other`
+ * lists the places of the rest, for the caller to convert (or refuse) as list_rows does. */
 static PyObject *read_rows(PyObject *self, PyObject *args) {
     PyObject *raws, *ok_rids;
     Py_buffer ids, ack_of, ok_rows;
@@ -666,14 +684,31 @@ static PyObject *read_rows(PyObject *self, PyObject *args) {
         for (r = 0; r < PyList_GET_SIZE(raws); r++) {
             PyObject *read = PyList_GET_ITEM(raws, r);
             Py_ssize_t j;
-            for (j = 0; j < PyList_GET_SIZE(read); j++, at++) {
-                PyObject *raw = PyList_GET_ITEM(read, j);
-                int64_t id = id_col[at];
-                int64_t a = (id >= 0 && id < n_acks) ? acks[id] : -1;
+            Py_ssize_t m = PyList_GET_SIZE(read);
+            int shared = 0;
+            for (j = 0; j < m; j++, at++) {
+                PyObject *raw = PyList_GET_ITEM(read, j), *expected = NULL;
+                int64_t id = id_col[at], a = (id >= 0 && id < n_acks) ? acks[id] : -1;
+                /* (the records ahead are asked for only while this read's ids are not the
+                 * acknowledged ones themselves, which need nothing of theirs) */
+                if (!shared)
+                    prefetch_rid(read, j, m);
                 if (a >= 0 && a < n_ok) {
-                    PyObject *expected = PyList_GET_ITEM(ok_rids, a);
-                    int same = raw == expected;
-                    if (!same && PyList_CheckExact(raw)) {
+                    /* the acknowledged record id itself (the history shares it): its row */
+                    expected = PyList_GET_ITEM(ok_rids, a);
+                    shared = raw == expected;
+                    if (shared) {
+                        memcpy(row + 3 * at, ok_col + 3 * a, 24);
+                        continue;
+                    }
+                }
+                /* A list of three ints is its own row (equal to its acknowledged one's
+                 * exactly when its ints are): converted without comparing the two. */
+                if (PyList_CheckExact(raw) && three_ints(raw, row + 3 * at))
+                    continue;
+                if (expected != NULL) {
+                    int same = 0;
+                    if (PyList_CheckExact(raw)) {
                         same = PyObject_RichCompareBool(raw, expected, Py_EQ);
                         if (same < 0)
                             goto done;
@@ -683,7 +718,7 @@ static PyObject *read_rows(PyObject *self, PyObject *args) {
                         continue;
                     }
                 }
-                if (!PyList_CheckExact(raw) || !three_ints(raw, row + 3 * at)) {
+                {
                     PyObject *place = PyLong_FromSsize_t(at);
                     if (place == NULL || PyList_Append(other, place) < 0) {
                         Py_XDECREF(place);
