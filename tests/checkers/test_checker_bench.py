@@ -35,10 +35,6 @@ def test_every_checker_has_its_own_figure():
     composed = next(line for line in done.stdout.splitlines() if line.startswith("check_all "))
     assert f"({', '.join(names)})" in composed
     assert summary["check_all_cpu_seconds"] > 0
-    # and in machine units, for figures taken on other machines or days
-    unit = summary["machine_unit_cpu_seconds"]
-    assert unit > 0 and "machine unit" in done.stdout
-    assert abs(summary["check_all_machine_units"] - summary["check_all_cpu_seconds"] / unit) < 0.1
 
 
 def test_over_budget_fails():
