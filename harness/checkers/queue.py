@@ -259,18 +259,20 @@ def check(
 
     # -- inconsistent offsets: one record id bound to two payload ids -----------------------
     size = index.size
-    pid_at: list[Any] = [None] * size
-    phash: list[int] = [_UNBOUND] * size  # the dense id (or hash) of pid_at's payload ids
     conflicts: dict[RecordId, dict[str, Any]] = {}
     ok_pos = index.ok_pos
-    ok_keys = ok_ids if registry is not None and ok_ids is not None else list(map(hash, ok_pid))
-    for p, pid, key in zip(ok_pos, ok_pid, ok_keys, strict=True):
-        bound = pid_at[p]
-        if bound is None:
-            pid_at[p] = pid
-            phash[p] = key
-        elif bound != pid:
-            _conflict(result, conflicts, index.rid(p), bound, pid, "append", None)
+    if registry is not None and ok_ids is not None:
+        pid_at, phash = _bind_acknowledged(result, conflicts, index, ok_pid, ok_ids)
+    else:
+        pid_at = [None] * size
+        phash = [_UNBOUND] * size  # the dense id (or hash) of pid_at's payload ids
+        for p, pid, key in zip(ok_pos, ok_pid, map(hash, ok_pid), strict=True):
+            bound = pid_at[p]
+            if bound is None:
+                pid_at[p] = pid
+                phash[p] = key
+            elif bound != pid:
+                _conflict(result, conflicts, index.rid(p), bound, pid, "append", None)
 
     # -- pass 2: identities, deliveries and reads in history order ------------------------
     # (identities and first sightings of every read at once, where every read was placed in
@@ -908,6 +910,37 @@ def _bind(
             phash[q] = hashes[k]
         elif bound != pid:
             _conflict(result, conflicts, index.rid(q), bound, pid, op.f, op.index)
+
+
+def _bind_acknowledged(
+    result: Result,
+    conflicts: dict[RecordId, dict[str, Any]],
+    index: _Index,
+    ok_pid: list[Any],
+    ok_ids: list[int],
+) -> tuple[list[Any], list[int]]:
+    """The acknowledged appends' bindings, by dense payload ids, in a few passes of numpy:
+    each position's payload id (`pid_at`) and its dense id (`phash`) are those of the first
+    acknowledged append placed there, and every later one placed there with another id is
+    an inconsistent offset, reported in the appends' order. (Dense ids are equal exactly when
+    the payload ids are: the op-by-op loop in `check` compares the payload ids themselves.)"""
+    size = index.size
+    pos = np.array(index.ok_pos, dtype=np.int64)
+    ids = np.array(ok_ids, dtype=np.int64)
+    places, first = np.unique(pos, return_index=True)
+    phash = np.full(size, _UNBOUND, dtype=np.int64)
+    phash[places] = ids[first]
+    pids = np.empty(len(ok_pid), dtype=object)
+    pids[:] = ok_pid
+    pid_at = np.full(size, None, dtype=object)
+    pid_at[places] = pids[first]
+    firsts = np.zeros(size, dtype=np.int64)
+    firsts[places] = first
+    for k in np.flatnonzero(ids != phash[pos]).tolist():
+        p = int(pos[k])
+        _conflict(result, conflicts, index.rid(p), ok_pid[int(firsts[p])], ok_pid[k], "append",
+                  None)
+    return pid_at.tolist(), phash.tolist()
 
 
 def _conflict(

@@ -381,6 +381,20 @@ def test_two_appends_acknowledged_with_one_record_id(hb):
     assert r.anomalies["inconsistent_offsets"][0]["seen_in"] == "append"
 
 
+def test_each_append_bound_to_a_taken_record_id_is_named_once_in_order(hb):
+    # The first acknowledged append placed at a record id holds it; each later one with
+    # another payload id joins the conflict, in the appends' order; the first's own payload
+    # id again is none.
+    for pid, rid in [("d", (1, 3, 0)), ("a", (1, 1, 0)), ("b", (1, 1, 0)), ("a", (1, 1, 0)),
+                     ("e", (1, 3, 0)), ("c", (1, 1, 0)), ("f", (1, 4, 0))]:
+        hb.append(pid, rid=rid)
+    hb.at(1).read([("a", (1, 1, 0)), ("d", (1, 3, 0)), ("f", (1, 4, 0))], final=True)
+    r = queue.check(hb.ops)
+    assert _kinds(r) == {"inconsistent_offsets": 2}
+    assert [(x["record_id"], x["payloads"]) for x in r.anomalies["inconsistent_offsets"]] == [
+        ([1, 1, 0], ["a", "b", "c"]), ([1, 3, 0], ["d", "e"])]
+
+
 def test_a_record_revealed_later_splits_an_earlier_run(hb):
     hb.append("p1", rid=(1, 1, 0))
     hb.append("p2", result="info")
