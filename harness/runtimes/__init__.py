@@ -69,7 +69,6 @@ def retrying_lost_output(call: Callable[[], _T]) -> _T:
 def exec_retrying(host: Any, argv: Sequence[str], timeout_s: float = 30.0) -> tuple[int, str]:
     """`host.exec` of an idempotent command, asked again when its output was lost."""
     return retrying_lost_output(lambda: cast("tuple[int, str]", host.exec(argv, timeout_s)))
-    return cast("tuple[int, str]", host.exec(argv, timeout_s))
 
 
 class ClusterStartError(HarnessError):
