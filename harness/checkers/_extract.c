@@ -199,8 +199,7 @@ static void prefetch_probe(PyObject *index, PyObject *key, Py_hash_t *hash, int 
     size_t slot;
     int width;
     Py_ssize_t ix;
-    char *entries;
-    PyObject *found_key, *found_value;
+    PyObject **entry, *found_key, *found_value;
     if (stage == 0) {
         /* A string's hash is kept in it (computed here once if not yet); other keys get no
          * hint, as hashing them may run Python code. */
@@ -228,24 +227,17 @@ static void prefetch_probe(PyObject *index, PyObject *key, Py_hash_t *hash, int 
     }
     if (ix < 0 || ix >= keys->nentries)
         return;
-    entries = keys->indices + ((size_t)1 << keys->log2_index_bytes);
-    if (keys->kind == 0) {
-        GeneralEntry *e = (GeneralEntry *)entries + ix;
-        if (stage == 1) {
-            PREFETCH(e);
-            return;
-        }
-        found_key = e->key;
-        found_value = e->value;
-    } else {
-        UnicodeEntry *e = (UnicodeEntry *)entries + ix;
-        if (stage == 1) {
-            PREFETCH(e);
-            return;
-        }
-        found_key = e->key;
-        found_value = e->value;
+    /* the entry's key and value: (hash, key, value) in a general table, (key, value) in
+     * one of strings only */
+    entry = (PyObject **)(keys->indices + ((size_t)1 << keys->log2_index_bytes) +
+                          (keys->kind == 0 ? ix * sizeof(GeneralEntry) + sizeof(Py_hash_t)
+                                           : ix * sizeof(UnicodeEntry)));
+    if (stage == 1) {
+        PREFETCH(entry);
+        return;
     }
+    found_key = entry[0];
+    found_value = entry[1];
     /* an equal key that is another object is compared with this one */
     if (found_key != key && found_key != NULL)
         PREFETCH(found_key);
