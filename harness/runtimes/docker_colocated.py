@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import docker.errors
 
-from harness.runtimes import HostDown, ProcHandle
+from harness.runtimes import ExecOutputLost, HostDown, ProcHandle, exec_retrying
 from harness.targets import ProcessSpec
 
 if TYPE_CHECKING:
@@ -101,14 +101,16 @@ class DockerExecHost:
         return self.main.exec(argv, timeout_s)
 
     def read_log(self, handle: ProcHandle) -> str:
+        # Through the main container's exec, which tells a lost output from an empty log:
+        # a lost one must not overwrite the copy taken before.
         try:
-            code, output = self._container().exec_run(["cat", self._log])
-        except (HostDown, docker.errors.APIError):
-            code, output = 1, b""
+            self._container()
+            code, text = exec_retrying(self.main, ["cat", self._log])
+        except (HostDown, ExecOutputLost, docker.errors.APIError):
+            code, text = 1, ""
         if code != 0:
             return handle.log_path.read_text(errors="replace") if handle.log_path.exists() \
                 else ""
-        text = str(output.decode(errors="replace"))
         handle.log_path.parent.mkdir(parents=True, exist_ok=True)
         handle.log_path.write_text(text)
         return text

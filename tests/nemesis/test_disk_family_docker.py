@@ -100,6 +100,9 @@ def test_only_the_store_s_container_mounts_and_the_store_runs_on_the_mount(
     # The mount is the container's own: this machine sees none of it.
     assert not [point for point in lazydisk_mounts() if point.startswith(DATA_DIR)]
     store_append(cluster, b"on the lazy disk")
+    # Its log is read from its file in that container (through the exec that tells a lost
+    # output from an empty log) and copied here as evidence.
+    assert "Store is started on port" in cluster.logs()["store"].read_text()
 
 
 def test_crash_lose_unsynced_drops_exactly_the_unsynced_writes(
