@@ -15,7 +15,7 @@
 #include <string.h>
 
 static PyObject *s_f, *s_value, *s_process, *s_type, *s_time, *s_index, *s_payload_id, *s_record_id,
-    *s_consumer;
+    *s_consumer, *s_key;
 
 enum { INVOKE = 0, OK = 1, FAIL = 2, INFO = 3 };
 
@@ -274,15 +274,18 @@ static void prefetch_append(PyObject *ops, PyObject *positions, Py_ssize_t i, Py
 }
 
 /* append_columns(ops, positions, index, known, type_codes) -> (types, pids, processes,
- * process_names, times, indexes, rids, flat): table.Appends's loop. Columns are bytearrays
+ * process_names, times, indexes, rids, flat, invoke_keys): table.Appends's loop. Columns are
+ * bytearrays
  * (int8 types, int64 the rest); `flat` holds the acknowledged record ids' parts while each
- * is three ints that fit in 64 bits, else None. Raises TypeError or KeyError where the
+ * is three ints that fit in 64 bits, else None; `invoke_keys` the invocations' value.get("key"),
+ * in order. Raises TypeError or KeyError where the
  * Python loop does (the table is then None), and TypeError for a time or index that is no
  * int of 64 bits. */
 static PyObject *append_columns(PyObject *self, PyObject *args) {
     PyObject *ops, *positions, *index, *known, *codes;
     PyObject *types = NULL, *pids = NULL, *procs = NULL, *times = NULL, *indexes = NULL;
     PyObject *rids = NULL, *flat = NULL, *processes = NULL, *names = NULL, *result = NULL;
+    PyObject *keys = NULL;
     PyObject **held_pid = NULL;
     Py_ssize_t *held_k = NULL, held_cap = 0;
     Py_ssize_t n, i, n_ok = 0;
@@ -299,9 +302,10 @@ static PyObject *append_columns(PyObject *self, PyObject *args) {
     times = new_column(n, 8);
     indexes = new_column(n, 8);
     rids = PyList_New(0);
+    keys = PyList_New(0);
     flat = new_column(3 * n, 8);
     processes = PyDict_New();
-    if (!types || !pids || !procs || !times || !indexes || !rids || !flat || !processes)
+    if (!types || !pids || !procs || !times || !indexes || !rids || !keys || !flat || !processes)
         goto done;
     if (n > 0 && op_at(ops, positions, 0) != NULL)
         measure_layout(Py_TYPE(op_at(ops, positions, 0)), &layout);
@@ -401,6 +405,14 @@ static PyObject *append_columns(PyObject *self, PyObject *args) {
                     goto done;
             }
             if (t == INVOKE) {
+                PyObject *key = PyDict_GetItemWithError(v, s_key);
+                if (key == NULL) {
+                    if (PyErr_Occurred())
+                        goto done;
+                    key = Py_None;
+                }
+                if (PyList_Append(keys, key) < 0)
+                    goto done;
                 held_pid[qi] = pid;
                 held_k[qi] = k;
             } else if (t == OK) {
@@ -448,7 +460,7 @@ static PyObject *append_columns(PyObject *self, PyObject *args) {
     names = PyDict_Keys(processes);
     if (names == NULL)
         goto done;
-    result = PyTuple_Pack(8, types, pids, procs, names, times, indexes, rids, flat);
+    result = PyTuple_Pack(9, types, pids, procs, names, times, indexes, rids, flat, keys);
 done:
     PyMem_Free(held_pid);
     PyMem_Free(held_k);
@@ -458,6 +470,7 @@ done:
     Py_XDECREF(times);
     Py_XDECREF(indexes);
     Py_XDECREF(rids);
+    Py_XDECREF(keys);
     Py_XDECREF(flat);
     Py_XDECREF(processes);
     Py_XDECREF(names);
@@ -851,7 +864,8 @@ PyMODINIT_FUNC PyInit__extract(void) {
         !(s_index = PyUnicode_InternFromString("index")) ||
         !(s_payload_id = PyUnicode_InternFromString("payload_id")) ||
         !(s_record_id = PyUnicode_InternFromString("record_id")) ||
-        !(s_consumer = PyUnicode_InternFromString("consumer")))
+        !(s_consumer = PyUnicode_InternFromString("consumer")) ||
+        !(s_key = PyUnicode_InternFromString("key")))
         return NULL;
     return PyModule_Create(&module);
 }

@@ -253,7 +253,7 @@ class _Fold:
                 return False  # one record id acknowledged twice: the walk says how
         pid_of = appends.registry.pids.__getitem__
         try:
-            keys = list(map(dict.get, appends.values(invoked), repeat("key")))
+            keys = appends.invoke_keys  # (pairing.invoked: every invocation, in order)
             key_ids = dict.fromkeys(keys)
         except TypeError:  # an unhashable key
             return False

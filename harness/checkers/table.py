@@ -51,11 +51,12 @@ class Appends:
     `registry`), `processes` (dense ids; `process_names` names them), `times`, `indexes`
     (op.index). For the acknowledged ones (`types == OK`), in that order: `rids`, the
     record ids as the history spelt them, and `rid_array` (shard, batch, index) when every
-    one is three ints that fit in 64 bits (else None)."""
+    one is three ints that fit in 64 bits (else None). For the invocations, in that order:
+    `invoke_keys`, each one's `value.get("key")` (the order checker's producer keys)."""
 
     __slots__ = (
         "ops", "registry", "positions", "types", "pids", "processes", "process_names",
-        "times", "indexes", "rids", "rid_array", "_pairing",
+        "times", "indexes", "rids", "rid_array", "invoke_keys", "_pairing",
     )
 
     def __init__(self, ops: list[Op], positions: list[int], registry: PayloadIds) -> None:
@@ -74,6 +75,7 @@ class Appends:
             self.rids = got[6]
             self.rid_array = (np.frombuffer(got[7], dtype=np.int64).reshape(-1, 3)
                               if got[7] is not None else None)
+            self.invoke_keys = got[8]
             return
         index, known = registry.index, registry.pids
         processes: dict[Any, int] = {}
@@ -83,6 +85,7 @@ class Appends:
         times: list[int] = []
         indexes: list[int] = []
         rids: list[Any] = []
+        keys: list[Any] = []
         type_of = _TYPES.get
         # A completion's payload id is nearly always its process's last invocation's: one
         # comparison of two strings just touched, not a probe of a table of a million.
@@ -109,6 +112,7 @@ class Appends:
                 k = found
             if t == INVOKE:
                 opened[q] = (pid, k)
+                keys.append(v.get("key"))
             elif t == OK:
                 rid: Any = v.get("record_id")
                 rids.append(rid)
@@ -137,6 +141,7 @@ class Appends:
             raise TypeError("op times and indexes must be ints of 64 bits") from None
         self.rids = rids
         self.rid_array = _flat_rows(flat) if flat is not None else None
+        self.invoke_keys = keys
 
     def pairing(self) -> Pairing | None:
         """How invocations and completions pair, when each payload id is invoked once and

@@ -88,7 +88,20 @@ def _odd_types(ops: list[Op]) -> None:
     apps[22].type = ["ok"]  # type: ignore[assignment]
 
 
+def _odd_keys(ops: list[Op]) -> None:
+    invoked = [op for op in _appends(ops) if op.type == "invoke"]
+    del invoked[3].value["key"]
+    invoked[5].value["key"] = 7
+    invoked[6].value["key"] = None
+
+
+def _unhashable_key(ops: list[Op]) -> None:
+    [op for op in _appends(ops) if op.type == "invoke"][4].value["key"] = ["k"]
+
+
 OWN_BENDS: dict[str, Callable[[list[Op]], None]] = {
+    "odd_keys": _odd_keys,
+    "unhashable_key": _unhashable_key,
     "unhashable_read_pid": _unhashable_read_pid,
     "unhashable_append_pid": _unhashable_append_pid,
     "missing_fields": _missing_fields,
@@ -118,6 +131,7 @@ def _snapshot(ops: list[Op]) -> dict[str, Any]:
                 "times": appends.times.tolist(), "indexes": appends.indexes.tolist(),
                 "rids": appends.rids,
                 "rid_array": None if appends.rid_array is None else appends.rid_array.tolist(),
+                "invoke_keys": appends.invoke_keys,
             }
         reads = table.reads
         if reads is not None:
