@@ -273,6 +273,18 @@ static void prefetch_append(PyObject *ops, PyObject *positions, Py_ssize_t i, Py
         prefetch_table(attr);
 }
 
+/* `dict[name]` (None where it has none) appended to the list `column`: that value, borrowed,
+ * or NULL with an error set. */
+static PyObject *append_get(PyObject *column, PyObject *dict, PyObject *name) {
+    PyObject *got = PyDict_GetItemWithError(dict, name);
+    if (got == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        got = Py_None;
+    }
+    return PyList_Append(column, got) < 0 ? NULL : got;
+}
+
 /* append_columns(ops, positions, index, known, type_codes) -> (types, pids, processes,
  * process_names, times, indexes, rids, flat, invoke_keys): table.Appends's loop. Columns are
  * bytearrays
@@ -405,24 +417,13 @@ static PyObject *append_columns(PyObject *self, PyObject *args) {
                     goto done;
             }
             if (t == INVOKE) {
-                PyObject *key = PyDict_GetItemWithError(v, s_key);
-                if (key == NULL) {
-                    if (PyErr_Occurred())
-                        goto done;
-                    key = Py_None;
-                }
-                if (PyList_Append(keys, key) < 0)
+                if (append_get(keys, v, s_key) == NULL)
                     goto done;
                 held_pid[qi] = pid;
                 held_k[qi] = k;
             } else if (t == OK) {
-                PyObject *rid = PyDict_GetItemWithError(v, s_record_id);
-                if (rid == NULL) {
-                    if (PyErr_Occurred())
-                        goto done;
-                    rid = Py_None;
-                }
-                if (PyList_Append(rids, rid) < 0)
+                PyObject *rid = append_get(rids, v, s_record_id);
+                if (rid == NULL)
                     goto done;
                 if (flat_ok && !three_ints(rid, flat_col + 3 * n_ok))
                     flat_ok = 0;
