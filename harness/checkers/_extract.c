@@ -96,7 +96,7 @@ static PyObject *new_column(Py_ssize_t n, size_t width) {
 #define AHEAD_RECORD 16 /* the record's dict object */
 #define AHEAD_TABLE 8   /* its keys and values */
 #define AHEAD_FIELDS 4  /* its fields, looked up; their objects */
-#define RING 8          /* (a power of two above AHEAD_FIELDS) */
+#define RING 8          /* read_columns's ring (a power of two above READ_AHEAD_FIELDS) */
 
 /* Where an op's class keeps its attributes (harness.history.Op is a dataclass with slots):
  * their offsets in the object, read directly instead of by getattr, or -1 where the class
@@ -287,12 +287,11 @@ static PyObject *append_get(PyObject *column, PyObject *dict, PyObject *name) {
 
 /* append_columns(ops, positions, index, known, type_codes) -> (types, pids, processes,
  * process_names, times, indexes, rids, flat, invoke_keys): table.Appends's loop. Columns are
- * bytearrays
- * (int8 types, int64 the rest); `flat` holds the acknowledged record ids' parts while each
- * is three ints that fit in 64 bits, else None; `invoke_keys` the invocations' value.get("key"),
- * in order. Raises TypeError or KeyError where the
- * Python loop does (the table is then None), and TypeError for a time or index that is no
- * int of 64 bits. */
+ * bytearrays (int8 types, int64 the rest); `flat` holds the acknowledged record ids' parts
+ * while each is three ints that fit in 64 bits, else None; `invoke_keys` lists the
+ * invocations' value.get("key"), in order. Raises TypeError or KeyError where the Python loop
+ * does (the table is then None), and TypeError for a time or index that is no int of 64
+ * bits. */
 static PyObject *append_columns(PyObject *self, PyObject *args) {
     PyObject *ops, *positions, *index, *known, *codes;
     PyObject *types = NULL, *pids = NULL, *procs = NULL, *times = NULL, *indexes = NULL;
@@ -629,8 +628,8 @@ done:
     return result;
 }
 
-/* Ask for the record id at place j + k of a read's list, a step per k: the list object,
- * then its items, then the ints. */
+/* Ask for the record ids ahead of place j in a read's list, a step per distance (those of
+ * the record loops): the list object, then its items, then the ints. */
 static void prefetch_rid(PyObject *read, Py_ssize_t j, Py_ssize_t m) {
     PyObject *rid;
     if (j + AHEAD_RECORD < m)
@@ -693,7 +692,7 @@ static PyObject *read_rows(PyObject *self, PyObject *args) {
             Py_ssize_t m = PyList_GET_SIZE(read);
             int shared = 0;
             for (j = 0; j < m; j++, at++) {
-                PyObject *raw = PyList_GET_ITEM(read, j), *expected = NULL;
+                PyObject *raw = PyList_GET_ITEM(read, j), *expected = NULL, *place;
                 int64_t id = id_col[at], a = (id >= 0 && id < n_acks) ? acks[id] : -1;
                 /* (the records ahead are asked for only while this read's ids are not the
                  * acknowledged ones themselves, which need nothing of theirs) */
@@ -712,26 +711,21 @@ static PyObject *read_rows(PyObject *self, PyObject *args) {
                  * exactly when its ints are): converted without comparing the two. */
                 if (PyList_CheckExact(raw) && three_ints(raw, row + 3 * at))
                     continue;
-                if (expected != NULL) {
-                    int same = 0;
-                    if (PyList_CheckExact(raw)) {
-                        same = PyObject_RichCompareBool(raw, expected, Py_EQ);
-                        if (same < 0)
-                            goto done;
-                    }
+                if (expected != NULL && PyList_CheckExact(raw)) {
+                    int same = PyObject_RichCompareBool(raw, expected, Py_EQ);
+                    if (same < 0)
+                        goto done;
                     if (same) {
                         memcpy(row + 3 * at, ok_col + 3 * a, 24);
                         continue;
                     }
                 }
-                {
-                    PyObject *place = PyLong_FromSsize_t(at);
-                    if (place == NULL || PyList_Append(other, place) < 0) {
-                        Py_XDECREF(place);
-                        goto done;
-                    }
-                    Py_DECREF(place);
+                place = PyLong_FromSsize_t(at);
+                if (place == NULL || PyList_Append(other, place) < 0) {
+                    Py_XDECREF(place);
+                    goto done;
                 }
+                Py_DECREF(place);
             }
         }
     }
